@@ -1,0 +1,283 @@
+"""The database: every table, the one engine per process, transactions, migrations.
+
+SQLite in WAL mode with foreign keys on. All writes go through ``session_scope``
+so a multi-row write is one transaction. Schema changes are numbered
+migrations in ``MIGRATIONS``; ``init_db`` creates a new database at the newest
+version or upgrades an old one in place.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, Column, UniqueConstraint, event, text
+from sqlalchemy.engine import Connection, Engine
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _json(default=None) -> Any:
+    return Field(default_factory=(lambda: default() if callable(default) else default), sa_column=Column(JSON))
+
+
+# --------------------------------------------------------------------------- tables
+
+
+class SchemaInfo(SQLModel, table=True):
+    id: int = Field(default=1, primary_key=True)
+    version: int
+
+
+class Task(SQLModel, table=True):
+    """A feedback schema: categories ordered best → worst; the first is the exemplar unless set."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    description: str = ""
+    categories: list[str] = _json(list)
+    exemplar: str | None = None
+    allow_free_text: bool = True
+    prefix_format: str = "{feedback}"
+    guidelines: str = ""
+    annotations_per_item: int = 1
+    show_conditioning: bool = False
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+    @property
+    def exemplar_category(self) -> str | None:
+        return self.exemplar or (self.categories[0] if self.categories else None)
+
+
+class Prompt(SQLModel, table=True):
+    """A prompt: plain ``text`` or chat ``messages`` ([{role, content}, ...])."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: int = Field(foreign_key="task.id", index=True)
+    text: str | None = None
+    messages: list[dict] | None = _json()
+    split: str = Field(default="train", index=True)  # train | probe
+    source: str = ""
+    meta: dict = _json(dict)
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class ModelVersion(SQLModel, table=True):
+    """A model the studio can serve: the base model or a trained round."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True)
+    parent_id: int | None = Field(default=None, foreign_key="modelversion.id")
+    path: str  # hub id or local directory
+    objective: str = "base"  # base | alt | quark | steerlm | cut | cnr
+    hyperparameters: dict = _json(dict)
+    metrics: dict = _json(dict)
+    status: str = Field(default="ready", index=True)  # training | ready | served | failed | retired
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class Round(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: int = Field(foreign_key="task.id", index=True)
+    number: int
+    model_version_id: int | None = Field(default=None, foreign_key="modelversion.id")
+    status: str = "sampling"  # sampling | feedback | training | evaluating | done | failed
+    notes: str = ""
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+    __table_args__ = (UniqueConstraint("task_id", "number"),)
+
+
+class Generation(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    prompt_id: int = Field(foreign_key="prompt.id", index=True)
+    round_id: int | None = Field(default=None, foreign_key="round.id", index=True)
+    model_version_id: int | None = Field(default=None, foreign_key="modelversion.id")
+    conditioning: str | None = None  # the feedback text sampled with, None = unconditioned
+    response: str
+    prompt_tokens: int = 0
+    response_tokens: int = 0
+    truncated: bool = False
+    sampling_params: dict = _json(dict)
+    seed: int | None = None
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class Feedback(SQLModel, table=True):
+    """Feedback on one generation, with its provenance in ``source``.
+
+    source: ``human:<user>``, ``llm:<model>``, ``reward:<model>``, ``rule:<name>``.
+    kind: ``category`` | ``text`` | ``critique`` (critique + revision) | ``judgment`` | ``flag``.
+    """
+
+    id: int | None = Field(default=None, primary_key=True)
+    generation_id: int = Field(foreign_key="generation.id", index=True)
+    source: str = Field(index=True)
+    kind: str = "category"
+    category: str | None = None
+    text: str | None = None
+    score: float | None = None
+    critique: str | None = None
+    revision: str | None = None
+    user_id: int | None = Field(default=None, foreign_key="user.id")
+    raw: str | None = None  # provider's raw reply, kept for audit
+    request_key: str | None = Field(default=None, index=True)  # idempotency key (double clicks)
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+    @property
+    def is_human(self) -> bool:
+        return self.source.startswith("human:")
+
+
+class User(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    role: str = "annotator"  # annotator | admin
+    password_hash: str
+    active: bool = True
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class Lease(SQLModel, table=True):
+    """An annotator's claim on a generation until ``expires_at``."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    generation_id: int = Field(foreign_key="generation.id", index=True)
+    user_id: int = Field(foreign_key="user.id", index=True)
+    expires_at: dt.datetime
+    state: str = "open"  # open | done | skipped
+
+    __table_args__ = (UniqueConstraint("generation_id", "user_id"),)
+
+
+class Job(SQLModel, table=True):
+    """A long-running piece of work (training, sampling, feedback) with progress."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str
+    status: str = Field(default="queued", index=True)  # queued | running | succeeded | failed
+    progress: float = 0.0
+    message: str = ""
+    params: dict = _json(dict)
+    result: dict = _json(dict)
+    log: list = _json(list)  # e.g. [{"step": 1, "loss": 2.3}, ...]
+    error: str | None = None
+    pid: int | None = None
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+
+
+class TrainingExample(SQLModel, table=True):
+    """Which feedback rows a model version was trained on (provenance)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_version_id: int = Field(foreign_key="modelversion.id", index=True)
+    feedback_id: int = Field(foreign_key="feedback.id")
+
+
+class JudgeCall(SQLModel, table=True):
+    """Every LLM-judge request and raw reply; doubles as the cache."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(index=True)  # hash of (model, prompt version, prompt, generation)
+    generation_id: int | None = Field(default=None, foreign_key="generation.id")
+    model: str
+    prompt_version: str
+    mode: str  # categorical | free_text
+    request: list = _json(list)
+    reply: str | None = None
+    parsed: dict | None = _json()
+    ok: bool = False
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+# --------------------------------------------------------------------------- engine
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def _on_connect(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def get_engine(path: str | Path) -> Engine:
+    """One engine per database file per process."""
+    key = str(Path(path).resolve())
+    with _lock:
+        if key not in _engines:
+            engine = create_engine(f"sqlite:///{key}", connect_args={"check_same_thread": False, "timeout": 30})
+            event.listen(engine, "connect", _on_connect)
+            _engines[key] = engine
+        return _engines[key]
+
+
+@contextmanager
+def session_scope(path: str | Path) -> Iterator[Session]:
+    """A session whose writes commit together on success and roll back on error."""
+    with Session(get_engine(path), expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+# --------------------------------------------------------------------------- migrations
+
+# version -> function upgrading from (version - 1). Add one for every schema change.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+
+def schema_version(path: str | Path) -> int | None:
+    with get_engine(path).connect() as conn:
+        has = conn.execute(text("SELECT name FROM sqlite_master WHERE type='table' AND name='schemainfo'")).first()
+        if not has:
+            return None
+        row = conn.execute(text("SELECT version FROM schemainfo WHERE id=1")).first()
+        return row[0] if row else None
+
+
+def init_db(path: str | Path) -> int:
+    """Create or upgrade the database at ``path``; returns the schema version."""
+    engine = get_engine(path)
+    current = schema_version(path)
+    if current is None:
+        SQLModel.metadata.create_all(engine)
+        with session_scope(path) as s:
+            s.add(SchemaInfo(version=SCHEMA_VERSION))
+        return SCHEMA_VERSION
+    if current > SCHEMA_VERSION:
+        raise RuntimeError(f"database schema v{current} is newer than this code (v{SCHEMA_VERSION}); upgrade alt-studio")
+    with engine.begin() as conn:
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            MIGRATIONS[version](conn)
+        conn.execute(text("UPDATE schemainfo SET version=:v WHERE id=1"), {"v": SCHEMA_VERSION})
+    SQLModel.metadata.create_all(engine)  # tables new since `current`
+    return SCHEMA_VERSION
+
+
+__all__ = [
+    "Feedback", "Generation", "Job", "JudgeCall", "Lease", "ModelVersion", "Prompt", "Round",
+    "SchemaInfo", "Task", "TrainingExample", "User", "get_engine", "init_db", "session_scope",
+    "select", "utcnow", "SCHEMA_VERSION", "MIGRATIONS",
+]

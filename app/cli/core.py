@@ -1,0 +1,221 @@
+"""``alt init | prompts import | sample | status | models | settings | serve``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from sqlalchemy import func
+from sqlmodel import select
+
+from alt_engine import prompts as prompt_import
+from alt_engine.db import Feedback, Generation, ModelVersion, Prompt, Round, Task, init_db, session_scope
+from alt_engine.modeling import resolve_model, set_threads
+from alt_engine.sampling import SamplingParams, make_backend, sample_prompts
+from alt_engine.tasks import BUILTIN_TASKS, get_or_create_task
+from alt_engine.versions import ensure_base_version, list_versions, promote, rollback, served_version
+
+from . import settings_from
+
+
+def register(sub, common) -> None:
+    p = sub.add_parser("init", parents=[common], help="create or upgrade the database, register the base model")
+    p.add_argument("--task", action="append", default=None, help=f"create task(s) (built-in: {', '.join(BUILTIN_TASKS)})")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("prompts", parents=[common], help="manage prompts")
+    psub = p.add_subparsers(dest="action", required=True)
+    imp = psub.add_parser("import", parents=[common], help="import prompts from CSV, JSONL, parquet or a datasets folder")
+    imp.add_argument("file")
+    imp.add_argument("--task", default="default")
+    imp.add_argument("--text-column", default="prompt")
+    imp.add_argument("--messages-column", default="messages")
+    imp.add_argument("--split-column", default="split")
+    imp.add_argument("--split", choices=prompt_import.SPLITS, default=None, help="put every row in this split")
+    imp.add_argument("--meta-column", action="append", default=[], help="copy this column into the prompt's metadata")
+    imp.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("sample", parents=[common], help="sample generations from the served model into a new round")
+    p.add_argument("--task", default="default")
+    p.add_argument("--n", type=int, default=4, help="samples per prompt")
+    p.add_argument("--limit", type=int, default=None, help="at most this many prompts")
+    p.add_argument("--split", default="train", choices=prompt_import.SPLITS)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--condition", default=None, help="feedback text to condition on")
+    p.add_argument("--exemplar", action="store_true", help="condition on the task's exemplar category")
+    p.add_argument("--backend", default=None, choices=["transformers", "vllm"])
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("status", parents=[common], help="counts per round and state")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("models", parents=[common], help="model versions: list | promote ID | rollback")
+    msub = p.add_subparsers(dest="action", required=True)
+    msub.add_parser("list", parents=[common]).set_defaults(func=cmd_models_list)
+    pr = msub.add_parser("promote", parents=[common])
+    pr.add_argument("version", type=int)
+    pr.set_defaults(func=cmd_models_promote)
+    msub.add_parser("rollback", parents=[common]).set_defaults(func=cmd_models_rollback)
+
+    p = sub.add_parser("settings", parents=[common], help="print every setting, its value and help")
+    p.set_defaults(func=cmd_settings)
+
+    p = sub.add_parser("serve", parents=[common], help="run the web app")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.set_defaults(func=cmd_serve)
+
+
+def setup(settings) -> ModelVersion:
+    """Create/upgrade the database and make sure a served model version exists."""
+    init_db(settings.db)
+    path = resolve_model(settings.model, settings.cache_dir)
+    with session_scope(settings.db) as s:
+        get_or_create_task(s, "default")
+        return ensure_base_version(s, settings.model, path)
+
+
+def cmd_init(args) -> None:
+    settings = settings_from(args)
+    version = setup(settings)
+    with session_scope(settings.db) as s:
+        for name in args.task or []:
+            get_or_create_task(s, name)
+    print(f"database {settings.db} ready; serving {version.name} ({version.path})")
+
+
+def cmd_import(args) -> None:
+    settings = settings_from(args)
+    init_db(settings.db)
+    cols = prompt_import.ColumnMap(text=args.text_column, messages=args.messages_column, split=args.split_column,
+                                   meta=args.meta_column)
+    print(prompt_import.import_prompts(settings.db, args.file, args.task, cols, args.split))
+
+
+def next_round(session, task: Task, version: ModelVersion) -> Round:
+    last = session.exec(select(func.max(Round.number)).where(Round.task_id == task.id)).one() or 0
+    rnd = Round(task_id=task.id, number=last + 1, model_version_id=version.id)
+    session.add(rnd)
+    session.flush()
+    return rnd
+
+
+def cmd_sample(args) -> None:
+    settings = settings_from(args)
+    if args.model is None:
+        setup(settings)
+    else:
+        init_db(settings.db)
+    set_threads(settings.threads)
+    with session_scope(settings.db) as s:
+        task = get_or_create_task(s, args.task)
+        if args.model is not None:
+            path = resolve_model(args.model, settings.cache_dir)
+            version = s.exec(select(ModelVersion).where(ModelVersion.path == path)).first() or ensure_base_version(
+                s, args.model, path)
+        else:
+            version = served_version(s)
+        q = select(Prompt).where(Prompt.task_id == task.id, Prompt.split == args.split).order_by(Prompt.id)
+        prompts = list(s.exec(q.limit(args.limit) if args.limit else q))
+        if not prompts:
+            raise ValueError(f"task {task.name!r} has no {args.split} prompts: run `alt prompts import FILE` first")
+        rnd = next_round(s, task, version)
+    condition = args.condition or (task.exemplar_category if args.exemplar else None)
+    params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p,
+                            max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size)
+    backend = make_backend(args.backend or settings.backend, version.path, settings.device)
+    ids = sample_prompts(settings.db, backend, prompts, params, conditioning_text=condition,
+                         prefix_format=task.prefix_format, round_id=rnd.id, model_version_id=version.id)
+    with session_scope(settings.db) as s:
+        s.get(Round, rnd.id).status = "feedback"
+        truncated = s.exec(select(func.count()).where(Generation.id.in_(ids), Generation.truncated)).one()
+    print(f"round {rnd.number}: {len(ids)} generations from {version.name} "
+          f"({len(prompts)} prompts × {args.n}; {truncated} truncated)")
+
+
+def status_rows(db: str) -> list[dict]:
+    """Per round: prompts, generations, generations with human / AI / no feedback, truncated."""
+    with session_scope(db) as s:
+        rows = []
+        for rnd, task in s.exec(select(Round, Task).join(Task).order_by(Round.task_id, Round.number)):
+            gens = select(Generation.id).where(Generation.round_id == rnd.id)
+            n_gen = s.exec(select(func.count()).select_from(gens.subquery())).one()
+            human = s.exec(select(func.count(func.distinct(Feedback.generation_id))).where(
+                Feedback.generation_id.in_(gens), Feedback.source.like("human:%"), Feedback.kind != "flag")).one()
+            any_fb = s.exec(select(func.count(func.distinct(Feedback.generation_id))).where(
+                Feedback.generation_id.in_(gens), Feedback.kind != "flag")).one()
+            trunc = s.exec(select(func.count()).where(Generation.round_id == rnd.id, Generation.truncated)).one()
+            n_prompts = s.exec(select(func.count(func.distinct(Generation.prompt_id))).where(
+                Generation.round_id == rnd.id)).one()
+            version = s.get(ModelVersion, rnd.model_version_id) if rnd.model_version_id else None
+            rows.append(dict(task=task.name, round=rnd.number, status=rnd.status, model=version.name if version else "",
+                             prompts=n_prompts, generations=n_gen, human=human, ai=any_fb - human,
+                             unlabelled=n_gen - any_fb, truncated=trunc))
+        return rows
+
+
+def cmd_status(args) -> None:
+    settings = settings_from(args)
+    init_db(settings.db)
+    rows = status_rows(settings.db)
+    with session_scope(settings.db) as s:
+        n_prompts = {t.name: s.exec(select(func.count()).where(Prompt.task_id == t.id)).one() for t in s.exec(select(Task))}
+        served = served_version(s)
+    if args.json:
+        print(json.dumps(dict(prompts=n_prompts, served=served.name if served else None, rounds=rows), indent=2))
+        return
+    print(f"database: {settings.db}   served model: {served.name + ' (' + served.path + ')' if served else 'none'}")
+    print("prompts: " + (", ".join(f"{k}={v}" for k, v in n_prompts.items()) or "none"))
+    if not rows:
+        print("no rounds yet: `alt sample` starts one")
+        return
+    cols = list(rows[0])
+    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths)))
+
+
+def cmd_models_list(args) -> None:
+    settings = settings_from(args)
+    init_db(settings.db)
+    with session_scope(settings.db) as s:
+        for v in list_versions(s):
+            mark = "*" if v.status == "served" else " "
+            metrics = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in
+                                (v.metrics or {}).items() if not isinstance(v, dict))
+            print(f"{mark} {v.id:>3} {v.name:<16} {v.status:<8} {v.objective:<6} parent={v.parent_id} {v.path}  {metrics}")
+
+
+def cmd_models_promote(args) -> None:
+    settings = settings_from(args)
+    with session_scope(settings.db) as s:
+        print(f"serving {promote(s, args.version).name}")
+
+
+def cmd_models_rollback(args) -> None:
+    settings = settings_from(args)
+    with session_scope(settings.db) as s:
+        print(f"serving {rollback(s).name}")
+
+
+def cmd_settings(args) -> None:
+    for name, value, help_ in settings_from(args).describe():
+        print(f"{name:<18} {value!s:<40} {help_}")
+
+
+def cmd_serve(args) -> None:
+    from app.server import serve
+
+    settings = settings_from(args)
+    if args.host:
+        settings.host = args.host
+    if args.port:
+        settings.port = args.port
+    setup(settings)
+    serve(settings)
