@@ -27,7 +27,7 @@ def utcnow() -> dt.datetime:
 
 
 def _json(default=None) -> Any:
-    return Field(default_factory=(lambda: default() if callable(default) else default), sa_column=Column(JSON))
+    return Field(default_factory=(lambda: default() if callable(default) else default), sa_column=Column(JSON(none_as_null=True)))
 
 
 # --------------------------------------------------------------------------- tables

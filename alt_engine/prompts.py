@@ -38,21 +38,21 @@ class ColumnMap:
 @dataclass
 class ImportReport:
     added: int = 0
-    duplicates: list[int] = field(default_factory=list)  # row numbers skipped as duplicates
+    duplicates: list[str] = field(default_factory=list)  # where each skipped duplicate was
     task: str = ""
 
     def __str__(self) -> str:
-        dup = f", {len(self.duplicates)} duplicates skipped (rows {_ranges(self.duplicates)})" if self.duplicates else ""
+        dup = f", {len(self.duplicates)} duplicates skipped ({_ranges(self.duplicates)})" if self.duplicates else ""
         return f"imported {self.added} prompts into task {self.task!r}{dup}"
 
 
-def _ranges(rows: list[int], limit: int = 10) -> str:
-    shown = ", ".join(map(str, rows[:limit]))
+def _ranges(rows: list[str], limit: int = 10) -> str:
+    shown = ", ".join(rows[:limit])
     return shown + (f", … (+{len(rows) - limit})" if len(rows) > limit else "")
 
 
-def read_rows(path: str) -> list[tuple[int, dict]]:
-    """(row number, record) pairs. JSONL and CSV rows are numbered by file line."""
+def read_rows(path: str) -> list[tuple[str, dict]]:
+    """(where, record) pairs: ``line N`` for JSONL and CSV (file lines), ``row N`` otherwise."""
     p = Path(path)
     if p.is_dir():  # datasets.save_to_disk output
         from datasets import DatasetDict, load_from_disk
@@ -60,7 +60,7 @@ def read_rows(path: str) -> list[tuple[int, dict]]:
         ds = load_from_disk(str(p))
         if isinstance(ds, DatasetDict):
             ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
-        return [(i + 1, dict(r)) for i, r in enumerate(ds)]
+        return [(f"row {i + 1}", dict(r)) for i, r in enumerate(ds)]
     if not p.exists():
         if p.suffix or "/" not in path:
             raise ImportError_(f"{path}: no such file")
@@ -70,7 +70,7 @@ def read_rows(path: str) -> list[tuple[int, dict]]:
             ds = load_dataset(path, split="train")
         except Exception as e:  # noqa: BLE001 - report any hub failure plainly
             raise ImportError_(f"{path}: not a file and not loadable from the hub ({e})") from e
-        return [(i + 1, dict(r)) for i, r in enumerate(ds)]
+        return [(f"row {i + 1}", dict(r)) for i, r in enumerate(ds)]
     suffix = p.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
         rows = []
@@ -84,24 +84,23 @@ def read_rows(path: str) -> list[tuple[int, dict]]:
                     raise ImportError_(f"{p.name} line {n}: invalid JSON ({e.msg})") from e
                 if not isinstance(obj, dict):
                     raise ImportError_(f"{p.name} line {n}: expected a JSON object, got {type(obj).__name__}")
-                rows.append((n, obj))
+                rows.append((f"line {n}", obj))
         return rows
     import pandas as pd
 
     try:
         if suffix == ".csv":
             df = pd.read_csv(p, dtype=str, keep_default_na=False)
-            return [(i + 2, r) for i, r in enumerate(df.to_dict("records"))]  # line 1 is the header
+            return [(f"line {i + 2}", r) for i, r in enumerate(df.to_dict("records"))]  # line 1: header
         if suffix in (".parquet", ".pq"):
             df = pd.read_parquet(p)
-            return [(i + 1, r) for i, r in enumerate(df.to_dict("records"))]
+            return [(f"row {i + 1}", r) for i, r in enumerate(df.to_dict("records"))]
     except (ValueError, OSError, pd.errors.ParserError) as e:
         raise ImportError_(f"{p.name}: cannot read ({e})") from e
     raise ImportError_(f"{p.name}: unsupported format {suffix!r} (use .jsonl, .csv, .parquet or a datasets folder)")
 
 
-def _validate(n: int, row: dict, cols: ColumnMap) -> dict:
-    where = f"row {n}"
+def _validate(where: str, row: dict, cols: ColumnMap) -> dict:
     messages = row.get(cols.messages)
     if isinstance(messages, str) and messages.strip().startswith("["):
         try:
@@ -148,7 +147,7 @@ def import_prompts(db: str, path: str, task: str = "default", columns: ColumnMap
         raise ImportError_(f"{path}: no rows")
     records = []
     for n, row in rows:
-        rec = _validate(n, row, cols)
+        rec = _validate(f"{Path(path).name} {n}", row, cols)
         if split:
             rec["split"] = split
         records.append((n, rec))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from sqlalchemy import func
@@ -74,9 +73,13 @@ def register(sub, common) -> None:
 def setup(settings) -> ModelVersion:
     """Create/upgrade the database and make sure a served model version exists."""
     init_db(settings.db)
-    path = resolve_model(settings.model, settings.cache_dir)
     with session_scope(settings.db) as s:
         get_or_create_task(s, "default")
+        served = served_version(s)
+    if served is not None:
+        return served
+    path = resolve_model(settings.model, settings.cache_dir)  # converts the default model once
+    with session_scope(settings.db) as s:
         return ensure_base_version(s, settings.model, path)
 
 
