@@ -1,10 +1,28 @@
-"""The data pool: which (prompt, feedback, response) triples a training round uses."""
+"""The data pool: which (prompt, feedback, response) triples a training round uses.
+
+Per prompt (keyed by prompt id — prompt texts repeat) we keep a balanced draw:
+``k`` generations per feedback text, then fill any shortfall up to ``k × K``
+(K = the task's categories, or the distinct texts for free-text feedback) from
+the leftovers. Truncated generations come last: they are only drawn when the
+complete ones cannot fill the quota. Generations without feedback, and those a
+person flagged, are dropped. The feedback that counts is
+``feedback.store.effective_feedback`` (a person outranks an AI). Policy
+``flush`` (ALT) uses the latest round only, ``accumulate`` (Quark) every round.
+"""
 
 from __future__ import annotations
 
+import random
+from collections import defaultdict
 from dataclasses import dataclass
 
-from .conditioning import PromptLike
+from sqlmodel import select
+
+from .conditioning import PromptLike, prompt_of
+from .db import Feedback, Generation, Prompt, Round, Task, session_scope
+from .feedback.store import effective_feedback
+
+POLICIES = ("flush", "accumulate")
 
 
 @dataclass
@@ -20,3 +38,57 @@ class PoolItem:
     truncated: bool
     category: str | None = None
     score: float | None = None
+
+
+def _draw(items: list[PoolItem], k: int, quota: int, rng: random.Random) -> list[PoolItem]:
+    """Up to k complete generations per feedback text, then leftovers (complete before truncated)."""
+    rng.shuffle(items)
+    items.sort(key=lambda it: it.truncated)  # stable: complete first, shuffled order kept within each
+    rank: dict[int, int] = {}  # generation id -> its place within its feedback text's draw
+    seen: dict[str, int] = defaultdict(int)
+    for it in items:
+        if not it.truncated and seen[it.feedback] < k:
+            rank[it.generation_id] = seen[it.feedback]
+            seen[it.feedback] += 1
+    picked = sorted((it for it in items if it.generation_id in rank), key=lambda it: rank[it.generation_id])
+    leftovers = [it for it in items if it.generation_id not in rank]
+    return (picked + leftovers)[:quota]  # round-robin order: a smaller quota stays balanced
+
+
+def build_pool(db: str, task_id: int, round_ids: list[int] | None = None, k_per_category: int = 2, seed: int = 0,
+               policy: str = "flush", max_per_prompt: int | None = None) -> list[PoolItem]:
+    """The training pool for ``task_id``: explicit ``round_ids``, else the latest round (flush) or all (accumulate)."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown pool policy {policy!r} ({' | '.join(POLICIES)})")
+    if k_per_category < 1:
+        raise ValueError("k_per_category must be >= 1")
+    with session_scope(db) as s:
+        task = s.get(Task, task_id)
+        if task is None:
+            raise ValueError(f"no task {task_id}")
+        if round_ids is None:
+            rounds = list(s.exec(select(Round.id).where(Round.task_id == task_id).order_by(Round.number)))
+            round_ids = rounds[-1:] if policy == "flush" else rounds
+        rows = s.exec(select(Generation, Prompt).join(Prompt, Generation.prompt_id == Prompt.id).where(
+            Prompt.task_id == task_id, Generation.round_id.in_(round_ids)).order_by(Generation.id)).all()
+        gen_ids = [g.id for g, _ in rows]
+        chosen = effective_feedback(s, gen_ids, kinds=("category", "text"))
+        flagged = set(s.exec(select(Feedback.generation_id).where(
+            Feedback.generation_id.in_(gen_ids), Feedback.kind == "flag", Feedback.source.like("human:%"))))
+        per_prompt: dict[int, list[PoolItem]] = defaultdict(list)
+        for g, p in rows:
+            fb = chosen.get(g.id)
+            text = (fb.text if fb.kind == "text" else fb.category) if fb else None
+            if not text or g.id in flagged:
+                continue  # no usable feedback: not in the pool
+            per_prompt[p.id].append(PoolItem(g.id, fb.id, p.id, prompt_of(p), text, g.response, g.truncated,
+                                              fb.category, fb.score))
+        n_categories = len(task.categories)
+    pool: list[PoolItem] = []
+    for prompt_id in sorted(per_prompt):
+        items = per_prompt[prompt_id]
+        quota = k_per_category * (n_categories or len({it.feedback for it in items}))
+        if max_per_prompt is not None:
+            quota = min(quota, max_per_prompt)
+        pool += _draw(items, k_per_category, quota, random.Random(f"{seed}:{prompt_id}"))
+    return pool

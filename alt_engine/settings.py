@@ -31,6 +31,8 @@ class Settings:
         device: ``cpu``, ``cuda`` or ``auto``.
         backend: sampling backend, ``transformers`` or ``vllm``.
         threads: torch intra-op threads (0 = torch's default).
+    Feedback:
+        reward_quantiles: reward scores cut into quantiles per ``prompt`` (ALT) or over the ``pool`` (Quark).
     LLM judge (any OpenAI-compatible endpoint):
         llm_base_url, llm_model, llm_api_key, llm_timeout, llm_max_retries,
         llm_concurrency, llm_max_requests, llm_max_tokens.
@@ -45,6 +47,8 @@ class Settings:
     device: str = field(default="auto", metadata={"help": "cpu | cuda | auto"})
     backend: str = field(default="transformers", metadata={"help": "transformers | vllm"})
     threads: int = field(default=0, metadata={"help": "torch threads (0 = default)"})
+    reward_quantiles: str = field(default="prompt", metadata={
+        "help": "reward provider quantiles: 'prompt' (per prompt, ALT) or 'pool' (whole pool, Quark)"})
     llm_base_url: str = field(default="http://127.0.0.1:7860/v1", metadata={"help": "OpenAI-compatible base URL"})
     llm_model: str = field(default="gpt-3.5-turbo", metadata={"help": "judge model name"})
     llm_api_key: str = field(default="sk-local", metadata={"help": "judge API key (env ALT_LLM_API_KEY or OPENAI_API_KEY)"})

@@ -1,7 +1,151 @@
-"""OpenAI-compatible ``/v1/chat/completions`` for the served model (filled in by the judge work)."""
+"""OpenAI-compatible ``/v1/chat/completions`` and ``/v1/models`` for the served model.
+
+Anything that speaks the OpenAI API — the studio's own LLM judge included —
+can use the served model: ``ALT_LLM_BASE_URL=http://127.0.0.1:7860/v1``.
+
+Auth: these routes do not use the app's login; a request must carry
+``Authorization: Bearer <key>`` with the key equal to ``Settings.llm_api_key``
+(env ``ALT_LLM_API_KEY``, default ``sk-local``; an empty key disables the check).
+
+Model names: the served version's name (``GET /v1/models``), its path, or
+``settings.model``; any other name is a 404, so provenance (``llm:<model>``)
+always names what really answered. Point the judge at it with
+``ALT_LLM_MODEL=<version name>``.
+
+Body: ``model``, ``messages`` (roles system/user/assistant, content a string
+or text parts), ``temperature`` (default 1), ``top_p`` (default 1),
+``max_tokens`` / ``max_completion_tokens`` (default 128, at most 2048),
+``seed``, ``n`` = 1; no streaming. Extra field ``feedback``: a feedback text
+to condition the generation on (steering), exactly as in training.
+Bad requests get 400 with an OpenAI-style ``{"error": {...}}`` body.
+"""
 
 from __future__ import annotations
 
+import hmac
+import json
+import random
+import time
+import uuid
+from typing import Any, Literal
 
-def add_openai_routes(api, settings) -> None:
-    """Mount the OpenAI-compatible routes on the FastAPI ``api``."""
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from alt_engine.serving import ModelServer
+from alt_engine.settings import Settings
+
+MAX_TOKENS_LIMIT = 2048
+DEFAULT_MAX_TOKENS = 128
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def as_dict(self) -> dict:
+        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    seed: int | None = None
+    n: Literal[1] = 1
+    stream: Literal[False] = False
+    feedback: str | None = None  # ALT steering: the feedback to condition on
+
+
+def openai_error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}}, status)
+
+
+def _validation_message(e: ValidationError) -> tuple[str, str | None]:
+    err = e.errors()[0]
+    param = ".".join(str(p) for p in err.get("loc", ()))
+    return f"{param}: {err.get('msg')}" if param else str(err.get("msg")), param or None
+
+
+def add_openai_routes(api: FastAPI, settings: Settings, server: ModelServer | None = None) -> ModelServer:
+    """Mount the routes on ``api`` (before any catch-all mount such as Gradio's at "/").
+
+    Without ``server`` a ``ModelServer`` for the served version is created, loading
+    the model on first use. The server is returned and kept on ``api.state.model_server``
+    so the rest of the app (the playground) shares the same model copy.
+    """
+    server = server or ModelServer.from_settings(settings)
+    api.state.model_server = server
+
+    def unauthorized(request: Request) -> JSONResponse | None:
+        if not settings.llm_api_key:
+            return None
+        given = request.headers.get("authorization", "")
+        scheme, _, key = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), settings.llm_api_key.encode()):
+            return openai_error(401, "Invalid API key: send 'Authorization: Bearer <ALT_LLM_API_KEY>'.",
+                                code="invalid_api_key")
+        return None
+
+    @api.get("/v1/models")
+    def list_models(request: Request):
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        return {"object": "list", "data": [{"id": server.version_name, "object": "model", "created": 0,
+                                            "owned_by": "alt-studio"}]}
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        try:
+            body = json.loads(await request.body() or b"null")
+        except ValueError:
+            return openai_error(400, "the request body is not valid JSON")
+        # generation blocks: run it in the threadpool, where concurrent requests meet in one batch
+        return await run_in_threadpool(_complete, server, settings, body)
+
+    return server
+
+
+def _complete(server: ModelServer, settings: Settings, body: Any) -> JSONResponse | dict:
+    if not isinstance(body, dict):
+        return openai_error(400, "the request body must be a JSON object")
+    try:
+        req = ChatRequest.model_validate(body)
+    except ValidationError as e:
+        message, param = _validation_message(e)
+        return openai_error(400, message, param=param)
+    if req.model not in {*server.model_ids, settings.model}:
+        return openai_error(404, f"model {req.model!r} is not served here; available: {server.version_name} "
+                                 "(set ALT_LLM_MODEL to it)", param="model", code="model_not_found")
+    messages = [m.as_dict() for m in req.messages]
+    try:
+        text, usage = server.chat(messages, feedback=req.feedback or None,
+                                  max_new_tokens=req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_TOKENS,
+                                  temperature=req.temperature, top_p=req.top_p,
+                                  seed=req.seed if req.seed is not None else random.randrange(2**31))
+    except ValueError as e:
+        return openai_error(400, str(e))
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
+        "model": server.version_name, "system_fingerprint": server.version_name,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "finish_reason": usage.finish_reason, "logprobs": None}],
+        "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                  "total_tokens": usage.total_tokens},
+    }

@@ -1,36 +1,216 @@
-"""The web server: one FastAPI app holding the Gradio UI (and, later, JSON APIs)."""
+"""The web server: one FastAPI app with sign-in, the JSON annotation API, the OpenAI routes and the Gradio UI.
+
+Routes:
+  /login, /logout              sign-in page (HTML form) and sign-out
+  /healthz                     liveness, no sign-in
+  /api/login /api/logout /api/me
+  /api/annotate/...            next, submit, skip, flag, undo, progress (signed in)
+  /api/admin/...               users, jobs, agreement (admins)
+  /v1/...                      OpenAI-compatible, API key instead of sign-in (app/openai_api.py)
+  /                            the Gradio app (Annotate, Admin tabs), sign-in required
+"""
 
 from __future__ import annotations
 
+import dataclasses
+
 import gradio as gr
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request
+from pydantic import BaseModel
 
+from alt_engine import annotation as ann
+from alt_engine import users as users_svc
+from alt_engine.agreement import agreement_report
+from alt_engine.db import init_db, session_scope
 from alt_engine.settings import Settings
 from alt_engine.versions import served_version
-from alt_engine.db import session_scope
+
+from .admin import AdminTab, jobs_table
+from .annotate import CSS, SHORTCUTS_JS, AnnotateTab
+from .auth import Auth, add_auth_routes
+from .openai_api import add_openai_routes
+
+# --------------------------------------------------------------------------- JSON API
 
 
-def build_blocks(settings: Settings) -> gr.Blocks:
-    with session_scope(settings.db) as s:
-        served = served_version(s)
+class LeaseBody(BaseModel):
+    lease_id: int
+
+
+class SubmitBody(BaseModel):
+    lease_id: int
+    category: str | None = None
+    text: str | None = None
+    critique: str | None = None
+    revision: str | None = None
+    judgment: str | None = None
+    accept_suggestion: int | None = None
+
+
+class FlagBody(BaseModel):
+    lease_id: int
+    reason: str = ""
+
+
+class NewUser(BaseModel):
+    name: str
+    password: str
+    role: str = "annotator"
+
+
+EMPTY_MESSAGE = "Nothing to annotate — ask an admin to sample a round."
+
+
+def _refuse(e: ann.AnnotationError) -> HTTPException:
+    return HTTPException(status_code=409 if isinstance(e, ann.Conflict) else 400, detail=str(e))
+
+
+def add_annotation_api(api: FastAPI, settings: Settings, auth: Auth) -> None:
+    """The JSON API: the same ``alt_engine.annotation`` calls as the Annotate tab's handlers."""
+    db = settings.db
+
+    @api.get("/api/annotate/next")
+    def next_item(request: Request, task: str | None = None):
+        user = auth.api_user(request)
+        try:
+            item = ann.next_item(db, user, task, settings.lease_seconds)
+        except ann.AnnotationError as e:
+            raise _refuse(e) from e
+        return {"item": item.to_dict() if item else None, "message": "" if item else EMPTY_MESSAGE}
+
+    @api.post("/api/annotate/submit")
+    def submit(body: SubmitBody, request: Request):
+        user = auth.api_user(request)
+        sub = ann.Submission(**body.model_dump(exclude={"lease_id"}))
+        try:
+            return dataclasses.asdict(ann.submit(db, user, body.lease_id, sub))
+        except ann.AnnotationError as e:
+            raise _refuse(e) from e
+
+    @api.post("/api/annotate/skip")
+    def skip(body: LeaseBody, request: Request):
+        user = auth.api_user(request)
+        try:
+            ann.skip(db, user, body.lease_id)
+        except ann.AnnotationError as e:
+            raise _refuse(e) from e
+        return {"status": "skipped"}
+
+    @api.post("/api/annotate/flag")
+    def flag(body: FlagBody, request: Request):
+        user = auth.api_user(request)
+        try:
+            return dataclasses.asdict(ann.flag(db, user, body.lease_id, body.reason))
+        except ann.AnnotationError as e:
+            raise _refuse(e) from e
+
+    @api.post("/api/annotate/undo")
+    def undo(request: Request):
+        user = auth.api_user(request)
+        try:
+            return {"item": ann.undo_last(db, user, settings.lease_seconds).to_dict()}
+        except ann.AnnotationError as e:
+            raise _refuse(e) from e
+
+    @api.get("/api/annotate/progress")
+    def progress(task: str, request: Request):
+        user = auth.api_user(request)
+        try:
+            return dataclasses.asdict(ann.progress(db, user, task))
+        except ann.AnnotationError as e:
+            raise _refuse(e) from e
+
+    @api.get("/api/admin/users")
+    def list_users(request: Request):
+        auth.api_admin(request)
+        return {"users": [dataclasses.asdict(u) for u in users_svc.list_users(db)]}
+
+    @api.post("/api/admin/users", status_code=201)
+    def create_user(body: NewUser, request: Request):
+        auth.api_admin(request)
+        try:
+            return dataclasses.asdict(users_svc.add_user(db, body.name, body.password, body.role))
+        except ValueError as e:
+            raise HTTPException(status_code=400, detail=str(e)) from e
+
+    @api.get("/api/admin/jobs")
+    def jobs(request: Request):
+        auth.api_admin(request)
+        return {"jobs": jobs_table(db).to_dict(orient="records")}
+
+    @api.get("/api/admin/agreement")
+    def agreement(task: str, request: Request):
+        auth.api_admin(request)
+        try:
+            report = agreement_report(db, task)
+        except ValueError as e:
+            raise HTTPException(status_code=404, detail=str(e)) from e
+        return _json_safe(dataclasses.asdict(report))
+
+
+def _json_safe(x):
+    """NaN κ (undefined) becomes null in JSON."""
+    if isinstance(x, float) and x != x:
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+# --------------------------------------------------------------------------- Gradio UI
+
+
+def build_blocks(settings: Settings, auth: Auth) -> gr.Blocks:
+    annotate = AnnotateTab(settings, auth)
+    admin = AdminTab(settings, auth)
     with gr.Blocks(title="ALT Studio") as blocks:
-        gr.Markdown("# ALT Studio")
-        gr.Markdown(f"Database: `{settings.db}`  \nServed model: `{served.name if served else 'none'}` "
-                    f"(`{served.path if served else ''}`)")
+        with gr.Row(equal_height=True):
+            gr.Markdown("## ALT Studio")
+            header = gr.Markdown(elem_id="alt-whoami")
+        with gr.Tabs():
+            with gr.Tab("Annotate", id="annotate"):
+                annotate.build_ui()
+            with gr.Tab("Admin", id="admin", visible=False, elem_id="alt-admin-tab") as admin_tab:
+                admin.build_ui()
+
+        def page_load(request: gr.Request):
+            user = auth.require_user(request)
+            with session_scope(settings.db) as s:
+                served = served_version(s)
+            who = (f"Signed in as **{user.name}** ({user.role}) · model `{served.name if served else 'none'}` · "
+                   "[Sign out](/logout)")
+            return (who, gr.update(visible=user.is_admin), *admin.page_load(user))
+
+        blocks.load(page_load, None, [header, admin_tab, *admin.load_outputs], api_visibility="private")
+        annotate.on_load(blocks)
     return blocks
 
 
 def create_app(settings: Settings) -> FastAPI:
-    api = FastAPI(title="ALT Studio")
+    """The whole server as one ASGI app (used by ``alt serve`` and by tests in-process)."""
+    init_db(settings.db)
+    api = FastAPI(title="ALT Studio", docs_url=None, redoc_url=None)
+    auth = Auth(settings)
 
     @api.get("/healthz")
     def healthz():
         return {"ok": True}
 
-    return gr.mount_gradio_app(api, build_blocks(settings), path="/")
+    add_auth_routes(api, auth)
+    add_annotation_api(api, settings, auth)
+    add_openai_routes(api, settings)
+    blocks = build_blocks(settings, auth)
+    blocks.queue(default_concurrency_limit=8)
+    return gr.mount_gradio_app(api, blocks, path="/", auth_dependency=auth.gradio_dependency, head=SHORTCUTS_JS,
+                               css=CSS, footer_links=[], run_history=False, show_error=True, theme=gr.themes.Soft())
 
 
 def serve(settings: Settings) -> None:
-    print(f"ALT Studio on http://{settings.host}:{settings.port}  (db {settings.db}, model {settings.model})")
+    print(f"ALT Studio on http://{settings.host}:{settings.port}  (db {settings.db}, model {settings.model})",
+          flush=True)
+    if not users_svc.list_users(settings.db):
+        print("no users yet: add one with `alt users add NAME --role admin`", flush=True)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")

@@ -40,7 +40,7 @@ def tiny_tokenizer():
 
 
 def seed_annotation_db(path: str, n: int = 6, k: int = 1, task: str = "default", responses: list[str] | None = None,
-                       chat: bool = False) -> dict:
+                       chat: bool = False, questions: list[str] | None = None) -> dict:
     """A database with one task, ``n`` prompts, one open round and one generation per prompt.
 
     Returns {"task": name, "round": id, "generations": [ids]}.
@@ -59,7 +59,8 @@ def seed_annotation_db(path: str, n: int = 6, k: int = 1, task: str = "default",
         for i in range(n):
             if chat:
                 p = Prompt(task_id=t.id, messages=[{"role": "system", "content": "Be brief."},
-                                                   {"role": "user", "content": f"Question number {i}?"}])
+                                                   {"role": "user", "content": questions[i % len(questions)]
+                                                    if questions else f"Question number {i}?"}])
             else:
                 p = Prompt(task_id=t.id, text=f"Prompt number {i}: say something.")
             s.add(p)
@@ -77,3 +78,92 @@ def annotation_db(tmp_path):
     """(db path, seed info) with 6 generations, k = 1."""
     path = str(tmp_path / "annotate.db")
     return path, seed_annotation_db(path)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """A real ``alt serve`` subprocess on 127.0.0.1 (stop() ends it and returns its output)."""
+
+    def __init__(self, db: str, model: str, workdir, env: dict | None = None, lease_seconds: int = 300):
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+        from pathlib import Path
+
+        self.db, self.port = db, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = Path(workdir) / "server.log"
+        alt = str(Path(sys.executable).with_name("alt"))
+        full_env = {**os.environ, "ALT_SECRET_KEY": "test-secret", "ALT_LEASE_SECONDS": str(lease_seconds),
+                    "ALT_CACHE_DIR": str(Path(workdir) / "cache"), "ALT_DEVICE": "cpu", **(env or {})}
+        self._out = open(self.log, "w")
+        self.proc = subprocess.Popen([alt, "serve", "--db", db, "--model", model, "--port", str(self.port)],
+                                     stdout=self._out, stderr=subprocess.STDOUT, env=full_env, cwd=str(workdir))
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"alt serve exited: {self.output()}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"alt serve did not come up: {self.output()}")
+
+    def output(self) -> str:
+        self._out.flush()
+        return self.log.read_text()
+
+    def stop(self) -> str:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except Exception:
+                self.proc.kill()
+        self._out.close()
+        return self.log.read_text()
+
+
+XSS = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=1</script>'
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory):
+    """``alt serve`` with a tiny model and a temp DB: 6 generations (one with an HTML/script payload, a chat
+    prompt), users admin/adminpass1, alice/alicepass1, bob/bobpass12."""
+    from alt_engine.tiny import save_tiny
+    from alt_engine.users import add_user
+
+    work = tmp_path_factory.mktemp("live")
+    model = save_tiny(work / "model")
+    db = str(work / "live.db")
+    responses = ["Paris is the capital of France.", f"Sure! {XSS} done.", "I do not know.",
+                 "Two plus two is four.", "Water boils at 100 C at sea level.", "Blue."]
+    questions = ["What is the capital of France?", f"Repeat this: {XSS}", "What is 2+2?", "What is 2+2?",
+                 "When does water boil?", "Name a colour."]
+    info = seed_annotation_db(db, n=6, responses=responses, chat=True, questions=questions)
+    from alt_engine.db import Feedback, session_scope
+
+    with session_scope(db) as s:  # an AI suggestion on the fourth item
+        s.add(Feedback(generation_id=info["generations"][3], source="llm:judge-x", kind="category",
+                       category="Mediocre"))
+    add_user(db, "admin", "adminpass1", "admin")
+    add_user(db, "alice", "alicepass1")
+    add_user(db, "bob", "bobpass12")
+    server = LiveServer(db, model, work)
+    server.info = info
+    yield server
+    server.stop()

@@ -10,6 +10,7 @@ from sqlmodel import select
 from alt_engine import prompts as prompt_import
 from alt_engine.db import Feedback, Generation, ModelVersion, Prompt, Round, Task, init_db, session_scope
 from alt_engine.modeling import resolve_model, set_threads
+from alt_engine.rounds import next_round
 from alt_engine.sampling import SamplingParams, make_backend, sample_prompts
 from alt_engine.tasks import BUILTIN_TASKS, get_or_create_task
 from alt_engine.versions import ensure_base_version, list_versions, promote, rollback, served_version
@@ -98,14 +99,6 @@ def cmd_import(args) -> None:
     cols = prompt_import.ColumnMap(text=args.text_column, messages=args.messages_column, split=args.split_column,
                                    meta=args.meta_column)
     print(prompt_import.import_prompts(settings.db, args.file, args.task, cols, args.split))
-
-
-def next_round(session, task: Task, version: ModelVersion) -> Round:
-    last = session.exec(select(func.max(Round.number)).where(Round.task_id == task.id)).one() or 0
-    rnd = Round(task_id=task.id, number=last + 1, model_version_id=version.id)
-    session.add(rnd)
-    session.flush()
-    return rnd
 
 
 def cmd_sample(args) -> None:

@@ -1,5 +1,239 @@
-"""Registered by its issue's work; empty until then."""
+"""``alt feedback | train | eval | round``: thin commands over the engine (feedback, pool, jobs, evaluation, rounds).
+
+Training options (``--learning_rate``, ``--epochs``, ``--lora`` ...) come from
+``AltTrainConfig`` through ``transformers.HfArgumentParser``; our own options
+use dashes (``--k-per-category``) so the two never collide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+from sqlalchemy import func
+from sqlmodel import select
+
+from alt_engine.db import Generation, ModelVersion, Round, Task, init_db, session_scope
+from alt_engine.modeling import set_threads
+from alt_engine.pool import POLICIES
+
+from . import CLIError, settings_from
+
+PROMOTE_CHOICES = ("always", "if-better", "never")
+
+
+def _train_options() -> list[argparse.ArgumentParser]:
+    from transformers import HfArgumentParser
+
+    from alt_engine.training.config import AltTrainConfig
+
+    return [HfArgumentParser(AltTrainConfig, add_help=False)]
+
+
+def _pool_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--k-per-category", type=int, default=2, help="pool: generations per category per prompt")
+    p.add_argument("--policy", choices=POLICIES, default="flush", help="pool: latest round (ALT) or all (Quark)")
+    p.add_argument("--max-per-prompt", type=int, default=None, help="pool: cap per prompt")
+
+
+def _eval_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    p.add_argument(f"--{prefix}n", dest="eval_n", type=int, default=1, help="generations per probe prompt")
+    p.add_argument(f"--{prefix}max-new-tokens", dest="eval_max_new_tokens", type=int, default=48)
+    p.add_argument(f"--{prefix}seed", dest="eval_seed", type=int, default=0, help="evaluation sampling seed")
+    p.add_argument(f"--{prefix}limit", dest="eval_limit", type=int, default=None,
+                   help="at most this many probe prompts")
 
 
 def register(sub, common) -> None:
-    pass
+    p = sub.add_parser("feedback", parents=[common], help="label a round's generations with a provider")
+    p.add_argument("--provider", required=True, help="rule:<name>[:arg] | reward:<path or module:fn> | llm:categorical "
+                                                     "| llm:free_text")
+    p.add_argument("--round", type=int, default=None, help="round number (default: the task's latest)")
+    p.add_argument("--task", default="default")
+    p.set_defaults(func=cmd_feedback)
+
+    train_parents = [common, *_train_options()]
+    p = sub.add_parser("train", parents=train_parents, help="train a new model version on the data pool (ALT)",
+                       description="Training options are AltTrainConfig's fields (e.g. --learning_rate 1e-5 --lora).")
+    p.add_argument("--task", default="default")
+    p.add_argument("--round", type=int, action="append", default=None,
+                   help="round number(s) whose generations form the pool (default: per --policy)")
+    _pool_options(p)
+    p.add_argument("--background", action="store_true", help="start a job, print its id and return")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", parents=[common], help="evaluate a model version on the task's probe prompts")
+    p.add_argument("--version", type=int, default=None, help="model version id (default: the served one)")
+    p.add_argument("--provider", default=None, help="feedback provider judging the generations (spec as for feedback)")
+    p.add_argument("--task", default="default")
+    p.add_argument("--reference", default=None, help="reference model for perplexity (default: the chain's base)")
+    _eval_options(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("round", parents=train_parents,
+                       help="run full rounds: sample → feedback → train → eval → promote",
+                       description="Training options are AltTrainConfig's fields (e.g. --learning_rate 1e-5 --lora).")
+    p.add_argument("--provider", required=True, help="feedback provider spec (as for `alt feedback`)")
+    p.add_argument("--task", default="default")
+    p.add_argument("--rounds", type=int, default=1, help="how many rounds to run one after another")
+    p.add_argument("--n", type=int, default=4, help="samples per prompt")
+    p.add_argument("--limit", type=int, default=None, help="at most this many train prompts")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--sample-batch-size", type=int, default=16)
+    p.add_argument("--sample-seed", type=int, default=0)
+    p.add_argument("--promote", choices=PROMOTE_CHOICES, default="if-better")
+    p.add_argument("--metric", default="exemplar_share", help="metric for --promote if-better (e.g. mean_score, "
+                                                              "perplexity: lower is better)")
+    _pool_options(p)
+    _eval_options(p, prefix="eval-")
+    p.add_argument("--background", action="store_true", help="train in a subprocess job (progress in the Job table)")
+    p.set_defaults(func=cmd_round)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _task(session, name: str) -> Task:
+    from alt_engine.tasks import get_or_create_task
+
+    return get_or_create_task(session, name)
+
+
+def _round(session, task: Task, number: int | None) -> Round:
+    if number is None:
+        number = session.exec(select(func.max(Round.number)).where(Round.task_id == task.id)).one()
+        if number is None:
+            raise CLIError(f"task {task.name!r} has no rounds yet: run `alt sample` or `alt round` first")
+    rnd = session.exec(select(Round).where(Round.task_id == task.id, Round.number == number)).first()
+    if rnd is None:
+        raise CLIError(f"task {task.name!r} has no round {number}")
+    return rnd
+
+
+def _train_config(args):
+    from alt_engine.training.config import AltTrainConfig
+
+    return AltTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AltTrainConfig)
+                             if hasattr(args, f.name)})
+
+
+def _eval_config(args):
+    from alt_engine.evaluation import EvalConfig
+
+    return EvalConfig(n=args.eval_n, max_new_tokens=args.eval_max_new_tokens, seed=args.eval_seed,
+                      limit=args.eval_limit)
+
+
+def _served(session) -> ModelVersion:
+    from alt_engine.versions import served_version
+
+    served = served_version(session)
+    if served is None:
+        raise CLIError("no served model version: run `alt init` first")
+    return served
+
+
+def _print_metrics(name: str, metrics: dict) -> None:
+    keys = ("exemplar_share", "mean_score", "perplexity", "dist1", "dist2", "dist3", "mean_length", "pct_truncated")
+    shown = "  ".join(f"{k}={metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), int | float))
+    print(f"{name}: {shown}")
+    if metrics.get("category_share"):
+        print("  categories: " + ", ".join(f"{c} {s:.0%}" for c, s in metrics["category_share"].items()))
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_feedback(args) -> None:
+    from alt_engine.feedback import label_generations, make_provider
+
+    settings = settings_from(args)
+    init_db(settings.db)
+    with session_scope(settings.db) as s:
+        task = _task(s, args.task)
+        rnd = _round(s, task, args.round)
+        gen_ids = list(s.exec(select(Generation.id).where(Generation.round_id == rnd.id).order_by(Generation.id)))
+    if not gen_ids:
+        raise CLIError(f"round {rnd.number} of task {task.name!r} has no generations")
+    provider = make_provider(args.provider, settings, task)
+    report = label_generations(settings.db, provider, task, gen_ids)
+    print(f"round {rnd.number}: {report}")
+
+
+def cmd_train(args) -> int:
+    from alt_engine.rounds import train_version
+
+    settings = settings_from(args)
+    init_db(settings.db)
+    set_threads(settings.threads)
+    config = _train_config(args)
+    with session_scope(settings.db) as s:
+        task = _task(s, args.task)
+        round_ids = [_round(s, task, n).id for n in args.round] if args.round else None
+        parent = _served(s)
+    pool_kw = dict(round_ids=round_ids, k_per_category=args.k_per_category, seed=config.seed, policy=args.policy,
+                   max_per_prompt=args.max_per_prompt)
+    job_id, version_id = train_version(settings.db, settings, task, parent.id, config, pool_kw,
+                                       round_id=round_ids[-1] if round_ids else None, background=args.background,
+                                       wait=not args.background)
+    if args.background:
+        print(f"started training job {job_id}: follow it with `alt status` / the admin tab")
+        return 0
+    with session_scope(settings.db) as s:
+        version = s.get(ModelVersion, version_id)
+    print(f"trained {version.name} (id {version.id}) from {parent.name} at {version.path}; "
+          f"not served yet: `alt eval --version {version.id}` then `alt models promote {version.id}`")
+    return 0
+
+
+def cmd_eval(args) -> None:
+    from alt_engine.evaluation import evaluate_version
+    from alt_engine.feedback import make_provider
+
+    settings = settings_from(args)
+    init_db(settings.db)
+    set_threads(settings.threads)
+    with session_scope(settings.db) as s:
+        task = _task(s, args.task)
+        version = s.get(ModelVersion, args.version) if args.version is not None else _served(s)
+        if version is None:
+            raise CLIError(f"no model version {args.version}")
+    provider = make_provider(args.provider, settings, task) if args.provider else None
+    metrics = evaluate_version(settings.db, settings, version.id, task, provider, _eval_config(args),
+                               reference=args.reference, show_progress=True)
+    _print_metrics(f"{version.name} (id {version.id})", metrics)
+    if args.verbose:
+        print(json.dumps(metrics, indent=2))
+
+
+def cmd_round(args) -> None:
+    from alt_engine.rounds import RoundConfig, run_round
+    from alt_engine.sampling import SamplingParams
+
+    settings = settings_from(args)
+    if args.rounds < 1:
+        raise CLIError("--rounds must be >= 1")
+    from .core import setup
+
+    setup(settings)
+    set_threads(settings.threads)
+    config = RoundConfig(
+        sampling=SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p,
+                                max_new_tokens=args.max_new_tokens, seed=args.sample_seed,
+                                batch_size=args.sample_batch_size),
+        limit=args.limit, k_per_category=args.k_per_category, policy=args.policy, max_per_prompt=args.max_per_prompt,
+        promote=args.promote.replace("-", "_"), metric=args.metric, eval=_eval_config(args),
+        background_training=args.background)
+    train_config = _train_config(args)
+    with session_scope(settings.db) as s:
+        task = _task(s, args.task)
+    from alt_engine.feedback import make_provider
+
+    provider = make_provider(args.provider, settings, task)
+    for _ in range(args.rounds):
+        report = run_round(settings.db, settings, task, provider, config, train_config)
+        _print_metrics("  new version", report.metrics)
+        _print_metrics("  parent     ", report.parent_metrics)

@@ -1,0 +1,398 @@
+"""The annotation queue: leases, submissions, skip, flag, undo. No web framework here.
+
+Rules (the web app's handlers and the JSON API both call these functions):
+
+- The queue of a task is the generations of its open rounds (status ``sampling``
+  or ``feedback``); generations without a round (evaluation samples) are never
+  queued. Items are handed out in generation order.
+- ``next_item`` leases one generation to one annotator until ``expires_at``.
+  An item is handed out while (done labels + unexpired open leases) < the task's
+  ``annotations_per_item`` (k), never twice to the same annotator (a Lease row
+  per (generation, user) is unique), and never after a person flagged it.
+  An annotator who asks again gets back the lease they already hold.
+- ``submit`` is one transaction and idempotent per lease: the lease goes
+  open → done in the same transaction that writes the Feedback rows, so a double
+  click writes nothing the second time. A submission after the lease expired is
+  still saved unless the item got its k labels meanwhile (then ``Conflict``).
+- ``undo_last`` deletes the user's newest submission (unless a model was
+  already trained on it) and re-opens its lease; ``skip`` gives the item to
+  someone else; ``flag`` stores a ``flag`` row and takes the item out of the queue.
+
+Every write transaction starts with a write statement so SQLite takes its write
+lock before anything is read (no two annotators can read the same free item),
+and an in-process lock keeps the server's own threads from waiting in SQLite's
+sleeping busy handler.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from dataclasses import asdict, dataclass, field
+
+from sqlalchemy import text
+from sqlmodel import Session, select
+
+from .conditioning import PromptLike, prompt_of
+from .db import Feedback, Generation, Lease, Prompt, Round, Task, TrainingExample, session_scope
+from .users import UserInfo
+
+OPEN_ROUND_STATES = ("sampling", "feedback")
+AI_PREFIXES = ("llm:", "reward:", "rule:")
+MAX_TEXT = 10_000
+_write_lock = threading.Lock()
+
+
+class AnnotationError(ValueError):
+    """A request that cannot be honoured (bad lease, bad label); nothing was written."""
+
+
+class Conflict(AnnotationError):
+    """A late submission refused because the item got its labels meanwhile."""
+
+
+@dataclass
+class Suggestion:
+    """An AI label on the item, shown to the annotator with its provenance."""
+
+    feedback_id: int
+    source: str
+    kind: str
+    category: str | None = None
+    text: str | None = None
+    score: float | None = None
+
+
+@dataclass
+class Item:
+    """One leased generation as the annotator sees it."""
+
+    lease_id: int
+    generation_id: int
+    task: str
+    categories: list[str]
+    allow_free_text: bool
+    guidelines: str
+    prompt: PromptLike
+    response: str
+    truncated: bool
+    expires_at: str
+    conditioning: str | None = None  # only when the task shows it
+    suggestion: Suggestion | None = None
+    round_number: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Submission:
+    """What the annotator entered. At least one field (or an accepted suggestion) is required."""
+
+    category: str | None = None
+    text: str | None = None  # free-text feedback (with a category: a comment)
+    critique: str | None = None  # Critique-and-Revise
+    revision: str | None = None
+    judgment: str | None = None  # CUT
+    accept_suggestion: int | None = None  # Feedback id of the AI suggestion accepted as is
+
+
+@dataclass
+class SubmitResult:
+    status: str  # saved | duplicate
+    feedback_ids: list[int] = field(default_factory=list)
+    late: bool = False
+    message: str = ""
+
+
+@dataclass
+class Progress:
+    done: int  # this user's labels in the task's open rounds
+    remaining: int  # items this user could still be given
+    total: int  # items in the open rounds
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _ts(t: dt.datetime) -> str:
+    """How SQLite holds a datetime (UTC, no zone): for comparisons in raw SQL."""
+    return _utc(t).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _utc(t: dt.datetime) -> dt.datetime:
+    return t.astimezone(dt.UTC) if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+def _take_write_lock(s: Session) -> None:
+    s.connection().execute(text("UPDATE lease SET state = state WHERE 0"))
+
+
+def _clean(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if len(value) > MAX_TEXT:
+        raise AnnotationError(f"text too long ({len(value)} characters; at most {MAX_TEXT})")
+    return value or None
+
+
+def resolve_task(s: Session, task: str | int | None) -> Task | None:
+    if task is None or task == "":
+        return None
+    row = s.get(Task, task) if isinstance(task, int) else s.exec(select(Task).where(Task.name == task)).first()
+    if row is None:
+        raise AnnotationError(f"no task {task!r}")
+    return row
+
+
+_CANDIDATES = """
+FROM generation g JOIN round r ON r.id = g.round_id
+WHERE r.task_id = :task AND r.status IN ('sampling', 'feedback')
+  AND NOT EXISTS (SELECT 1 FROM lease m WHERE m.generation_id = g.id AND m.user_id = :user)
+  AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.generation_id = g.id AND f.kind = 'flag'
+                  AND f.source LIKE 'human:%')
+  AND (SELECT COUNT(*) FROM lease l WHERE l.generation_id = g.id
+       AND (l.state = 'done' OR (l.state = 'open' AND l.expires_at > :now))) < :k
+"""
+
+
+def _params(task: Task, user: UserInfo, now: dt.datetime) -> dict:
+    return {"task": task.id, "user": user.id, "now": _ts(now), "k": max(1, task.annotations_per_item)}
+
+
+def _suggestion(s: Session, generation_id: int) -> Suggestion | None:
+    rows = s.exec(select(Feedback).where(Feedback.generation_id == generation_id,
+                                         Feedback.kind.in_(("category", "text")))
+                  .order_by(Feedback.id.desc())).all()
+    for fb in rows:
+        if fb.source.startswith(AI_PREFIXES):
+            return Suggestion(feedback_id=fb.id, source=fb.source, kind=fb.kind, category=fb.category, text=fb.text,
+                              score=fb.score)
+    return None
+
+
+def _item(s: Session, lease: Lease) -> Item:
+    gen = s.get(Generation, lease.generation_id)
+    prompt = s.get(Prompt, gen.prompt_id)
+    task = s.get(Task, prompt.task_id)
+    rnd = s.get(Round, gen.round_id) if gen.round_id else None
+    return Item(lease_id=lease.id, generation_id=gen.id, task=task.name, categories=list(task.categories),
+                allow_free_text=task.allow_free_text, guidelines=task.guidelines, prompt=prompt_of(prompt),
+                response=gen.response, truncated=gen.truncated, expires_at=_utc(lease.expires_at).isoformat(),
+                conditioning=gen.conditioning if task.show_conditioning else None,
+                suggestion=_suggestion(s, gen.id), round_number=rnd.number if rnd else None)
+
+
+def _tasks_in_order(s: Session, task: str | int | None) -> list[Task]:
+    one = resolve_task(s, task)
+    return [one] if one is not None else list(s.exec(select(Task).order_by(Task.id)))
+
+
+# --------------------------------------------------------------------------- queue
+
+
+def next_item(db: str, user: UserInfo, task: str | int | None = None, lease_seconds: int = 300) -> Item | None:
+    """The item this user should label now (their open lease, else a new one); None when nothing is left.
+
+    ``task`` None = the first task (by id) with work for this user.
+    """
+    now = _now()
+    with _write_lock, session_scope(db) as s:
+        _take_write_lock(s)
+        tasks = _tasks_in_order(s, task)
+        held = s.exec(select(Lease).where(Lease.user_id == user.id, Lease.state == "open")
+                      .order_by(Lease.id)).all()
+        for lease in held:  # resume what this user already holds (page reload, second tab)
+            item = _item(s, lease)
+            if item.task not in {t.name for t in tasks}:
+                continue
+            if _utc(lease.expires_at) > now or _capacity_left(s, lease.generation_id, user.id, item.task, now):
+                lease.expires_at = now + dt.timedelta(seconds=lease_seconds)
+                s.flush()
+                item.expires_at = _utc(lease.expires_at).isoformat()
+                return item
+            lease.state = "expired"  # the item was given to others meanwhile
+        for t in tasks:
+            row = s.connection().execute(text("SELECT g.id " + _CANDIDATES + " ORDER BY g.id LIMIT 1"),
+                                         _params(t, user, now)).first()
+            if row is None:
+                continue
+            lease = Lease(generation_id=row[0], user_id=user.id, expires_at=now + dt.timedelta(seconds=lease_seconds))
+            s.add(lease)
+            s.flush()
+            return _item(s, lease)
+    return None
+
+
+def _capacity_left(s: Session, generation_id: int, user_id: int, task_name: str, now: dt.datetime) -> bool:
+    """Whether another label by ``user_id`` still fits: labels by others + others' live leases < k."""
+    k = s.exec(select(Task.annotations_per_item).where(Task.name == task_name)).one()
+    taken = s.connection().execute(text(
+        "SELECT COUNT(*) FROM lease WHERE generation_id = :g AND user_id != :u "
+        "AND (state = 'done' OR (state = 'open' AND expires_at > :now))"),
+        {"g": generation_id, "u": user_id, "now": _ts(now)}).scalar_one()
+    return taken < max(1, k)
+
+
+def _labels_by_others(s: Session, generation_id: int, user_id: int) -> int:
+    return s.connection().execute(text(
+        "SELECT COUNT(*) FROM lease WHERE generation_id = :g AND user_id != :u AND state = 'done'"),
+        {"g": generation_id, "u": user_id}).scalar_one()
+
+
+def get_item(db: str, user: UserInfo, lease_id: int) -> Item:
+    """The item behind one of this user's leases (any state)."""
+    with session_scope(db) as s:
+        lease = s.get(Lease, lease_id)
+        if lease is None or lease.user_id != user.id:
+            raise AnnotationError(f"no lease {lease_id} for {user.name}")
+        return _item(s, lease)
+
+
+def progress(db: str, user: UserInfo, task: str | int) -> Progress:
+    now = _now()
+    with session_scope(db) as s:
+        t = resolve_task(s, task)
+        conn = s.connection()
+        remaining = conn.execute(text("SELECT COUNT(*) " + _CANDIDATES), _params(t, user, now)).scalar_one()
+        scope = ("FROM generation g JOIN round r ON r.id = g.round_id "
+                 "WHERE r.task_id = :task AND r.status IN ('sampling', 'feedback')")
+        total = conn.execute(text("SELECT COUNT(*) " + scope), {"task": t.id}).scalar_one()
+        mine = ("SELECT COUNT(*) FROM lease l JOIN generation g ON g.id = l.generation_id "
+                "JOIN round r ON r.id = g.round_id WHERE r.task_id = :task AND r.status IN ('sampling', 'feedback') "
+                "AND l.user_id = :u AND l.state = :state")
+        done = conn.execute(text(mine), {"task": t.id, "u": user.id, "state": "done"}).scalar_one()
+        # an open lease of this user is "remaining" too: it is the item on screen
+        held = conn.execute(text(mine), {"task": t.id, "u": user.id, "state": "open"}).scalar_one()
+        return Progress(done=done, remaining=remaining + held, total=total)
+
+
+# --------------------------------------------------------------------------- writes
+
+
+def _feedback_rows(task: Task, lease: Lease, user: UserInfo, sub: Submission, s: Session) -> list[Feedback]:
+    category, free_text = sub.category or None, _clean(sub.text)
+    raw = None
+    if sub.accept_suggestion is not None:
+        fb = s.get(Feedback, sub.accept_suggestion)
+        if fb is None or fb.generation_id != lease.generation_id or not fb.source.startswith(AI_PREFIXES):
+            raise AnnotationError(f"suggestion {sub.accept_suggestion} is not an AI label on this item")
+        category, free_text = fb.category, fb.text if fb.kind == "text" else free_text
+        raw = json.dumps({"accepted_suggestion": fb.id, "from": fb.source})
+    if category is not None and category not in task.categories:
+        raise AnnotationError(f"{category!r} is not a category of task {task.name!r} ({', '.join(task.categories)})")
+    critique, revision, judgment = _clean(sub.critique), _clean(sub.revision), _clean(sub.judgment)
+    if category is None and free_text and not task.allow_free_text:
+        raise AnnotationError(f"task {task.name!r} takes a category, not free text alone")
+    if category is None and not (free_text or critique or revision or judgment):
+        raise AnnotationError("nothing to submit: choose a category or write feedback")
+    base = dict(generation_id=lease.generation_id, source=user.source, user_id=user.id)
+    rows = []
+    if critique or revision:
+        rows.append(Feedback(**base, kind="critique", critique=critique, revision=revision,
+                             request_key=f"lease:{lease.id}:critique"))
+    if judgment:
+        rows.append(Feedback(**base, kind="judgment", text=judgment, request_key=f"lease:{lease.id}:judgment"))
+    if category is not None or free_text:  # the main label last: it is the newest, so it is the one that counts
+        rows.append(Feedback(**base, kind="category" if category is not None else "text", category=category,
+                             text=free_text, raw=raw, request_key=f"lease:{lease.id}:main"))
+    return rows
+
+
+def _close_lease(db: str, user: UserInfo, lease_id: int, make_rows) -> SubmitResult:
+    """Move the lease open → done and write ``make_rows(task, lease, session)`` in one transaction."""
+    now = _now()
+    refused = None
+    with _write_lock, session_scope(db) as s:
+        won = s.connection().execute(
+            text("UPDATE lease SET state = 'done' WHERE id = :id AND user_id = :u AND state = 'open'"),
+            {"id": lease_id, "u": user.id}).rowcount
+        lease = s.get(Lease, lease_id)
+        if not won:
+            if lease is None or lease.user_id != user.id:
+                raise AnnotationError(f"no lease {lease_id} for {user.name}")
+            if lease.state == "done":
+                ids = s.exec(select(Feedback.id).where(Feedback.request_key.like(f"lease:{lease_id}:%"))).all()
+                return SubmitResult(status="duplicate", feedback_ids=list(ids), message="already saved")
+            if lease.state == "expired":
+                raise Conflict("this item got its labels while your lease was expired; nothing was saved")
+            raise AnnotationError(f"you skipped this item (lease {lease_id}); nothing was saved")
+        s.refresh(lease)
+        gen = s.get(Generation, lease.generation_id)
+        task = s.get(Task, s.get(Prompt, gen.prompt_id).task_id)
+        late = _utc(lease.expires_at) <= now
+        if late and _labels_by_others(s, lease.generation_id, user.id) >= max(1, task.annotations_per_item):
+            lease.state = "expired"
+            refused = (f"your lease expired and the item got its {task.annotations_per_item} label(s) meanwhile; "
+                       "nothing was saved")
+        else:
+            rows = make_rows(task, lease, s)
+            s.add_all(rows)
+            s.flush()
+            result = SubmitResult(status="saved", feedback_ids=[r.id for r in rows], late=late,
+                                  message="saved (after the lease expired)" if late else "saved")
+    if refused:
+        raise Conflict(refused)
+    return result
+
+
+def submit(db: str, user: UserInfo, lease_id: int, submission: Submission) -> SubmitResult:
+    """Save the annotator's feedback on a leased item (idempotent per lease)."""
+    return _close_lease(db, user, lease_id, lambda task, lease, s: _feedback_rows(task, lease, user, submission, s))
+
+
+def flag(db: str, user: UserInfo, lease_id: int, reason: str = "") -> SubmitResult:
+    """Mark the item problematic (kind ``flag``); it leaves everyone's queue."""
+    reason = _clean(reason) or "flagged"
+    return _close_lease(db, user, lease_id, lambda task, lease, s: [Feedback(
+        generation_id=lease.generation_id, source=user.source, user_id=user.id, kind="flag", text=reason,
+        request_key=f"lease:{lease.id}:flag")])
+
+
+def skip(db: str, user: UserInfo, lease_id: int) -> None:
+    """Give the item back for others; this user will not be offered it again."""
+    with _write_lock, session_scope(db) as s:
+        won = s.connection().execute(
+            text("UPDATE lease SET state = 'skipped' WHERE id = :id AND user_id = :u AND state = 'open'"),
+            {"id": lease_id, "u": user.id}).rowcount
+        if not won:
+            lease = s.get(Lease, lease_id)
+            if lease is None or lease.user_id != user.id:
+                raise AnnotationError(f"no lease {lease_id} for {user.name}")
+            if lease.state != "skipped":
+                raise AnnotationError(f"lease {lease_id} is {lease.state}; only an open item can be skipped")
+
+
+def undo_last(db: str, user: UserInfo, lease_seconds: int = 300) -> Item:
+    """Delete this user's newest submission and hand the item back to them under a fresh lease."""
+    now = _now()
+    with _write_lock, session_scope(db) as s:
+        _take_write_lock(s)
+        key = s.exec(select(Feedback.request_key).where(Feedback.user_id == user.id,
+                                                        Feedback.request_key.like("lease:%"))
+                     .order_by(Feedback.id.desc()).limit(1)).first()
+        if key is None:
+            raise AnnotationError("nothing to undo")
+        lease = s.get(Lease, int(key.split(":")[1]))
+        rows = s.exec(select(Feedback).where(Feedback.request_key.like(f"lease:{lease.id}:%"))).all()
+        used = s.exec(select(TrainingExample.model_version_id).where(
+            TrainingExample.feedback_id.in_([r.id for r in rows]))).first()
+        if used is not None:
+            raise AnnotationError(f"that label was already used to train model version {used}; it cannot be undone")
+        for r in rows:
+            s.delete(r)
+        lease.state = "open"
+        lease.expires_at = now + dt.timedelta(seconds=lease_seconds)
+        s.flush()
+        return _item(s, lease)
+
+
+def task_names(db: str) -> list[str]:
+    with session_scope(db) as s:
+        return list(s.exec(select(Task.name).order_by(Task.id)))

@@ -1,0 +1,268 @@
+"""One ALT round, end to end: sample → feedback → pool → train → evaluate → promote.
+
+``run_round`` drives the stages in order through the same engine functions the
+CLI and the app call one by one; each stage reads and writes the database, so
+a failed round can be inspected and its stages rerun. ``Round.status`` follows
+the stages (sampling → feedback → training → evaluating → done | failed) and
+``Round.notes`` holds a JSON record of the round (wall time per stage, feedback
+counts, pool size, the new version, the promotion decision).
+
+Sampling: from the served model; a trained (non-base) model is conditioned on
+the exemplar feedback f̂ — the task's exemplar category, or for a free-text
+task one of the best-scored feedback texts of earlier rounds, drawn per prompt.
+A base model never saw the conditioning format, so it samples unconditioned
+(this is round 1 in the usual loop).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+
+from sqlalchemy import func
+from sqlmodel import select
+
+from .db import ModelVersion, Prompt, Round, Task, session_scope
+from .evaluation import EvalConfig, evaluate_version, exemplar_feedback, is_better
+from .feedback import LabelReport, Provider, label_generations, make_provider
+from .pool import POLICIES, build_pool
+from .sampling import SamplingParams, make_backend, sample_prompts
+from .settings import Settings
+from .versions import promote as promote_version
+from .versions import served_version
+
+PROMOTE = ("always", "if_better", "never")
+Log = Callable[[str], None]
+
+
+@dataclass
+class RoundConfig:
+    """Everything about a round except the provider and the training options."""
+
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    limit: int | None = None  # at most this many train prompts
+    k_per_category: int = 2
+    policy: str = "flush"  # flush (ALT) | accumulate (Quark)
+    max_per_prompt: int | None = None
+    promote: str = "if_better"  # always | if_better | never
+    metric: str = "exemplar_share"  # compared for if_better (see evaluation.LOWER_IS_BETTER)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    background_training: bool = False  # train in a subprocess job (the CLI's foreground runs it in-process)
+
+    def __post_init__(self):
+        if self.promote not in PROMOTE:
+            raise ValueError(f"promote must be one of {', '.join(PROMOTE)}, got {self.promote!r}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"pool policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+
+
+@dataclass
+class RoundReport:
+    task: str
+    number: int
+    round_id: int
+    parent_version_id: int
+    version_id: int | None = None
+    job_id: int | None = None
+    generations: int = 0
+    conditioning: str | None = None
+    feedback: dict = field(default_factory=dict)  # stored, skipped reasons, already
+    pool_size: int = 0
+    pool_feedback: dict = field(default_factory=dict)  # feedback text -> examples in the pool
+    metrics: dict = field(default_factory=dict)
+    parent_metrics: dict = field(default_factory=dict)
+    promoted: bool = False
+    decision: str = ""
+    wall_s: dict = field(default_factory=dict)  # stage -> seconds
+
+    def summary(self) -> str:
+        times = "  ".join(f"{k}={v:.1f}s" for k, v in self.wall_s.items())
+        return (f"round {self.number}: {self.generations} generations, pool {self.pool_size}, "
+                f"version {self.version_id} — {self.decision}\n  wall time: {times}")
+
+
+def next_round(session, task: Task, version: ModelVersion) -> Round:
+    """A new Round row (status ``sampling``) numbered after the task's last one."""
+    last = session.exec(select(func.max(Round.number)).where(Round.task_id == task.id)).one() or 0
+    rnd = Round(task_id=task.id, number=last + 1, model_version_id=version.id)
+    session.add(rnd)
+    session.flush()
+    return rnd
+
+
+def set_round_status(db: str, round_id: int, status: str, notes: dict | None = None) -> None:
+    with session_scope(db) as s:
+        rnd = s.get(Round, round_id)
+        rnd.status = status
+        if notes is not None:
+            rnd.notes = json.dumps(notes, default=str)
+
+
+def sampling_conditioning(db: str, task: Task, version: ModelVersion, n_prompts: int, seed: int) -> list[str | None]:
+    """Per prompt: None for a base model, else the exemplar (free text: drawn from the best-scored texts)."""
+    if version.objective == "base":
+        return [None] * n_prompts
+    texts = exemplar_feedback(db, task)
+    if not texts:
+        raise ValueError(f"task {task.name!r} has no exemplar feedback to condition round sampling on")
+    rng = random.Random(seed)
+    return [rng.choice(texts) for _ in range(n_prompts)]
+
+
+def _comparable(metrics: dict, cfg: EvalConfig, provider: Provider | None) -> bool:
+    stored = (metrics or {}).get("eval") or {}
+    wanted = {**asdict(cfg), "provider": provider.name if provider else None}
+    return all(stored.get(k) == v for k, v in wanted.items())
+
+
+def train_version(db: str, settings: Settings, task: Task, parent_id: int, train_config, pool_kw: dict,
+                  round_id: int | None = None, background: bool = False, wait: bool = True,
+                  log: Log = print) -> tuple[int, int | None]:
+    """Train a child of ``parent_id`` on the pool ``pool_kw`` selects, as a ``train`` job; (job id, version id).
+
+    The pool is checked first, so no feedback / one category fails with a clear message before any job or
+    version row exists. Foreground: the job runs in this process; background: a subprocess job (waited for
+    unless ``wait=False``, then the version id is None). The Job row records progress, the loss log, errors.
+    """
+    from .jobs import create_job, run_job_inline, start_job, wait_job
+    from .training.run import check_items
+
+    check_items(build_pool(db, task.id, **pool_kw))
+    params = dict(task_id=task.id, round_id=round_id, parent_version_id=parent_id, config=train_config.to_dict(),
+                  prefix_format=task.prefix_format, **pool_kw,
+                  settings={k: getattr(settings, k) for k in ("models_dir", "cache_dir", "device", "threads")})
+    if background:
+        job_id = start_job(db, "train", params)
+        log(f"  training job {job_id} (background)")
+        if not wait:
+            return job_id, None
+        with _watch(db, job_id, log):
+            job = wait_job(db, job_id, timeout=None)
+    else:
+        job_id = create_job(db, "train", params)
+        log(f"  training job {job_id}")
+        with _watch(db, job_id, log):
+            job = run_job_inline(db, job_id)
+    if job.status != "succeeded":
+        raise RuntimeError(f"training job {job_id} failed: {job.error or job.message}")
+    return job_id, int(job.result["version_id"])
+
+
+@contextmanager
+def _watch(db: str, job_id: int, log: Log, every: float = 2.0):
+    """Print the job's progress while it runs (the trainer's own bar is off: the Job row is the record)."""
+    from .jobs import get_job
+
+    stop = threading.Event()
+
+    def loop():
+        last = None
+        while not stop.wait(every):
+            job = get_job(db, job_id)
+            line = f"  train {job.progress:4.0%}  {job.message}"
+            if line != last and job.status == "running":
+                log(line)
+                last = line
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def run_round(db: str, settings: Settings, task: Task, provider: str | Provider, config: RoundConfig | None = None,
+              train_config=None, log: Log = print) -> RoundReport:
+    """Run one full round for ``task`` with feedback from ``provider`` (a spec or a provider object)."""
+    from .training.config import AltTrainConfig
+
+    cfg = config or RoundConfig()
+    train_config = train_config or AltTrainConfig()
+    provider = make_provider(provider, settings, task) if isinstance(provider, str) else provider
+    with session_scope(db) as s:
+        served = served_version(s)
+        if served is None:
+            raise ValueError("no served model version: run `alt init` first")
+        q = select(Prompt).where(Prompt.task_id == task.id, Prompt.split == "train").order_by(Prompt.id)
+        prompts = list(s.exec(q.limit(cfg.limit) if cfg.limit else q))
+        if not prompts:
+            raise ValueError(f"task {task.name!r} has no train prompts: run `alt prompts import FILE` first")
+        rnd = next_round(s, task, served)
+    report = RoundReport(task.name, rnd.number, rnd.id, served.id)
+    t_start = time.perf_counter()
+
+    @contextmanager
+    def stage(name: str, status: str | None = None):
+        if status:
+            set_round_status(db, rnd.id, status)
+        log(f"round {rnd.number}: {name} …")
+        t0 = time.perf_counter()
+        yield
+        report.wall_s[name] = time.perf_counter() - t0
+
+    try:
+        with stage("sample"):
+            params = replace(cfg.sampling, seed=cfg.sampling.seed + 1000 * rnd.number)
+            conds = sampling_conditioning(db, task, served, len(prompts), params.seed)
+            backend = make_backend(settings.backend, served.path, settings.device)
+            gen_ids = sample_prompts(db, backend, prompts, params, conditioning_text=conds,
+                                     prefix_format=task.prefix_format, round_id=rnd.id, model_version_id=served.id)
+            del backend
+            report.generations, report.conditioning = len(gen_ids), conds[0]
+        with stage("feedback", "feedback"):
+            labels: LabelReport = label_generations(db, provider, task, gen_ids)
+            report.feedback = dict(source=labels.source, stored=labels.stored, skipped=labels.reasons(),
+                                   already=labels.already)
+            log(f"  {labels}")
+        with stage("pool", "training"):
+            pool_kw = dict(round_ids=[rnd.id] if cfg.policy == "flush" else None, k_per_category=cfg.k_per_category,
+                           seed=train_config.seed, policy=cfg.policy, max_per_prompt=cfg.max_per_prompt)
+            items = build_pool(db, task.id, **pool_kw)
+            report.pool_size, report.pool_feedback = len(items), dict(Counter(it.feedback for it in items))
+            log(f"  pool: {len(items)} examples {report.pool_feedback}")
+        with stage("train"):
+            report.job_id, report.version_id = train_version(db, settings, task, served.id, train_config, pool_kw,
+                                                             rnd.id, cfg.background_training, log=log)
+        with stage("evaluate", "evaluating"):
+            report.metrics = evaluate_version(db, settings, report.version_id, task, provider, cfg.eval)
+            with session_scope(db) as s:
+                parent_metrics = s.get(ModelVersion, served.id).metrics
+            if not _comparable(parent_metrics, cfg.eval, provider):
+                parent_metrics = evaluate_version(db, settings, served.id, task, provider, cfg.eval)
+            report.parent_metrics = parent_metrics
+        with stage("promote"):
+            better = is_better(report.metrics, parent_metrics, cfg.metric)
+            report.promoted = cfg.promote == "always" or (cfg.promote == "if_better" and better)
+            a, b = report.metrics.get(cfg.metric), parent_metrics.get(cfg.metric)
+            report.decision = (f"{'promoted' if report.promoted else 'not promoted'} "
+                               f"(--promote {cfg.promote}; {cfg.metric} {_fmt(a)} vs parent {_fmt(b)})")
+            if report.promoted:
+                with session_scope(db) as s:
+                    promote_version(s, report.version_id)
+    except BaseException as exc:
+        report.wall_s["total"] = time.perf_counter() - t_start
+        set_round_status(db, rnd.id, "failed", {**_notes(report), "error": f"{type(exc).__name__}: {exc}"})
+        raise
+    report.wall_s["total"] = time.perf_counter() - t_start
+    set_round_status(db, rnd.id, "done", _notes(report))
+    with session_scope(db) as s:
+        version = s.get(ModelVersion, report.version_id)
+        version.metrics = {**version.metrics, "round": {"number": rnd.number, "wall_s": report.wall_s}}
+    log(report.summary())
+    return report
+
+
+def _fmt(x) -> str:
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def _notes(report: RoundReport) -> dict:
+    return {k: v for k, v in asdict(report).items() if k not in ("metrics", "parent_metrics")}

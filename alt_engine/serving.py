@@ -1,0 +1,202 @@
+"""The model server: ONE copy of the served model shared by every user of the app.
+
+``ModelServer.chat`` is safe to call from many threads at once. A worker
+thread collects the requests that arrive within ``batch_wait_ms`` of each
+other (up to ``max_batch``) and answers them with one batched
+``TransformersBackend.generate`` — so 8 concurrent playground or
+``/v1/chat/completions`` users cost about one batched generate, not 8 in a
+row. Requests are batched with others that share their sampling settings
+(temperature, top_p); a batch runs to the largest ``max_new_tokens`` asked and
+each answer is cut to its own limit (with greedy decoding that is exactly the
+answer it would get alone). A sampled batch draws from one seeded generator,
+so sampling is reproducible only for a request that runs alone.
+Inputs are built by ``conditioning.build_input``: ``feedback`` steers the
+model exactly as in training. ``reload`` switches the served version
+(promote / rollback) without dropping requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from . import conditioning
+from .sampling import SamplingParams, TransformersBackend
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    truncated: bool  # stopped at max_new_tokens without EOS
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def finish_reason(self) -> str:
+        return "length" if self.truncated else "stop"
+
+
+@dataclass(eq=False)
+class _Request:
+    messages: conditioning.PromptLike
+    feedback: str | None
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    future: Future = field(default_factory=Future)
+
+    @property
+    def group(self) -> tuple[float, float]:
+        return (0.0, 1.0) if self.temperature == 0 else (self.temperature, self.top_p)
+
+
+class ModelServer:
+    """Serves one model version; ``chat`` from any thread, ``reload`` to switch versions.
+
+    Give a ready ``backend`` (tests, scripts) or a ``path``/``version_name`` to load
+    lazily on first use (the web app starts fast and loads the model once).
+    """
+
+    def __init__(self, backend: TransformersBackend | None = None, *, path: str | None = None,
+                 version_name: str | None = None, device: str = "auto", max_batch: int = 8,
+                 batch_wait_ms: float = 10.0, prefix_format: str = conditioning.DEFAULT_PREFIX_FORMAT):
+        if backend is None and path is None:
+            raise ValueError("ModelServer needs a backend or a model path")
+        self.backend, self.path, self.device = backend, path, device
+        self.version_name = version_name or path or "model"
+        self.max_batch, self.batch_wait = max_batch, batch_wait_ms / 1000
+        self.prefix_format = prefix_format
+        self.batches = 0  # batched generate calls so far (for tests and monitoring)
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._load_lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings, **kw) -> ModelServer:
+        """The database's served version (else ``settings.model``), loaded on first use."""
+        from .db import session_scope
+        from .modeling import resolve_model
+        from .versions import served_version
+
+        name, path = None, None
+        try:
+            with session_scope(settings.db) as s:
+                served = served_version(s)
+                if served is not None:
+                    name, path = served.name, served.path
+        except Exception as e:  # no database yet: serve the configured model
+            log.info("no served version in %s (%s); serving %s", settings.db, e, settings.model)
+        if path is None:
+            name, path = settings.model, settings.model
+        return cls(path=resolve_model(path, settings.cache_dir), version_name=name, device=settings.device, **kw)
+
+    # --------------------------------------------------------------- loading
+
+    @property
+    def model_ids(self) -> list[str]:
+        """Names this server answers to (the version name first)."""
+        return [n for n in dict.fromkeys([self.version_name, self.path]) if n]
+
+    def _ensure_loaded(self) -> TransformersBackend:
+        if self.backend is None:
+            with self._load_lock:
+                if self.backend is None:
+                    from .sampling import make_backend
+
+                    log.info("loading %s for serving", self.path)
+                    self.backend = make_backend("transformers", self.path, self.device)  # type: ignore[assignment]
+        return self.backend  # type: ignore[return-value]
+
+    def reload(self, path: str, version_name: str | None = None, backend: TransformersBackend | None = None) -> None:
+        """Serve another version: load it, then swap; requests in flight finish on the old one."""
+        from .sampling import make_backend
+
+        new = backend or make_backend("transformers", path, self.device)
+        with self._load_lock:
+            self.backend, self.path, self.version_name = new, path, version_name or path  # type: ignore[assignment]
+        log.info("now serving %s (%s)", self.version_name, path)
+
+    # --------------------------------------------------------------- chat
+
+    def chat(self, messages: conditioning.PromptLike, feedback: str | None = None, max_new_tokens: int = 128,
+             temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+             timeout: float | None = None) -> tuple[str, Usage]:
+        """The model's reply to a chat (or plain prompt), conditioned on ``feedback`` when given."""
+        if max_new_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError("need max_new_tokens >= 1, temperature >= 0 and 0 < top_p <= 1")
+        if self._closed:
+            raise RuntimeError("the model server is closed")
+        self._ensure_loaded()
+        request = _Request(messages, feedback, max_new_tokens, temperature, top_p, seed)
+        self._start_worker()
+        self._queue.put(request)
+        return request.future.result(timeout)
+
+    def _start_worker(self) -> None:
+        with self._load_lock:
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._run, name="model-server", daemon=True)
+                self._worker.start()
+
+    def close(self) -> None:
+        self._closed = True
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        pending: list[_Request] = []  # requests of another sampling group, answered in a later batch
+        while True:
+            first = pending.pop(0) if pending else self._queue.get()
+            if first is None:
+                return
+            batch = [first] + [r for r in pending if r.group == first.group][: self.max_batch - 1]
+            pending = [r for r in pending if r not in batch]
+            deadline = time.monotonic() + self.batch_wait
+            while len(batch) < self.max_batch:  # the batching window
+                try:
+                    req = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if req is None:  # closing: answer what we have first
+                    self._queue.put(None)
+                    break
+                (batch if req.group == first.group else pending).append(req)
+            try:
+                self._generate(batch)
+            except Exception as e:  # answer every caller, keep serving
+                log.exception("generation failed")
+                for r in batch:
+                    if not r.future.done():
+                        r.future.set_exception(e)
+
+    def _generate(self, batch: list[_Request]) -> None:
+        backend = self._ensure_loaded()  # inputs are built with the tokenizer of the model that answers
+        inputs, ok = [], []
+        for r in batch:  # one malformed chat fails alone, not its batch
+            try:
+                inputs.append(conditioning.build_input(backend.tokenizer, r.messages, r.feedback,
+                                                       self.prefix_format).input_ids)
+                ok.append(r)
+            except Exception as e:
+                r.future.set_exception(ValueError(f"cannot build the model input: {e}"))
+        if not ok:
+            return
+        batch, first = ok, ok[0]
+        params = SamplingParams(n=1, temperature=first.temperature, top_p=first.top_p, seed=first.seed,
+                                max_new_tokens=max(r.max_new_tokens for r in batch), batch_size=len(batch))
+        samples = backend.generate(inputs, params)
+        self.batches += 1
+        for r, ids, (s,) in zip(batch, inputs, samples):
+            tokens = s.token_ids[: r.max_new_tokens]
+            usage = Usage(len(ids), len(tokens), truncated=len(s.token_ids) >= r.max_new_tokens)
+            r.future.set_result((backend.tokenizer.decode(tokens, skip_special_tokens=True), usage))

@@ -1,0 +1,107 @@
+"""Multi-rank training through the DeepSpeed launcher (CPU ranks use the gloo backend).
+
+As a command (what ``launch`` runs on every rank, and what a user can run by hand)::
+
+    python -m alt_engine.training.launch --model PATH --items items.json --output DIR \\
+        --deepspeed zero2 --num_procs 2 [any AltTrainConfig option]
+
+``items.json`` is a list of PoolItem dicts. Started outside a launcher with ``--num_procs > 1`` the
+command starts ``deepspeed --num_gpus N --module alt_engine.training.launch ...`` itself; inside it
+(``WORLD_SIZE`` set) each rank trains and rank 0 prints ``ALT_PROGRESS {json}`` lines, which
+``launch`` turns back into ``progress`` calls. Metrics come back through ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..pool import PoolItem
+from .config import AltTrainConfig
+
+PROGRESS_MARK = "ALT_PROGRESS "
+ITEMS_FILE = "train_items.json"
+
+
+@dataclass
+class LaunchArgs:
+    """What to train on and where to write it."""
+
+    model: str = field(metadata={"help": "model directory (or hub id) to fine-tune"})
+    items: str = field(metadata={"help": "JSON file with a list of PoolItem dicts"})
+    output: str = field(metadata={"help": "output directory (model, config, metrics, TensorBoard logs)"})
+    prefix_format: str = field(default="{feedback}", metadata={"help": "the task's feedback prefix format"})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def config_args(config: AltTrainConfig) -> list[str]:
+    """``config`` as command-line options HfArgumentParser reads back."""
+    args = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if value is not None:
+            args += [f"--{f.name}", str(value)]
+    return args
+
+
+def launch(model_path: str, items: list[PoolItem], config: AltTrainConfig, output_dir: str,
+           prefix_format: str = "{feedback}", progress=None) -> dict:
+    """Run ``train`` on ``config.num_procs`` ranks with the DeepSpeed launcher; returns rank 0's metrics."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ITEMS_FILE).write_text(json.dumps([dataclasses.asdict(i) for i in items]))
+    (out / "metrics.json").unlink(missing_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // config.num_procs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(config.num_procs),
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           "--no_local_rank", "--module", "alt_engine.training.launch",
+           "--model", model_path, "--items", str(out / ITEMS_FILE), "--output", str(out),
+           "--prefix_format", prefix_format, *config_args(config)]
+    tail: deque[str] = deque(maxlen=40)
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:
+            if PROGRESS_MARK in line:
+                fraction, logs = json.loads(line.split(PROGRESS_MARK, 1)[1])
+                if progress:
+                    progress(fraction, logs)
+                continue
+            tail.append(line)
+            sys.stderr.write(line)
+    if proc.returncode != 0 or not (out / "metrics.json").exists():
+        raise RuntimeError(f"DeepSpeed training failed (exit {proc.returncode}):\n{''.join(tail)}")
+    return json.loads((out / "metrics.json").read_text())
+
+
+def main(argv: list[str] | None = None) -> None:
+    from transformers import HfArgumentParser
+
+    from .run import train
+
+    args, config = HfArgumentParser((LaunchArgs, AltTrainConfig)).parse_args_into_dataclasses(args=argv)
+    items = [PoolItem(**row) for row in json.loads(Path(args.items).read_text())]
+    rank = int(os.environ.get("RANK", "0"))
+
+    def report(fraction: float, logs: dict) -> None:
+        print(PROGRESS_MARK + json.dumps([fraction, logs], default=float), flush=True)
+
+    metrics = train(args.model, items, config, args.output, args.prefix_format,
+                    progress=report if rank == 0 else None)
+    if rank == 0 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        print(json.dumps(metrics, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,228 @@
+"""Train a model on pool items (``train``) and record it as a model version (``train_model_version``).
+
+``train`` builds examples with the conditioning format, a ``datasets.Dataset``, the collator and
+``AltTrainer``; the output directory then holds the model (or LoRA adapter) with its tokenizer, the
+resolved config (``alt_config.json``), the feedback ids it was trained on (``feedback_ids.json``),
+``metrics.json`` and TensorBoard logs (``tensorboard/``). With ``num_procs > 1`` it runs under the
+DeepSpeed launcher instead (see ``launch``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, TrainerCallback, TrainingArguments, set_seed
+from transformers.integrations import TensorBoardCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from .. import conditioning
+from ..db import ModelVersion, TrainingExample, select, session_scope
+from ..modeling import load_model, load_tokenizer, resolve_model
+from ..pool import PoolItem
+from ..settings import Settings
+from .collator import AltCollator
+from .config import AltTrainConfig
+from .trainer import AltTrainer
+
+log = logging.getLogger(__name__)
+Progress = Callable[[float, dict], None]  # (fraction done, latest logs)
+CONFIG_FILE, FEEDBACK_FILE, METRICS_FILE = "alt_config.json", "feedback_ids.json", "metrics.json"
+
+
+def check_items(items: list[PoolItem]) -> None:
+    """Refuse data ALT cannot learn from, before anything is created."""
+    if not items:
+        raise ValueError("no feedback yet: the data pool is empty (sample generations and give feedback first)")
+    kinds = {item.category if item.category is not None else item.feedback for item in items}
+    if len(kinds) < 2:
+        raise ValueError(f"only one feedback category in the pool ({next(iter(kinds))!r}): conditioning cannot "
+                         "learn a contrast; give feedback that tells better and worse generations apart")
+
+
+def build_examples(tokenizer, items: list[PoolItem], config: AltTrainConfig,
+                   prefix_format: str = conditioning.DEFAULT_PREFIX_FORMAT) -> list[dict]:
+    """Collator-ready dicts; a long prompt loses its oldest tokens, the feedback segment stays whole."""
+    rows = []
+    for item in items:
+        ex = conditioning.build_training_example(tokenizer, item.prompt, item.feedback, item.response,
+                                                 item.truncated, prefix_format, config.max_response_tokens)
+        n_cond = len(ex.input_ids) - len(ex.ref_input_ids)
+        ref = ex.ref_input_ids[-config.max_prompt_tokens:]
+        rows.append({"input_ids": ex.input_ids[:n_cond] + ref, "ref_input_ids": ref, "response_ids": ex.response_ids})
+    return rows
+
+
+class _ProgressCallback(TrainerCallback):
+    def __init__(self, progress: Progress):
+        self.progress = progress
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero:
+            self.progress(state.global_step / max(state.max_steps, 1), {**(logs or {}), "step": state.global_step})
+
+
+def _load_policy(model_path: str, config: AltTrainConfig):
+    if (Path(model_path) / "adapter_config.json").exists():  # parent version is a LoRA adapter
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(model_path, is_trainable=config.lora)
+        return model if config.lora else model.merge_and_unload()
+    model = AutoModelForCausalLM.from_pretrained(model_path)
+    if not config.lora:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, task_type="CAUSAL_LM",
+                                            lora_dropout=config.lora_dropout, target_modules=config.target_modules))
+
+
+def _in_launched_run() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _cpu_ranks_state() -> dict | None:
+    """accelerate finds no backend for DeepSpeed ranks without a GPU: set one up on gloo ourselves.
+
+    Returns the TrainingArguments ``accelerator_config`` that makes the Trainer use it.
+    """
+    from accelerate import PartialState
+
+    if torch.cuda.is_available() or not _in_launched_run():
+        return None
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    try:
+        PartialState(backend="gloo")
+    finally:
+        del os.environ["ACCELERATE_USE_DEEPSPEED"]
+    return {"use_configured_state": True}
+
+
+def train(model_path: str, items: list[PoolItem], config: AltTrainConfig, output_dir: str,
+          prefix_format: str = conditioning.DEFAULT_PREFIX_FORMAT, progress: Progress | None = None) -> dict:
+    """Fine-tune ``model_path`` on ``items`` into ``output_dir``; returns the run's metrics."""
+    check_items(items)
+    if config.num_procs > 1 and not _in_launched_run():
+        from .launch import launch
+
+        return launch(model_path, items, config, output_dir, prefix_format, progress)
+    out = Path(output_dir)
+    set_seed(config.seed)
+    tokenizer = load_tokenizer(model_path)
+    config = config.resolved(chat_model=bool(getattr(tokenizer, "chat_template", None)))
+    dataset = _dataset(build_examples(tokenizer, items, config, prefix_format))
+    model = _load_policy(model_path, config)
+    ref_model = load_model(model_path, device="cpu") if config.beta > 0 and not config.lora else None
+    args = TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum, learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs, max_steps=config.max_steps, warmup_steps=config.warmup_ratio,
+        lr_scheduler_type=config.lr_scheduler_type, weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm, seed=config.seed, data_seed=config.seed, bf16=config.bf16,
+        activation_checkpointing=config.gradient_checkpointing, deepspeed=config.deepspeed,
+        logging_steps=config.logging_steps, save_strategy="steps" if config.save_steps else "epoch",
+        save_steps=config.save_steps or 500, save_total_limit=1, report_to=config.report_to,
+        remove_unused_columns=False, include_num_input_tokens_seen="non_padding", disable_tqdm=True,
+        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
+        accelerator_config=_cpu_ranks_state() if config.deepspeed else None,
+    )
+    trainer = AltTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         data_collator=AltCollator(tokenizer.pad_token_id, with_reference=config.beta > 0),
+                         alpha=config.alpha, beta=config.beta, ref_model=ref_model,
+                         callbacks=[_ProgressCallback(progress)] if progress else None)
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, TensorBoardCallback):
+            cb.logging_dir = str(out / "tensorboard")
+    checkpoint = get_last_checkpoint(str(out)) if config.resume and out.is_dir() else None
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = _metrics(trainer, result, config, resumed_from=checkpoint)
+    _save(trainer, config, items, out, model_path, prefix_format, metrics)
+    return metrics
+
+
+def _dataset(rows: list[dict]):
+    from datasets import Dataset
+
+    return Dataset.from_list(rows)
+
+
+def _metrics(trainer, result, config: AltTrainConfig, resumed_from: str | None) -> dict:
+    runtime = result.metrics.get("train_runtime", 0.0)
+    tokens = int(trainer.state.num_input_tokens_seen)
+    last = next((h for h in reversed(trainer.state.log_history) if "nll" in h), {})
+    return {"train_loss": result.training_loss, "runtime_s": runtime, "steps": trainer.state.global_step,
+            "tokens": tokens, "tokens_per_s": tokens / runtime if runtime else 0.0,
+            "examples": len(trainer.train_dataset), "epochs": trainer.state.epoch,
+            **{k: last[k] for k in ("nll", "entropy", "kl") if k in last},
+            "resumed_from": resumed_from, "config": config.to_dict()}
+
+
+def _save(trainer, config: AltTrainConfig, items: list[PoolItem], out: Path, model_path: str,
+          prefix_format: str, metrics: dict) -> None:
+    """Model/adapter + tokenizer + exact config + data ids + metrics; checkpoints removed once done."""
+    if config.lora and config.merge_lora:
+        if trainer.is_world_process_zero():
+            trainer.accelerator.unwrap_model(trainer.model).merge_and_unload().save_pretrained(out)
+            trainer.processing_class.save_pretrained(out)
+    else:
+        trainer.save_model(str(out))  # every rank calls it (DeepSpeed); rank 0 writes
+    if not trainer.is_world_process_zero():
+        return
+    (out / CONFIG_FILE).write_text(json.dumps({**config.to_dict(), "base_model": model_path,
+                                                "prefix_format": prefix_format}, indent=2))
+    (out / FEEDBACK_FILE).write_text(json.dumps([item.feedback_id for item in items]))
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))
+    for checkpoint in out.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def train_model_version(db: str, settings: Settings, items: list[PoolItem], config: AltTrainConfig,
+                        parent_version_id: int, objective: str = "alt", round_id: int | None = None,
+                        job_id: int | None = None, prefix_format: str = conditioning.DEFAULT_PREFIX_FORMAT,
+                        progress: Progress | None = None) -> int:
+    """Train a child of ``parent_version_id`` as a new ModelVersion; returns its id. Never changes serving.
+
+    The row is "training" while it runs, then "ready" with metrics, or "failed" (the error re-raised).
+    """
+    check_items(items)
+    with session_scope(db) as session:
+        parent = session.get(ModelVersion, parent_version_id)
+        if parent is None:
+            raise ValueError(f"no model version {parent_version_id}")
+        names = set(session.exec(select(ModelVersion.name)))
+        number = len(names)
+        while f"v{number}-{objective}" in names:
+            number += 1
+        name = f"v{number}-{objective}"
+        path = (Path(settings.models_dir) / name).resolve()
+        version = ModelVersion(name=name, parent_id=parent.id, path=str(path), objective=objective,
+                               status="training", hyperparameters={
+                                   **config.to_dict(), "base": parent.path, "prefix_format": prefix_format,
+                                   "round_id": round_id, "job_id": job_id, "examples": len(items)})
+        session.add(version)
+        session.flush()
+        session.add_all(TrainingExample(model_version_id=version.id, feedback_id=item.feedback_id) for item in items)
+        version_id, parent_path = version.id, parent.path
+    if progress is None and job_id is not None:
+        from ..jobs import progress_callback
+
+        progress = progress_callback(db, job_id)
+    try:
+        model_path = resolve_model(parent_path, settings.cache_dir)
+        metrics = train(model_path, items, config, str(path), prefix_format, progress)
+    except BaseException as exc:
+        with session_scope(db) as session:
+            failed = session.get(ModelVersion, version_id)
+            failed.status, failed.metrics = "failed", {"error": f"{type(exc).__name__}: {exc}"}
+        raise
+    with session_scope(db) as session:
+        done = session.get(ModelVersion, version_id)
+        resolved = metrics.pop("config")
+        done.hyperparameters = {**done.hyperparameters, **resolved}
+        done.metrics, done.status = metrics, "ready"
+    return version_id

@@ -1,0 +1,133 @@
+"""The Admin tab: users, jobs with progress, inter-annotator agreement. Admins only, checked in every handler."""
+
+from __future__ import annotations
+
+import math
+
+import gradio as gr
+import pandas as pd
+from sqlmodel import select
+
+from alt_engine import annotation as ann
+from alt_engine import users as users_svc
+from alt_engine.agreement import agreement_report
+from alt_engine.db import Job, session_scope
+from alt_engine.settings import Settings
+
+from .auth import Auth
+
+
+def _num(x: float) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+def users_table(db: str) -> pd.DataFrame:
+    rows = [dict(name=u.name, role=u.role, active=u.active) for u in users_svc.list_users(db)]
+    return pd.DataFrame(rows, columns=["name", "role", "active"])
+
+
+def jobs_table(db: str, limit: int = 50) -> pd.DataFrame:
+    with session_scope(db) as s:
+        jobs = s.exec(select(Job).order_by(Job.id.desc()).limit(limit)).all()
+        rows = [dict(id=j.id, kind=j.kind, status=j.status, progress=f"{100 * (j.progress or 0):.0f}%",
+                     message=(j.error or j.message or "")[:200],
+                     created=j.created_at.strftime("%Y-%m-%d %H:%M:%S") if j.created_at else "",
+                     finished=j.finished_at.strftime("%H:%M:%S") if j.finished_at else "") for j in jobs]
+    return pd.DataFrame(rows, columns=["id", "kind", "status", "progress", "message", "created", "finished"])
+
+
+def agreement_tables(db: str, task: str) -> tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    r = agreement_report(db, task)
+    summary = (f"**{r.task}** · items with ≥ 2 human labels: **{r.overlap_items}** · "
+               f"Fleiss' κ: **{_num(r.fleiss)}**")
+    counts = pd.DataFrame([dict(annotator=a, labelled=n) for a, n in r.annotators.items()],
+                          columns=["annotator", "labelled"])
+    pairs = pd.DataFrame([dict(a=p.a, b=p.b, shared_items=p.items, agreement=_num(p.agreement),
+                               cohen_kappa=_num(p.kappa)) for p in r.pairs],
+                         columns=["a", "b", "shared_items", "agreement", "cohen_kappa"])
+    ai = pd.DataFrame([dict(ai_source=h.source, items=h.items, agreement=_num(h.agreement),
+                            cohen_kappa=_num(h.kappa)) for h in r.human_vs_ai],
+                      columns=["ai_source", "items", "agreement", "cohen_kappa"])
+    return summary, counts, pairs, ai
+
+
+class AdminTab:
+    def __init__(self, settings: Settings, auth: Auth):
+        self.db = settings.db
+        self.auth = auth
+
+    def _add_user(self, name, password, role, request: gr.Request):
+        self.auth.require_admin(request)
+        try:
+            user = users_svc.add_user(self.db, (name or "").strip(), password or "", role or "annotator")
+        except ValueError as e:
+            raise gr.Error(str(e)) from e
+        return users_table(self.db), f"Added {user.role} **{user.name}**.", "", ""
+
+    def _set_active(self, name, active: bool, request: gr.Request):
+        admin = self.auth.require_admin(request)
+        if name == admin.name and not active:
+            raise gr.Error("You cannot deactivate yourself.")
+        try:
+            users_svc.set_active(self.db, (name or "").strip(), active)
+        except ValueError as e:
+            raise gr.Error(str(e)) from e
+        return users_table(self.db), f"{'Activated' if active else 'Deactivated'} **{name}**."
+
+    def _jobs(self, request: gr.Request):
+        self.auth.require_admin(request)
+        return jobs_table(self.db)
+
+    def _agreement(self, task, request: gr.Request):
+        self.auth.require_admin(request)
+        if not task:
+            raise gr.Error("Choose a task.")
+        try:
+            return agreement_tables(self.db, task)
+        except ValueError as e:
+            raise gr.Error(str(e)) from e
+
+    def build_ui(self) -> None:
+        with gr.Tab("Users"):
+            users = gr.Dataframe(label="Users", interactive=False, elem_id="admin-users")
+            with gr.Row(equal_height=True):
+                name = gr.Textbox(label="User name", elem_id="admin-new-name")
+                password = gr.Textbox(label="Password (≥ 8 characters)", type="password", elem_id="admin-new-password")
+                role = gr.Dropdown(label="Role", choices=list(users_svc.ROLES), value="annotator")
+                add = gr.Button("Add user", variant="primary", elem_id="admin-add-user")
+            with gr.Row(equal_height=True):
+                who = gr.Textbox(label="User name", scale=2)
+                deactivate = gr.Button("Deactivate", size="sm")
+                activate = gr.Button("Activate", size="sm")
+            users_msg = gr.Markdown()
+        with gr.Tab("Jobs"):
+            jobs = gr.Dataframe(label="Jobs (newest first)", interactive=False, elem_id="admin-jobs")
+            refresh_jobs = gr.Button("Refresh", size="sm")
+        with gr.Tab("Agreement"):
+            with gr.Row(equal_height=True):
+                task = gr.Dropdown(label="Task", choices=[], elem_id="admin-agreement-task")
+                compute = gr.Button("Compute agreement", variant="primary", elem_id="admin-agreement")
+            summary = gr.Markdown()
+            counts = gr.Dataframe(label="Labels per annotator", interactive=False)
+            pairs = gr.Dataframe(label="Pairwise (Cohen's κ on shared items)", interactive=False)
+            ai = gr.Dataframe(label="People vs AI labels (majority human label vs each AI source)", interactive=False)
+
+        add.click(self._add_user, [name, password, role], [users, users_msg, name, password], api_name="admin_add_user")
+        deactivate.click(partial_active(self, False), [who], [users, users_msg], api_name="admin_deactivate_user")
+        activate.click(partial_active(self, True), [who], [users, users_msg], api_name="admin_activate_user")
+        refresh_jobs.click(self._jobs, None, jobs, api_name="admin_jobs")
+        compute.click(self._agreement, [task], [summary, counts, pairs, ai], api_name="admin_agreement")
+        self.load_outputs = [users, jobs, task]
+
+    def page_load(self, user) -> tuple:
+        """Values for ``load_outputs`` when the page opens: filled for admins, empty for everyone else."""
+        if user is None or not user.is_admin:
+            return pd.DataFrame(), pd.DataFrame(), gr.update(choices=[])
+        names = ann.task_names(self.db)
+        return users_table(self.db), jobs_table(self.db), gr.update(choices=names, value=names[0] if names else None)
+
+
+def partial_active(tab: AdminTab, active: bool):
+    def handler(name, request: gr.Request):
+        return tab._set_active(name, active, request)
+    return handler

@@ -1,0 +1,288 @@
+"""The Annotate tab: one leased item at a time, categories on keys 1–9, AI suggestions on A.
+
+Model text (prompts, responses, AI feedback) is only ever put into Textboxes and
+a Chatbot with Markdown off and HTML sanitised, so it shows as text and never
+runs. Every handler resolves the user server-side (``auth.require_user``) and
+calls ``alt_engine.annotation``; the item on screen lives in a per-session
+``gr.State``. Buttons use ``trigger_mode="once"`` so a double click or a held
+key cannot submit twice (and the lease makes a repeat a no-op anyway).
+"""
+
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+
+from alt_engine import annotation as ann
+from alt_engine.settings import Settings
+
+from .auth import Auth
+
+MAX_KEYS = 9
+EMPTY = "### Nothing to annotate\nAsk an admin to sample a round (`alt sample`), then press **Refresh**."
+HINT = ("**Keys:** `1`–`9` label with that category (plus any text you typed) · `A` accept the AI suggestion · "
+        "`S` skip · `U` undo last · `Esc` leave a text box · `Ctrl+Enter` submit the text alone")
+
+# Keyboard shortcuts: a document-level listener that clicks the visible buttons; keys typed into a text box are
+# left alone (Esc leaves the box, Ctrl+Enter submits its text).
+SHORTCUTS_JS = """
+<script>
+(() => {
+  if (window.__altKeys) return; window.__altKeys = true;
+  const click = (id) => {
+    const b = document.getElementById(id);
+    if (b && b.offsetParent !== null && !b.disabled) { b.click(); return true; }
+    return false;
+  };
+  document.addEventListener('keydown', (e) => {
+    const t = e.target;
+    const typing = t && (t.tagName === 'TEXTAREA' || t.tagName === 'INPUT' || t.isContentEditable);
+    if (typing) {
+      if (e.key === 'Escape') t.blur();
+      else if (e.key === 'Enter' && (e.ctrlKey || e.metaKey) && click('alt-submit-text')) e.preventDefault();
+      return;
+    }
+    if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
+    const k = e.key.toLowerCase();
+    let done = false;
+    if (/^[1-9]$/.test(k)) done = click('alt-cat-' + k);
+    else if (k === 'a') done = click('alt-accept');
+    else if (k === 's') done = click('alt-skip');
+    else if (k === 'u') done = click('alt-undo');
+    if (done) e.preventDefault();
+  });
+})();
+</script>
+"""
+
+CSS = """
+#alt-response textarea, #alt-suggestion textarea, #alt-conditioning textarea { font-size: 1rem; }
+.alt-cat button, button.alt-cat { min-width: 9rem; }
+#alt-status { min-height: 1.5rem; }
+"""
+
+
+def _as_text(content) -> str:
+    """Chatbot renders message HTML (sanitised, so tags would vanish) even with Markdown off: escape it so the
+    prompt shows exactly as written."""
+    return html.escape(str(content or ""), quote=False)
+
+
+def _chat(prompt) -> tuple[str, list[dict]]:
+    """(system prompt, the other turns as Chatbot messages); a plain text prompt is one user turn."""
+    if isinstance(prompt, str) or prompt is None:
+        return "", [{"role": "user", "content": _as_text(prompt)}]
+    system = "\n\n".join(str(m.get("content", "")) for m in prompt if m.get("role") == "system")
+    turns = [{"role": "assistant" if m.get("role") == "assistant" else "user", "content": _as_text(m.get("content"))}
+             for m in prompt if m.get("role") != "system"]
+    return system, turns
+
+
+def _suggestion_text(item: ann.Item | None) -> str:
+    if item is None or item.suggestion is None:
+        return ""
+    sg = item.suggestion
+    label = sg.category or sg.text or ""
+    score = f"  (score {sg.score:g})" if sg.score is not None else ""
+    return f"{label}{score}  — from {sg.source}"
+
+
+def _progress_md(db: str, user, task: str | None) -> str:
+    if not task:
+        return ""
+    p = ann.progress(db, user, task)
+    return f"**{html.escape(task)}** · done **{p.done}** · remaining **{p.remaining}** · items in open rounds {p.total}"
+
+
+class AnnotateTab:
+    """Builds the tab and owns its handlers."""
+
+    def __init__(self, settings: Settings, auth: Auth):
+        self.settings = settings
+        self.db = settings.db
+        self.auth = auth
+
+    # ------------------------------------------------------------------ rendering
+    def _render(self, user, item: ann.Item | None, task: str | None, message: str = "") -> tuple:
+        """Updates for every output component, in ``self.outputs`` order."""
+        task = item.task if item is not None else task
+        has = item is not None
+        cats = item.categories if has else []
+        buttons = [gr.update(value=f"{i + 1} · {cats[i]}" if i < len(cats) else "", visible=i < len(cats))
+                   for i in range(MAX_KEYS)]
+        sugg = _suggestion_text(item)
+        guidelines = ""
+        if has and item.guidelines:
+            guidelines = html.escape(item.guidelines)
+        state = item.to_dict() if has else None
+        system, turns = _chat(item.prompt) if has else ("", [])
+        meta = ""
+        if has:
+            meta = (f"Item #{item.generation_id} · round {item.round_number or '-'} · "
+                    f"{'**truncated** (hit the token limit) · ' if item.truncated else ''}"
+                    f"lease until {item.expires_at[11:19]} UTC")
+        return (
+            state,
+            gr.update(visible=has),  # panel
+            gr.update(visible=not has),  # empty state
+            _progress_md(self.db, user, task),
+            meta,
+            guidelines or "_No guidelines for this task._",
+            gr.update(value=system, visible=bool(system)),
+            turns,
+            gr.update(value=(item.conditioning or "") if has else "", visible=bool(has and item.conditioning)),
+            item.response if has else "",
+            gr.update(value=sugg, visible=bool(sugg)),
+            gr.update(visible=bool(sugg)),
+            *buttons,
+            gr.update(value="", visible=bool(has and item.allow_free_text) or not has),
+            "", "", "", "",  # critique, revision, judgment, flag reason
+            message,
+        )
+
+    def _load(self, task: str | None, request: gr.Request):
+        user = self.auth.require_user(request)
+        names = ann.task_names(self.db)
+        try:
+            item = ann.next_item(self.db, user, task or None, self.settings.lease_seconds)
+        except ann.AnnotationError as e:
+            raise gr.Error(str(e)) from e
+        chosen = item.task if item else (task or (names[0] if names else None))
+        return (gr.update(choices=names, value=chosen), *self._render(user, item, chosen))
+
+    def _after(self, user, task: str | None, message: str):
+        try:
+            item = ann.next_item(self.db, user, task or None, self.settings.lease_seconds)
+        except ann.AnnotationError as e:
+            raise gr.Error(str(e)) from e
+        return self._render(user, item, task, message)
+
+    def _submit(self, category_index: int | None, state, task, free_text, critique, revision, judgment,
+                request: gr.Request, accept: bool = False):
+        user = self.auth.require_user(request)
+        if not state:
+            return self._after(user, task, "Nothing on screen to submit.")
+        sub = ann.Submission(text=free_text, critique=critique, revision=revision, judgment=judgment)
+        if accept:
+            sugg = state.get("suggestion")
+            if not sugg:
+                gr.Warning("There is no AI suggestion on this item.")
+                return self._render(user, ann.get_item(self.db, user, state["lease_id"]), task)
+            sub.accept_suggestion = sugg["feedback_id"]
+        elif category_index is not None:
+            cats = state.get("categories") or []
+            if category_index >= len(cats):
+                return self._render(user, ann.get_item(self.db, user, state["lease_id"]), task)
+            sub.category = cats[category_index]
+        try:
+            res = ann.submit(self.db, user, state["lease_id"], sub)
+        except ann.Conflict as e:
+            gr.Warning(str(e))
+            return self._after(user, task, f"⚠ {e}")
+        except ann.AnnotationError as e:
+            raise gr.Error(str(e)) from e
+        label = sub.category or ("AI suggestion" if accept else "feedback")
+        note = "Already saved." if res.status == "duplicate" else f"Saved item #{state['generation_id']}: {label}."
+        return self._after(user, task, html.escape(note))
+
+    def _submitter(self, category_index: int | None, accept: bool = False):
+        """A handler with the plain signature Gradio inspects (it injects ``request`` by annotation)."""
+        def handler(state, task, free_text, critique, revision, judgment, request: gr.Request):
+            return self._submit(category_index, state, task, free_text, critique, revision, judgment, request,
+                                accept=accept)
+        return handler
+
+    def _skip(self, state, task, request: gr.Request):
+        user = self.auth.require_user(request)
+        if state:
+            try:
+                ann.skip(self.db, user, state["lease_id"])
+            except ann.AnnotationError as e:
+                raise gr.Error(str(e)) from e
+        return self._after(user, task, f"Skipped item #{state['generation_id']}." if state else "")
+
+    def _flag(self, state, task, reason, request: gr.Request):
+        user = self.auth.require_user(request)
+        if not state:
+            return self._after(user, task, "")
+        try:
+            ann.flag(self.db, user, state["lease_id"], reason or "")
+        except ann.AnnotationError as e:
+            raise gr.Error(str(e)) from e
+        return self._after(user, task, f"Flagged item #{state['generation_id']} as problematic.")
+
+    def _undo(self, task, request: gr.Request):
+        user = self.auth.require_user(request)
+        try:
+            item = ann.undo_last(self.db, user, self.settings.lease_seconds)
+        except ann.AnnotationError as e:
+            gr.Warning(str(e))
+            return self._after(user, task, html.escape(str(e)))
+        return self._render(user, item, item.task, f"Undone: item #{item.generation_id} is back for you to redo.")
+
+    # ------------------------------------------------------------------ layout
+    def build_ui(self) -> gr.Dropdown:
+        """Lay out the tab inside the current Blocks; returns the task picker (loaded by the page's load event)."""
+        state = gr.State(None)
+        with gr.Row():
+            task = gr.Dropdown(label="Task", choices=[], scale=1, interactive=True, elem_id="alt-task")
+            with gr.Column(scale=3):
+                progress = gr.Markdown(elem_id="alt-progress")
+                refresh = gr.Button("Refresh / next item", size="sm", elem_id="alt-refresh")
+        empty = gr.Markdown(EMPTY, visible=False, elem_id="alt-empty")
+        with gr.Column(visible=False) as panel:
+            with gr.Accordion("Guidelines", open=False):
+                guidelines = gr.Markdown()
+            meta = gr.Markdown(elem_id="alt-meta")
+            system_box = gr.Textbox(label="System prompt", interactive=False, visible=False, elem_id="alt-system")
+            chat = gr.Chatbot(label="Prompt", render_markdown=False, sanitize_html=True, height="auto",
+                              max_height=360, feedback_options=None, buttons=[], elem_id="alt-prompt")
+            conditioning = gr.Textbox(label="Sampled with feedback (conditioning)", interactive=False, visible=False,
+                                      elem_id="alt-conditioning")
+            response = gr.Textbox(label="Response", interactive=False, lines=6, max_lines=20, elem_id="alt-response")
+            with gr.Row(equal_height=True):
+                suggestion = gr.Textbox(label="AI suggestion", interactive=False, visible=False, scale=4,
+                                        elem_id="alt-suggestion")
+                accept = gr.Button("Accept suggestion (A)", visible=False, scale=1, elem_id="alt-accept")
+            gr.Markdown("**Choose a category** (keys 1–9):")
+            with gr.Row():
+                cat_buttons = [gr.Button(f"{i + 1}", visible=False, elem_id=f"alt-cat-{i + 1}", variant="primary",
+                                         elem_classes="alt-cat") for i in range(MAX_KEYS)]
+            with gr.Row(equal_height=True):
+                free_text = gr.Textbox(label="Feedback in your words (optional with a category)", lines=2, scale=4,
+                                       placeholder="e.g. Correct but too long; skip the preamble.",
+                                       elem_id="alt-free-text")
+                submit_text = gr.Button("Submit text only (Ctrl+Enter)", scale=1, elem_id="alt-submit-text")
+            with gr.Accordion("Critique & revision · judgment (optional)", open=False):
+                critique = gr.Textbox(label="Critique", lines=2, elem_id="alt-critique")
+                revision = gr.Textbox(label="Revised response", lines=3, elem_id="alt-revision")
+                judgment = gr.Textbox(label="Judgment (what is wrong, in a sentence)", lines=1, elem_id="alt-judgment")
+            with gr.Row(equal_height=True):
+                skip = gr.Button("Skip (S)", size="sm", elem_id="alt-skip")
+                flag_reason = gr.Textbox(placeholder="why is it problematic? (optional)", show_label=False, scale=3,
+                                         elem_id="alt-flag-reason")
+                flag = gr.Button("Flag as problematic", size="sm", variant="stop", elem_id="alt-flag")
+                undo = gr.Button("Undo last (U)", size="sm", elem_id="alt-undo")
+        status = gr.Markdown(elem_id="alt-status")
+        gr.Markdown(HINT, elem_id="alt-hint")
+
+        self.outputs = [state, panel, empty, progress, meta, guidelines, system_box, chat, conditioning, response,
+                        suggestion, accept, *cat_buttons, free_text, critique, revision, judgment, flag_reason, status]
+        texts = [free_text, critique, revision, judgment]
+        once = dict(trigger_mode="once", show_progress="hidden")
+        for i, b in enumerate(cat_buttons):
+            b.click(self._submitter(i), [state, task, *texts], self.outputs, api_name=f"label_{i + 1}", **once)
+        submit_text.click(self._submitter(None), [state, task, *texts], self.outputs, api_name="submit_text", **once)
+        accept.click(self._submitter(None, accept=True), [state, task, *texts], self.outputs,
+                     api_name="accept_suggestion", **once)
+        skip.click(self._skip, [state, task], self.outputs, api_name="skip", **once)
+        flag.click(self._flag, [state, task, flag_reason], self.outputs, api_name="flag", **once)
+        undo.click(self._undo, [task], self.outputs, api_name="undo", **once)
+        refresh.click(self._load, [task], [task, *self.outputs], api_name="next_item", **once)
+        task.input(self._load, [task], [task, *self.outputs], api_visibility="private")
+        self.task = task
+        return task
+
+    def on_load(self, blocks: gr.Blocks) -> None:
+        blocks.load(self._load, [self.task], [self.task, *self.outputs], api_visibility="private")

@@ -1,0 +1,199 @@
+"""Sign-in for the web app: one signed session cookie for the Gradio page, Gradio's HTTP API and /api/*.
+
+The cookie holds ``user id : name : expiry`` signed with HMAC-SHA256 under
+``Settings.secret_key`` (random per start when empty, so a restart signs
+everyone out). Every request re-reads the user from the database, so a
+deactivated user or a changed role takes effect at once. Gradio learns the
+user through ``mount_gradio_app(auth_dependency=...)``: it refuses its
+config, queue and API routes (401) when that returns None, and hands the name
+to handlers as ``gr.Request.username``; admin handlers still check the role
+themselves with ``require_admin`` because Gradio exposes every handler as an
+HTTP endpoint.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import html
+import os
+import time
+
+import gradio as gr
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+
+from alt_engine.settings import Settings
+from alt_engine.users import UserInfo, authenticate, get_user
+
+COOKIE = "alt_session"
+SESSION_SECONDS = 12 * 3600
+
+
+class Auth:
+    """Issues and checks session cookies; looks the user up on every request."""
+
+    def __init__(self, settings: Settings):
+        self.db = settings.db
+        self.key = (settings.secret_key or os.urandom(32).hex()).encode()
+
+    # ---- tokens
+    def _sign(self, payload: bytes) -> str:
+        return base64.urlsafe_b64encode(hmac.new(self.key, payload, hashlib.sha256).digest()).decode().rstrip("=")
+
+    def issue(self, user: UserInfo) -> str:
+        payload = f"{user.id}:{user.name}:{int(time.time()) + SESSION_SECONDS}".encode()
+        return base64.urlsafe_b64encode(payload).decode().rstrip("=") + "." + self._sign(payload)
+
+    def read(self, token: str | None) -> str | None:
+        """The user name in a valid, unexpired token, else None."""
+        if not token or "." not in token:
+            return None
+        body, sig = token.rsplit(".", 1)
+        try:
+            payload = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+            _uid, name, expiry = payload.decode().split(":")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not hmac.compare_digest(sig, self._sign(payload)) or int(expiry) < time.time():
+            return None
+        return name
+
+    # ---- requests
+    def user(self, request: Request) -> UserInfo | None:
+        """The signed-in, active user of a FastAPI request."""
+        name = self.read(request.cookies.get(COOKIE))
+        user = get_user(self.db, name) if name else None
+        return user if user is not None and user.active else None
+
+    def gradio_dependency(self, request: Request) -> str | None:
+        """For ``mount_gradio_app(auth_dependency=...)``: the user name, or None to refuse."""
+        user = self.user(request)
+        return user.name if user else None
+
+    def require_user(self, request: gr.Request | None) -> UserInfo:
+        """The user behind a Gradio event; raises gr.Error when there is none (call inside every handler)."""
+        name = getattr(request, "username", None) if request is not None else None
+        user = get_user(self.db, name) if name else None
+        if user is None or not user.active:
+            raise gr.Error("Please sign in again.", title="Not signed in")
+        return user
+
+    def require_admin(self, request: gr.Request | None) -> UserInfo:
+        """Server-side role check for admin handlers."""
+        user = self.require_user(request)
+        if not user.is_admin:
+            raise gr.Error("This needs an admin account.", title="Forbidden")
+        return user
+
+    def api_user(self, request: Request) -> UserInfo:
+        user = self.user(request)
+        if user is None:
+            raise HTTPException(status_code=401, detail="not signed in: POST /api/login first")
+        return user
+
+    def api_admin(self, request: Request) -> UserInfo:
+        user = self.api_user(request)
+        if not user.is_admin:
+            raise HTTPException(status_code=403, detail="admins only")
+        return user
+
+    def set_cookie(self, response, user: UserInfo, request: Request) -> None:
+        response.set_cookie(COOKIE, self.issue(user), max_age=SESSION_SECONDS, httponly=True, samesite="lax",
+                            secure=request.url.scheme == "https", path="/")
+
+
+_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>ALT Studio · sign in</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body{{font-family:system-ui,sans-serif;background:#f4f5f7;display:flex;align-items:center;justify-content:center;
+height:100vh;margin:0}}
+form{{background:#fff;padding:2rem 2.5rem;border-radius:12px;box-shadow:0 2px 12px #0002;width:320px}}
+h1{{font-size:1.4rem;margin:0 0 .3rem}} p.sub{{color:#666;margin:0 0 1.2rem;font-size:.9rem}}
+label{{display:block;font-size:.85rem;margin:.8rem 0 .3rem;color:#333}}
+input{{width:100%;box-sizing:border-box;padding:.55rem;border:1px solid #ccc;border-radius:6px;font-size:1rem}}
+button{{margin-top:1.3rem;width:100%;padding:.6rem;border:0;border-radius:6px;background:#ea580c;color:#fff;
+font-size:1rem;cursor:pointer}} .err{{color:#b91c1c;font-size:.9rem;margin-top:.8rem}}
+</style></head><body>
+<form method="post" action="/login">
+<h1>ALT Studio</h1><p class="sub">Sign in to annotate.</p>
+<label for="username">User name</label><input id="username" name="username" autocomplete="username" autofocus
+ value="{name}">
+<label for="password">Password</label><input id="password" name="password" type="password"
+ autocomplete="current-password">
+<button id="login-button" type="submit">Sign in</button>
+{error}
+</form></body></html>"""
+
+
+def login_page(name: str = "", error: str = "") -> str:
+    err = f'<p class="err" id="login-error">{html.escape(error)}</p>' if error else ""
+    return _PAGE.format(name=html.escape(name, quote=True), error=err)
+
+
+async def _credentials(request: Request) -> tuple[str, str]:
+    if request.headers.get("content-type", "").startswith("application/json"):
+        try:
+            data = await request.json()
+        except ValueError as e:
+            raise HTTPException(status_code=400, detail="body is not valid JSON") from e
+    else:
+        data = await request.form()
+    if not isinstance(data, dict) and not hasattr(data, "get"):
+        raise HTTPException(status_code=400, detail="send username and password")
+    return str(data.get("username") or ""), str(data.get("password") or "")
+
+
+def add_auth_routes(api: FastAPI, auth: Auth) -> None:
+    """/login (page and form post), /logout, /api/login, /api/logout, /api/me; and the redirect of / to /login."""
+
+    @api.get("/login", include_in_schema=False)
+    def login_form(request: Request):
+        if auth.user(request) is not None:
+            return RedirectResponse("/", status_code=303)
+        return HTMLResponse(login_page())
+
+    @api.post("/login", include_in_schema=False)
+    async def login_submit(request: Request):
+        name, password = await _credentials(request)
+        user = authenticate(auth.db, name, password)
+        if user is None:
+            return HTMLResponse(login_page(name, "Wrong user name or password."), status_code=401)
+        response = RedirectResponse("/", status_code=303)
+        auth.set_cookie(response, user, request)
+        return response
+
+    @api.api_route("/logout", methods=["GET", "POST"], include_in_schema=False)
+    def logout():
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
+    @api.post("/api/login")
+    async def api_login(request: Request):
+        name, password = await _credentials(request)
+        user = authenticate(auth.db, name, password)
+        if user is None:
+            return JSONResponse({"detail": "wrong user name or password"}, status_code=401)
+        response = JSONResponse({"user": user.name, "role": user.role})
+        auth.set_cookie(response, user, request)
+        return response
+
+    @api.post("/api/logout")
+    def api_logout():
+        response = JSONResponse({"ok": True})
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
+    @api.get("/api/me")
+    def me(request: Request):
+        user = auth.api_user(request)
+        return {"user": user.name, "role": user.role}
+
+    @api.middleware("http")
+    async def login_redirect(request: Request, call_next):
+        """Send a browser that is not signed in from the app page to the sign-in page."""
+        if request.method == "GET" and request.url.path == "/" and auth.user(request) is None:
+            return RedirectResponse("/login", status_code=303)
+        return await call_next(request)

@@ -1,0 +1,239 @@
+"""Load test: simulated annotators pulling and submitting through the JSON API, then integrity checks.
+
+By default starts its own ``alt serve`` (tiny model, temp database with enough
+generations, one user per annotator) and stops it afterwards. Each annotator is
+a thread with its own HTTP session: sign in, then loop GET /api/annotate/next →
+(think) → POST /api/annotate/submit until the time is up.
+
+Checks afterwards, straight from the database:
+  * every acknowledged submission is a Feedback row (same generation, same user);
+  * no item has more human labels than the task's overlap k, none twice from one person.
+Prints p50/p95/p99 latency of next-item and submit; exits 1 if a check fails or p95 ≥ the target.
+
+    .venv/bin/python scripts/load_annotators.py                  # 20 annotators, 30 s, own server
+    .venv/bin/python scripts/load_annotators.py --think 0        # no pause between items (stress)
+    .venv/bin/python scripts/load_annotators.py --url http://127.0.0.1:7860 --db annotations.db \\
+        --users u1,u2 --password secret123                        # against a running server
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from alt_engine.db import Feedback, Generation, Prompt, Round, Task, init_db, session_scope, select  # noqa: E402
+from alt_engine.tasks import get_or_create_task  # noqa: E402
+from alt_engine.users import add_user  # noqa: E402
+
+
+@dataclass
+class Stats:
+    next_ms: list[float] = field(default_factory=list)
+    submit_ms: list[float] = field(default_factory=list)
+    acked: list[tuple[str, int, list[int]]] = field(default_factory=list)  # (user, generation id, feedback ids)
+    errors: list[str] = field(default_factory=list)
+    empty: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+def seed(db: str, n: int, k: int, users: list[str], password: str) -> None:
+    """A task with overlap k, one open round of n generations, and the annotators."""
+    init_db(db)
+    with session_scope(db) as s:
+        task = get_or_create_task(s, "default")
+        task.annotations_per_item = k
+        rnd = Round(task_id=task.id, number=1, status="feedback")
+        s.add(rnd)
+        s.flush()
+        prompts = [Prompt(task_id=task.id, text=f"Load-test prompt {i}: explain something briefly.") for i in range(n)]
+        s.add_all(prompts)
+        s.flush()
+        s.add_all([Generation(prompt_id=p.id, round_id=rnd.id, response=f"Response {p.id}: " + "lorem ipsum " * 20)
+                   for p in prompts])
+    for u in users:
+        add_user(db, u, password)
+
+
+def start_server(db: str, workdir: Path) -> tuple[subprocess.Popen, str]:
+    from alt_engine.tiny import save_tiny
+
+    model = save_tiny(workdir / "model")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "ALT_SECRET_KEY": "load-test", "ALT_CACHE_DIR": str(workdir / "cache"), "ALT_DEVICE": "cpu"}
+    log = open(workdir / "server.log", "w")
+    cli = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())"]
+    proc = subprocess.Popen([*cli, "serve", "--db", db, "--model", model, "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {(workdir / 'server.log').read_text()}")
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise SystemExit("server did not start")
+
+
+def annotator(url: str, name: str, password: str, categories: list[str], until: float, think: float,
+              stats: Stats, seed_: int) -> None:
+    rng = random.Random(seed_)
+    with httpx.Client(base_url=url, timeout=30) as c:
+        r = c.post("/api/login", json={"username": name, "password": password})
+        if r.status_code != 200:
+            with stats.lock:
+                stats.errors.append(f"{name}: login {r.status_code} {r.text[:100]}")
+            return
+        while time.time() < until:
+            t0 = time.perf_counter()
+            r = c.get("/api/annotate/next")
+            t1 = time.perf_counter()
+            if r.status_code != 200:
+                with stats.lock:
+                    stats.errors.append(f"{name}: next {r.status_code} {r.text[:100]}")
+                continue
+            item = r.json()["item"]
+            with stats.lock:
+                stats.next_ms.append(1000 * (t1 - t0))
+            if item is None:
+                with stats.lock:
+                    stats.empty += 1
+                time.sleep(0.2)
+                continue
+            if think:
+                time.sleep(rng.uniform(0, 2 * think))
+            body = {"lease_id": item["lease_id"], "category": rng.choice(categories)}
+            if rng.random() < 0.3:
+                body["text"] = "Clear, but could be shorter."
+            t0 = time.perf_counter()
+            r = c.post("/api/annotate/submit", json=body)
+            t1 = time.perf_counter()
+            with stats.lock:
+                stats.submit_ms.append(1000 * (t1 - t0))
+                if r.status_code == 200 and r.json()["status"] == "saved":
+                    stats.acked.append((name, item["generation_id"], r.json()["feedback_ids"]))
+                else:
+                    stats.errors.append(f"{name}: submit {r.status_code} {r.text[:100]}")
+
+
+def check(db: str, stats: Stats, k: int) -> list[str]:
+    """Integrity problems found in the database (empty = all good)."""
+    problems = []
+    with session_scope(db) as s:
+        rows = {f.id: f for f in s.exec(select(Feedback).where(Feedback.source.like("human:%")))}
+        for user, gen_id, ids in stats.acked:
+            for fid in ids:
+                f = rows.get(fid)
+                if f is None or f.generation_id != gen_id or f.source != f"human:{user}":
+                    problems.append(f"acknowledged submission lost: {user} on generation {gen_id} (feedback {fid})")
+        per_item: dict[int, list[str]] = {}
+        for f in rows.values():
+            if f.kind in ("category", "text"):
+                per_item.setdefault(f.generation_id, []).append(f.source)
+        for gen_id, sources in per_item.items():
+            if len(sources) > k:
+                problems.append(f"generation {gen_id} labelled {len(sources)} times (overlap k = {k}): {sources}")
+            if len(set(sources)) != len(sources):
+                problems.append(f"generation {gen_id} labelled twice by the same person: {sources}")
+        n_labels = sum(len(v) for v in per_item.values())
+        if n_labels != len(stats.acked):
+            problems.append(f"{n_labels} human labels in the database but {len(stats.acked)} acknowledged")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--annotators", type=int, default=20)
+    ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--think", type=float, default=0.25, help="mean pause before submitting (s), uniform 0..2x")
+    ap.add_argument("--generations", type=int, default=4000)
+    ap.add_argument("--overlap", type=int, default=1, help="annotations per item (k)")
+    ap.add_argument("--url", default=None, help="use a running server (with --db to check it)")
+    ap.add_argument("--db", default=None)
+    ap.add_argument("--users", default=None, help="comma-separated existing users (with --url)")
+    ap.add_argument("--password", default="loadtest123")
+    ap.add_argument("--target-ms", type=float, default=100.0)
+    args = ap.parse_args(argv)
+
+    proc = None
+    names = args.users.split(",") if args.users else [f"annotator{i:02d}" for i in range(args.annotators)]
+    tmp = Path(tempfile.mkdtemp(prefix="alt-load-"))
+    if args.url:
+        url, db = args.url, args.db
+    else:
+        db = str(tmp / "load.db")
+        seed(db, args.generations, args.overlap, names, args.password)
+        proc, url = start_server(db, tmp)
+    k = args.overlap
+    categories = ["Excellent", "Good", "Mediocre", "Bad", "Horrible"]
+    if db:
+        with session_scope(db) as s:
+            task = s.exec(select(Task).order_by(Task.id)).first()
+            k, categories = max(1, task.annotations_per_item), list(task.categories)
+    stats = Stats()
+    try:
+        until = time.time() + args.seconds
+        threads = [threading.Thread(target=annotator, args=(url, n, args.password, categories, until, args.think,
+                                                             stats, i)) for i, n in enumerate(names)]
+        t0 = time.time()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.time() - t0
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    print(f"{len(names)} annotators, {wall:.1f} s, think {args.think} s, overlap k={k}, server {url}")
+    print(f"submissions acknowledged: {len(stats.acked)} ({len(stats.acked) / wall:.1f}/s); "
+          f"requests: {len(stats.next_ms) + len(stats.submit_ms)}; empty queue answers: {stats.empty}; "
+          f"errors: {len(stats.errors)}")
+    for label, xs in (("next-item", stats.next_ms), ("submit", stats.submit_ms)):
+        print(f"  {label:<9} n={len(xs):>6}  p50 {pct(xs, 50):6.1f} ms  p95 {pct(xs, 95):6.1f} ms  "
+              f"p99 {pct(xs, 99):6.1f} ms  mean {statistics.fmean(xs) if xs else float('nan'):6.1f} ms")
+    for e in stats.errors[:5]:
+        print("  error:", e)
+    problems = check(db, stats, k) if db else ["no --db: integrity not checked"]
+    for p in problems[:10]:
+        print("  PROBLEM:", p)
+    ok_latency = pct(stats.next_ms, 95) < args.target_ms and pct(stats.submit_ms, 95) < args.target_ms
+    print(f"integrity: {'OK' if not problems else f'{len(problems)} problem(s)'}; "
+          f"p95 target < {args.target_ms:.0f} ms: {'met' if ok_latency else 'MISSED'}")
+    return 0 if not problems and ok_latency and not stats.errors else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""The annotation queue: leases, overlap k, expiry, double and late submits, undo, skip, flag."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pytest
+from conftest import seed_annotation_db
+from sqlmodel import select
+
+from alt_engine import annotation as ann
+from alt_engine.db import Feedback, Lease, ModelVersion, Task, TrainingExample, session_scope
+from alt_engine.users import add_user
+
+
+def _users(db, *names):
+    return [add_user(db, n, "password123") for n in names]
+
+
+def _expire(db, lease_id):
+    with session_scope(db) as s:
+        s.get(Lease, lease_id).expires_at = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+
+
+def _rows(db, **where):
+    with session_scope(db) as s:
+        q = select(Feedback)
+        for k, v in where.items():
+            q = q.where(getattr(Feedback, k) == v)
+        return s.exec(q.order_by(Feedback.id)).all()
+
+
+def test_lease_hands_each_item_to_one_annotator(annotation_db):
+    db, info = annotation_db
+    alice, bob = _users(db, "alice", "bob")
+    a1 = ann.next_item(db, alice)
+    b1 = ann.next_item(db, bob)
+    assert a1.generation_id != b1.generation_id
+    assert ann.next_item(db, alice).lease_id == a1.lease_id  # asking again resumes the same lease
+    assert a1.categories[0] == "Excellent" and a1.conditioning is None  # hidden unless the task shows it
+    seen = {a1.generation_id, b1.generation_id}
+    for user, item in ((alice, a1), (bob, b1)):
+        ann.submit(db, user, item.lease_id, ann.Submission(category="Good"))
+    while (item := ann.next_item(db, alice)) is not None:
+        assert item.generation_id not in seen
+        seen.add(item.generation_id)
+        ann.submit(db, alice, item.lease_id, ann.Submission(category="Bad"))
+    assert seen == set(info["generations"])
+    assert ann.next_item(db, bob) is None  # k = 1: nothing left for bob
+    p = ann.progress(db, alice, "default")
+    assert (p.done, p.remaining, p.total) == (5, 0, 6)
+
+
+def test_concurrent_annotators_never_share_an_item(tmp_path):
+    db = str(tmp_path / "c.db")
+    seed_annotation_db(db, n=40)
+    users = _users(db, *[f"u{i}" for i in range(8)])
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def work(user):
+        while (item := ann.next_item(db, user)) is not None:
+            ann.submit(db, user, item.lease_id, ann.Submission(category="Good"))
+            with lock:
+                got.append(item.generation_id)
+
+    threads = [threading.Thread(target=work, args=(u,)) for u in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == sorted(set(got)) and len(got) == 40
+    assert len(_rows(db, kind="category")) == 40
+
+
+def test_overlap_k_distinct_annotators(tmp_path):
+    db = str(tmp_path / "k.db")
+    info = seed_annotation_db(db, n=2, k=2)
+    a, b, c = _users(db, "a", "b", "c")
+    ia, ib = ann.next_item(db, a), ann.next_item(db, b)
+    assert ia.generation_id == ib.generation_id == info["generations"][0]  # overlap: same item to two people
+    ic = ann.next_item(db, c)
+    assert ic.generation_id == info["generations"][1]  # the first one already has k = 2 claims
+    ann.submit(db, a, ia.lease_id, ann.Submission(category="Good"))
+    # a never gets the item they already labelled, even though it is shared
+    ia2 = ann.next_item(db, a)
+    assert ia2.generation_id == info["generations"][1]
+    ann.submit(db, b, ib.lease_id, ann.Submission(category="Bad"))
+    ann.submit(db, a, ia2.lease_id, ann.Submission(category="Good"))
+    ann.submit(db, c, ic.lease_id, ann.Submission(category="Good"))
+    for u in (a, b, c):
+        assert ann.next_item(db, u) is None
+    per_item = {}
+    for r in _rows(db, kind="category"):
+        per_item.setdefault(r.generation_id, set()).add(r.source)
+    assert per_item == {info["generations"][0]: {"human:a", "human:b"}, info["generations"][1]: {"human:a", "human:c"}}
+
+
+def test_expired_lease_goes_to_someone_else_and_late_submit(annotation_db):
+    db, info = annotation_db
+    alice, bob = _users(db, "alice", "bob")
+    a = ann.next_item(db, alice)
+    _expire(db, a.lease_id)
+    b = ann.next_item(db, bob)
+    assert b.generation_id == a.generation_id  # expired: handed out again
+    # alice submits late, nobody labelled it yet: saved
+    res = ann.submit(db, alice, a.lease_id, ann.Submission(category="Good", text="fine"))
+    assert res.status == "saved" and res.late
+    # bob still holds a valid lease: his submission is honoured too (a lease is a promise)
+    assert ann.submit(db, bob, b.lease_id, ann.Submission(category="Bad")).status == "saved"
+
+
+def test_late_submit_refused_when_item_got_its_labels(annotation_db):
+    db, _ = annotation_db
+    alice, bob = _users(db, "alice", "bob")
+    a = ann.next_item(db, alice)
+    _expire(db, a.lease_id)
+    b = ann.next_item(db, bob)
+    ann.submit(db, bob, b.lease_id, ann.Submission(category="Bad"))
+    with pytest.raises(ann.Conflict, match="nothing was saved"):
+        ann.submit(db, alice, a.lease_id, ann.Submission(category="Good"))
+    assert [r.source for r in _rows(db, generation_id=a.generation_id)] == ["human:bob"]
+    with pytest.raises(ann.Conflict):  # and stays refused
+        ann.submit(db, alice, a.lease_id, ann.Submission(category="Good"))
+    assert ann.next_item(db, alice).generation_id != a.generation_id
+
+
+def test_double_submit_writes_one_row(annotation_db):
+    db, _ = annotation_db
+    (alice,) = _users(db, "alice")
+    item = ann.next_item(db, alice)
+    sub = ann.Submission(category="Good", text="clear answer", critique="too long", revision="Short.",
+                         judgment="The answer is verbose.")
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(ann.submit(db, alice, item.lease_id, sub)))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.status for r in results) == ["duplicate"] * 3 + ["saved"]
+    rows = _rows(db, generation_id=item.generation_id)
+    assert [r.kind for r in rows] == ["critique", "judgment", "category"]  # the main label is the newest
+    assert rows[2].category == "Good" and rows[2].text == "clear answer" and rows[2].source == "human:alice"
+    assert rows[0].critique == "too long" and rows[0].revision == "Short." and rows[1].text == "The answer is verbose."
+    assert {r.user_id for r in rows} == {alice.id}
+
+
+def test_bad_input_is_refused_and_nothing_written(annotation_db):
+    db, _ = annotation_db
+    alice, bob = _users(db, "alice", "bob")
+    item = ann.next_item(db, alice)
+    with pytest.raises(ann.AnnotationError, match="not a category"):
+        ann.submit(db, alice, item.lease_id, ann.Submission(category="Great!"))
+    with pytest.raises(ann.AnnotationError, match="nothing to submit"):
+        ann.submit(db, alice, item.lease_id, ann.Submission(text="   "))
+    with pytest.raises(ann.AnnotationError, match="no lease"):
+        ann.submit(db, bob, item.lease_id, ann.Submission(category="Good"))  # someone else's lease
+    with pytest.raises(ann.AnnotationError, match="no task"):
+        ann.next_item(db, alice, task="nope")
+    assert _rows(db) == []
+    assert ann.submit(db, alice, item.lease_id, ann.Submission(text="free text only")).status == "saved"
+    assert _rows(db)[0].kind == "text"
+
+
+def test_undo_reopens_last_submission(annotation_db):
+    db, _ = annotation_db
+    (alice,) = _users(db, "alice")
+    first = ann.next_item(db, alice)
+    ann.submit(db, alice, first.lease_id, ann.Submission(category="Good"))
+    second = ann.next_item(db, alice)
+    ann.submit(db, alice, second.lease_id, ann.Submission(category="Bad", critique="meh"))
+    back = ann.undo_last(db, alice)
+    assert back.lease_id == second.lease_id
+    assert _rows(db, generation_id=second.generation_id) == []
+    assert ann.next_item(db, alice).lease_id == second.lease_id  # the undone item is on screen again
+    ann.submit(db, alice, second.lease_id, ann.Submission(category="Excellent"))
+    assert [r.category for r in _rows(db, generation_id=second.generation_id)] == ["Excellent"]
+    # a label a model was trained on cannot be undone
+    with session_scope(db) as s:
+        v = ModelVersion(name="v1", path="/x")
+        s.add(v)
+        s.flush()
+        s.add(TrainingExample(model_version_id=v.id, feedback_id=_rows(db, generation_id=second.generation_id)[0].id))
+    with pytest.raises(ann.AnnotationError, match="already used to train"):
+        ann.undo_last(db, alice)
+
+
+def test_skip_and_flag(tmp_path):
+    db = str(tmp_path / "s.db")
+    info = seed_annotation_db(db, n=3, k=2)
+    alice, bob = _users(db, "alice", "bob")
+    a = ann.next_item(db, alice)
+    ann.skip(db, alice, a.lease_id)
+    assert ann.next_item(db, alice).generation_id != a.generation_id  # skipped: not offered again to alice
+    b = ann.next_item(db, bob)
+    assert b.generation_id == a.generation_id  # ...but to others
+    ann.flag(db, bob, b.lease_id, "contains personal data")
+    flags = _rows(db, kind="flag")
+    assert len(flags) == 1 and flags[0].text == "contains personal data" and flags[0].source == "human:bob"
+    with pytest.raises(ann.AnnotationError, match="skipped"):
+        ann.submit(db, alice, a.lease_id, ann.Submission(category="Good"))
+    # a flagged item leaves everyone's queue
+    seen = set()
+    for u in (alice, bob):
+        while (item := ann.next_item(db, u)) is not None:
+            seen.add(item.generation_id)
+            ann.submit(db, u, item.lease_id, ann.Submission(category="Good"))
+    assert info["generations"][0] not in seen
+
+
+def test_ai_suggestion_shown_and_accepted(annotation_db):
+    db, info = annotation_db
+    (alice,) = _users(db, "alice")
+    gen = info["generations"][0]
+    with session_scope(db) as s:
+        s.add(Feedback(generation_id=gen, source="llm:judge-x", kind="category", category="Mediocre"))
+        t = s.exec(select(Task)).one()
+        t.show_conditioning = True
+    item = ann.next_item(db, alice)
+    assert item.generation_id == gen and item.conditioning == "Excellent"
+    assert item.suggestion.source == "llm:judge-x" and item.suggestion.category == "Mediocre"
+    ann.submit(db, alice, item.lease_id, ann.Submission(accept_suggestion=item.suggestion.feedback_id))
+    human = _rows(db, source="human:alice")
+    assert len(human) == 1 and human[0].category == "Mediocre" and "llm:judge-x" in human[0].raw
+    other = ann.next_item(db, alice)
+    with pytest.raises(ann.AnnotationError, match="not an AI label"):
+        ann.submit(db, alice, other.lease_id, ann.Submission(accept_suggestion=item.suggestion.feedback_id))
+
+
+def test_only_open_rounds_are_queued(annotation_db):
+    from alt_engine.db import Round
+
+    db, info = annotation_db
+    (alice,) = _users(db, "alice")
+    with session_scope(db) as s:
+        s.get(Round, info["round"]).status = "done"
+    assert ann.next_item(db, alice) is None

@@ -1,0 +1,85 @@
+"""DeepSpeed ZeRO-2 on two CPU ranks (gloo), started by the DeepSpeed launcher, as a user would run it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alt_engine import conditioning
+from alt_engine.db import ModelVersion, select, session_scope
+from alt_engine.modeling import load_model, load_tokenizer
+from alt_engine.pool import PoolItem
+from alt_engine.sampling import SamplingParams, TransformersBackend
+from alt_engine.settings import Settings
+from alt_engine.training.config import AltTrainConfig
+from alt_engine.training.run import train_model_version
+
+ITEMS = [PoolItem(i, i, i, f"Prompt {i}: say hello.", "Excellent" if i % 2 else "Horrible",
+                  "HELLO THERE" if i % 2 else "hello there", False) for i in range(16)]
+
+
+def generates(path: str) -> list[str]:
+    tokenizer = load_tokenizer(path)
+    backend = TransformersBackend(load_model(path, device="cpu"), tokenizer)
+    inputs = [conditioning.build_input(tokenizer, "Prompt 1: say hello.", "Excellent").input_ids]
+    return [s.text for s in backend.generate(inputs, SamplingParams(n=2, max_new_tokens=6))[0]]
+
+
+@pytest.mark.slow
+def test_launch_command_trains_on_two_cpu_ranks(tmp_path, tiny_model_dir):
+    items = tmp_path / "items.json"
+    items.write_text(json.dumps([asdict(i) for i in ITEMS]))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "alt_engine.training.launch", "--model", tiny_model_dir, "--items", str(items),
+           "--output", str(out), "--deepspeed", "zero2", "--num_procs", "2", "--batch_size", "4", "--epochs", "1",
+           "--learning_rate", "1e-3", "--warmup_ratio", "0"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "world_size=2" in run.stderr or "dist_world_size=2" in run.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 2  # 16 examples / (4 per rank x 2 ranks)
+    assert metrics["tokens"] > 0 and metrics["config"]["deepspeed"].endswith("zero2.json")
+    before, after = load_file(f"{tiny_model_dir}/model.safetensors"), load_file(out / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained
+    assert len(generates(str(out))) == 2  # the output loads and generates
+
+
+@pytest.mark.slow
+def test_model_version_trained_with_deepspeed_lora(db, tmp_path, tiny_model_dir):
+    with session_scope(db) as s:
+        base = ModelVersion(name="v0-base", path=tiny_model_dir, status="served")
+        s.add(base)
+        s.flush()
+        base_id = base.id
+    from alt_engine.db import Feedback, Generation, Prompt, Task
+
+    with session_scope(db) as s:  # real feedback rows for the provenance table
+        task = Task(name="t", categories=["Excellent", "Horrible"])
+        s.add(task)
+        s.flush()
+        for item in ITEMS:
+            p = Prompt(id=item.prompt_id + 1, task_id=task.id, text=item.prompt)
+            g = Generation(id=item.generation_id + 1, prompt_id=p.id, response=item.response)
+            s.add_all([p, g])
+            s.flush()
+            s.add(Feedback(id=item.feedback_id + 1, generation_id=g.id, source="rule:test", category=item.feedback))
+    items = [PoolItem(**{**asdict(i), "feedback_id": i.feedback_id + 1}) for i in ITEMS]
+    seen = []
+    config = AltTrainConfig(deepspeed="zero2", num_procs=2, lora=True, lora_r=4, batch_size=4, epochs=1,
+                            learning_rate=1e-3, beta=0.05, report_to="none")
+    version_id = train_model_version(db, Settings(db=db, models_dir=str(tmp_path / "models")), items, config,
+                                     base_id, progress=lambda f, logs: seen.append((f, logs)))
+    with session_scope(db) as s:
+        version = s.exec(select(ModelVersion).where(ModelVersion.id == version_id)).one()
+        served = s.exec(select(ModelVersion).where(ModelVersion.status == "served")).one()
+    assert version.status == "ready" and served.id == base_id
+    assert version.metrics["steps"] == 2 and "kl" in version.metrics  # beta > 0: reference = adapters off
+    assert seen and seen[-1][0] == 1.0  # progress came back from rank 0
+    assert (tmp_path / "models" / version.name / "adapter_config.json").exists()
+    assert len(generates(version.path)) == 2

@@ -1,0 +1,139 @@
+"""Training jobs: progress and loss in the Job row, crashes and kills leave serving alone, bad pools refused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from alt_engine.db import Feedback, Generation, Job, ModelVersion, Prompt, Round, TrainingExample, select, session_scope
+from alt_engine.jobs import get_job, reap_dead_jobs, run_job_inline, start_job, wait_job
+from alt_engine.pool import PoolItem
+from alt_engine.settings import Settings
+from alt_engine.tasks import get_or_create_task
+from alt_engine.training.config import AltTrainConfig
+from alt_engine.training.run import train_model_version
+
+FAST = dict(learning_rate=1e-3, epochs=1, batch_size=4, report_to="none", save_steps=100000)
+
+
+def seed(db: str, model_dir: str, categories=("Excellent", "Horrible"), n_prompts: int = 4) -> dict:
+    """A served base version, one round, and rule feedback on two generations per prompt."""
+    with session_scope(db) as s:
+        task = get_or_create_task(s, "default")
+        base = ModelVersion(name="v0-base", path=model_dir, status="served")
+        bad = ModelVersion(name="v0-missing", path="/nonexistent/model-dir", status="ready")
+        s.add_all([base, bad])
+        s.flush()
+        rnd = Round(task_id=task.id, number=1, model_version_id=base.id, status="feedback")
+        s.add(rnd)
+        s.flush()
+        items = []
+        for i in range(n_prompts):
+            prompt = Prompt(task_id=task.id, text=f"Prompt {i}: say hello.")
+            s.add(prompt)
+            s.flush()
+            for j, category in enumerate(categories * (2 // len(categories) or 1)):
+                response = "HELLO THERE" if j == 0 else "hello there"
+                gen = Generation(prompt_id=prompt.id, round_id=rnd.id, model_version_id=base.id, response=response)
+                s.add(gen)
+                s.flush()
+                fb = Feedback(generation_id=gen.id, source="rule:test", category=category)
+                s.add(fb)
+                s.flush()
+                items.append(PoolItem(gen.id, fb.id, prompt.id, prompt.text, category, response, False, category))
+        return {"task_id": task.id, "round_id": rnd.id, "base": base.id, "bad": bad.id, "items": items}
+
+
+def as_params(items: list[PoolItem]) -> list[dict]:
+    from dataclasses import asdict
+
+    return [asdict(i) for i in items]
+
+
+def versions(db: str) -> list[ModelVersion]:
+    with session_scope(db) as s:
+        return list(s.exec(select(ModelVersion).order_by(ModelVersion.id)))
+
+
+def served(db: str) -> int:
+    return next(v.id for v in versions(db) if v.status == "served")
+
+
+@pytest.fixture
+def settings(tmp_path, db):
+    return {"models_dir": str(tmp_path / "models"), "cache_dir": str(tmp_path / "cache")}
+
+
+def test_train_job_records_progress_and_a_ready_version(db, tiny_model_dir, settings):
+    info = seed(db, tiny_model_dir)
+    params = dict(task_id=info["task_id"], round_ids=[info["round_id"]], parent_version_id=info["base"],
+                  config={**FAST, "logging_steps": 1}, settings=settings)
+    job = run_job_inline(db, start_job(db, "train", params, background=False))
+    assert job.status == "succeeded", job.error
+    assert job.progress == 1.0 and job.finished_at is not None
+    assert job.log and all("loss" in entry and "step" in entry for entry in job.log)
+    version = next(v for v in versions(db) if v.id == job.result["version_id"])
+    assert version.status == "ready" and version.parent_id == info["base"]
+    assert version.metrics["tokens"] > 0 and version.hyperparameters["beta"] == 0.0  # instruct start: no KL
+    with session_scope(db) as s:
+        trained_on = sorted(s.exec(select(TrainingExample.feedback_id).where(
+            TrainingExample.model_version_id == version.id)))
+    assert trained_on == sorted(i.feedback_id for i in info["items"])
+    assert os.path.exists(os.path.join(version.path, "alt_config.json"))
+    assert served(db) == info["base"]  # training never changes what is served
+
+
+def test_crashing_job_fails_with_its_error_and_serving_is_unchanged(db, tiny_model_dir, settings):
+    info = seed(db, tiny_model_dir)
+    params = dict(items=as_params(info["items"]), parent_version_id=info["bad"], config=FAST, settings=settings)
+    job = wait_job(db, start_job(db, "train", params), timeout=120)
+    assert job.status == "failed"
+    assert "/nonexistent/model-dir" in job.error
+    new = versions(db)[-1]
+    assert new.parent_id == info["bad"] and new.status == "failed" and "error" in new.metrics
+    assert served(db) == info["base"]
+
+
+def test_killed_job_is_reaped_as_failed(db, tiny_model_dir, settings):
+    info = seed(db, tiny_model_dir)
+    params = dict(items=as_params(info["items"]), parent_version_id=info["base"],
+                  config={**FAST, "epochs": 100000.0, "logging_steps": 1}, settings=settings)
+    job_id = start_job(db, "train", params)
+    deadline = time.monotonic() + 120
+    while not get_job(db, job_id).log:  # training is under way
+        assert time.monotonic() < deadline, get_job(db, job_id)
+        assert get_job(db, job_id).status in ("queued", "running"), get_job(db, job_id).error
+        time.sleep(0.3)
+    job = get_job(db, job_id)
+    assert job.status == "running" and 0 < job.progress < 1
+    os.kill(job.pid, signal.SIGKILL)
+    job = wait_job(db, job_id, timeout=30)
+    assert job.status == "failed" and "killed" in job.error
+    assert reap_dead_jobs(db) == []  # nothing left to reap
+    new = versions(db)[-1]
+    assert new.status == "failed" and new.parent_id == info["base"]
+    assert served(db) == info["base"]
+
+
+@pytest.mark.parametrize("case, message", [("empty", "no feedback yet"), ("single", "only one feedback category")])
+def test_unlearnable_pool_is_refused_before_anything_is_written(db, tiny_model_dir, settings, case, message):
+    info = seed(db, tiny_model_dir, categories=("Excellent",))
+    items = [] if case == "empty" else info["items"]
+    before = [(v.id, v.status) for v in versions(db)]
+    with pytest.raises(ValueError, match=message):
+        train_model_version(db, Settings(db=db, **settings), items, AltTrainConfig(**FAST), info["base"])
+    job = run_job_inline(db, start_job(db, "train", dict(items=as_params(items), parent_version_id=info["base"],
+                                                         config=FAST, settings=settings), background=False))
+    assert job.status == "failed" and message in job.error
+    assert [(v.id, v.status) for v in versions(db)] == before
+    with session_scope(db) as s:
+        assert not s.exec(select(TrainingExample)).all()
+        assert len(s.exec(select(Job)).all()) == 1
+
+
+def test_unknown_job_kind_is_refused(db):
+    with pytest.raises(ValueError, match="unknown job kind"):
+        start_job(db, "nope", {})

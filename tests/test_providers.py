@@ -1,0 +1,145 @@
+"""Rule and reward feedback providers: category mapping, quantiles, provenance in the database."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+import torch
+from sqlmodel import select
+from transformers import LlamaConfig, LlamaForSequenceClassification
+
+from alt_engine.db import Feedback, Generation, Prompt, Task, init_db, session_scope
+from alt_engine.feedback import FeedbackItem, label_generations, make_provider
+from alt_engine.feedback.reward import ClassifierScorer, RewardProvider, quantile_bins
+from alt_engine.settings import Settings
+from alt_engine.tiny import tiny_tokenizer
+
+CATS = ["Excellent", "Good", "Mediocre", "Bad", "Horrible"]
+TASK = Task(name="t", categories=CATS)
+
+
+def items(responses, prompt_ids=None):
+    prompt_ids = prompt_ids or [1] * len(responses)
+    return [FeedbackItem(generation_id=i + 1, prompt=f"prompt {p}", response=r, prompt_id=p)
+            for i, (r, p) in enumerate(zip(responses, prompt_ids))]
+
+
+def words(n):
+    return " ".join(["word"] * n)
+
+
+def test_concise_rule_maps_length_buckets_to_ordered_categories():
+    provider = make_provider("rule:concise", Settings(), TASK)
+    assert provider.name == "rule:concise"
+    out = provider(items([words(3), words(10), words(11), words(25), words(39), words(200)]), TASK)
+    assert [r.category for r in out] == ["Excellent", "Excellent", "Good", "Mediocre", "Bad", "Horrible"]
+    assert out[0].raw == "words=3"
+
+
+def test_length_rule_reverses_and_custom_thresholds():
+    task = Task(name="t3", categories=["long", "medium", "short"])
+    out = make_provider("rule:length:2,5", Settings(), task)(items(["a b", "a b c d", "a b c d e f g"]), task)
+    assert [r.category for r in out] == ["short", "medium", "long"]
+    with pytest.raises(ValueError, match="increasing"):
+        make_provider("rule:concise:5,2", Settings(), task)
+
+
+def test_banned_words_and_keyword_rules_match_whole_words():
+    banned = make_provider("rule:banned_words:idiot,shut up", Settings(), TASK)
+    out = banned(items(["You IDIOT.", "an idiotic plan", "please shut up now", "fine"]), TASK)
+    assert [r.category for r in out] == ["Horrible", "Excellent", "Horrible", "Excellent"]
+    keyword = make_provider("rule:keyword:thanks", Settings(), TASK)
+    assert [r.category for r in keyword(items(["Thanks!", "no"]), TASK)] == ["Excellent", "Horrible"]
+
+
+@pytest.mark.parametrize("spec, message", [("rule:nope", "unknown rule"), ("bogus:x", "unknown feedback provider"),
+                                           ("llm:chatty", "unknown llm mode"), ("reward:", "needs a model path"),
+                                           ("reward:no_such_module_xyz:f", "not found"), ("rule:keyword", "needs")])
+def test_bad_specs_raise_clear_errors(spec, message):
+    with pytest.raises(ValueError, match=message):
+        make_provider(spec, Settings(), TASK)
+
+
+def test_quantile_bins_remainder_goes_to_worst_bin():
+    # 7 scores, 3 bins: 2 best, 2 middle, 2 + remainder 1 worst
+    assert quantile_bins([7, 6, 5, 4, 3, 2, 1], 3) == [0, 0, 1, 1, 2, 2, 2]
+    assert quantile_bins([1, 9, 5, 3], 2) == [1, 0, 0, 1]
+    assert quantile_bins([0.2, 0.9], 5) == [2, 0]  # fewer scores than bins: ranks spread over the bins
+
+
+def test_reward_quantiles_per_prompt_vs_whole_pool():
+    # prompt 1 scores far higher than prompt 2: per prompt each gets its own best, over the pool it does not
+    scores = {"a": 10.0, "b": 11.0, "c": 12.0, "d": 0.0, "e": 1.0, "f": 2.0}
+    task = Task(name="t3", categories=["best", "mid", "worst"])
+    batch = items(list("abcdef"), [1, 1, 1, 2, 2, 2])
+
+    def scorer(prompts, responses):
+        assert prompts[0] == "prompt 1"
+        return [scores[r] for r in responses]
+
+    per_prompt = RewardProvider("reward:test", scorer, per_prompt=True)(batch, task)
+    assert [r.category for r in per_prompt] == ["worst", "mid", "best", "worst", "mid", "best"]
+    pool = RewardProvider("reward:test", scorer, per_prompt=False)(batch, task)
+    assert [r.category for r in pool] == ["mid", "best", "best", "worst", "worst", "mid"]
+    assert [r.score for r in pool] == [scores[c] for c in "abcdef"]
+
+
+def test_reward_callable_spec_and_label_generations_store_provenance(tmp_path, monkeypatch):
+    (tmp_path / "my_scores.py").write_text(textwrap.dedent("""
+        def by_length(prompts, responses):
+            return [float(len(r)) for r in responses]
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("my_scores", None)
+    db = str(tmp_path / "a.db")
+    init_db(db)
+    with session_scope(db) as s:
+        task = Task(name="t", categories=["long", "short"])
+        s.add(task)
+        s.flush()
+        prompts = [Prompt(task_id=task.id, text="same text") for _ in range(2)]  # repeated text, distinct prompts
+        s.add_all(prompts)
+        s.flush()
+        gens = [Generation(prompt_id=p.id, response="x" * n) for p in prompts for n in (1, 5)]
+        s.add_all(gens)
+        s.flush()
+        ids = [g.id for g in gens]
+    provider = make_provider("reward:my_scores:by_length", Settings(), task)
+    assert provider.name == "reward:my_scores:by_length"
+    report = label_generations(db, provider, task, ids, show_progress=False)
+    assert (report.stored, report.skipped, report.already) == (4, [], 0)
+    with session_scope(db) as s:
+        rows = {f.generation_id: f for f in s.exec(select(Feedback))}
+    assert [rows[i].category for i in ids] == ["short", "long", "short", "long"]  # quantiles per prompt id
+    assert [rows[i].score for i in ids] == [1.0, 5.0, 1.0, 5.0]
+    assert {f.source for f in rows.values()} == {"reward:my_scores:by_length"}
+    again = label_generations(db, provider, task, ids, show_progress=False)
+    assert (again.stored, again.already) == (0, 4)
+
+
+def test_reward_from_tiny_sequence_classifier(tmp_path):
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=tok.pad_token_id)
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    provider = make_provider(f"reward:{tmp_path / 'rm'}", Settings(device="cpu"), TASK)
+    responses = ["Hello there.", "The quick brown fox.", "Be concise.", "Harmful!", "0123", "Good Bad", "?"]
+    out = provider(items(responses), TASK)
+    expected = ClassifierScorer(str(tmp_path / "rm"), batch_size=1)(["prompt 1"] * 7, responses)  # unbatched
+    assert [r.score for r in out] == pytest.approx(expected, abs=1e-4)
+    assert len(set(expected)) == 7
+    best = max(range(7), key=lambda i: expected[i])
+    worst = min(range(7), key=lambda i: expected[i])
+    assert out[best].category == "Excellent" and out[worst].category == "Horrible"
+    # 7 scores, 5 bins: one per bin, the two lowest in the worst bin
+    assert sorted(CATS.index(r.category) for r in out) == [0, 1, 2, 3, 4, 4, 4]
+
+
+def test_llm_specs_build_the_judge():
+    categorical = make_provider("llm:categorical", Settings(llm_model="judge-x"), TASK)
+    assert categorical.name == "llm:judge-x"  # provenance, no request made yet
+    assert make_provider("llm:free_text", Settings(llm_model="judge-y"), TASK).name == "llm:judge-y"

@@ -1,0 +1,107 @@
+"""`alt feedback | train | eval | round` driven through app.cli.main on a tiny model saved to disk."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from sqlmodel import select
+
+from alt_engine.db import Feedback, Generation, Job, ModelVersion, Round, session_scope
+from app.cli import main
+
+PROMPTS = [("Hello, how are you?", "train"), ("Write a short answer.", "train"), ("Be concise and helpful.", "train"),
+           ("The quick brown fox?", "train"), ("Harmless and helpful?", "probe"), ("0123456789?", "probe")]
+
+
+@pytest.fixture
+def cli(tmp_path, tiny_model_dir, monkeypatch):
+    """Run `alt ...` on a temp database with the tiny model; returns (run, db path)."""
+    db = str(tmp_path / "cli.db")
+    monkeypatch.setenv("ALT_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("ALT_DEVICE", "cpu")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p, "split": s}) + "\n" for p, s in PROMPTS))
+
+    def run(*argv: str) -> int:
+        return main([argv[0], *argv[1:], "--db", db, "--model", tiny_model_dir])
+
+    assert run("init") == 0
+    assert run("prompts", "import", str(prompts)) == 0
+    return run, db
+
+
+def versions(db):
+    with session_scope(db) as s:
+        return list(s.exec(select(ModelVersion).order_by(ModelVersion.id)))
+
+
+TRAIN = ("--epochs", "1", "--batch_size", "4", "--report_to", "none")
+
+
+def test_two_rounds_make_two_versions_with_metrics(cli, capsys):
+    run, db = cli
+    assert run("round", "--provider", "rule:concise:2,4,6,8", "--n", "3", "--max-new-tokens", "10", "--rounds", "2",
+               "--promote", "always", "--eval-max-new-tokens", "8", *TRAIN) == 0
+    out = capsys.readouterr().out
+    assert "wall time: sample=" in out and "train=" in out and "evaluate=" in out
+    base, v1, v2 = versions(db)
+    assert (v1.parent_id, v2.parent_id) == (base.id, v1.id)
+    assert v2.status == "served" and v1.status == "ready" and base.status == "ready"
+    for v in (base, v1, v2):
+        assert v.metrics["perplexity"] > 1 and 0 <= v.metrics["dist2"] <= 1 and "category_share" in v.metrics
+    assert v1.metrics["train_loss"] > 0 and v1.metrics["round"]["number"] == 1
+    assert set(v2.metrics["round"]["wall_s"]) >= {"sample", "feedback", "pool", "train", "evaluate", "total"}
+    with session_scope(db) as s:
+        rounds = list(s.exec(select(Round).order_by(Round.number)))
+        assert [r.status for r in rounds] == ["done", "done"]
+        assert json.loads(rounds[1].notes)["version_id"] == v2.id
+        gens = {r.number: list(s.exec(select(Generation).where(Generation.round_id == r.id))) for r in rounds}
+        assert all(g.conditioning is None for g in gens[1])  # round 1: base model, unconditioned
+        assert all(g.conditioning == "Excellent" for g in gens[2])  # round 2: trained model, exemplar
+        assert len(gens[1]) == 4 * 3 and {j.status for j in s.exec(select(Job))} == {"succeeded"}
+
+    # the pieces one by one: feedback is idempotent per provider, eval stores metrics on the chosen version
+    assert run("feedback", "--provider", "rule:concise:2,4,6,8") == 0
+    assert "stored 0, skipped 0, already labelled 12" in capsys.readouterr().out
+    assert run("eval", "--version", str(v1.id), "--provider", "rule:length", "--seed", "5", "--max-new-tokens", "6") == 0
+    assert "perplexity=" in capsys.readouterr().out
+    assert versions(db)[1].metrics["eval"]["provider"] == "rule:length"
+
+
+def test_train_refuses_no_feedback_and_a_single_category(cli, capsys):
+    run, db = cli
+    assert run("sample", "--n", "2", "--max-new-tokens", "6") == 0
+    before = len(versions(db))
+    assert run("train", *TRAIN) == 1
+    assert "no feedback yet" in capsys.readouterr().err
+    assert run("feedback", "--provider", "rule:keyword:zzzz") == 0  # nothing matches: every label is the worst
+    with session_scope(db) as s:
+        assert {f.category for f in s.exec(select(Feedback))} == {"Horrible"}
+    assert run("train", *TRAIN) == 1
+    assert "only one feedback category" in capsys.readouterr().err
+    assert len(versions(db)) == before
+    with session_scope(db) as s:
+        assert list(s.exec(select(Job))) == []
+    assert run("feedback", "--provider", "rule:nope") == 1
+    assert "unknown rule" in capsys.readouterr().err
+    assert run("train", "--round", "7", *TRAIN) == 1
+    assert "no round 7" in capsys.readouterr().err
+
+
+def test_train_in_the_foreground_and_in_the_background(cli, capsys):
+    from alt_engine.jobs import wait_job
+
+    run, db = cli
+    assert run("sample", "--n", "4", "--max-new-tokens", "8") == 0
+    assert run("feedback", "--provider", "rule:concise:3") == 0
+    assert run("train", "--lora", "--max_steps", "2", *TRAIN) == 0
+    assert "not served yet" in capsys.readouterr().out
+    assert run("train", "--background", "--max_steps", "1", *TRAIN) == 0
+    job_id = int(re.search(r"started training job (\d+)", capsys.readouterr().out).group(1))
+    job = wait_job(db, job_id, timeout=120)
+    assert job.status == "succeeded", job.error
+    base, lora, full = versions(db)
+    assert lora.status == full.status == "ready" and base.status == "served"  # training never changes serving
+    assert lora.hyperparameters["lora"] is True and full.id == job.result["version_id"]
