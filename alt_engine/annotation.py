@@ -29,9 +29,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 
-from sqlalchemy import text
+from sqlalchemy import or_, text
 from sqlmodel import Session, select
 
 from .conditioning import PromptLike, prompt_of
@@ -163,25 +164,56 @@ WHERE r.task_id = :task AND r.status IN ('sampling', 'feedback')
 
 
 def _params(task: Task, user: UserInfo, now: dt.datetime) -> dict:
-    return {"task": task.id, "user": user.id, "now": _ts(now), "k": max(1, task.annotations_per_item)}
+    return {"task": task.id, "user": user.id, "now": _ts(now), "k": max(1, task.annotations_per_item), "floor": 0}
+
+
+# The queue is scanned in generation order, so finished items pile up at its head; scanning past thousands of them
+# on every request would cost ~10 ms under the write lock. ``_floor`` remembers, per task, the lowest generation id
+# that is not finished (k done labels or a flag). Finishing is permanent except by undo (which resets the floor) or a
+# larger k (part of the key); the floor is recomputed every FLOOR_SECONDS anyway, so it is a safe lower bound.
+FLOOR_SECONDS = 2.0
+_floors: dict[tuple[str, int, int], tuple[int, float]] = {}
+_UNFINISHED = """
+SELECT COALESCE(MIN(g.id), (SELECT MAX(id) + 1 FROM generation), 0)
+FROM generation g JOIN round r ON r.id = g.round_id
+WHERE r.task_id = :task AND r.status IN ('sampling', 'feedback')
+  AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.generation_id = g.id AND f.kind = 'flag'
+                  AND f.source LIKE 'human:%')
+  AND (SELECT COUNT(*) FROM lease l WHERE l.generation_id = g.id AND l.state = 'done') < :k
+"""
+
+
+def _floor(s: Session, db: str, task: Task) -> int:
+    k = max(1, task.annotations_per_item)
+    key, now = (db, task.id, k), time.monotonic()
+    hit = _floors.get(key)
+    if hit is None or now - hit[1] > FLOOR_SECONDS:
+        hit = (s.connection().execute(text(_UNFINISHED), {"task": task.id, "k": k}).scalar_one(), now)
+        _floors[key] = hit
+    return hit[0]
 
 
 def _suggestion(s: Session, generation_id: int) -> Suggestion | None:
-    rows = s.exec(select(Feedback).where(Feedback.generation_id == generation_id,
-                                         Feedback.kind.in_(("category", "text")))
-                  .order_by(Feedback.id.desc())).all()
-    for fb in rows:
-        if fb.source.startswith(AI_PREFIXES):
-            return Suggestion(feedback_id=fb.id, source=fb.source, kind=fb.kind, category=fb.category, text=fb.text,
-                              score=fb.score)
-    return None
+    """The newest AI label (category or text) on the generation."""
+    fb = s.exec(select(Feedback).where(Feedback.generation_id == generation_id, Feedback.kind.in_(("category", "text")),
+                                       or_(*(Feedback.source.startswith(p) for p in AI_PREFIXES)))
+                .order_by(Feedback.id.desc()).limit(1)).first()
+    if fb is None:
+        return None
+    return Suggestion(feedback_id=fb.id, source=fb.source, kind=fb.kind, category=fb.category, text=fb.text,
+                      score=fb.score)
+
+
+def _task_of(s: Session, generation_id: int) -> Task:
+    return s.exec(select(Task).join(Prompt, Prompt.task_id == Task.id)
+                  .join(Generation, Generation.prompt_id == Prompt.id).where(Generation.id == generation_id)).one()
 
 
 def _item(s: Session, lease: Lease) -> Item:
-    gen = s.get(Generation, lease.generation_id)
-    prompt = s.get(Prompt, gen.prompt_id)
-    task = s.get(Task, prompt.task_id)
-    rnd = s.get(Round, gen.round_id) if gen.round_id else None
+    gen, prompt, task, rnd = s.exec(
+        select(Generation, Prompt, Task, Round).join(Prompt, Prompt.id == Generation.prompt_id)
+        .join(Task, Task.id == Prompt.task_id).outerjoin(Round, Round.id == Generation.round_id)
+        .where(Generation.id == lease.generation_id)).one()
     return Item(lease_id=lease.id, generation_id=gen.id, task=task.name, categories=list(task.categories),
                 allow_free_text=task.allow_free_text, guidelines=task.guidelines, prompt=prompt_of(prompt),
                 response=gen.response, truncated=gen.truncated, expires_at=_utc(lease.expires_at).isoformat(),
@@ -219,8 +251,9 @@ def next_item(db: str, user: UserInfo, task: str | int | None = None, lease_seco
                 return item
             lease.state = "expired"  # the item was given to others meanwhile
         for t in tasks:
-            row = s.connection().execute(text("SELECT g.id " + _CANDIDATES + " ORDER BY g.id LIMIT 1"),
-                                         _params(t, user, now)).first()
+            params = {**_params(t, user, now), "floor": _floor(s, db, t)}
+            row = s.connection().execute(
+                text("SELECT g.id " + _CANDIDATES + " AND g.id >= :floor ORDER BY g.id LIMIT 1"), params).first()
             if row is None:
                 continue
             lease = Lease(generation_id=row[0], user_id=user.id, expires_at=now + dt.timedelta(seconds=lease_seconds))
@@ -323,9 +356,7 @@ def _close_lease(db: str, user: UserInfo, lease_id: int, make_rows) -> SubmitRes
             if lease.state == "expired":
                 raise Conflict("this item got its labels while your lease was expired; nothing was saved")
             raise AnnotationError(f"you skipped this item (lease {lease_id}); nothing was saved")
-        s.refresh(lease)
-        gen = s.get(Generation, lease.generation_id)
-        task = s.get(Task, s.get(Prompt, gen.prompt_id).task_id)
+        task = _task_of(s, lease.generation_id)
         late = _utc(lease.expires_at) <= now
         if late and _labels_by_others(s, lease.generation_id, user.id) >= max(1, task.annotations_per_item):
             lease.state = "expired"
@@ -390,6 +421,7 @@ def undo_last(db: str, user: UserInfo, lease_seconds: int = 300) -> Item:
         lease.state = "open"
         lease.expires_at = now + dt.timedelta(seconds=lease_seconds)
         s.flush()
+        _floors.clear()  # the item is unfinished again
         return _item(s, lease)
 
 

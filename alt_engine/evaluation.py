@@ -38,6 +38,7 @@ from .modeling import load_model, load_tokenizer, resolve_model
 from .sampling import SamplingParams, make_backend, sample_prompts
 from .settings import Settings
 
+METRICS = ("exemplar_share", "mean_score", "perplexity", "dist1", "dist2", "dist3", "mean_length", "pct_truncated")
 LOWER_IS_BETTER = ("perplexity", "pct_truncated")
 
 

@@ -26,25 +26,41 @@ LOG_KEYS = ("step", "epoch", "loss", "nll", "entropy", "kl", "learning_rate", "g
 
 
 def _train(db: str, job_id: int, params: dict, progress: Callable[[float, dict], None]) -> dict:
-    """Train a model version. params: parent_version_id, config (AltTrainConfig fields), and either
-    ``items`` (PoolItem dicts) or a pool to build: task_id + any ``build_pool`` keyword (round_ids,
-    k_per_category, policy, seed, ...); optional objective, round_id, prefix_format, settings (overrides)."""
+    """Train a model version. params: config (AltTrainConfig fields), and either ``items`` (PoolItem dicts)
+    or a pool to build: task_id + any ``build_pool`` keyword (round_ids, k_per_category, policy, seed, ...);
+    optional parent_version_id (default: the served version), objective, round_id, prefix_format,
+    settings (Settings overrides, e.g. models_dir)."""
     from .pool import PoolItem
     from .settings import Settings
     from .training.config import AltTrainConfig
     from .training.run import train_model_version
 
     settings = Settings.from_env(db=db, **params.get("settings", {}))
+    if settings.threads > 0:
+        import torch
+
+        torch.set_num_threads(settings.threads)
     config = AltTrainConfig(**params.get("config", {}))
     if "items" in params:
         items = [PoolItem(**row) for row in params["items"]]
+    elif "task_id" not in params:
+        raise ValueError("a train job needs 'items' or a 'task_id' to build the pool from")
     else:
         from .pool import build_pool
 
         wanted = set(inspect.signature(build_pool).parameters) - {"db", "task_id"}
         items = build_pool(db, params["task_id"], **{k: v for k, v in params.items() if k in wanted})
+    parent_id = params.get("parent_version_id")
+    if parent_id is None:
+        from .versions import served_version
+
+        with session_scope(db) as session:
+            served = served_version(session)
+            if served is None:
+                raise ValueError("no parent_version_id given and no served version to start from")
+            parent_id = served.id
     version_id = train_model_version(
-        db, settings, items, config, params["parent_version_id"], objective=params.get("objective", "alt"),
+        db, settings, items, config, parent_id, objective=params.get("objective", "alt"),
         round_id=params.get("round_id"), job_id=job_id, prefix_format=params.get("prefix_format", "{feedback}"),
         progress=progress)
     with session_scope(db) as session:

@@ -29,7 +29,7 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from .db import ModelVersion, Prompt, Round, Task, session_scope
-from .evaluation import EvalConfig, evaluate_version, exemplar_feedback, is_better
+from .evaluation import METRICS, EvalConfig, evaluate_version, exemplar_feedback, is_better
 from .feedback import LabelReport, Provider, label_generations, make_provider
 from .pool import POLICIES, build_pool
 from .sampling import SamplingParams, make_backend, sample_prompts
@@ -58,6 +58,8 @@ class RoundConfig:
     def __post_init__(self):
         if self.promote not in PROMOTE:
             raise ValueError(f"promote must be one of {', '.join(PROMOTE)}, got {self.promote!r}")
+        if self.metric not in METRICS:
+            raise ValueError(f"unknown metric {self.metric!r} for promotion ({', '.join(METRICS)})")
         if self.policy not in POLICIES:
             raise ValueError(f"pool policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
 
@@ -233,11 +235,12 @@ def run_round(db: str, settings: Settings, task: Task, provider: str | Provider,
                                                              rnd.id, cfg.background_training, log=log)
         with stage("evaluate", "evaluating"):
             report.metrics = evaluate_version(db, settings, report.version_id, task, provider, cfg.eval)
-            with session_scope(db) as s:
-                parent_metrics = s.get(ModelVersion, served.id).metrics
-            if not _comparable(parent_metrics, cfg.eval, provider):
+        with session_scope(db) as s:
+            parent_metrics = s.get(ModelVersion, served.id).metrics
+        if not _comparable(parent_metrics, cfg.eval, provider):  # once per parent: the next round reuses it
+            with stage("evaluate_parent"):
                 parent_metrics = evaluate_version(db, settings, served.id, task, provider, cfg.eval)
-            report.parent_metrics = parent_metrics
+        report.parent_metrics = parent_metrics
         with stage("promote"):
             better = is_better(report.metrics, parent_metrics, cfg.metric)
             report.promoted = cfg.promote == "always" or (cfg.promote == "if_better" and better)

@@ -77,6 +77,7 @@ class ModelServer:
         self.max_batch, self.batch_wait = max_batch, batch_wait_ms / 1000
         self.prefix_format = prefix_format
         self.batches = 0  # batched generate calls so far (for tests and monitoring)
+        self.answered = 0  # requests answered so far
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._load_lock = threading.Lock()
         self._worker: threading.Thread | None = None
@@ -133,6 +134,11 @@ class ModelServer:
              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
              timeout: float | None = None) -> tuple[str, Usage]:
         """The model's reply to a chat (or plain prompt), conditioned on ``feedback`` when given."""
+        return self.submit(messages, feedback, max_new_tokens, temperature, top_p, seed).result(timeout)
+
+    def submit(self, messages: conditioning.PromptLike, feedback: str | None = None, max_new_tokens: int = 128,
+               temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> Future:
+        """Queue a chat; the future gives ``(text, usage)``. Cancelling it before its batch starts skips it."""
         if max_new_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
             raise ValueError("need max_new_tokens >= 1, temperature >= 0 and 0 < top_p <= 1")
         if self._closed:
@@ -141,7 +147,14 @@ class ModelServer:
         request = _Request(messages, feedback, max_new_tokens, temperature, top_p, seed)
         self._start_worker()
         self._queue.put(request)
-        return request.future.result(timeout)
+        return request.future
+
+    def preload(self) -> None:
+        """Load the model now (e.g. in a background thread at app start) instead of on the first request."""
+        try:
+            self._ensure_loaded()
+        except Exception:
+            log.exception("could not load %s for serving", self.path)
 
     def _start_worker(self) -> None:
         with self._load_lock:
@@ -183,6 +196,8 @@ class ModelServer:
         backend = self._ensure_loaded()  # inputs are built with the tokenizer of the model that answers
         inputs, ok = [], []
         for r in batch:  # one malformed chat fails alone, not its batch
+            if not r.future.set_running_or_notify_cancel():  # the caller gave up while it waited
+                continue
             try:
                 inputs.append(conditioning.build_input(backend.tokenizer, r.messages, r.feedback,
                                                        self.prefix_format).input_ids)
@@ -196,6 +211,7 @@ class ModelServer:
                                 max_new_tokens=max(r.max_new_tokens for r in batch), batch_size=len(batch))
         samples = backend.generate(inputs, params)
         self.batches += 1
+        self.answered += len(batch)
         for r, ids, (s,) in zip(batch, inputs, samples):
             tokens = s.token_ids[: r.max_new_tokens]
             usage = Usage(len(ids), len(tokens), truncated=len(s.token_ids) >= r.max_new_tokens)

@@ -90,21 +90,23 @@ class AdminTab:
     def build_ui(self) -> None:
         with gr.Tab("Users"):
             users = gr.Dataframe(label="Users", interactive=False, elem_id="admin-users")
-            with gr.Row(equal_height=True):
+            with gr.Row():
                 name = gr.Textbox(label="User name", elem_id="admin-new-name")
                 password = gr.Textbox(label="Password (≥ 8 characters)", type="password", elem_id="admin-new-password")
                 role = gr.Dropdown(label="Role", choices=list(users_svc.ROLES), value="annotator")
                 add = gr.Button("Add user", variant="primary", elem_id="admin-add-user")
-            with gr.Row(equal_height=True):
+            with gr.Row():
                 who = gr.Textbox(label="User name", scale=2)
                 deactivate = gr.Button("Deactivate", size="sm")
                 activate = gr.Button("Activate", size="sm")
             users_msg = gr.Markdown()
         with gr.Tab("Jobs"):
-            jobs = gr.Dataframe(label="Jobs (newest first)", interactive=False, elem_id="admin-jobs")
+            jobs = gr.Dataframe(label="Jobs (newest first, refreshed every 5 s)", interactive=False,
+                                elem_id="admin-jobs")
             refresh_jobs = gr.Button("Refresh", size="sm")
+            timer = gr.Timer(5, active=False)  # switched on for admins by page_load
         with gr.Tab("Agreement"):
-            with gr.Row(equal_height=True):
+            with gr.Row():
                 task = gr.Dropdown(label="Task", choices=[], elem_id="admin-agreement-task")
                 compute = gr.Button("Compute agreement", variant="primary", elem_id="admin-agreement")
             summary = gr.Markdown()
@@ -116,15 +118,17 @@ class AdminTab:
         deactivate.click(partial_active(self, False), [who], [users, users_msg], api_name="admin_deactivate_user")
         activate.click(partial_active(self, True), [who], [users, users_msg], api_name="admin_activate_user")
         refresh_jobs.click(self._jobs, None, jobs, api_name="admin_jobs")
+        timer.tick(self._jobs, None, jobs, api_visibility="private", show_progress="hidden")
         compute.click(self._agreement, [task], [summary, counts, pairs, ai], api_name="admin_agreement")
-        self.load_outputs = [users, jobs, task]
+        self.load_outputs = [users, jobs, task, timer]
 
     def page_load(self, user) -> tuple:
         """Values for ``load_outputs`` when the page opens: filled for admins, empty for everyone else."""
         if user is None or not user.is_admin:
-            return pd.DataFrame(), pd.DataFrame(), gr.update(choices=[])
+            return pd.DataFrame(), pd.DataFrame(), gr.update(choices=[]), gr.Timer(active=False)
         names = ann.task_names(self.db)
-        return users_table(self.db), jobs_table(self.db), gr.update(choices=names, value=names[0] if names else None)
+        return (users_table(self.db), jobs_table(self.db), gr.update(choices=names, value=names[0] if names else None),
+                gr.Timer(active=True))
 
 
 def partial_active(tab: AdminTab, active: bool):

@@ -241,7 +241,7 @@ class AnnotateTab:
             conditioning = gr.Textbox(label="Sampled with feedback (conditioning)", interactive=False, visible=False,
                                       elem_id="alt-conditioning")
             response = gr.Textbox(label="Response", interactive=False, lines=6, max_lines=20, elem_id="alt-response")
-            with gr.Row(equal_height=True):
+            with gr.Row():
                 suggestion = gr.Textbox(label="AI suggestion", interactive=False, visible=False, scale=4,
                                         elem_id="alt-suggestion")
                 accept = gr.Button("Accept suggestion (A)", visible=False, scale=1, elem_id="alt-accept")
@@ -249,7 +249,7 @@ class AnnotateTab:
             with gr.Row():
                 cat_buttons = [gr.Button(f"{i + 1}", visible=False, elem_id=f"alt-cat-{i + 1}", variant="primary",
                                          elem_classes="alt-cat") for i in range(MAX_KEYS)]
-            with gr.Row(equal_height=True):
+            with gr.Row():
                 free_text = gr.Textbox(label="Feedback in your words (optional with a category)", lines=2, scale=4,
                                        placeholder="e.g. Correct but too long; skip the preamble.",
                                        elem_id="alt-free-text")
@@ -258,7 +258,7 @@ class AnnotateTab:
                 critique = gr.Textbox(label="Critique", lines=2, elem_id="alt-critique")
                 revision = gr.Textbox(label="Revised response", lines=3, elem_id="alt-revision")
                 judgment = gr.Textbox(label="Judgment (what is wrong, in a sentence)", lines=1, elem_id="alt-judgment")
-            with gr.Row(equal_height=True):
+            with gr.Row():
                 skip = gr.Button("Skip (S)", size="sm", elem_id="alt-skip")
                 flag_reason = gr.Textbox(placeholder="why is it problematic? (optional)", show_label=False, scale=3,
                                          elem_id="alt-flag-reason")

@@ -23,6 +23,7 @@ import time
 import gradio as gr
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from starlette.concurrency import run_in_threadpool
 
 from alt_engine.settings import Settings
 from alt_engine.users import UserInfo, authenticate, get_user
@@ -157,7 +158,7 @@ def add_auth_routes(api: FastAPI, auth: Auth) -> None:
     @api.post("/login", include_in_schema=False)
     async def login_submit(request: Request):
         name, password = await _credentials(request)
-        user = authenticate(auth.db, name, password)
+        user = await run_in_threadpool(authenticate, auth.db, name, password)  # scrypt: keep the event loop free
         if user is None:
             return HTMLResponse(login_page(name, "Wrong user name or password."), status_code=401)
         response = RedirectResponse("/", status_code=303)
@@ -173,7 +174,7 @@ def add_auth_routes(api: FastAPI, auth: Auth) -> None:
     @api.post("/api/login")
     async def api_login(request: Request):
         name, password = await _credentials(request)
-        user = authenticate(auth.db, name, password)
+        user = await run_in_threadpool(authenticate, auth.db, name, password)
         if user is None:
             return JSONResponse({"detail": "wrong user name or password"}, status_code=401)
         response = JSONResponse({"user": user.name, "role": user.role})
@@ -191,9 +192,22 @@ def add_auth_routes(api: FastAPI, auth: Auth) -> None:
         user = auth.api_user(request)
         return {"user": user.name, "role": user.role}
 
-    @api.middleware("http")
-    async def login_redirect(request: Request, call_next):
-        """Send a browser that is not signed in from the app page to the sign-in page."""
-        if request.method == "GET" and request.url.path == "/" and auth.user(request) is None:
-            return RedirectResponse("/login", status_code=303)
-        return await call_next(request)
+    api.add_middleware(LoginRedirect, auth=auth)
+
+
+class LoginRedirect:
+    """Send a browser that is not signed in from the app page (GET /) to the sign-in page.
+
+    A plain ASGI middleware: it looks at nothing but GET / (Starlette's BaseHTTPMiddleware would
+    add a task hop to every request, the JSON API's included).
+    """
+
+    def __init__(self, app, auth: Auth):
+        self.app, self.auth = app, auth
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == "/":
+            if self.auth.user(Request(scope)) is None:
+                await RedirectResponse("/login", status_code=303)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

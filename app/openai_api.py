@@ -22,9 +22,11 @@ Bad requests get 400 with an OpenAI-style ``{"error": {...}}`` body.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import random
+import threading
 import time
 import uuid
 from typing import Any, Literal
@@ -84,11 +86,13 @@ def _validation_message(e: ValidationError) -> tuple[str, str | None]:
 def add_openai_routes(api: FastAPI, settings: Settings, server: ModelServer | None = None) -> ModelServer:
     """Mount the routes on ``api`` (before any catch-all mount such as Gradio's at "/").
 
-    Without ``server`` a ``ModelServer`` for the served version is created, loading
-    the model on first use. The server is returned and kept on ``api.state.model_server``
+    Without ``server`` a ``ModelServer`` for the served version is created and starts
+    loading the model in the background. The server is returned and kept on ``api.state.model_server``
     so the rest of the app (the playground) shares the same model copy.
     """
-    server = server or ModelServer.from_settings(settings)
+    if server is None:
+        server = ModelServer.from_settings(settings)
+        threading.Thread(target=server.preload, name="model-preload", daemon=True).start()
     api.state.model_server = server
 
     def unauthorized(request: Request) -> JSONResponse | None:
@@ -116,13 +120,12 @@ def add_openai_routes(api: FastAPI, settings: Settings, server: ModelServer | No
             body = json.loads(await request.body() or b"null")
         except ValueError:
             return openai_error(400, "the request body is not valid JSON")
-        # generation blocks: run it in the threadpool, where concurrent requests meet in one batch
-        return await run_in_threadpool(_complete, server, settings, body)
+        return await _complete(server, settings, body, request)
 
     return server
 
 
-def _complete(server: ModelServer, settings: Settings, body: Any) -> JSONResponse | dict:
+async def _complete(server: ModelServer, settings: Settings, body: Any, request: Request) -> JSONResponse | dict:
     if not isinstance(body, dict):
         return openai_error(400, "the request body must be a JSON object")
     try:
@@ -135,10 +138,20 @@ def _complete(server: ModelServer, settings: Settings, body: Any) -> JSONRespons
                                  "(set ALT_LLM_MODEL to it)", param="model", code="model_not_found")
     messages = [m.as_dict() for m in req.messages]
     try:
-        text, usage = server.chat(messages, feedback=req.feedback or None,
-                                  max_new_tokens=req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_TOKENS,
-                                  temperature=req.temperature, top_p=req.top_p,
-                                  seed=req.seed if req.seed is not None else random.randrange(2**31))
+        # loading the model (first request only) blocks: do it off the event loop
+        future = await run_in_threadpool(
+            server.submit, messages, req.feedback or None,
+            req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_TOKENS, req.temperature, req.top_p,
+            req.seed if req.seed is not None else random.randrange(2**31))
+        waiting = asyncio.wrap_future(future)
+        while True:  # concurrent requests meet in the server's batches; a client that left is dropped from the queue
+            done, _ = await asyncio.wait({waiting}, timeout=1.0)
+            if done:
+                break
+            if await request.is_disconnected():
+                future.cancel()
+                return openai_error(499, "client closed the request", type_="client_closed")
+        text, usage = waiting.result()
     except ValueError as e:
         return openai_error(400, str(e))
     return {

@@ -167,7 +167,7 @@ def build_blocks(settings: Settings, auth: Auth) -> gr.Blocks:
     annotate = AnnotateTab(settings, auth)
     admin = AdminTab(settings, auth)
     with gr.Blocks(title="ALT Studio") as blocks:
-        with gr.Row(equal_height=True):
+        with gr.Row():
             gr.Markdown("## ALT Studio")
             header = gr.Markdown(elem_id="alt-whoami")
         with gr.Tabs():

@@ -37,7 +37,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from alt_engine.db import Feedback, Generation, Prompt, Round, Task, init_db, session_scope, select  # noqa: E402
+from alt_engine.db import Feedback, Generation, Prompt, Round, Task, init_db, select, session_scope  # noqa: E402
 from alt_engine.tasks import get_or_create_task  # noqa: E402
 from alt_engine.users import add_user  # noqa: E402
 

@@ -237,3 +237,15 @@ def test_only_open_rounds_are_queued(annotation_db):
     with session_scope(db) as s:
         s.get(Round, info["round"]).status = "done"
     assert ann.next_item(db, alice) is None
+
+
+def test_raising_overlap_reopens_finished_items(tmp_path):
+    db = str(tmp_path / "r.db")
+    info = seed_annotation_db(db, n=3, k=1)
+    alice, bob = _users(db, "alice", "bob")
+    while (item := ann.next_item(db, alice)) is not None:
+        ann.submit(db, alice, item.lease_id, ann.Submission(category="Good"))
+    assert ann.next_item(db, bob) is None
+    with session_scope(db) as s:
+        s.exec(select(Task)).one().annotations_per_item = 2
+    assert ann.next_item(db, bob).generation_id == info["generations"][0]

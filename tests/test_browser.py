@@ -83,12 +83,20 @@ def test_annotate_with_keyboard_reload_and_escaping(live_server, browser):
     assert page.locator("#alt-prompt img, #alt-prompt script").count() == 0
     _press_and_wait(page, "4")  # Bad
     assert page.evaluate("window.__pwned") is None
-    _press_and_wait(page, "2")  # Good
+    third = _response(page)
+    fourth = _press_and_wait(page, "5")  # Horrible... oops: undo (U) brings the third item back
+    assert _press_and_wait(page, "u") == third
+    assert "Undone" in page.inner_text("#alt-status")
+    # a double click on a category saves once and does not label the next item too
+    page.dblclick("#alt-cat-2")  # Good
+    page.wait_for_function("prev => document.querySelector('#alt-response textarea').value !== prev", arg=third,
+                           timeout=20_000)
+    page.wait_for_timeout(1500)
+    assert _response(page) == fourth
     assert "done **3**" not in page.inner_text("#alt-progress")  # rendered, not raw markdown
     assert "done 3" in page.inner_text("#alt-progress")
 
     # reload: same session cookie, the same (fourth) item comes back under the same lease
-    fourth = _response(page)
     page.reload()
     page.wait_for_function("document.querySelector('#alt-response textarea') && "
                            "document.querySelector('#alt-response textarea').value.length > 0", timeout=30_000)

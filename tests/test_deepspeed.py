@@ -64,9 +64,9 @@ def test_model_version_trained_with_deepspeed_lora(db, tmp_path, tiny_model_dir)
         s.add(task)
         s.flush()
         for item in ITEMS:
-            p = Prompt(id=item.prompt_id + 1, task_id=task.id, text=item.prompt)
-            g = Generation(id=item.generation_id + 1, prompt_id=p.id, response=item.response)
-            s.add_all([p, g])
+            s.add(Prompt(id=item.prompt_id + 1, task_id=task.id, text=item.prompt))
+            s.flush()
+            s.add(g := Generation(id=item.generation_id + 1, prompt_id=item.prompt_id + 1, response=item.response))
             s.flush()
             s.add(Feedback(id=item.feedback_id + 1, generation_id=g.id, source="rule:test", category=item.feedback))
     items = [PoolItem(**{**asdict(i), "feedback_id": i.feedback_id + 1}) for i in ITEMS]

@@ -70,7 +70,7 @@ def settings(tmp_path, db):
 def test_train_job_records_progress_and_a_ready_version(db, tiny_model_dir, settings):
     info = seed(db, tiny_model_dir)
     params = dict(task_id=info["task_id"], round_ids=[info["round_id"]], parent_version_id=info["base"],
-                  config={**FAST, "logging_steps": 1}, settings=settings)
+                  config={**FAST, "logging_steps": 1, "report_to": "tensorboard"}, settings=settings)
     job = run_job_inline(db, start_job(db, "train", params, background=False))
     assert job.status == "succeeded", job.error
     assert job.progress == 1.0 and job.finished_at is not None
@@ -82,7 +82,10 @@ def test_train_job_records_progress_and_a_ready_version(db, tiny_model_dir, sett
         trained_on = sorted(s.exec(select(TrainingExample.feedback_id).where(
             TrainingExample.model_version_id == version.id)))
     assert trained_on == sorted(i.feedback_id for i in info["items"])
-    assert os.path.exists(os.path.join(version.path, "alt_config.json"))
+    for saved in ("alt_config.json", "feedback_ids.json", "metrics.json", "tokenizer.json", "model.safetensors"):
+        assert os.path.exists(os.path.join(version.path, saved)), saved
+    events = [f for _, _, files in os.walk(os.path.join(version.path, "tensorboard")) for f in files]
+    assert any(f.startswith("events.out.tfevents") for f in events)
     assert served(db) == info["base"]  # training never changes what is served
 
 
@@ -137,3 +140,26 @@ def test_unlearnable_pool_is_refused_before_anything_is_written(db, tiny_model_d
 def test_unknown_job_kind_is_refused(db):
     with pytest.raises(ValueError, match="unknown job kind"):
         start_job(db, "nope", {})
+
+
+def test_resume_continues_a_failed_version_from_its_checkpoint(db, tiny_model_dir, settings):
+    info = seed(db, tiny_model_dir)  # 8 items: 2 steps per epoch at batch size 4
+    config = AltTrainConfig(**{**FAST, "epochs": 3, "save_steps": 2, "resume": True})
+
+    def crash_after_checkpoint(fraction: float, logs: dict) -> None:
+        if logs.get("step") == 3:
+            raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        train_model_version(db, Settings(db=db, **settings), info["items"], config, info["base"],
+                            progress=crash_after_checkpoint)
+    failed = versions(db)[-1]
+    assert failed.status == "failed" and os.path.isdir(os.path.join(failed.path, "checkpoint-2"))
+
+    version_id = train_model_version(db, Settings(db=db, **settings), info["items"], config, info["base"])
+    assert version_id == failed.id  # the same row and directory, continued
+    done = versions(db)[-1]
+    assert done.status == "ready" and done.metrics["resumed_from"].endswith("checkpoint-2")
+    assert done.metrics["steps"] == 6
+    assert not [p for p in os.listdir(done.path) if p.startswith("checkpoint-")]  # cleaned up once done
+    assert served(db) == info["base"]

@@ -142,3 +142,25 @@ def test_padding_does_not_change_a_real_models_loss(tiny_model_dir):
             loss, m = alt_loss(model(input_ids=one["input_ids"]).logits, one["labels"], alpha=0.0)
             total += loss.item() * m["response_tokens"]
     assert together.item() == pytest.approx(total / 9, abs=1e-4)
+
+
+def test_trainer_projects_only_response_columns_and_gets_the_same_loss(tiny_model_dir):
+    """AltTrainer keeps only the response span of the logits (responses share columns): same loss, less work."""
+    from alt_engine.modeling import load_model
+    from alt_engine.training.trainer import AltTrainer
+
+    model = load_model(tiny_model_dir, device="cpu")
+    batch = AltCollator(pad_token_id=model.config.pad_token_id)(
+        [{"input_ids": [5, 6, 7, 8, 9], "ref_input_ids": [9], "response_ids": [40, 41]},
+         {"input_ids": [5, 6, 12], "ref_input_ids": [12], "response_ids": [50, 51, 52, 53]}])
+    keep = AltTrainer._response_span(batch["labels"])
+    assert keep == 4 + 1  # the longest response + the last input column, which predicts its first token
+    with torch.no_grad():
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     position_ids=batch["position_ids"]).logits
+        part = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     position_ids=batch["position_ids"], logits_to_keep=keep).logits
+    assert part.shape[1] == keep
+    expected, _ = alt_loss(full, batch["labels"], alpha=0.06)
+    got, _ = alt_loss(part, batch["labels"][:, -keep:], alpha=0.06)
+    assert got.item() == pytest.approx(expected.item(), abs=1e-5)

@@ -45,6 +45,15 @@ def judge_case(i: int) -> tuple[str, str]:
     return f"Question {i}?", f"{'Nice fine answer' if i % 2 else 'Awful wrong answer'} number {i}"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny matrices: one thread is many times faster than two when other work shares the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     return tiny_tokenizer()
@@ -61,8 +70,6 @@ def label_model(tokenizer):
         label = tokenizer("Good" if i % 2 else "Bad", add_special_tokens=False)["input_ids"]
         data.append((ids, label + [tokenizer.eos_token_id]))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small matrices: one thread is ~20x faster than two when other work shares the cores
     for step in range(STEPS):
         batch = random.Random(step).sample(data, 4)
         width = max(len(a) + len(b) for a, b in batch)
@@ -75,7 +82,6 @@ def label_model(tokenizer):
         model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
         opt.step()
         opt.zero_grad()
-    torch.set_num_threads(threads)
     return model.eval()
 
 
@@ -217,6 +223,16 @@ def test_mixed_requests_are_all_answered_and_a_bad_one_fails_alone(tokenizer, la
     server.close()
 
 
+def test_a_request_cancelled_while_queued_is_skipped(tokenizer, label_model):
+    server = ModelServer(TransformersBackend(label_model, tokenizer), batch_wait_ms=200)
+    chat = categorical_messages(TINY, *judge_case(1))
+    kept, dropped = server.submit(chat, max_new_tokens=4), server.submit(chat, max_new_tokens=4)
+    assert dropped.cancel()  # e.g. the HTTP client went away
+    assert kept.result(30)[0] in ("Good", "Bad") and dropped.cancelled()
+    assert server.batches == 1 and server.answered == 1
+    server.close()
+
+
 def test_reload_switches_the_served_model(tokenizer, label_model, tiny_model_dir):
     server = ModelServer(TransformersBackend(label_model, tokenizer), version_name="v1")
     chat = categorical_messages(TINY, *judge_case(3))
@@ -266,3 +282,31 @@ def test_categorical_judge_end_to_end_against_the_app(db, tokenizer, label_model
         assert report.stored == 0 and len(report.skipped) == len(gens)
         assert all("not one of the allowed labels" in why for _, why in report.skipped)
         assert server.batches < len(calls)  # concurrent judge requests were batched
+
+
+def test_alt_feedback_cli_labels_a_round_through_the_apps_endpoint(db, tokenizer, label_model, monkeypatch, capsys):
+    from alt_engine.db import Round
+    from app.cli import main
+
+    task, gens = judge_round(db)
+    with session_scope(db) as s:
+        rnd = Round(task_id=task.id, number=1, status="feedback")
+        s.add(rnd)
+        s.flush()
+        for g in s.exec(select(Generation)):
+            g.round_id = rnd.id
+    server = ModelServer(TransformersBackend(label_model, tokenizer), version_name="v0-tiny")
+    with live(server, Settings(db=db, llm_api_key=KEY)) as url:
+        for name, value in dict(LLM_BASE_URL=url, LLM_MODEL="v0-tiny", LLM_API_KEY=KEY, LLM_MAX_REQUESTS="2",
+                                LLM_CONCURRENCY="1").items():
+            monkeypatch.setenv(f"ALT_{name}", value)
+        assert main(["feedback", "--db", db, "--task", "tiny", "--provider", "llm:categorical"]) == 0
+        first = capsys.readouterr().out
+        assert "stored 2, skipped 4" in first and "budget exhausted" in first
+        monkeypatch.setenv("ALT_LLM_MAX_REQUESTS", "0")
+        assert main(["feedback", "--db", db, "--task", "tiny", "--provider", "llm:categorical"]) == 0
+    out = capsys.readouterr().out
+    assert "stored 4" in out and "already labelled 2" in out
+    with session_scope(db) as s:
+        rows = list(s.exec(select(Feedback)))
+    assert len(rows) == len(gens) and all(r.source == "llm:v0-tiny" and r.category in ("Good", "Bad") for r in rows)

@@ -66,7 +66,9 @@ def test_quantile_bins_remainder_goes_to_worst_bin():
     # 7 scores, 3 bins: 2 best, 2 middle, 2 + remainder 1 worst
     assert quantile_bins([7, 6, 5, 4, 3, 2, 1], 3) == [0, 0, 1, 1, 2, 2, 2]
     assert quantile_bins([1, 9, 5, 3], 2) == [1, 0, 0, 1]
-    assert quantile_bins([0.2, 0.9], 5) == [2, 0]  # fewer scores than bins: ranks spread over the bins
+    assert quantile_bins([0.2, 0.9], 5) == [4, 0]  # fewer scores than bins: spread from best to worst
+    assert quantile_bins([0.5, 0.2, 0.9], 5) == [2, 4, 0]
+    assert quantile_bins([0.5], 5) == [4]
 
 
 def test_reward_quantiles_per_prompt_vs_whole_pool():

@@ -88,6 +88,10 @@ def test_train_refuses_no_feedback_and_a_single_category(cli, capsys):
     assert "unknown rule" in capsys.readouterr().err
     assert run("train", "--round", "7", *TRAIN) == 1
     assert "no round 7" in capsys.readouterr().err
+    assert run("round", "--provider", "rule:concise", "--metric", "vibes", *TRAIN) == 1
+    assert "unknown metric 'vibes'" in capsys.readouterr().err
+    with session_scope(db) as s:
+        assert len(list(s.exec(select(Round)))) == 1  # the refused round left nothing behind
 
 
 def test_train_in_the_foreground_and_in_the_background(cli, capsys):

@@ -174,7 +174,8 @@ class LLMJudge:
         self.mode, self.settings, self.reasks = mode, settings, reasks
         self.use_cache, self.show_progress = use_cache, show_progress
         self.model = settings.llm_model
-        self.name = f"llm:{self.model}"
+        self.name = f"llm:{self.model}"  # provenance; both modes share it, ``kind`` tells their rows apart
+        self.kind = "category" if mode == "categorical" else "text"
         self.prompt_version = jp.CATEGORICAL_VERSION if mode == "categorical" else jp.FREE_TEXT_VERSION
         self.client = client or openai.OpenAI(base_url=settings.llm_base_url, api_key=settings.llm_api_key or "none",
                                               timeout=settings.llm_timeout, max_retries=settings.llm_max_retries)

@@ -6,8 +6,9 @@ hub id; prompt and response go in as a text pair) or a Python callable
 ranked per prompt (ALT) or over the whole batch given (Quark, ``per_prompt=False``):
 the highest ``n // K`` scores get the best category, the next ``n // K`` the
 second, ...; the remainder (``n % K`` lowest) goes to the worst bin. With fewer
-scores than categories, ranks are spread over the bins instead (rank · K // n),
-so two samples of a prompt still land in different categories.
+scores than categories (say 2 samples, 5 categories) the ranks are spread from
+the best bin to the worst instead, so the samples of a prompt still contrast; a
+lone score goes to the worst bin (the remainder rule).
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ def quantile_bins(scores: Sequence[float], k: int) -> list[int]:
     size = n // k
     bins = [0] * n
     for rank, i in enumerate(order):
-        bins[i] = min(rank // size, k - 1) if size else rank * k // n
+        if size:
+            bins[i] = min(rank // size, k - 1)
+        else:  # fewer scores than bins: best → best bin, worst → worst bin, the rest spread between
+            bins[i] = k - 1 if n == 1 else round(rank * (k - 1) / (n - 1))
     return bins
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 DEFAULT_BETA_PRETRAINED = 0.05  # DESIGN §1: KL weight when starting from a plain pretrained model
 
@@ -29,7 +30,7 @@ class AltTrainConfig:
         instead of the adapter.
     Distributed:
         deepspeed: path to a DeepSpeed config JSON (``zero2`` = the shipped ZeRO-2 config), or None.
-        num_procs: ranks the DeepSpeed launcher starts (CPU or GPU); 1 = train in this process.
+        num_procs: ranks the DeepSpeed launcher starts (CPU ranks or GPUs); used only with ``deepspeed``.
     Checkpoints and logging:
         resume: continue from the newest checkpoint in the output directory if there is one.
         logging_steps, save_steps (0 = a checkpoint per epoch), report_to (TensorBoard by default).
@@ -93,6 +94,8 @@ class AltTrainConfig:
             from . import ZERO2_CONFIG
 
             self.deepspeed = str(ZERO2_CONFIG)
+        if self.deepspeed and not Path(self.deepspeed).is_file():
+            raise ValueError(f"DeepSpeed config {self.deepspeed!r} not found (use 'zero2' for the shipped ZeRO-2 one)")
 
     def resolved(self, chat_model: bool) -> AltTrainConfig:
         """A copy with ``beta`` decided (instruct/chat start → 0, plain pretrained → 0.05)."""

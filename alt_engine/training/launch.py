@@ -7,15 +7,17 @@ As a command (what ``launch`` runs on every rank, and what a user can run by han
 
 ``items.json`` is a list of PoolItem dicts. Started outside a launcher with ``--num_procs > 1`` the
 command starts ``deepspeed --num_gpus N --module alt_engine.training.launch ...`` itself; inside it
-(``WORLD_SIZE`` set) each rank trains and rank 0 prints ``ALT_PROGRESS {json}`` lines, which
+(``LOCAL_RANK`` set) each rank trains and rank 0 prints ``ALT_PROGRESS {json}`` lines, which
 ``launch`` turns back into ``progress`` calls. Metrics come back through ``metrics.json``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -56,6 +58,14 @@ def config_args(config: AltTrainConfig) -> list[str]:
     return args
 
 
+def _die_with_parent() -> None:
+    """Linux: the launcher (and so its ranks) gets SIGTERM if the process that started it dies (e.g. a killed job)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def launch(model_path: str, items: list[PoolItem], config: AltTrainConfig, output_dir: str,
            prefix_format: str = "{feedback}", progress=None) -> dict:
     """Run ``train`` on ``config.num_procs`` ranks with the DeepSpeed launcher; returns rank 0's metrics."""
@@ -71,7 +81,8 @@ def launch(model_path: str, items: list[PoolItem], config: AltTrainConfig, outpu
            "--model", model_path, "--items", str(out / ITEMS_FILE), "--output", str(out),
            "--prefix_format", prefix_format, *config_args(config)]
     tail: deque[str] = deque(maxlen=40)
-    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          preexec_fn=_die_with_parent) as proc:
         for line in proc.stdout:
             if PROGRESS_MARK in line:
                 fraction, logs = json.loads(line.split(PROGRESS_MARK, 1)[1])
@@ -92,14 +103,18 @@ def main(argv: list[str] | None = None) -> None:
 
     args, config = HfArgumentParser((LaunchArgs, AltTrainConfig)).parse_args_into_dataclasses(args=argv)
     items = [PoolItem(**row) for row in json.loads(Path(args.items).read_text())]
-    rank = int(os.environ.get("RANK", "0"))
+    on_rank = "LOCAL_RANK" in os.environ
 
-    def report(fraction: float, logs: dict) -> None:
+    def report(fraction: float, logs: dict) -> None:  # to ``launch`` in the parent process
         print(PROGRESS_MARK + json.dumps([fraction, logs], default=float), flush=True)
 
-    metrics = train(args.model, items, config, args.output, args.prefix_format,
-                    progress=report if rank == 0 else None)
-    if rank == 0 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    def show(fraction: float, logs: dict) -> None:  # to a person at the terminal
+        if "loss" in logs:
+            print(f"{fraction:6.1%}  step {logs.get('step')}  loss {logs['loss']:.4f}", file=sys.stderr, flush=True)
+
+    progress = (report if int(os.environ.get("RANK", "0")) == 0 else None) if on_rank else show
+    metrics = train(args.model, items, config, args.output, args.prefix_format, progress=progress)
+    if not on_rank:
         print(json.dumps(metrics, indent=2, default=str))
 
 

@@ -83,7 +83,8 @@ def _load_policy(model_path: str, config: AltTrainConfig):
 
 
 def _in_launched_run() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """True on a rank started by a distributed launcher (DeepSpeed, torchrun)."""
+    return "LOCAL_RANK" in os.environ
 
 
 def _cpu_ranks_state() -> dict | None:
@@ -107,7 +108,7 @@ def train(model_path: str, items: list[PoolItem], config: AltTrainConfig, output
           prefix_format: str = conditioning.DEFAULT_PREFIX_FORMAT, progress: Progress | None = None) -> dict:
     """Fine-tune ``model_path`` on ``items`` into ``output_dir``; returns the run's metrics."""
     check_items(items)
-    if config.num_procs > 1 and not _in_launched_run():
+    if config.deepspeed and not _in_launched_run():  # DeepSpeed needs its launcher, even for one rank
         from .launch import launch
 
         return launch(model_path, items, config, output_dir, prefix_format, progress)
@@ -181,6 +182,23 @@ def _save(trainer, config: AltTrainConfig, items: list[PoolItem], out: Path, mod
         shutil.rmtree(checkpoint, ignore_errors=True)
 
 
+def _resumable(session, parent_id: int, objective: str, round_id: int | None, feedback_ids: list[int]):
+    """The newest failed version of the same parent, round and data that left a checkpoint, if any."""
+    failed = session.exec(select(ModelVersion).where(ModelVersion.parent_id == parent_id,
+                                                     ModelVersion.objective == objective,
+                                                     ModelVersion.status == "failed").order_by(ModelVersion.id.desc()))
+    for version in failed:
+        if (version.hyperparameters or {}).get("round_id") != round_id or not Path(version.path).is_dir():
+            continue
+        if get_last_checkpoint(version.path) is None:
+            continue
+        trained_on = sorted(session.exec(select(TrainingExample.feedback_id).where(
+            TrainingExample.model_version_id == version.id)))
+        if trained_on == feedback_ids:
+            return version
+    return None
+
+
 def train_model_version(db: str, settings: Settings, items: list[PoolItem], config: AltTrainConfig,
                         parent_version_id: int, objective: str = "alt", round_id: int | None = None,
                         job_id: int | None = None, prefix_format: str = conditioning.DEFAULT_PREFIX_FORMAT,
@@ -188,33 +206,38 @@ def train_model_version(db: str, settings: Settings, items: list[PoolItem], conf
     """Train a child of ``parent_version_id`` as a new ModelVersion; returns its id. Never changes serving.
 
     The row is "training" while it runs, then "ready" with metrics, or "failed" (the error re-raised).
+    With ``config.resume``, a failed run of the same parent, round and data continues from its newest
+    checkpoint, in its own version row and directory.
     """
     check_items(items)
+    feedback_ids = sorted(item.feedback_id for item in items)
     with session_scope(db) as session:
         parent = session.get(ModelVersion, parent_version_id)
         if parent is None:
             raise ValueError(f"no model version {parent_version_id}")
-        names = set(session.exec(select(ModelVersion.name)))
-        number = len(names)
-        while f"v{number}-{objective}" in names:
-            number += 1
-        name = f"v{number}-{objective}"
-        path = (Path(settings.models_dir) / name).resolve()
-        version = ModelVersion(name=name, parent_id=parent.id, path=str(path), objective=objective,
-                               status="training", hyperparameters={
-                                   **config.to_dict(), "base": parent.path, "prefix_format": prefix_format,
-                                   "round_id": round_id, "job_id": job_id, "examples": len(items)})
-        session.add(version)
-        session.flush()
-        session.add_all(TrainingExample(model_version_id=version.id, feedback_id=item.feedback_id) for item in items)
-        version_id, parent_path = version.id, parent.path
+        version = _resumable(session, parent.id, objective, round_id, feedback_ids) if config.resume else None
+        if version is None:
+            names = set(session.exec(select(ModelVersion.name)))
+            number = len(names)
+            while f"v{number}-{objective}" in names:
+                number += 1
+            name = f"v{number}-{objective}"
+            path = str((Path(settings.models_dir) / name).resolve())
+            version = ModelVersion(name=name, parent_id=parent.id, path=path, objective=objective)
+            session.add(version)
+            session.flush()
+            session.add_all(TrainingExample(model_version_id=version.id, feedback_id=f) for f in feedback_ids)
+        version.status, version.metrics = "training", {}
+        version.hyperparameters = {**config.to_dict(), "base": parent.path, "prefix_format": prefix_format,
+                                   "round_id": round_id, "job_id": job_id, "examples": len(items)}
+        version_id, parent_path, path = version.id, parent.path, version.path
     if progress is None and job_id is not None:
         from ..jobs import progress_callback
 
         progress = progress_callback(db, job_id)
     try:
         model_path = resolve_model(parent_path, settings.cache_dir)
-        metrics = train(model_path, items, config, str(path), prefix_format, progress)
+        metrics = train(model_path, items, config, path, prefix_format, progress)
     except BaseException as exc:
         with session_scope(db) as session:
             failed = session.get(ModelVersion, version_id)

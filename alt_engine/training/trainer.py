@@ -8,6 +8,7 @@ from collections import defaultdict
 import torch
 from transformers import Trainer
 
+from .collator import IGNORE
 from .loss import alt_loss
 
 
@@ -31,22 +32,31 @@ class AltTrainer(Trainer):
             self.ref_model = ref_model.to(self.args.device).eval()
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 
-    def _forward(self, model, inputs: dict, prefix: str = "") -> torch.Tensor:
+    def _forward(self, model, inputs: dict, prefix: str = "", keep: int = 0) -> torch.Tensor:
+        """Logits of the last ``keep`` positions (0 = all): (B, keep, V)."""
         return model(input_ids=inputs[f"{prefix}input_ids"], attention_mask=inputs[f"{prefix}attention_mask"],
-                     position_ids=inputs[f"{prefix}position_ids"], use_cache=False).logits  # (B, T, V)
+                     position_ids=inputs[f"{prefix}position_ids"], use_cache=False, logits_to_keep=keep).logits
+
+    @staticmethod
+    def _response_span(labels: torch.Tensor) -> int:
+        """Columns from the one predicting the first response token to the end (AltCollator puts every
+        response in the same columns), so the LM head projects no prompt or feedback position."""
+        scored = (labels != IGNORE).any(0).nonzero()
+        return labels.shape[1] - int(scored[0]) + 1 if len(scored) else 1
 
     @torch.no_grad()
-    def _ref_logits(self, model, inputs: dict) -> torch.Tensor:
+    def _ref_logits(self, model, inputs: dict, keep: int) -> torch.Tensor:
         if self.ref_model is not None:
-            return self._forward(self.ref_model, inputs, "ref_")
+            return self._forward(self.ref_model, inputs, "ref_", keep)
         peft_model = self.accelerator.unwrap_model(model)  # the policy's base, adapters off = the start model
         with peft_model.disable_adapter():
-            return self._forward(peft_model, inputs, "ref_")
+            return self._forward(peft_model, inputs, "ref_", keep)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        logits = self._forward(model, inputs)
-        ref_logits = self._ref_logits(model, inputs) if self.beta > 0 else None
-        loss, metrics = alt_loss(logits, inputs["labels"], ref_logits, alpha=self.alpha, beta=self.beta)
+        keep = self._response_span(inputs["labels"])
+        logits = self._forward(model, inputs, keep=keep)  # (B, keep, V)
+        ref_logits = self._ref_logits(model, inputs, keep) if self.beta > 0 else None
+        loss, metrics = alt_loss(logits, inputs["labels"][:, -keep:], ref_logits, alpha=self.alpha, beta=self.beta)
         mode = "train" if model.training else "eval"
         for key, value in metrics.items():
             self._metrics[mode][key].append(value)

@@ -85,8 +85,8 @@ def register(sub, common) -> None:
     p.add_argument("--sample-batch-size", type=int, default=16)
     p.add_argument("--sample-seed", type=int, default=0)
     p.add_argument("--promote", choices=PROMOTE_CHOICES, default="if-better")
-    p.add_argument("--metric", default="exemplar_share", help="metric for --promote if-better (e.g. mean_score, "
-                                                              "perplexity: lower is better)")
+    p.add_argument("--metric", default="exemplar_share", help="metric for --promote if-better (exemplar_share, "
+                                                              "mean_score, perplexity: lower is better, dist2 ...)")
     _pool_options(p)
     _eval_options(p, prefix="eval-")
     p.add_argument("--background", action="store_true", help="train in a subprocess job (progress in the Job table)")
