@@ -293,7 +293,8 @@ def progress(db: str, user: UserInfo, task: str | int) -> Progress:
     with session_scope(db) as s:
         t = resolve_task(s, task)
         conn = s.connection()
-        remaining = conn.execute(text("SELECT COUNT(*) " + _CANDIDATES), _params(t, user, now)).scalar_one()
+        params = {**_params(t, user, now), "floor": _floor(s, db, t)}
+        remaining = conn.execute(text("SELECT COUNT(*) " + _CANDIDATES + " AND g.id >= :floor"), params).scalar_one()
         scope = ("FROM generation g JOIN round r ON r.id = g.round_id "
                  "WHERE r.task_id = :task AND r.status IN ('sampling', 'feedback')")
         total = conn.execute(text("SELECT COUNT(*) " + scope), {"task": t.id}).scalar_one()

@@ -154,7 +154,7 @@ class Lease(SQLModel, table=True):
     generation_id: int = Field(foreign_key="generation.id", index=True)
     user_id: int = Field(foreign_key="user.id", index=True)
     expires_at: dt.datetime
-    state: str = "open"  # open | done | skipped
+    state: str = "open"  # open | done | skipped | expired (see alt_engine.annotation)
 
     __table_args__ = (UniqueConstraint("generation_id", "user_id"),)
 

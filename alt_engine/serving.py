@@ -12,7 +12,8 @@ answer it would get alone). A sampled batch draws from one seeded generator,
 so sampling is reproducible only for a request that runs alone.
 Inputs are built by ``conditioning.build_input``: ``feedback`` steers the
 model exactly as in training. ``reload`` switches the served version
-(promote / rollback) without dropping requests.
+(promote / rollback) without dropping requests; ``follow(db)`` does it by itself
+when another process (``alt models promote``, a round) changes the served version.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from . import conditioning
 from .sampling import SamplingParams, TransformersBackend
@@ -120,13 +122,44 @@ class ModelServer:
         return self.backend  # type: ignore[return-value]
 
     def reload(self, path: str, version_name: str | None = None, backend: TransformersBackend | None = None) -> None:
-        """Serve another version: load it, then swap; requests in flight finish on the old one."""
+        """Serve another version: load it, then swap; requests in flight finish on the old one.
+
+        A server that has not loaded its model yet just switches what it will load.
+        """
         from .sampling import make_backend
 
-        new = backend or make_backend("transformers", path, self.device)
+        new = backend
+        if new is None and self.backend is not None:
+            new = make_backend("transformers", path, self.device)
         with self._load_lock:
             self.backend, self.path, self.version_name = new, path, version_name or path  # type: ignore[assignment]
         log.info("now serving %s (%s)", self.version_name, path)
+
+    def sync(self, db: str) -> bool:
+        """Switch to the database's served version if it changed (promote / rollback); True if switched."""
+        from .db import session_scope
+        from .versions import served_version
+
+        with session_scope(db) as s:
+            served = served_version(s)
+        if served is None or (served.name, served.path) == (self.version_name, self.path):
+            return False
+        self.reload(served.path, served.name)
+        return True
+
+    def follow(self, db: str, every: float = 5.0) -> None:
+        """Check the database every ``every`` seconds and serve whatever version is promoted there."""
+        def watch() -> None:
+            while not self._closed:
+                time.sleep(every)
+                if not Path(db).exists():  # the database went away (tests' temp dirs): stop watching
+                    return
+                try:
+                    self.sync(db)
+                except Exception:
+                    log.exception("could not switch to the served version")
+
+        threading.Thread(target=watch, name="model-follow", daemon=True).start()
 
     # --------------------------------------------------------------- chat
 

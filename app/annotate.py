@@ -60,6 +60,7 @@ CSS = """
 #alt-response textarea, #alt-suggestion textarea, #alt-conditioning textarea { font-size: 1rem; }
 .alt-cat button, button.alt-cat { min-width: 9rem; }
 #alt-status { min-height: 1.5rem; }
+#alt-prompt .message-content span { white-space: pre-wrap; }  /* keep the prompt's indentation (code) */
 """
 
 
@@ -124,6 +125,7 @@ class AnnotateTab:
                     f"lease until {item.expires_at[11:19]} UTC")
         return (
             state,
+            item.lease_id if has else None,
             gr.update(visible=has),  # panel
             gr.update(visible=not has),  # empty state
             _progress_md(self.db, user, task),
@@ -158,11 +160,21 @@ class AnnotateTab:
             raise gr.Error(str(e)) from e
         return self._render(user, item, task, message)
 
-    def _submit(self, category_index: int | None, state, task, free_text, critique, revision, judgment,
+    def _stale(self, user, state, shown, task) -> tuple | None:
+        """Updates that ignore an action made on an item no longer on screen (a key pressed twice quickly: the
+        browser sends the lease it showed, ``shown``, while the session state already moved on), else None."""
+        if not state:
+            return self._after(user, task, "Nothing on screen.")
+        if shown is not None and int(shown) != state["lease_id"]:
+            return self._render(user, ann.get_item(self.db, user, state["lease_id"]), task,
+                                "Ignored a second key press meant for the previous item.")
+        return None
+
+    def _submit(self, category_index: int | None, state, shown, task, free_text, critique, revision, judgment,
                 request: gr.Request, accept: bool = False):
         user = self.auth.require_user(request)
-        if not state:
-            return self._after(user, task, "Nothing on screen to submit.")
+        if (ignored := self._stale(user, state, shown, task)) is not None:
+            return ignored
         sub = ann.Submission(text=free_text, critique=critique, revision=revision, judgment=judgment)
         if accept:
             sugg = state.get("suggestion")
@@ -183,29 +195,31 @@ class AnnotateTab:
         except ann.AnnotationError as e:
             raise gr.Error(str(e)) from e
         label = sub.category or ("AI suggestion" if accept else "feedback")
-        note = "Already saved." if res.status == "duplicate" else f"Saved item #{state['generation_id']}: {label}."
+        note = (f"Saved item #{state['generation_id']}: {label}." if res.status == "saved"
+                else "Already saved; the extra key press was ignored.")
         return self._after(user, task, html.escape(note))
 
     def _submitter(self, category_index: int | None, accept: bool = False):
         """A handler with the plain signature Gradio inspects (it injects ``request`` by annotation)."""
-        def handler(state, task, free_text, critique, revision, judgment, request: gr.Request):
-            return self._submit(category_index, state, task, free_text, critique, revision, judgment, request,
+        def handler(state, shown, task, free_text, critique, revision, judgment, request: gr.Request):
+            return self._submit(category_index, state, shown, task, free_text, critique, revision, judgment, request,
                                 accept=accept)
         return handler
 
-    def _skip(self, state, task, request: gr.Request):
+    def _skip(self, state, shown, task, request: gr.Request):
         user = self.auth.require_user(request)
-        if state:
-            try:
-                ann.skip(self.db, user, state["lease_id"])
-            except ann.AnnotationError as e:
-                raise gr.Error(str(e)) from e
-        return self._after(user, task, f"Skipped item #{state['generation_id']}." if state else "")
+        if (ignored := self._stale(user, state, shown, task)) is not None:
+            return ignored
+        try:
+            ann.skip(self.db, user, state["lease_id"])
+        except ann.AnnotationError as e:
+            raise gr.Error(str(e)) from e
+        return self._after(user, task, f"Skipped item #{state['generation_id']}.")
 
-    def _flag(self, state, task, reason, request: gr.Request):
+    def _flag(self, state, shown, task, reason, request: gr.Request):
         user = self.auth.require_user(request)
-        if not state:
-            return self._after(user, task, "")
+        if (ignored := self._stale(user, state, shown, task)) is not None:
+            return ignored
         try:
             ann.flag(self.db, user, state["lease_id"], reason or "")
         except ann.AnnotationError as e:
@@ -225,6 +239,7 @@ class AnnotateTab:
     def build_ui(self) -> gr.Dropdown:
         """Lay out the tab inside the current Blocks; returns the task picker (loaded by the page's load event)."""
         state = gr.State(None)
+        shown = gr.Number(visible=False, precision=0, elem_id="alt-lease")  # the lease on screen, sent by the browser
         with gr.Row():
             task = gr.Dropdown(label="Task", choices=[], scale=1, interactive=True, elem_id="alt-task")
             with gr.Column(scale=3):
@@ -267,17 +282,20 @@ class AnnotateTab:
         status = gr.Markdown(elem_id="alt-status")
         gr.Markdown(HINT, elem_id="alt-hint")
 
-        self.outputs = [state, panel, empty, progress, meta, guidelines, system_box, chat, conditioning, response,
-                        suggestion, accept, *cat_buttons, free_text, critique, revision, judgment, flag_reason, status]
+        self.outputs = [state, shown, panel, empty, progress, meta, guidelines, system_box, chat, conditioning,
+                        response, suggestion, accept, *cat_buttons, free_text, critique, revision, judgment,
+                        flag_reason, status]
         texts = [free_text, critique, revision, judgment]
         once = dict(trigger_mode="once", show_progress="hidden")
         for i, b in enumerate(cat_buttons):
-            b.click(self._submitter(i), [state, task, *texts], self.outputs, api_name=f"label_{i + 1}", **once)
-        submit_text.click(self._submitter(None), [state, task, *texts], self.outputs, api_name="submit_text", **once)
-        accept.click(self._submitter(None, accept=True), [state, task, *texts], self.outputs,
+            b.click(self._submitter(i), [state, shown, task, *texts], self.outputs, api_name=f"label_{i + 1}",
+                    **once)
+        submit_text.click(self._submitter(None), [state, shown, task, *texts], self.outputs, api_name="submit_text",
+                          **once)
+        accept.click(self._submitter(None, accept=True), [state, shown, task, *texts], self.outputs,
                      api_name="accept_suggestion", **once)
-        skip.click(self._skip, [state, task], self.outputs, api_name="skip", **once)
-        flag.click(self._flag, [state, task, flag_reason], self.outputs, api_name="flag", **once)
+        skip.click(self._skip, [state, shown, task], self.outputs, api_name="skip", **once)
+        flag.click(self._flag, [state, shown, task, flag_reason], self.outputs, api_name="flag", **once)
         undo.click(self._undo, [task], self.outputs, api_name="undo", **once)
         refresh.click(self._load, [task], [task, *self.outputs], api_name="next_item", **once)
         task.input(self._load, [task], [task, *self.outputs], api_visibility="private")

@@ -86,13 +86,15 @@ def _validation_message(e: ValidationError) -> tuple[str, str | None]:
 def add_openai_routes(api: FastAPI, settings: Settings, server: ModelServer | None = None) -> ModelServer:
     """Mount the routes on ``api`` (before any catch-all mount such as Gradio's at "/").
 
-    Without ``server`` a ``ModelServer`` for the served version is created and starts
-    loading the model in the background. The server is returned and kept on ``api.state.model_server``
-    so the rest of the app (the playground) shares the same model copy.
+    Without ``server`` a ``ModelServer`` for the served version is created; it starts
+    loading the model in the background and follows promotions in the database. The
+    server is returned and kept on ``api.state.model_server`` so the rest of the app
+    (the playground) shares the same model copy.
     """
     if server is None:
         server = ModelServer.from_settings(settings)
         threading.Thread(target=server.preload, name="model-preload", daemon=True).start()
+        server.follow(settings.db)  # a promoted version is served within seconds
     api.state.model_server = server
 
     def unauthorized(request: Request) -> JSONResponse | None:
@@ -154,6 +156,8 @@ async def _complete(server: ModelServer, settings: Settings, body: Any, request:
         text, usage = waiting.result()
     except ValueError as e:
         return openai_error(400, str(e))
+    except Exception as e:  # the model failed to load or generate: say so in the API's own format
+        return openai_error(503, f"the served model failed: {type(e).__name__}: {e}", type_="server_error")
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
         "model": server.version_name, "system_fingerprint": server.version_name,

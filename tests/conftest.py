@@ -128,11 +128,12 @@ class LiveServer:
         import signal
 
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(timeout=15)
-            except Exception:
+                self.proc.wait(timeout=5)
+            except Exception:  # open event streams can hold a graceful shutdown: do not wait for them
                 self.proc.kill()
+                self.proc.wait()
         self._out.close()
         return self.log.read_text()
 

@@ -249,3 +249,46 @@ def test_raising_overlap_reopens_finished_items(tmp_path):
     with session_scope(db) as s:
         s.exec(select(Task)).one().annotations_per_item = 2
     assert ann.next_item(db, bob).generation_id == info["generations"][0]
+
+
+def test_json_api(tmp_path, tiny_model_dir):
+    """The JSON API in-process: same service, HTTP status codes for refusals."""
+    from fastapi.testclient import TestClient
+
+    from alt_engine.settings import Settings
+    from app.server import create_app
+
+    db = str(tmp_path / "api.db")
+    info = seed_annotation_db(db, n=4, k=1)
+    _users(db, "alice", "bob")
+    app = create_app(Settings(db=db, model=tiny_model_dir, secret_key="k"))
+    alice, bob = TestClient(app), TestClient(app)
+    assert alice.get("/api/annotate/next").status_code == 401
+    for c, name in ((alice, "alice"), (bob, "bob")):
+        assert c.post("/api/login", data={"username": name, "password": "password123"}).status_code == 200
+    item = alice.get("/api/annotate/next").json()["item"]
+    assert item["generation_id"] == info["generations"][0] and item["categories"][0] == "Excellent"
+    body = {"lease_id": item["lease_id"], "category": "Good", "text": "ok"}
+    assert bob.post("/api/annotate/submit", json=body).status_code == 400  # not bob's lease
+    assert alice.post("/api/annotate/submit", json={**body, "category": "Great"}).status_code == 400
+    assert alice.post("/api/annotate/submit", json=body).json()["status"] == "saved"
+    assert alice.post("/api/annotate/submit", json=body).json()["status"] == "duplicate"
+    nxt = alice.get("/api/annotate/next").json()["item"]
+    assert alice.post("/api/annotate/skip", json={"lease_id": nxt["lease_id"]}).json() == {"status": "skipped"}
+    third = alice.get("/api/annotate/next").json()["item"]
+    assert alice.post("/api/annotate/flag", json={"lease_id": third["lease_id"], "reason": "spam"}).status_code == 200
+    assert alice.post("/api/annotate/undo").json()["item"]["lease_id"] == third["lease_id"]
+    assert alice.get("/api/annotate/progress", params={"task": "default"}).json() == {"done": 1, "remaining": 2,
+                                                                                       "total": 4}
+    # late submission refused once someone else labelled the item: 409 with the reason
+    _expire(db, third["lease_id"])
+    b = bob.get("/api/annotate/next").json()["item"]
+    assert b["generation_id"] == info["generations"][1]  # the one alice skipped
+    b2 = bob.post("/api/annotate/submit", json={"lease_id": b["lease_id"], "category": "Bad"})
+    assert b2.status_code == 200
+    b3 = bob.get("/api/annotate/next").json()["item"]
+    assert b3["generation_id"] == third["generation_id"]
+    bob.post("/api/annotate/submit", json={"lease_id": b3["lease_id"], "category": "Bad"})
+    late = alice.post("/api/annotate/submit", json={"lease_id": third["lease_id"], "category": "Good"})
+    assert late.status_code == 409 and "nothing was saved" in late.json()["detail"]
+    assert len(_rows(db, generation_id=third["generation_id"])) == 1

@@ -114,3 +114,29 @@ def test_deactivated_user_loses_access(live_server):
     assert c.get("/api/me").status_code == 401
     assert c.get("/config").status_code == 401
     assert c.post("/api/login", json={"username": "erin", "password": "erinpass12"}).status_code == 401
+
+
+def test_users_cli(tmp_path, capsys, monkeypatch):
+    from alt_engine.users import authenticate
+    from app.cli import main
+
+    db = str(tmp_path / "cli.db")
+    assert main(["users", "add", "zed", "--role", "admin", "--password", "zedpass123", "--db", db]) == 0
+    assert main(["users", "add", "zed", "--password", "zedpass123", "--db", db]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert main(["users", "add", "amy", "--password", "short", "--db", db]) == 1
+    assert "too short" in capsys.readouterr().err
+    monkeypatch.setenv("ALT_PASSWORD", "amypass123")
+    assert main(["users", "add", "amy", "--db", db]) == 0
+    assert main(["users", "list", "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert "zed" in out and "admin" in out and "amy" in out and "annotator" in out
+    assert authenticate(db, "amy", "amypass123").role == "annotator"
+    assert authenticate(db, "amy", "wrongpass1") is None
+    assert main(["users", "passwd", "amy", "--password", "newpass123", "--db", db]) == 0
+    assert authenticate(db, "amy", "amypass123") is None and authenticate(db, "amy", "newpass123") is not None
+    assert main(["users", "deactivate", "amy", "--db", db]) == 0
+    assert authenticate(db, "amy", "newpass123") is None
+    with __import__("sqlite3").connect(db) as conn:  # only a salted hash is stored
+        (stored,) = conn.execute("SELECT password_hash FROM user WHERE name = 'amy'").fetchone()
+    assert "newpass123" not in stored and stored.startswith("scrypt$")

@@ -93,6 +93,14 @@ def test_annotate_with_keyboard_reload_and_escaping(live_server, browser):
                            timeout=20_000)
     page.wait_for_timeout(1500)
     assert _response(page) == fourth
+    # two keys in quick succession: the second was meant for the same item and is ignored (nothing mislabelled)
+    page.keyboard.press("3")
+    page.keyboard.press("5")
+    page.wait_for_function("prev => document.querySelector('#alt-response textarea').value !== prev", arg=fourth,
+                           timeout=20_000)
+    page.wait_for_timeout(1500)
+    print("status after two quick keys:", page.inner_text("#alt-status"))
+    assert _press_and_wait(page, "u") == fourth  # undo that one: the fourth item (with a suggestion) is back
     assert "done **3**" not in page.inner_text("#alt-progress")  # rendered, not raw markdown
     assert "done 3" in page.inner_text("#alt-progress")
 

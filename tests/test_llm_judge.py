@@ -239,3 +239,18 @@ def test_exemplar_pool_returns_best_scored_texts_of_the_task(db):
     assert exemplar_pool(db, task.id, top=2) == ["Clear, correct and concise.", "Accurate, a bit long."]
     assert exemplar_pool(db, task.id, top=10, min_score=2) == ["Clear, correct and concise.", "Accurate, a bit long."]
     assert exemplar_pool(db, other.id) == ["Other task, perfect."]
+
+
+def test_identical_generations_are_asked_once(db, stub):
+    task, gens = make_round(db, ["[[label:Good]] same"] * 3 + ["[[label:Bad]]"])
+    _, report = judge(db, settings_for(db, stub), task, gens)
+    assert stub.chat_calls == 2 and report.stored == 4
+    assert [feedback_rows(db)[g].category for g in gens] == ["Good", "Good", "Good", "Bad"]
+
+
+def test_a_malformed_server_response_is_a_reason_not_a_crash(db, stub):
+    task, gens = make_round(db, ["[[label:Good]]"])
+    stub.completion = lambda body, reply: {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                                           "choices": []}  # no choices at all
+    _, report = judge(db, settings_for(db, stub), task, gens)
+    assert report.stored == 0 and "request failed" in report.skipped[0][1]

@@ -310,3 +310,42 @@ def test_alt_feedback_cli_labels_a_round_through_the_apps_endpoint(db, tokenizer
     with session_scope(db) as s:
         rows = list(s.exec(select(Feedback)))
     assert len(rows) == len(gens) and all(r.source == "llm:v0-tiny" and r.category in ("Good", "Bad") for r in rows)
+
+
+def test_server_follows_promotions_in_the_database(db, tiny_model_dir, tmp_path):
+    from alt_engine.db import ModelVersion
+    from alt_engine.tiny import save_tiny
+    from alt_engine.versions import promote
+
+    other = save_tiny(tmp_path / "v1", seed=1)
+    with session_scope(db) as s:
+        s.add(ModelVersion(name="v0", path=tiny_model_dir, status="served"))
+        v1 = ModelVersion(name="v1", path=other, status="ready")
+        s.add(v1)
+    server = ModelServer.from_settings(Settings(db=db, device="cpu"))
+    assert server.version_name == "v0" and not server.sync(db)
+    server.chat("Hello", max_new_tokens=2)
+    with session_scope(db) as s:
+        promote(s, v1.id)
+    assert server.sync(db) and server.version_name == "v1" and server.path == other
+    assert server.chat("Hello", max_new_tokens=2)[1].completion_tokens == 2
+    server.close()
+
+
+def test_the_full_app_serves_v1_with_the_api_key_and_no_sign_in(db, tiny_model_dir):
+    from fastapi.testclient import TestClient
+
+    from alt_engine.modeling import resolve_model
+    from alt_engine.versions import ensure_base_version
+    from app.server import create_app
+
+    settings = Settings(db=db, model=tiny_model_dir, device="cpu", llm_api_key=KEY)
+    with session_scope(db) as s:
+        ensure_base_version(s, tiny_model_dir, resolve_model(tiny_model_dir, settings.cache_dir))
+    with TestClient(create_app(settings)) as http:
+        auth = {"Authorization": f"Bearer {KEY}"}
+        assert http.get("/v1/models").status_code == 401  # not a redirect to the sign-in page
+        assert [m["id"] for m in http.get("/v1/models", headers=auth).json()["data"]] == ["v0-base"]
+        r = http.post("/v1/chat/completions", headers=auth, json={
+            "model": "v0-base", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "temperature": 0})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3

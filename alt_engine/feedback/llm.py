@@ -220,7 +220,7 @@ class LLMJudge:
                     reply = self._ask(messages)
                 except FATAL_ERRORS:
                     raise
-                except openai.APIError as e:  # retried by the client already; not cached
+                except Exception as e:  # retried by the client already (or a malformed response); not cached
                     record(error=f"{type(e).__name__}: {e}")
                     result = FeedbackResult(reason=f"request failed: {type(e).__name__}: {str(e)[:200]}")
                     break
@@ -274,22 +274,28 @@ class LLMJudge:
         keys = [cache_key(self.model, self.prompt_version, m) for m in messages]
         cached = self._cached(keys)
         results: list[FeedbackResult | None] = [cached.get(k) for k in keys]
-        todo = [i for i, r in enumerate(results) if r is None]
-        self.stats.cache_hits = len(items) - len(todo)
+        todo: dict[str, int] = {}  # key -> first item with it: identical items are asked once
+        for i, k in enumerate(keys):
+            if results[i] is None:
+                todo.setdefault(k, i)
+        self.stats.cache_hits = sum(r is not None for r in results)
         bar = tqdm(total=len(items), initial=self.stats.cache_hits, desc=f"judging ({self.name})", unit="item",
                    disable=not self.show_progress)
         pool = ThreadPoolExecutor(max_workers=max(1, self.settings.llm_concurrency))
         try:
-            futures = {pool.submit(self._judge, items[i], task, messages[i], keys[i]): i for i in todo}
+            futures = {pool.submit(self._judge, items[i], task, messages[i], k): k for k, i in todo.items()}
             for fut in as_completed(futures):
                 try:
-                    results[futures[fut]] = fut.result()
+                    result = fut.result()
                 except FATAL_ERRORS as e:
                     pool.shutdown(wait=True, cancel_futures=True)
                     raise RuntimeError(f"LLM judge at {self.settings.llm_base_url} refused the request "
                                        f"({type(e).__name__}): {e}. Check ALT_LLM_BASE_URL, ALT_LLM_MODEL and "
                                        "ALT_LLM_API_KEY.") from e
-                bar.update(1)
+                same = [i for i, k in enumerate(keys) if k == futures[fut]]
+                for i in same:
+                    results[i] = result
+                bar.update(len(same))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             bar.close()
