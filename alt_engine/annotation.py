@@ -32,11 +32,11 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
-from sqlalchemy import or_, text
+from sqlalchemy import text
 from sqlmodel import Session, select
 
-from .conditioning import PromptLike, prompt_of
-from .db import Feedback, Generation, Lease, Prompt, Round, Task, TrainingExample, session_scope
+from .conditioning import PromptLike
+from .db import Feedback, Lease, Task, TrainingExample, session_scope
 from .users import UserInfo
 
 OPEN_ROUND_STATES = ("sampling", "feedback")
@@ -163,67 +163,114 @@ WHERE r.task_id = :task AND r.status IN ('sampling', 'feedback')
 """
 
 
-def _params(task: Task, user: UserInfo, now: dt.datetime) -> dict:
-    return {"task": task.id, "user": user.id, "now": _ts(now), "k": max(1, task.annotations_per_item), "floor": 0}
+@dataclass(frozen=True)
+class _TaskRef:
+    """The few task fields the hot path needs (read with plain SQL: the ORM costs more than the queries)."""
+
+    id: int
+    name: str
+    k: int
+    categories: tuple[str, ...] = ()
+    allow_free_text: bool = True
+
+
+@dataclass(frozen=True)
+class _LeaseRef:
+    id: int
+    generation_id: int
+
+
+def _params(task: _TaskRef, user: UserInfo, now: dt.datetime) -> dict:
+    return {"task": task.id, "user": user.id, "now": _ts(now), "k": task.k, "floor": 0}
 
 
 # The queue is scanned in generation order, so finished items pile up at its head; scanning past thousands of them
 # on every request would cost ~10 ms under the write lock. ``_floor`` remembers, per task, the lowest generation id
 # that is not finished (k done labels or a flag). Finishing is permanent except by undo (which resets the floor) or a
-# larger k (part of the key); the floor is recomputed every FLOOR_SECONDS anyway, so it is a safe lower bound.
-FLOOR_SECONDS = 2.0
-_floors: dict[tuple[str, int, int], tuple[int, float]] = {}
-_UNFINISHED = """
+# larger k (part of the key), so the floor is a safe lower bound: it moves up from where it was every FLOOR_SECONDS
+# and is recomputed from scratch every FLOOR_FULL_SECONDS (in case a round was reopened).
+FLOOR_SECONDS, FLOOR_FULL_SECONDS = 2.0, 60.0
+_floors: dict[tuple[str, int, int], tuple[int, float, float]] = {}  # key -> (floor, updated, fully computed)
+_UNFINISHED = text("""
 SELECT COALESCE(MIN(g.id), (SELECT MAX(id) + 1 FROM generation), 0)
 FROM generation g JOIN round r ON r.id = g.round_id
-WHERE r.task_id = :task AND r.status IN ('sampling', 'feedback')
+WHERE r.task_id = :task AND r.status IN ('sampling', 'feedback') AND g.id >= :since
   AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.generation_id = g.id AND f.kind = 'flag'
                   AND f.source LIKE 'human:%')
   AND (SELECT COUNT(*) FROM lease l WHERE l.generation_id = g.id AND l.state = 'done') < :k
-"""
+""")
+_NEXT = text("SELECT g.id " + _CANDIDATES + " AND g.id >= :floor ORDER BY g.id LIMIT 1")
+_ITEM = text("""
+SELECT g.id, g.response, g.truncated, g.conditioning, p.text, p.messages, t.name, t.categories, t.allow_free_text,
+       t.guidelines, t.show_conditioning, r.number
+FROM generation g JOIN prompt p ON p.id = g.prompt_id JOIN task t ON t.id = p.task_id
+LEFT JOIN round r ON r.id = g.round_id WHERE g.id = :g
+""")
+_SUGGESTION = text("""
+SELECT id, source, kind, category, text, score FROM feedback
+WHERE generation_id = :g AND kind IN ('category', 'text')
+  AND (source LIKE 'llm:%' OR source LIKE 'reward:%' OR source LIKE 'rule:%')
+ORDER BY id DESC LIMIT 1
+""")
+_TASK_OF = text("""
+SELECT t.id, t.name, t.annotations_per_item, t.categories, t.allow_free_text
+FROM task t JOIN prompt p ON p.task_id = t.id JOIN generation g ON g.prompt_id = p.id WHERE g.id = :g
+""")
+_TASKS = text("SELECT id, name, annotations_per_item, categories, allow_free_text FROM task ORDER BY id")
+_HELD = text("SELECT id, generation_id, expires_at FROM lease WHERE user_id = :u AND state = 'open' ORDER BY id")
 
 
-def _floor(s: Session, db: str, task: Task) -> int:
-    k = max(1, task.annotations_per_item)
-    key, now = (db, task.id, k), time.monotonic()
-    hit = _floors.get(key)
-    if hit is None or now - hit[1] > FLOOR_SECONDS:
-        hit = (s.connection().execute(text(_UNFINISHED), {"task": task.id, "k": k}).scalar_one(), now)
-        _floors[key] = hit
-    return hit[0]
+def _json_col(value):
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _task_ref(row) -> _TaskRef:
+    return _TaskRef(id=row[0], name=row[1], k=max(1, row[2] or 1), categories=tuple(_json_col(row[3]) or ()),
+                    allow_free_text=bool(row[4]))
+
+
+def _dt(value) -> dt.datetime:
+    return _utc(value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(value))
+
+
+def _floor(s: Session, db: str, task: _TaskRef) -> int:
+    key, now = (db, task.id, task.k), time.monotonic()
+    floor, updated, full = _floors.get(key, (0, -1e9, -1e9))
+    if now - updated > FLOOR_SECONDS:
+        since = 0 if now - full > FLOOR_FULL_SECONDS else floor
+        floor = s.connection().execute(_UNFINISHED, {"task": task.id, "k": task.k, "since": since}).scalar_one()
+        _floors[key] = (floor, now, now if since == 0 else full)
+    return floor
 
 
 def _suggestion(s: Session, generation_id: int) -> Suggestion | None:
     """The newest AI label (category or text) on the generation."""
-    fb = s.exec(select(Feedback).where(Feedback.generation_id == generation_id, Feedback.kind.in_(("category", "text")),
-                                       or_(*(Feedback.source.startswith(p) for p in AI_PREFIXES)))
-                .order_by(Feedback.id.desc()).limit(1)).first()
-    if fb is None:
+    row = s.connection().execute(_SUGGESTION, {"g": generation_id}).first()
+    if row is None or not row[1].startswith(AI_PREFIXES):
         return None
-    return Suggestion(feedback_id=fb.id, source=fb.source, kind=fb.kind, category=fb.category, text=fb.text,
-                      score=fb.score)
+    return Suggestion(feedback_id=row[0], source=row[1], kind=row[2], category=row[3], text=row[4], score=row[5])
 
 
-def _task_of(s: Session, generation_id: int) -> Task:
-    return s.exec(select(Task).join(Prompt, Prompt.task_id == Task.id)
-                  .join(Generation, Generation.prompt_id == Prompt.id).where(Generation.id == generation_id)).one()
+def _task_of(s: Session, generation_id: int) -> _TaskRef:
+    return _task_ref(s.connection().execute(_TASK_OF, {"g": generation_id}).one())
 
 
-def _item(s: Session, lease: Lease) -> Item:
-    gen, prompt, task, rnd = s.exec(
-        select(Generation, Prompt, Task, Round).join(Prompt, Prompt.id == Generation.prompt_id)
-        .join(Task, Task.id == Prompt.task_id).outerjoin(Round, Round.id == Generation.round_id)
-        .where(Generation.id == lease.generation_id)).one()
-    return Item(lease_id=lease.id, generation_id=gen.id, task=task.name, categories=list(task.categories),
-                allow_free_text=task.allow_free_text, guidelines=task.guidelines, prompt=prompt_of(prompt),
-                response=gen.response, truncated=gen.truncated, expires_at=_utc(lease.expires_at).isoformat(),
-                conditioning=gen.conditioning if task.show_conditioning else None,
-                suggestion=_suggestion(s, gen.id), round_number=rnd.number if rnd else None)
+def _item(s: Session, lease_id: int, generation_id: int, expires_at: dt.datetime) -> Item:
+    (gid, response, truncated, conditioning, p_text, p_messages, task, categories, free, guidelines, show,
+     number) = s.connection().execute(_ITEM, {"g": generation_id}).one()
+    messages = _json_col(p_messages)
+    return Item(lease_id=lease_id, generation_id=gid, task=task, categories=list(_json_col(categories) or []),
+                allow_free_text=bool(free), guidelines=guidelines or "", prompt=messages if messages else p_text,
+                response=response, truncated=bool(truncated), expires_at=_utc(expires_at).isoformat(),
+                conditioning=conditioning if show else None, suggestion=_suggestion(s, gid), round_number=number)
 
 
-def _tasks_in_order(s: Session, task: str | int | None) -> list[Task]:
+def _tasks_in_order(s: Session, task: str | int | None) -> list[_TaskRef]:
     one = resolve_task(s, task)
-    return [one] if one is not None else list(s.exec(select(Task).order_by(Task.id)))
+    if one is not None:
+        return [_TaskRef(id=one.id, name=one.name, k=max(1, one.annotations_per_item),
+                         categories=tuple(one.categories), allow_free_text=one.allow_free_text)]
+    return [_task_ref(r) for r in s.connection().execute(_TASKS)]
 
 
 # --------------------------------------------------------------------------- queue
@@ -235,31 +282,30 @@ def next_item(db: str, user: UserInfo, task: str | int | None = None, lease_seco
     ``task`` None = the first task (by id) with work for this user.
     """
     now = _now()
+    until = now + dt.timedelta(seconds=lease_seconds)
     with _write_lock, session_scope(db) as s:
         _take_write_lock(s)
+        conn = s.connection()
         tasks = _tasks_in_order(s, task)
-        held = s.exec(select(Lease).where(Lease.user_id == user.id, Lease.state == "open")
-                      .order_by(Lease.id)).all()
-        for lease in held:  # resume what this user already holds (page reload, second tab)
-            item = _item(s, lease)
-            if item.task not in {t.name for t in tasks}:
+        names = {t.name for t in tasks}
+        for lease_id, generation_id, expires_at in conn.execute(_HELD, {"u": user.id}).all():
+            # resume what this user already holds (page reload, second tab)
+            item = _item(s, lease_id, generation_id, until)
+            if item.task not in names:
                 continue
-            if _utc(lease.expires_at) > now or _capacity_left(s, lease.generation_id, user.id, item.task, now):
-                lease.expires_at = now + dt.timedelta(seconds=lease_seconds)
-                s.flush()
-                item.expires_at = _utc(lease.expires_at).isoformat()
+            if _dt(expires_at) > now or _capacity_left(s, generation_id, user.id, item.task, now):
+                conn.execute(text("UPDATE lease SET expires_at = :e WHERE id = :id"), {"e": _ts(until), "id": lease_id})
                 return item
-            lease.state = "expired"  # the item was given to others meanwhile
+            # the item was given to others meanwhile
+            conn.execute(text("UPDATE lease SET state = 'expired' WHERE id = :id"), {"id": lease_id})
         for t in tasks:
-            params = {**_params(t, user, now), "floor": _floor(s, db, t)}
-            row = s.connection().execute(
-                text("SELECT g.id " + _CANDIDATES + " AND g.id >= :floor ORDER BY g.id LIMIT 1"), params).first()
+            row = conn.execute(_NEXT, {**_params(t, user, now), "floor": _floor(s, db, t)}).first()
             if row is None:
                 continue
-            lease = Lease(generation_id=row[0], user_id=user.id, expires_at=now + dt.timedelta(seconds=lease_seconds))
-            s.add(lease)
-            s.flush()
-            return _item(s, lease)
+            lease_id = conn.execute(text("INSERT INTO lease (generation_id, user_id, expires_at, state) "
+                                         "VALUES (:g, :u, :e, 'open')"),
+                                    {"g": row[0], "u": user.id, "e": _ts(until)}).lastrowid
+            return _item(s, lease_id, row[0], until)
     return None
 
 
@@ -285,13 +331,13 @@ def get_item(db: str, user: UserInfo, lease_id: int) -> Item:
         lease = s.get(Lease, lease_id)
         if lease is None or lease.user_id != user.id:
             raise AnnotationError(f"no lease {lease_id} for {user.name}")
-        return _item(s, lease)
+        return _item(s, lease.id, lease.generation_id, lease.expires_at)
 
 
 def progress(db: str, user: UserInfo, task: str | int) -> Progress:
     now = _now()
     with session_scope(db) as s:
-        t = resolve_task(s, task)
+        (t,) = _tasks_in_order(s, task)
         conn = s.connection()
         params = {**_params(t, user, now), "floor": _floor(s, db, t)}
         remaining = conn.execute(text("SELECT COUNT(*) " + _CANDIDATES + " AND g.id >= :floor"), params).scalar_one()
@@ -310,7 +356,7 @@ def progress(db: str, user: UserInfo, task: str | int) -> Progress:
 # --------------------------------------------------------------------------- writes
 
 
-def _feedback_rows(task: Task, lease: Lease, user: UserInfo, sub: Submission, s: Session) -> list[Feedback]:
+def _feedback_rows(task: _TaskRef, lease: _LeaseRef, user: UserInfo, sub: Submission, s: Session) -> list[Feedback]:
     category, free_text = sub.category or None, _clean(sub.text)
     raw = None
     if sub.accept_suggestion is not None:
@@ -347,8 +393,8 @@ def _close_lease(db: str, user: UserInfo, lease_id: int, make_rows) -> SubmitRes
         won = s.connection().execute(
             text("UPDATE lease SET state = 'done' WHERE id = :id AND user_id = :u AND state = 'open'"),
             {"id": lease_id, "u": user.id}).rowcount
-        lease = s.get(Lease, lease_id)
         if not won:
+            lease = s.get(Lease, lease_id)
             if lease is None or lease.user_id != user.id:
                 raise AnnotationError(f"no lease {lease_id} for {user.name}")
             if lease.state == "done":
@@ -357,12 +403,14 @@ def _close_lease(db: str, user: UserInfo, lease_id: int, make_rows) -> SubmitRes
             if lease.state == "expired":
                 raise Conflict("this item got its labels while your lease was expired; nothing was saved")
             raise AnnotationError(f"you skipped this item (lease {lease_id}); nothing was saved")
-        task = _task_of(s, lease.generation_id)
-        late = _utc(lease.expires_at) <= now
-        if late and _labels_by_others(s, lease.generation_id, user.id) >= max(1, task.annotations_per_item):
-            lease.state = "expired"
-            refused = (f"your lease expired and the item got its {task.annotations_per_item} label(s) meanwhile; "
-                       "nothing was saved")
+        generation_id, expires_at = s.connection().execute(
+            text("SELECT generation_id, expires_at FROM lease WHERE id = :id"), {"id": lease_id}).one()
+        lease = _LeaseRef(id=lease_id, generation_id=generation_id)
+        task = _task_of(s, generation_id)
+        late = _dt(expires_at) <= now
+        if late and _labels_by_others(s, generation_id, user.id) >= task.k:
+            s.connection().execute(text("UPDATE lease SET state = 'expired' WHERE id = :id"), {"id": lease_id})
+            refused = f"your lease expired and the item got its {task.k} label(s) meanwhile; nothing was saved"
         else:
             rows = make_rows(task, lease, s)
             s.add_all(rows)
@@ -423,7 +471,7 @@ def undo_last(db: str, user: UserInfo, lease_seconds: int = 300) -> Item:
         lease.expires_at = now + dt.timedelta(seconds=lease_seconds)
         s.flush()
         _floors.clear()  # the item is unfinished again
-        return _item(s, lease)
+        return _item(s, lease.id, lease.generation_id, lease.expires_at)
 
 
 def task_names(db: str) -> list[str]:

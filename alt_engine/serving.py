@@ -71,7 +71,7 @@ class ModelServer:
 
     def __init__(self, backend: TransformersBackend | None = None, *, path: str | None = None,
                  version_name: str | None = None, device: str = "auto", max_batch: int = 8,
-                 batch_wait_ms: float = 10.0, prefix_format: str = conditioning.DEFAULT_PREFIX_FORMAT):
+                 batch_wait_ms: float = 30.0, prefix_format: str = conditioning.DEFAULT_PREFIX_FORMAT):
         if backend is None and path is None:
             raise ValueError("ModelServer needs a backend or a model path")
         self.backend, self.path, self.device = backend, path, device
@@ -121,13 +121,16 @@ class ModelServer:
                     self.backend = make_backend("transformers", self.path, self.device)  # type: ignore[assignment]
         return self.backend  # type: ignore[return-value]
 
-    def reload(self, path: str, version_name: str | None = None, backend: TransformersBackend | None = None) -> None:
-        """Serve another version: load it, then swap; requests in flight finish on the old one.
+    def reload(self, version, version_name: str | None = None, backend: TransformersBackend | None = None) -> None:
+        """Serve another version (a ``ModelVersion`` row or a model path): load it, then swap.
 
-        A server that has not loaded its model yet just switches what it will load.
+        Requests in flight finish on the old model. A server that has not loaded its
+        model yet just switches what it will load.
         """
         from .sampling import make_backend
 
+        path = getattr(version, "path", version)
+        version_name = version_name or getattr(version, "name", None)
         new = backend
         if new is None and self.backend is not None:
             new = make_backend("transformers", path, self.device)
@@ -144,7 +147,7 @@ class ModelServer:
             served = served_version(s)
         if served is None or (served.name, served.path) == (self.version_name, self.path):
             return False
-        self.reload(served.path, served.name)
+        self.reload(served)
         return True
 
     def follow(self, db: str, every: float = 5.0) -> None:
@@ -195,9 +198,12 @@ class ModelServer:
                 self._worker = threading.Thread(target=self._run, name="model-server", daemon=True)
                 self._worker.start()
 
-    def close(self) -> None:
+    def close(self, timeout: float = 60.0) -> None:
+        """Answer what is queued, then stop the worker."""
         self._closed = True
         self._queue.put(None)
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join(timeout)
 
     def _run(self) -> None:
         pending: list[_Request] = []  # requests of another sampling group, answered in a later batch

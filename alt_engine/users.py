@@ -13,9 +13,10 @@ import os
 import re
 from dataclasses import dataclass
 
+from sqlalchemy import text
 from sqlmodel import select
 
-from .db import User, session_scope
+from .db import User, get_engine, session_scope
 
 ROLES = ("annotator", "admin")
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
@@ -113,10 +114,14 @@ def list_users(db: str) -> list[UserInfo]:
         return [_info(u) for u in s.exec(select(User).order_by(User.id))]
 
 
+_BY_NAME = text('SELECT id, name, role, active FROM "user" WHERE name = :name')
+
+
 def get_user(db: str, name: str) -> UserInfo | None:
-    with session_scope(db) as s:
-        user = s.exec(select(User).where(User.name == name)).first()
-        return _info(user) if user else None
+    """Looked up on every web request, so plain SQL (the ORM would cost more than the query)."""
+    with get_engine(db).connect() as conn:
+        row = conn.execute(_BY_NAME, {"name": name}).first()
+    return UserInfo(id=row[0], name=row[1], role=row[2], active=bool(row[3])) if row else None
 
 
 def authenticate(db: str, name: str, password: str) -> UserInfo | None:

@@ -7,9 +7,8 @@ Auth: these routes do not use the app's login; a request must carry
 ``Authorization: Bearer <key>`` with the key equal to ``Settings.llm_api_key``
 (env ``ALT_LLM_API_KEY``, default ``sk-local``; an empty key disables the check).
 
-Model names: the served version's name (``GET /v1/models``), its path, or
-``settings.model``; any other name is a 404, so provenance (``llm:<model>``)
-always names what really answered. Point the judge at it with
+Model names: the served version's name (``GET /v1/models``) or its path; any
+other name is a 404, so provenance (``llm:<model>``) names what really answered. Point the judge at it with
 ``ALT_LLM_MODEL=<version name>``.
 
 Body: ``model``, ``messages`` (roles system/user/assistant, content a string
@@ -135,7 +134,7 @@ async def _complete(server: ModelServer, settings: Settings, body: Any, request:
     except ValidationError as e:
         message, param = _validation_message(e)
         return openai_error(400, message, param=param)
-    if req.model not in {*server.model_ids, settings.model}:
+    if req.model not in server.model_ids:
         return openai_error(404, f"model {req.model!r} is not served here; available: {server.version_name} "
                                  "(set ALT_LLM_MODEL to it)", param="model", code="model_not_found")
     messages = [m.as_dict() for m in req.messages]

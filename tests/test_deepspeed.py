@@ -83,3 +83,26 @@ def test_model_version_trained_with_deepspeed_lora(db, tmp_path, tiny_model_dir)
     assert seen and seen[-1][0] == 1.0  # progress came back from rank 0
     assert (tmp_path / "models" / version.name / "adapter_config.json").exists()
     assert len(generates(version.path)) == 2
+
+
+def test_config_round_trips_through_the_launch_command_line():
+    """What ``launch`` passes to every rank parses back (HfArgumentParser) to the same config."""
+    from transformers import HfArgumentParser
+
+    from alt_engine.training.launch import LaunchArgs, config_args
+
+    config = AltTrainConfig(deepspeed="zero2", num_procs=2, lora=True, lora_target_modules="q_proj,v_proj",
+                            beta=0.05, epochs=1.5, report_to="none")
+    argv = ["--model", "m", "--items", "i.json", "--output", "o", *config_args(config)]
+    launch_args, parsed = HfArgumentParser((LaunchArgs, AltTrainConfig)).parse_args_into_dataclasses(args=argv)
+    assert parsed == config and launch_args.model == "m"
+    assert parsed.target_modules == ["q_proj", "v_proj"] and AltTrainConfig().beta is None  # None = auto
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(ValueError, match="needs a DeepSpeed config"):
+        AltTrainConfig(num_procs=2)
+    with pytest.raises(ValueError, match="not found"):
+        AltTrainConfig(deepspeed="/nope.json")
+    with pytest.raises(ValueError, match="merge_lora needs lora"):
+        AltTrainConfig(merge_lora=True)

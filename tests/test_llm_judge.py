@@ -32,7 +32,7 @@ def stub():
 
 
 def settings_for(db, stub, **kw) -> Settings:
-    base = dict(db=db, llm_base_url=stub.base_url, llm_model="stub-judge", llm_timeout=1.0, llm_max_retries=2,
+    base = dict(db=db, llm_base_url=stub.base_url, llm_model="stub-judge", llm_timeout=10.0, llm_max_retries=2,
                 llm_concurrency=4)
     return Settings(**{**base, **kw})
 
@@ -136,7 +136,7 @@ def test_off_label_replies_are_reasked_then_never_stored(db, stub):
 
 def test_client_retries_429_500_and_timeouts(db, stub):
     task, gens = make_round(db, ["[[429:2:Good]]", "[[500:1:Bad]]", "[[slow:1:Mediocre]]"])
-    provider, report = judge(db, settings_for(db, stub, llm_timeout=0.8, llm_max_retries=2), task, gens)
+    provider, report = judge(db, settings_for(db, stub, llm_timeout=1.5, llm_max_retries=2), task, gens)
     assert report.stored == 3
     assert [feedback_rows(db)[g].category for g in gens] == ["Good", "Bad", "Mediocre"]
     assert stub.chat_calls == 3 + 2 + 1 + 1  # every retry really reached the server

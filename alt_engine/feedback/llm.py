@@ -8,9 +8,12 @@ requests at a time. A reply that does not parse is re-asked a bounded number
 of times, then the item gets no feedback and the reason — an unparsed reply is
 never a category. Every request and raw reply is a ``JudgeCall`` row, which is
 also the cache: a rerun with the same (model, prompt version, prompt,
-generation) makes no HTTP call. A per-run budget (requests, tokens; 0 =
-unlimited) stops the run cleanly: the items left get "budget exhausted".
-Client errors that no retry can fix (bad key, unknown model) abort the run.
+generation) makes no HTTP call, and identical items in one run are asked once.
+A per-run budget (one provider object = one run; HTTP requests including the
+client's retries, and usage tokens; 0 = unlimited) stops the run cleanly: the
+items left get "budget exhausted" (no request starts past the limit; retries
+and tokens of requests already in flight may overshoot it slightly). Client errors that no retry can fix (bad
+key, unknown model or URL) abort the run with a clear message.
 """
 
 from __future__ import annotations

@@ -3,14 +3,13 @@
 ``train`` builds examples with the conditioning format, a ``datasets.Dataset``, the collator and
 ``AltTrainer``; the output directory then holds the model (or LoRA adapter) with its tokenizer, the
 resolved config (``alt_config.json``), the feedback ids it was trained on (``feedback_ids.json``),
-``metrics.json`` and TensorBoard logs (``tensorboard/``). With ``num_procs > 1`` it runs under the
-DeepSpeed launcher instead (see ``launch``).
+``metrics.json`` and TensorBoard logs (``tensorboard/``). With a ``deepspeed`` config it runs under the
+DeepSpeed launcher on ``num_procs`` ranks instead (see ``launch``).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -30,7 +29,6 @@ from .collator import AltCollator
 from .config import AltTrainConfig
 from .trainer import AltTrainer
 
-log = logging.getLogger(__name__)
 Progress = Callable[[float, dict], None]  # (fraction done, latest logs)
 CONFIG_FILE, FEEDBACK_FILE, METRICS_FILE = "alt_config.json", "feedback_ids.json", "metrics.json"
 
