@@ -39,7 +39,7 @@ from .conditioning import PromptLike
 from .db import Feedback, Lease, Task, TrainingExample, session_scope
 from .users import UserInfo
 
-OPEN_ROUND_STATES = ("sampling", "feedback")
+OPEN_ROUND_STATES = ("sampling", "feedback")  # (spelled out in the SQL below)
 AI_PREFIXES = ("llm:", "reward:", "rule:")
 MAX_TEXT = 10_000
 _write_lock = threading.Lock()
@@ -217,7 +217,11 @@ SELECT t.id, t.name, t.annotations_per_item, t.categories, t.allow_free_text
 FROM task t JOIN prompt p ON p.task_id = t.id JOIN generation g ON g.prompt_id = p.id WHERE g.id = :g
 """)
 _TASKS = text("SELECT id, name, annotations_per_item, categories, allow_free_text FROM task ORDER BY id")
-_HELD = text("SELECT id, generation_id, expires_at FROM lease WHERE user_id = :u AND state = 'open' ORDER BY id")
+_HELD = text("""
+SELECT l.id, l.generation_id, l.expires_at FROM lease l
+JOIN generation g ON g.id = l.generation_id JOIN round r ON r.id = g.round_id
+WHERE l.user_id = :u AND l.state = 'open' AND r.status IN ('sampling', 'feedback') ORDER BY l.id
+""")
 
 
 def _json_col(value):

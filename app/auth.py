@@ -14,10 +14,12 @@ HTTP endpoint.
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import hmac
 import html
 import os
+import threading
 import time
 
 import gradio as gr
@@ -32,12 +34,51 @@ COOKIE = "alt_session"
 SESSION_SECONDS = 12 * 3600
 
 
+class Throttle:
+    """At most ``limit`` failed sign-ins per user name in ``window`` seconds (in memory, per server process)."""
+
+    def __init__(self, limit: int = 5, window: float = 300.0):
+        self.limit, self.window = limit, window
+        self.failures: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+        self.lock = threading.Lock()
+
+    def wait_seconds(self, name: str) -> float:
+        """0 when a sign-in may be tried, else how long to wait."""
+        now = time.monotonic()
+        with self.lock:
+            q = self.failures.get(name.lower())
+            while q and now - q[0] > self.window:
+                q.popleft()
+            return self.window - (now - q[0]) if q and len(q) >= self.limit else 0.0
+
+    def failed(self, name: str) -> None:
+        with self.lock:
+            self.failures[name.lower()].append(time.monotonic())
+
+    def succeeded(self, name: str) -> None:
+        with self.lock:
+            self.failures.pop(name.lower(), None)
+
+
 class Auth:
     """Issues and checks session cookies; looks the user up on every request."""
 
     def __init__(self, settings: Settings):
         self.db = settings.db
         self.key = (settings.secret_key or os.urandom(32).hex()).encode()
+        self.throttle = Throttle()
+
+    async def sign_in(self, name: str, password: str) -> tuple[UserInfo | None, str]:
+        """(user, "") or (None, why); failed attempts per name are throttled."""
+        wait = self.throttle.wait_seconds(name)
+        if wait:
+            return None, f"Too many failed sign-ins for this user: try again in {int(wait) + 1} s."
+        user = await run_in_threadpool(authenticate, self.db, name, password)  # scrypt: keep the event loop free
+        if user is None:
+            self.throttle.failed(name)
+            return None, "Wrong user name or password."
+        self.throttle.succeeded(name)
+        return user, ""
 
     # ---- tokens
     def _sign(self, payload: bytes) -> str:
@@ -158,9 +199,9 @@ def add_auth_routes(api: FastAPI, auth: Auth) -> None:
     @api.post("/login", include_in_schema=False)
     async def login_submit(request: Request):
         name, password = await _credentials(request)
-        user = await run_in_threadpool(authenticate, auth.db, name, password)  # scrypt: keep the event loop free
+        user, why = await auth.sign_in(name, password)
         if user is None:
-            return HTMLResponse(login_page(name, "Wrong user name or password."), status_code=401)
+            return HTMLResponse(login_page(name, why), status_code=429 if "Too many" in why else 401)
         response = RedirectResponse("/", status_code=303)
         auth.set_cookie(response, user, request)
         return response
@@ -174,9 +215,9 @@ def add_auth_routes(api: FastAPI, auth: Auth) -> None:
     @api.post("/api/login")
     async def api_login(request: Request):
         name, password = await _credentials(request)
-        user = await run_in_threadpool(authenticate, auth.db, name, password)
+        user, why = await auth.sign_in(name, password)
         if user is None:
-            return JSONResponse({"detail": "wrong user name or password"}, status_code=401)
+            return JSONResponse({"detail": why}, status_code=429 if "Too many" in why else 401)
         response = JSONResponse({"user": user.name, "role": user.role})
         auth.set_cookie(response, user, request)
         return response

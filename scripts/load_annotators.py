@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -227,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     for e in stats.errors[:5]:
         print("  error:", e)
     problems = check(db, stats, k) if db else ["no --db: integrity not checked"]
+    if proc is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
     for p in problems[:10]:
         print("  PROBLEM:", p)
     ok_latency = pct(stats.next_ms, 95) < args.target_ms and pct(stats.submit_ms, 95) < args.target_ms

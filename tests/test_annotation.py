@@ -234,9 +234,10 @@ def test_only_open_rounds_are_queued(annotation_db):
 
     db, info = annotation_db
     (alice,) = _users(db, "alice")
+    assert ann.next_item(db, alice) is not None
     with session_scope(db) as s:
         s.get(Round, info["round"]).status = "done"
-    assert ann.next_item(db, alice) is None
+    assert ann.next_item(db, alice) is None  # not even the item alice holds: the round is closed
 
 
 def test_raising_overlap_reopens_finished_items(tmp_path):

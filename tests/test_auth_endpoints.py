@@ -58,6 +58,18 @@ def test_wrong_password_refused(live_server):
     assert "alt_session" not in c.cookies
 
 
+def test_repeated_wrong_passwords_are_throttled(live_server):
+    c = _session(live_server.url)
+    from alt_engine.users import add_user
+
+    add_user(live_server.db, "frank", "frankpass1")
+    codes = [c.post("/api/login", json={"username": "frank", "password": f"guess{i}xyz"}).status_code
+             for i in range(6)]
+    assert codes == [401] * 5 + [429]
+    r = c.post("/api/login", json={"username": "frank", "password": "frankpass1"})
+    assert r.status_code == 429 and "try again" in r.json()["detail"]  # even the right one, for a while
+
+
 def test_annotator_cannot_call_admin_endpoints(live_server):
     c = _session(live_server.url, "bob", "bobpass12")
     assert c.get("/api/me").json() == {"user": "bob", "role": "annotator"}

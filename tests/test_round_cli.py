@@ -40,6 +40,7 @@ def versions(db):
 TRAIN = ("--epochs", "1", "--batch_size", "4", "--report_to", "none")
 
 
+@pytest.mark.slow  # ~10 s on an idle machine, ~25 s when the 2 cores are shared
 def test_two_rounds_make_two_versions_with_metrics(cli, capsys):
     run, db = cli
     assert run("round", "--provider", "rule:concise:2,4,6,8", "--n", "3", "--max-new-tokens", "10", "--rounds", "2",
@@ -65,7 +66,8 @@ def test_two_rounds_make_two_versions_with_metrics(cli, capsys):
     # the pieces one by one: feedback is idempotent per provider, eval stores metrics on the chosen version
     assert run("feedback", "--provider", "rule:concise:2,4,6,8") == 0
     assert "stored 0, skipped 0, already labelled 12" in capsys.readouterr().out
-    assert run("eval", "--version", str(v1.id), "--provider", "rule:length", "--seed", "5", "--max-new-tokens", "6") == 0
+    assert run("eval", "--version", str(v1.id), "--provider", "rule:length", "--seed", "5",
+               "--max-new-tokens", "6") == 0
     assert "perplexity=" in capsys.readouterr().out
     assert versions(db)[1].metrics["eval"]["provider"] == "rule:length"
 

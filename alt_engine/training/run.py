@@ -70,7 +70,7 @@ def _load_policy(model_path: str, config: AltTrainConfig):
         from peft import AutoPeftModelForCausalLM
 
         model = AutoPeftModelForCausalLM.from_pretrained(model_path, is_trainable=config.lora)
-        return model if config.lora else model.merge_and_unload()
+        return model if config.lora else model.merge_and_unload().requires_grad_(True)  # full fine-tuning
     model = AutoModelForCausalLM.from_pretrained(model_path)
     if not config.lora:
         return model

@@ -172,7 +172,10 @@ def cmd_train(args) -> int:
     config = _train_config(args)
     with session_scope(settings.db) as s:
         task = _task(s, args.task)
-        round_ids = [_round(s, task, n).id for n in args.round] if args.round else None
+        if args.round:
+            round_ids = [_round(s, task, n).id for n in args.round]
+        else:  # flush: the latest round (recorded as the version's round); accumulate: every round
+            round_ids = [_round(s, task, None).id] if args.policy == "flush" else None
         parent = _served(s)
     pool_kw = dict(round_ids=round_ids, k_per_category=args.k_per_category, seed=config.seed, policy=args.policy,
                    max_per_prompt=args.max_per_prompt)
