@@ -13,6 +13,8 @@ Routes:
 from __future__ import annotations
 
 import dataclasses
+import os
+import secrets
 
 import gradio as gr
 import uvicorn
@@ -211,6 +213,9 @@ def create_app(settings: Settings) -> FastAPI:
 def serve(settings: Settings) -> None:
     print(f"ALT Studio on http://{settings.host}:{settings.port}  (db {settings.db}, model {settings.model})",
           flush=True)
-    if not users_svc.list_users(settings.db):
-        print("no users yet: add one with `alt users add NAME --role admin`", flush=True)
+    if not users_svc.list_users(settings.db):  # first start: make an admin so someone can sign in
+        password = os.environ.get("ALT_ADMIN_PASSWORD") or secrets.token_urlsafe(9)
+        users_svc.add_user(settings.db, "admin", password, "admin")
+        print(f"created the first admin — user: admin  password: {password}  "
+              "(change it with `alt users passwd admin`; add people with `alt users add NAME`)", flush=True)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
