@@ -9,6 +9,8 @@ import pytest
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tiny models: one thread each beats oversubscribing 2 cores (test process + served subprocesses + ranks).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture
