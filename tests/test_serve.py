@@ -5,7 +5,7 @@ import os
 import httpx
 import pytest
 
-from tests.conftest import LiveServer
+from conftest import LiveServer
 
 
 @pytest.mark.slow
