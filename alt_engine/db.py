@@ -27,7 +27,8 @@ def utcnow() -> dt.datetime:
 
 
 def _json(default=None) -> Any:
-    return Field(default_factory=(lambda: default() if callable(default) else default), sa_column=Column(JSON(none_as_null=True)))
+    factory = default if callable(default) else (lambda: default)
+    return Field(default_factory=factory, sa_column=Column(JSON(none_as_null=True)))
 
 
 # --------------------------------------------------------------------------- tables
@@ -267,7 +268,8 @@ def init_db(path: str | Path) -> int:
             s.add(SchemaInfo(version=SCHEMA_VERSION))
         return SCHEMA_VERSION
     if current > SCHEMA_VERSION:
-        raise RuntimeError(f"database schema v{current} is newer than this code (v{SCHEMA_VERSION}); upgrade alt-studio")
+        raise RuntimeError(f"database schema v{current} is newer than this code (v{SCHEMA_VERSION}): "
+                           "upgrade alt-studio")
     with engine.begin() as conn:
         for version in range(current + 1, SCHEMA_VERSION + 1):
             MIGRATIONS[version](conn)

@@ -154,7 +154,8 @@ def import_prompts(db: str, path: str, task: str = "default", columns: ColumnMap
     report = ImportReport(task=task)
     with session_scope(db) as s:
         t = get_or_create_task(s, task)
-        seen = {_key(dict(text=p.text, messages=p.messages)) for p in s.exec(select(Prompt).where(Prompt.task_id == t.id))}
+        existing = s.exec(select(Prompt).where(Prompt.task_id == t.id))
+        seen = {_key(dict(text=p.text, messages=p.messages)) for p in existing}
         for n, rec in records:
             key = _key(rec)
             if key in seen:

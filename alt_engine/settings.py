@@ -51,7 +51,7 @@ class Settings:
         "help": "reward provider quantiles: 'prompt' (per prompt, ALT) or 'pool' (whole pool, Quark)"})
     llm_base_url: str = field(default="http://127.0.0.1:7860/v1", metadata={"help": "OpenAI-compatible base URL"})
     llm_model: str = field(default="gpt-3.5-turbo", metadata={"help": "judge model name"})
-    llm_api_key: str = field(default="sk-local", metadata={"help": "judge API key (env ALT_LLM_API_KEY or OPENAI_API_KEY)"})
+    llm_api_key: str = field(default="sk-local", metadata={"help": "judge API key (or OPENAI_API_KEY)"})
     llm_timeout: float = field(default=30.0, metadata={"help": "seconds per judge request"})
     llm_max_retries: int = field(default=3, metadata={"help": "retries on 429/5xx/timeouts"})
     llm_concurrency: int = field(default=8, metadata={"help": "parallel judge requests"})

@@ -27,7 +27,8 @@ _CORPUS = [
 ]
 
 
-def tiny_tokenizer(corpus: list[str] | None = None, vocab_size: int = 400, chat: bool = True) -> PreTrainedTokenizerFast:
+def tiny_tokenizer(corpus: list[str] | None = None, vocab_size: int = 400,
+                   chat: bool = True) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

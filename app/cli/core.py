@@ -20,12 +20,13 @@ from . import settings_from
 
 def register(sub, common) -> None:
     p = sub.add_parser("init", parents=[common], help="create or upgrade the database, register the base model")
-    p.add_argument("--task", action="append", default=None, help=f"create task(s) (built-in: {', '.join(BUILTIN_TASKS)})")
+    p.add_argument("--task", action="append", default=None,
+                   help=f"create task(s) (built-in: {', '.join(BUILTIN_TASKS)})")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("prompts", parents=[common], help="manage prompts")
     psub = p.add_subparsers(dest="action", required=True)
-    imp = psub.add_parser("import", parents=[common], help="import prompts from CSV, JSONL, parquet or a datasets folder")
+    imp = psub.add_parser("import", parents=[common], help="import prompts (CSV, JSONL, parquet, datasets folder)")
     imp.add_argument("file")
     imp.add_argument("--task", default="default")
     imp.add_argument("--text-column", default="prompt")
@@ -160,7 +161,8 @@ def cmd_status(args) -> None:
     init_db(settings.db)
     rows = status_rows(settings.db)
     with session_scope(settings.db) as s:
-        n_prompts = {t.name: s.exec(select(func.count()).where(Prompt.task_id == t.id)).one() for t in s.exec(select(Task))}
+        n_prompts = {t.name: s.exec(select(func.count()).where(Prompt.task_id == t.id)).one()
+                     for t in s.exec(select(Task))}
         served = served_version(s)
     if args.json:
         print(json.dumps(dict(prompts=n_prompts, served=served.name if served else None, rounds=rows), indent=2))
@@ -183,9 +185,10 @@ def cmd_models_list(args) -> None:
     with session_scope(settings.db) as s:
         for v in list_versions(s):
             mark = "*" if v.status == "served" else " "
-            metrics = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in
-                                (v.metrics or {}).items() if not isinstance(v, dict))
-            print(f"{mark} {v.id:>3} {v.name:<16} {v.status:<8} {v.objective:<6} parent={v.parent_id} {v.path}  {metrics}")
+            metrics = ", ".join(f"{k}={x:.3g}" if isinstance(x, float) else f"{k}={x}"
+                                for k, x in (v.metrics or {}).items() if not isinstance(x, dict))
+            print(f"{mark} {v.id:>3} {v.name:<16} {v.status:<8} {v.objective:<6} parent={v.parent_id} {v.path}"
+                  f"  {metrics}")
 
 
 def cmd_models_promote(args) -> None:
