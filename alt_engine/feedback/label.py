@@ -1,7 +1,8 @@
 """Running a provider over stored generations: the ``feedback`` stage of a round.
 
-Generations that already have feedback from the same provider (same ``source``)
-are left alone, so the stage can be rerun or resumed. Each chunk of results is
+Generations that already have feedback from the same provider (same ``source``,
+and same ``kind`` where the provider declares one) are left alone, so the stage
+can be rerun or resumed. Each chunk of results is
 stored in one transaction. A provider declares ``chunk_size`` to be called in
 chunks (rules); without it (reward quantiles, the LLM judge with its own
 concurrency, budget and progress bar) it gets every item in one call.
@@ -54,8 +55,11 @@ def label_generations(db: str, provider: Provider, task: Task, generation_ids: S
     """Ask ``provider`` about every generation it has not labelled yet and store its answers."""
     report = LabelReport(provider.name)
     with session_scope(db) as s:
-        done = set(s.exec(select(Feedback.generation_id).where(
-            Feedback.source == provider.name, Feedback.generation_id.in_(list(generation_ids)))).all())
+        q = select(Feedback.generation_id).where(Feedback.source == provider.name,
+                                                 Feedback.generation_id.in_(list(generation_ids)))
+        if getattr(provider, "kind", None):  # an LLM judge's categorical and free-text modes share a source
+            q = q.where(Feedback.kind == provider.kind)
+        done = set(s.exec(q).all())
     report.already = len(done)
     items = items_for(db, [g for g in generation_ids if g not in done])
     chunk = getattr(provider, "chunk_size", None) or max(1, len(items))

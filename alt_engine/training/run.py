@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, TrainerCallback, TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
+from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from .. import conditioning
@@ -134,6 +135,7 @@ def train(model_path: str, items: list[PoolItem], config: AltTrainConfig, output
                          data_collator=AltCollator(tokenizer.pad_token_id, with_reference=config.beta > 0),
                          alpha=config.alpha, beta=config.beta, ref_model=ref_model,
                          callbacks=[_ProgressCallback(progress)] if progress else None)
+    trainer.remove_callback(PrinterCallback)  # progress goes to the job row and the CLI, not raw dicts on stdout
     for cb in trainer.callback_handler.callbacks:
         if isinstance(cb, TensorBoardCallback):
             cb.logging_dir = str(out / "tensorboard")
