@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from alt_engine.settings import Settings
@@ -40,7 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_deepspeed_on_cpu() -> None:
+    """DeepSpeed (imported by transformers) warns on every start when it finds no GPU; tell it up front."""
+    if "DS_ACCELERATOR" not in os.environ:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_deepspeed_on_cpu()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
