@@ -389,18 +389,26 @@ def _feedback_rows(task: _TaskRef, lease: _LeaseRef, user: UserInfo, sub: Submis
     return rows
 
 
+def _take_open_lease(s, user: UserInfo, lease_id: int, state: str) -> Lease | None:
+    """Move this user's open lease to ``state`` (atomically); None if done, else the lease as it stands."""
+    won = s.connection().execute(
+        text("UPDATE lease SET state = :state WHERE id = :id AND user_id = :u AND state = 'open'"),
+        {"state": state, "id": lease_id, "u": user.id}).rowcount
+    if won:
+        return None
+    lease = s.get(Lease, lease_id)
+    if lease is None or lease.user_id != user.id:
+        raise AnnotationError(f"no lease {lease_id} for {user.name}")
+    return lease
+
+
 def _close_lease(db: str, user: UserInfo, lease_id: int, make_rows) -> SubmitResult:
     """Move the lease open → done and write ``make_rows(task, lease, session)`` in one transaction."""
     now = _now()
     refused = None
     with _write_lock, session_scope(db) as s:
-        won = s.connection().execute(
-            text("UPDATE lease SET state = 'done' WHERE id = :id AND user_id = :u AND state = 'open'"),
-            {"id": lease_id, "u": user.id}).rowcount
-        if not won:
-            lease = s.get(Lease, lease_id)
-            if lease is None or lease.user_id != user.id:
-                raise AnnotationError(f"no lease {lease_id} for {user.name}")
+        lease = _take_open_lease(s, user, lease_id, "done")
+        if lease is not None:
             if lease.state == "done":
                 ids = s.exec(select(Feedback.id).where(Feedback.request_key.like(f"lease:{lease_id}:%"))).all()
                 return SubmitResult(status="duplicate", feedback_ids=list(ids), message="already saved")
@@ -442,13 +450,8 @@ def flag(db: str, user: UserInfo, lease_id: int, reason: str = "") -> SubmitResu
 def skip(db: str, user: UserInfo, lease_id: int) -> None:
     """Give the item back for others; this user will not be offered it again."""
     with _write_lock, session_scope(db) as s:
-        won = s.connection().execute(
-            text("UPDATE lease SET state = 'skipped' WHERE id = :id AND user_id = :u AND state = 'open'"),
-            {"id": lease_id, "u": user.id}).rowcount
-        if not won:
-            lease = s.get(Lease, lease_id)
-            if lease is None or lease.user_id != user.id:
-                raise AnnotationError(f"no lease {lease_id} for {user.name}")
+        lease = _take_open_lease(s, user, lease_id, "skipped")
+        if lease is not None:
             if lease.state != "skipped":
                 raise AnnotationError(f"lease {lease_id} is {lease.state}; only an open item can be skipped")
 

@@ -104,12 +104,16 @@ def start_job(db: str, kind: str, params: dict, background: bool = True) -> int:
     return job_id
 
 
+def _job(session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise ValueError(f"no job {job_id}")
+    return job
+
+
 def get_job(db: str, job_id: int) -> Job:
     with session_scope(db) as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            raise ValueError(f"no job {job_id}")
-        return job
+        return _job(session, job_id)
 
 
 def progress_callback(db: str, job_id: int) -> Callable[[float, dict], None]:
@@ -130,9 +134,7 @@ def progress_callback(db: str, job_id: int) -> Callable[[float, dict], None]:
 def run_job_inline(db: str, job_id: int) -> Job:
     """Run a queued job in this process; returns the finished Job (status succeeded or failed)."""
     with session_scope(db) as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            raise ValueError(f"no job {job_id}")
+        job = _job(session, job_id)
         if job.status != "queued":
             raise ValueError(f"job {job_id} is {job.status}; only a queued job can run")
         job.status, job.pid, job.started_at, job.message = "running", os.getpid(), utcnow(), "running"
