@@ -32,9 +32,10 @@ import torch
 from sqlmodel import select
 
 from . import conditioning
-from .db import Generation, ModelVersion, Prompt, Task, session_scope
+from .db import Generation, ModelVersion, Task, session_scope
 from .feedback import FeedbackItem, Provider, store_results
 from .modeling import load_model, load_tokenizer, resolve_model
+from .prompts import task_prompts
 from .sampling import SamplingParams, make_backend, sample_prompts
 from .settings import Settings
 
@@ -122,12 +123,8 @@ def evaluate_version(db: str, settings: Settings, version_id: int, task: Task, p
         version = s.get(ModelVersion, version_id)
         if version is None:
             raise ValueError(f"no model version {version_id}")
-        q = select(Prompt).where(Prompt.task_id == task.id, Prompt.split == "probe").order_by(Prompt.id)
-        prompts = list(s.exec(q.limit(cfg.limit) if cfg.limit else q))
+        prompts = task_prompts(s, task, "probe", cfg.limit)
         ref_path = reference or root_version(s, version).path
-    if not prompts:
-        raise ValueError(f"task {task.name!r} has no probe prompts to evaluate on: import some with split 'probe' "
-                         "(`alt prompts import FILE --split probe`, or a 'split' column)")
     conditioned = version.objective != "base" if conditioned is None else conditioned
     feedback = None
     if conditioned:

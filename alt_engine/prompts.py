@@ -165,3 +165,14 @@ def import_prompts(db: str, path: str, task: str = "default", columns: ColumnMap
             s.add(Prompt(task_id=t.id, source=Path(path).name, **rec))
             report.added += 1
     return report
+
+
+def task_prompts(session, task, split: str = "train", limit: int | None = None) -> list[Prompt]:
+    """The task's ``split`` prompts in id order (at most ``limit``); a clear error when there are none."""
+    q = select(Prompt).where(Prompt.task_id == task.id, Prompt.split == split).order_by(Prompt.id)
+    rows = list(session.exec(q.limit(limit) if limit else q))
+    if not rows:
+        how = "`alt prompts import FILE --split probe`, or a 'split' column" if split == "probe" else \
+            "`alt prompts import FILE`"
+        raise ValueError(f"task {task.name!r} has no {split} prompts: import some with {how}")
+    return rows

@@ -32,6 +32,7 @@ from .db import ModelVersion, Prompt, Round, Task, session_scope
 from .evaluation import METRICS, EvalConfig, evaluate_version, exemplar_feedback, is_better
 from .feedback import LabelReport, Provider, label_generations, make_provider
 from .pool import POLICIES, build_pool
+from .prompts import task_prompts
 from .sampling import SamplingParams, make_backend, sample_prompts
 from .settings import Settings
 from .versions import promote as promote_version
@@ -106,15 +107,37 @@ def set_round_status(db: str, round_id: int, status: str, notes: dict | None = N
             rnd.notes = json.dumps(notes, default=str)
 
 
-def sampling_conditioning(db: str, task: Task, version: ModelVersion, n_prompts: int, seed: int) -> list[str | None]:
-    """Per prompt: None for a base model, else the exemplar (free text: drawn from the best-scored texts)."""
-    if version.objective == "base":
-        return [None] * n_prompts
+def draw_exemplars(db: str, task: Task, n_prompts: int, seed: int) -> list[str]:
+    """One exemplar feedback per prompt: the best category, or drawn from the best-scored free texts."""
     texts = exemplar_feedback(db, task)
     if not texts:
-        raise ValueError(f"task {task.name!r} has no exemplar feedback to condition round sampling on")
+        raise ValueError(f"task {task.name!r} has no exemplar feedback to condition sampling on")
     rng = random.Random(seed)
     return [rng.choice(texts) for _ in range(n_prompts)]
+
+
+def sampling_conditioning(db: str, task: Task, version: ModelVersion, n_prompts: int, seed: int) -> list[str | None]:
+    """Per prompt: None for a base model (it never saw feedback), else an exemplar."""
+    if version.objective == "base":
+        return [None] * n_prompts
+    return draw_exemplars(db, task, n_prompts, seed)
+
+
+def start_round(db: str, task: Task, version: ModelVersion, split: str = "train",
+                limit: int | None = None) -> tuple[Round, list[Prompt]]:
+    """A new round sampled from ``version`` and the prompts it samples (clear error when there are none)."""
+    with session_scope(db) as s:
+        prompts = task_prompts(s, task, split, limit)
+        return next_round(s, task, version), prompts
+
+
+def sample_round(db: str, settings: Settings, task: Task, rnd: Round, version: ModelVersion, prompts: list[Prompt],
+                 params: SamplingParams, conditioning: str | None | list[str | None] = None,
+                 backend: str | None = None) -> list[int]:
+    """The sampling stage of a round: ``params.n`` generations per prompt from ``version``, stored."""
+    sampler = make_backend(backend or settings.backend, version.path, settings.device)
+    return sample_prompts(db, sampler, prompts, params, conditioning_text=conditioning,
+                          prefix_format=task.prefix_format, round_id=rnd.id, model_version_id=version.id)
 
 
 def _comparable(metrics: dict, cfg: EvalConfig, provider: Provider | None) -> bool:
@@ -191,13 +214,9 @@ def run_round(db: str, settings: Settings, task: Task, provider: str | Provider,
     provider = make_provider(provider, settings, task) if isinstance(provider, str) else provider
     with session_scope(db) as s:
         served = served_version(s)
-        if served is None:
-            raise ValueError("no served model version: run `alt init` first")
-        q = select(Prompt).where(Prompt.task_id == task.id, Prompt.split == "train").order_by(Prompt.id)
-        prompts = list(s.exec(q.limit(cfg.limit) if cfg.limit else q))
-        if not prompts:
-            raise ValueError(f"task {task.name!r} has no train prompts: run `alt prompts import FILE` first")
-        rnd = next_round(s, task, served)
+    if served is None:
+        raise ValueError("no served model version: run `alt init` first")
+    rnd, prompts = start_round(db, task, served, "train", cfg.limit)
     report = RoundReport(task.name, rnd.number, rnd.id, served.id)
     t_start = time.perf_counter()
 
@@ -214,10 +233,7 @@ def run_round(db: str, settings: Settings, task: Task, provider: str | Provider,
         with stage("sample"):
             params = replace(cfg.sampling, seed=cfg.sampling.seed + 1000 * rnd.number)
             conds = sampling_conditioning(db, task, served, len(prompts), params.seed)
-            backend = make_backend(settings.backend, served.path, settings.device)
-            gen_ids = sample_prompts(db, backend, prompts, params, conditioning_text=conds,
-                                     prefix_format=task.prefix_format, round_id=rnd.id, model_version_id=served.id)
-            del backend
+            gen_ids = sample_round(db, settings, task, rnd, served, prompts, params, conds)
             report.generations, report.conditioning = len(gen_ids), conds[0]
         with stage("feedback", "feedback"):
             labels: LabelReport = label_generations(db, provider, task, gen_ids)

@@ -10,8 +10,8 @@ from sqlmodel import select
 from alt_engine import prompts as prompt_import
 from alt_engine.db import Feedback, Generation, ModelVersion, Prompt, Round, Task, init_db, session_scope
 from alt_engine.modeling import resolve_model, set_threads
-from alt_engine.rounds import next_round
-from alt_engine.sampling import SamplingParams, make_backend, sample_prompts
+from alt_engine.rounds import draw_exemplars, sample_round, start_round
+from alt_engine.sampling import SamplingParams
 from alt_engine.tasks import BUILTIN_TASKS, get_or_create_task
 from alt_engine.versions import ensure_base_version, list_versions, promote, rollback, served_version
 
@@ -117,17 +117,12 @@ def cmd_sample(args) -> None:
                 s, args.model, path)
         else:
             version = served_version(s)
-        q = select(Prompt).where(Prompt.task_id == task.id, Prompt.split == args.split).order_by(Prompt.id)
-        prompts = list(s.exec(q.limit(args.limit) if args.limit else q))
-        if not prompts:
-            raise ValueError(f"task {task.name!r} has no {args.split} prompts: run `alt prompts import FILE` first")
-        rnd = next_round(s, task, version)
-    condition = args.condition or (task.exemplar_category if args.exemplar else None)
+    rnd, prompts = start_round(settings.db, task, version, args.split, args.limit)
     params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p,
                             max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size)
-    backend = make_backend(args.backend or settings.backend, version.path, settings.device)
-    ids = sample_prompts(settings.db, backend, prompts, params, conditioning_text=condition,
-                         prefix_format=task.prefix_format, round_id=rnd.id, model_version_id=version.id)
+    condition = args.condition or (draw_exemplars(settings.db, task, len(prompts), args.seed) if args.exemplar
+                                   else None)
+    ids = sample_round(settings.db, settings, task, rnd, version, prompts, params, condition, args.backend)
     with session_scope(settings.db) as s:
         s.get(Round, rnd.id).status = "feedback"
         truncated = s.exec(select(func.count()).where(Generation.id.in_(ids), Generation.truncated)).one()
