@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, UniqueConstraint, event, text
+from sqlalchemy import JSON, Column, UniqueConstraint, event, inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
@@ -245,7 +245,8 @@ def session_scope(path: str | Path) -> Iterator[Session]:
 
 # --------------------------------------------------------------------------- migrations
 
-# version -> function upgrading from (version - 1). Add one for every schema change.
+# version -> function upgrading from (version - 1), for changes that are not a new table or column
+# (renames, data rewrites). New tables and new columns need no migration: ``add_missing_columns``.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
 
 
@@ -267,6 +268,10 @@ def init_db(path: str | Path) -> int:
         with session_scope(path) as s:
             s.add(SchemaInfo(version=SCHEMA_VERSION))
         return SCHEMA_VERSION
+    if current == SCHEMA_VERSION:
+        SQLModel.metadata.create_all(engine)
+        add_missing_columns(engine)
+        return SCHEMA_VERSION
     if current > SCHEMA_VERSION:
         raise RuntimeError(f"database schema v{current} is newer than this code (v{SCHEMA_VERSION}): "
                            "upgrade alt-studio")
@@ -275,11 +280,41 @@ def init_db(path: str | Path) -> int:
             MIGRATIONS[version](conn)
         conn.execute(text("UPDATE schemainfo SET version=:v WHERE id=1"), {"v": SCHEMA_VERSION})
     SQLModel.metadata.create_all(engine)  # tables new since `current`
+    add_missing_columns(engine)
     return SCHEMA_VERSION
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """``ALTER TABLE … ADD COLUMN`` for every model column an existing table lacks; returns ``table.column``s.
+
+    Additive schema changes (the common case) then need no numbered migration, so work on several
+    branches never fights over migration numbers. Existing rows get the column's scalar default.
+    """
+    added = []
+    with engine.begin() as conn:
+        have = inspect(conn)
+        for table in SQLModel.metadata.sorted_tables:
+            if not have.has_table(table.name):
+                continue
+            existing = {c["name"] for c in have.get_columns(table.name)}
+            for col in table.columns:
+                if col.name in existing:
+                    continue
+                ddl = f'ALTER TABLE "{table.name}" ADD COLUMN "{col.name}" {col.type.compile(engine.dialect)}'
+                default = col.default.arg if col.default is not None and col.default.is_scalar else None
+                if isinstance(default, bool):
+                    ddl += f" DEFAULT {int(default)}" if engine.dialect.name == "sqlite" else f" DEFAULT {default}"
+                elif isinstance(default, int | float):
+                    ddl += f" DEFAULT {default}"
+                elif isinstance(default, str):
+                    ddl += " DEFAULT '" + default.replace("'", "''") + "'"
+                conn.execute(text(ddl))
+                added.append(f"{table.name}.{col.name}")
+    return added
 
 
 __all__ = [
     "Feedback", "Generation", "Job", "JudgeCall", "Lease", "ModelVersion", "Prompt", "Round",
     "SchemaInfo", "Task", "TrainingExample", "User", "get_engine", "init_db", "session_scope",
-    "select", "utcnow", "SCHEMA_VERSION", "MIGRATIONS",
+    "select", "utcnow", "SCHEMA_VERSION", "MIGRATIONS", "add_missing_columns",
 ]

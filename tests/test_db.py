@@ -47,3 +47,19 @@ def test_newer_database_is_refused(db, monkeypatch):
     monkeypatch.setattr(dbm, "SCHEMA_VERSION", 0)
     with pytest.raises(RuntimeError, match="newer than this code"):
         init_db(db)
+
+
+def test_new_columns_are_added_without_a_migration(db, monkeypatch):
+    """A column added to a model reaches an existing database on the next init, old rows keep theirs."""
+    from sqlalchemy import Column, Integer
+
+    with session_scope(db) as s:
+        s.add(Task(name="old", categories=["a", "b"]))
+    col = Column("colour_rank", Integer, default=7)
+    Task.__table__.append_column(col)
+    try:
+        init_db(db)
+        with get_engine(db).connect() as conn:
+            assert conn.execute(text("SELECT name, colour_rank FROM task")).all() == [("old", 7)]
+    finally:
+        Task.__table__._columns.remove(col)
