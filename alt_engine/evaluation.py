@@ -35,6 +35,7 @@ from . import conditioning
 from .db import Generation, ModelVersion, Task, session_scope
 from .feedback import FeedbackItem, Provider, store_results
 from .modeling import load_model, load_tokenizer, resolve_model
+from .openai_backend import sampling_model_name
 from .prompts import task_prompts
 from .sampling import SamplingParams, make_backend, sample_prompts
 from .settings import Settings
@@ -135,7 +136,8 @@ def evaluate_version(db: str, settings: Settings, version_id: int, task: Task, p
 
     params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                             seed=cfg.seed, batch_size=cfg.batch_size)
-    backend = make_backend(settings.backend, resolve_model(version.path, settings.cache_dir), settings.device)
+    backend = make_backend(settings.backend, resolve_model(version.path, settings.cache_dir), settings.device,
+                           settings=settings, served_name=sampling_model_name(settings, version))
     gen_ids = sample_prompts(db, backend, prompts, params, conditioning_text=feedback,
                              prefix_format=task.prefix_format, model_version_id=version.id,
                              show_progress=show_progress)

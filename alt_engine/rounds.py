@@ -31,6 +31,7 @@ from sqlmodel import select
 from .db import ModelVersion, Prompt, Round, Task, session_scope
 from .evaluation import METRICS, EvalConfig, evaluate_version, exemplar_feedback, is_better
 from .feedback import LabelReport, Provider, label_generations, make_provider
+from .openai_backend import publish_version, sampling_model_name
 from .pool import POLICIES, build_pool
 from .prompts import task_prompts
 from .sampling import SamplingParams, make_backend, sample_prompts
@@ -135,7 +136,8 @@ def sample_round(db: str, settings: Settings, task: Task, rnd: Round, version: M
                  params: SamplingParams, conditioning: str | None | list[str | None] = None,
                  backend: str | None = None) -> list[int]:
     """The sampling stage of a round: ``params.n`` generations per prompt from ``version``, stored."""
-    sampler = make_backend(backend or settings.backend, version.path, settings.device)
+    sampler = make_backend(backend or settings.backend, version.path, settings.device, settings=settings,
+                           served_name=sampling_model_name(settings, version))
     return sample_prompts(db, sampler, prompts, params, conditioning_text=conditioning,
                           prefix_format=task.prefix_format, round_id=rnd.id, model_version_id=version.id)
 
@@ -249,6 +251,10 @@ def run_round(db: str, settings: Settings, task: Task, provider: str | Provider,
         with stage("train"):
             report.job_id, report.version_id = train_version(db, settings, task, served.id, train_config, pool_kw,
                                                              rnd.id, cfg.background_training, log=log)
+        if settings.backend == "openai":  # the new version must reach the sampling server before evaluation
+            with session_scope(db) as s:
+                published = publish_version(settings, s.get(ModelVersion, report.version_id))
+            log(f"  sampling server: {published.message}")
         with stage("evaluate", "evaluating"):
             report.metrics = evaluate_version(db, settings, report.version_id, task, provider, cfg.eval)
         with session_scope(db) as s:

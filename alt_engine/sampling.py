@@ -93,9 +93,9 @@ class TransformersBackend:
                 ids[row, width - len(inputs[i]):] = torch.tensor(inputs[i])
                 mask[row, width - len(inputs[i]):] = 1
             seed = params.seed + b
-            torch.manual_seed(seed)
             sampling = params.temperature > 0
-            with self.lock:
+            with self.lock:  # seeding inside the lock: concurrent callers (a server's requests) stay reproducible
+                torch.manual_seed(seed)
                 gen = self.model.generate(
                     input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=params.max_new_tokens,
                     do_sample=sampling, temperature=params.temperature if sampling else None,
@@ -113,15 +113,30 @@ class TransformersBackend:
         return out  # type: ignore[return-value]
 
 
-def make_backend(name: str, model_path: str, device: str = "auto", **kw) -> Backend:
-    """The sampling backend called ``name`` for the model at ``model_path``."""
+def make_backend(name: str, model_path: str, device: str = "auto", *, settings=None, served_name: str | None = None,
+                 **kw) -> Backend:
+    """The sampling backend called ``name`` for the model at ``model_path``.
+
+    ``openai`` samples on the server ``settings.sampling_base_url`` from the model it serves as ``served_name``
+    (default ``settings.sampling_model``); ``model_path`` then only gives the tokenizer that builds the inputs.
+    """
+    from .modeling import load_model, load_tokenizer
+
     if name == "vllm":
         from .vllm_backend import VLLMBackend
 
         return VLLMBackend(model_path, **kw)
+    if name == "openai":
+        from .openai_backend import OpenAIBackend
+
+        if settings is None:
+            raise ValueError("the openai backend needs settings (sampling_base_url, sampling_model)")
+        return OpenAIBackend(load_tokenizer(model_path), settings.sampling_base_url,
+                             served_name or settings.sampling_model, api_key=settings.sampling_api_key,
+                             timeout=settings.sampling_timeout, concurrency=settings.sampling_concurrency,
+                             max_retries=settings.llm_max_retries, **kw)
     if name != "transformers":
-        raise ValueError(f"unknown backend {name!r} (transformers | vllm)")
-    from .modeling import load_model, load_tokenizer
+        raise ValueError(f"unknown backend {name!r} (transformers | vllm | openai)")
 
     return TransformersBackend(load_model(model_path, device), load_tokenizer(model_path))
 

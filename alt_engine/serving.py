@@ -164,6 +164,24 @@ class ModelServer:
 
         threading.Thread(target=watch, name="model-follow", daemon=True).start()
 
+    # --------------------------------------------------------------- completions
+
+    def complete(self, prompts: list[list[int] | str], params: SamplingParams) -> tuple[list[list[int]], list[list]]:
+        """``params.n`` samples of each ready-made prompt (token ids, or text tokenized as is); (inputs, samples).
+
+        For ``/v1/completions``: the caller built the inputs (conditioning included), so nothing is
+        conditioned or templated here; the backend's lock runs it between the chat batches.
+        """
+        backend = self._ensure_loaded()
+        vocab = len(backend.tokenizer)
+        inputs = [list(backend.tokenizer(p)["input_ids"]) if isinstance(p, str) else list(p) for p in prompts]
+        for ids in inputs:
+            if not ids or any(not 0 <= t < vocab for t in ids):
+                raise ValueError(f"a prompt must be a non-empty list of token ids in [0, {vocab})")
+        samples = backend.generate(inputs, params)
+        self.answered += len(inputs)
+        return inputs, samples
+
     # --------------------------------------------------------------- chat
 
     def chat(self, messages: conditioning.PromptLike, feedback: str | None = None, max_new_tokens: int = 128,

@@ -29,10 +29,12 @@ class Settings:
     Model:
         model: hub id, local path, or ``default``.
         device: ``cpu``, ``cuda`` or ``auto``.
-        backend: sampling backend, ``transformers`` or ``vllm``.
+        backend: sampling backend, ``transformers``, ``vllm`` (in process) or ``openai`` (a server).
         threads: torch intra-op threads (0 = torch's default).
     Feedback:
         reward_quantiles: reward scores cut into quantiles per ``prompt`` (ALT) or over the ``pool`` (Quark).
+    Sampling server (backend ``openai``: any OpenAI-compatible completions server, e.g. ``vllm serve``):
+        sampling_base_url, sampling_model, sampling_api_key, sampling_timeout, sampling_concurrency.
     LLM judge (any OpenAI-compatible endpoint):
         llm_base_url, llm_model, llm_api_key, llm_timeout, llm_max_retries,
         llm_concurrency, llm_max_requests, llm_max_tokens.
@@ -45,10 +47,17 @@ class Settings:
     cache_dir: str = field(default_factory=_default_cache, metadata={"help": "cache directory"})
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "hub id, local path, or 'default'"})
     device: str = field(default="auto", metadata={"help": "cpu | cuda | auto"})
-    backend: str = field(default="transformers", metadata={"help": "transformers | vllm"})
+    backend: str = field(default="transformers", metadata={"help": "transformers | vllm | openai (a server)"})
     threads: int = field(default=0, metadata={"help": "torch threads (0 = default)"})
     reward_quantiles: str = field(default="prompt", metadata={
         "help": "reward provider quantiles: 'prompt' (per prompt, ALT) or 'pool' (whole pool, Quark)"})
+    sampling_base_url: str = field(default="", metadata={
+        "help": "OpenAI-compatible completions server for sampling, e.g. http://gpu-box:8000/v1 (backend openai)"})
+    sampling_model: str = field(default="", metadata={
+        "help": "model name the sampling server serves the base model under (trained versions: their own name)"})
+    sampling_api_key: str = field(default="", metadata={"help": "sampling server API key"})
+    sampling_timeout: float = field(default=600.0, metadata={"help": "seconds per sampling request"})
+    sampling_concurrency: int = field(default=8, metadata={"help": "parallel sampling requests"})
     llm_base_url: str = field(default="http://127.0.0.1:7860/v1", metadata={"help": "OpenAI-compatible base URL"})
     llm_model: str = field(default="gpt-3.5-turbo", metadata={"help": "judge model name"})
     llm_api_key: str = field(default="sk-local", metadata={"help": "judge API key (or OPENAI_API_KEY)"})
@@ -80,7 +89,7 @@ class Settings:
         rows = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in ("llm_api_key", "secret_key") and value:
+            if f.name in ("llm_api_key", "secret_key", "sampling_api_key") and value:
                 value = "***"
             rows.append((f.name, value, f.metadata.get("help", "")))
         return rows

@@ -1,4 +1,4 @@
-"""OpenAI-compatible ``/v1/chat/completions`` and ``/v1/models`` for the served model.
+"""OpenAI-compatible ``/v1/chat/completions``, ``/v1/completions`` and ``/v1/models`` for the served model.
 
 Anything that speaks the OpenAI API — the studio's own LLM judge included —
 can use the served model: ``ALT_LLM_BASE_URL=http://127.0.0.1:7860/v1``.
@@ -35,6 +35,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from alt_engine.sampling import SamplingParams
 from alt_engine.serving import ModelServer
 from alt_engine.settings import Settings
 
@@ -123,6 +124,7 @@ def add_openai_routes(api: FastAPI, settings: Settings, server: ModelServer | No
             return openai_error(400, "the request body is not valid JSON")
         return await _complete(server, settings, body, request)
 
+    add_completions_route(api, server, unauthorized)
     return server
 
 
@@ -165,3 +167,80 @@ async def _complete(server: ModelServer, settings: Settings, body: Any, request:
         "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
                   "total_tokens": usage.total_tokens},
     }
+
+
+# --------------------------------------------------------------------------- /v1/completions
+
+
+class CompletionRequest(BaseModel):
+    """``POST /v1/completions`` as vLLM takes it: ``prompt`` is text, token ids, or a list of either.
+
+    The prompt is used as given (no chat template, no conditioning: the caller — the studio's ``openai``
+    sampling backend — built it with ``conditioning.build_input``). ``n`` samples per prompt, drawn with
+    ``seed`` (reproducible); ``finish_reason`` is ``length`` when a sample stopped at ``max_tokens``.
+    ``return_token_ids`` (vLLM's extra field) adds each choice's sampled ``token_ids``.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    prompt: str | list[int] | list[str] | list[list[int]]
+    n: int = Field(1, ge=1, le=64)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(16, ge=1, le=MAX_TOKENS_LIMIT)  # the OpenAI default
+    seed: int | None = None
+    stream: Literal[False] = False
+    echo: Literal[False] = False
+    return_token_ids: bool = False
+
+    def prompts(self) -> list[list[int] | str]:
+        p = self.prompt
+        if isinstance(p, str) or (p and isinstance(p[0], int)):
+            return [p]  # type: ignore[list-item]
+        return list(p)  # type: ignore[arg-type]
+
+
+def add_completions_route(api: FastAPI, server: ModelServer, unauthorized) -> None:
+    """Mount ``POST /v1/completions`` (same key check as the chat route)."""
+
+    @api.post("/v1/completions")
+    async def completions(request: Request):
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        try:
+            body = json.loads(await request.body() or b"null")
+            req = CompletionRequest.model_validate(body)
+        except ValueError as e:  # bad JSON or a ValidationError (a ValueError too)
+            message, param = _validation_message(e) if isinstance(e, ValidationError) else (
+                "the request body is not valid JSON", None)
+            return openai_error(400, message, param=param)
+        if req.model not in server.model_ids:
+            return openai_error(404, f"model {req.model!r} is not served here; available: {server.version_name}",
+                                param="model", code="model_not_found")
+        prompts = req.prompts()
+        if not prompts:
+            return openai_error(400, "prompt: empty", param="prompt")
+        params = SamplingParams(n=req.n, temperature=req.temperature, top_p=req.top_p, max_new_tokens=req.max_tokens,
+                                seed=req.seed if req.seed is not None else random.randrange(2**31),
+                                batch_size=min(16, req.n * len(prompts)))
+        try:
+            inputs, samples = await run_in_threadpool(server.complete, prompts, params)
+        except ValueError as e:
+            return openai_error(400, str(e), param="prompt")
+        except Exception as e:
+            return openai_error(503, f"the served model failed: {type(e).__name__}: {e}", type_="server_error")
+        choices = []
+        for i, per_prompt in enumerate(samples):
+            for j, s in enumerate(per_prompt):
+                choice = {"index": i * req.n + j, "text": s.text, "logprobs": None,
+                          "finish_reason": "length" if s.truncated else "stop"}
+                if req.return_token_ids:
+                    choice["token_ids"] = s.token_ids
+                choices.append(choice)
+        completion_tokens = sum(len(s.token_ids) for per in samples for s in per)
+        prompt_tokens = sum(len(x) for x in inputs)
+        return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
+                "model": server.version_name, "system_fingerprint": server.version_name, "choices": choices,
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens}}

@@ -22,12 +22,20 @@ def common_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", default=None, help="SQLite database (default: annotations.db, env ALT_DB)")
     common.add_argument("--model", default=None, help="hub id, local path or 'default' (env ALT_MODEL)")
+    common.add_argument("--backend", default=None, choices=["transformers", "vllm", "openai"],
+                        help="sampling backend (env ALT_BACKEND); openai = a server such as vllm serve")
+    common.add_argument("--sampling-base-url", default=None,
+                        help="server for --backend openai, e.g. http://host:8000/v1 (env ALT_SAMPLING_BASE_URL)")
+    common.add_argument("--sampling-model", default=None,
+                        help="the base model's name on that server (env ALT_SAMPLING_MODEL)")
     common.add_argument("-v", "--verbose", action="store_true", help="log more")
     return common
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    return Settings.from_env(db=args.db, model=args.model)
+    return Settings.from_env(db=args.db, model=args.model, backend=getattr(args, "backend", None),
+                             sampling_base_url=getattr(args, "sampling_base_url", None),
+                             sampling_model=getattr(args, "sampling_model", None))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,7 +48,6 @@ def register(sub, common) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--condition", default=None, help="feedback text to condition on")
     p.add_argument("--exemplar", action="store_true", help="condition on the task's exemplar category")
-    p.add_argument("--backend", default=None, choices=["transformers", "vllm"])
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("status", parents=[common], help="counts per round and state")
