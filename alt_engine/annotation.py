@@ -12,16 +12,23 @@ Rules (the web app's handlers and the JSON API both call these functions):
   An annotator who asks again gets back the lease they already hold.
 - ``submit`` is one transaction and idempotent per lease: the lease goes
   open → done in the same transaction that writes the Feedback rows, so a double
-  click writes nothing the second time. A submission after the lease expired is
-  still saved unless the item got its k labels meanwhile (then ``Conflict``).
+  click writes nothing the second time.
+- At most k labels per item, whatever the interleaving of leases, expiries, late
+  submits and undo: ``may_label`` is the one rule, checked inside the writing
+  transaction. Any submission is refused once others' finished labels reach k; a
+  late one (lease expired) also yields to the live leases of others, so whoever
+  holds the item now is never robbed of it (then ``Conflict``, nothing saved).
 - ``undo_last`` deletes the user's newest submission (unless a model was
-  already trained on it) and re-opens its lease; ``skip`` gives the item to
+  already trained on it) and re-opens its lease — only while the item still has
+  room for it (others' labels + live leases < k); ``skip`` gives the item to
   someone else; ``flag`` stores a ``flag`` row and takes the item out of the queue.
 
 Every write transaction starts with a write statement so SQLite takes its write
 lock before anything is read (no two annotators can read the same free item),
 and an in-process lock keeps the server's own threads from waiting in SQLite's
-sleeping busy handler.
+sleeping busy handler. (On PostgreSQL the same guarantee needs the candidate row
+taken with ``SELECT … FOR UPDATE SKIP LOCKED`` in ``next_item`` and the generation
+row locked ``FOR UPDATE`` before ``label_slots`` counts in ``may_label``.)
 """
 
 from __future__ import annotations
@@ -132,6 +139,16 @@ def _utc(t: dt.datetime) -> dt.datetime:
 
 def _take_write_lock(s: Session) -> None:
     s.connection().execute(text("UPDATE lease SET state = state WHERE 0"))
+
+
+MAX_ID = 2**63 - 1  # SQLite's INTEGER
+
+
+def _id(value, what: str) -> int:
+    """A row id from a request: a clear AnnotationError for anything SQLite cannot hold (not a 500)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID:
+        raise AnnotationError(f"{what} must be a whole number from 1 to {MAX_ID}, got {str(value)[:40]!r}")
+    return value
 
 
 def _clean(value: str | None) -> str | None:
@@ -316,23 +333,44 @@ def next_item(db: str, user: UserInfo, task: str | int | None = None, lease_seco
 def _capacity_left(s: Session, generation_id: int, user_id: int, task_name: str, now: dt.datetime) -> bool:
     """Whether another label by ``user_id`` still fits: labels by others + others' live leases < k."""
     k = s.exec(select(Task.annotations_per_item).where(Task.name == task_name)).one()
-    taken = s.connection().execute(text(
-        "SELECT COUNT(*) FROM lease WHERE generation_id = :g AND user_id != :u "
-        "AND (state = 'done' OR (state = 'open' AND expires_at > :now))"),
-        {"g": generation_id, "u": user_id, "now": _ts(now)}).scalar_one()
-    return taken < max(1, k)
+    return may_label(s, generation_id, user_id, max(1, k), now, late=True)
 
 
-def _labels_by_others(s: Session, generation_id: int, user_id: int) -> int:
-    return s.connection().execute(text(
-        "SELECT COUNT(*) FROM lease WHERE generation_id = :g AND user_id != :u AND state = 'done'"),
-        {"g": generation_id, "u": user_id}).scalar_one()
+# --------------------------------------------------------------------------- the overlap rule
+
+_SLOTS = text("""
+SELECT COALESCE(SUM(CASE WHEN state = 'done' THEN 1 ELSE 0 END), 0),
+       COALESCE(SUM(CASE WHEN state = 'open' AND expires_at > :now THEN 1 ELSE 0 END), 0)
+FROM lease WHERE generation_id = :g AND user_id <> :u
+""")
+
+
+def label_slots(s: Session, generation_id: int, user_id: int, now: dt.datetime) -> tuple[int, int]:
+    """(finished labels, live leases) of everyone but ``user_id`` on one generation.
+
+    Call it inside the transaction that then writes (SQLite: after the write lock is taken; PostgreSQL: after
+    ``SELECT … FROM generation WHERE id = :g FOR UPDATE``), so nothing can change between count and write.
+    A done lease is one label (submit or flag) — the Feedback rows are written in the same transaction.
+    """
+    done, live = s.connection().execute(_SLOTS, {"g": generation_id, "u": user_id, "now": _ts(now)}).one()
+    return int(done), int(live)
+
+
+def may_label(s: Session, generation_id: int, user_id: int, k: int, now: dt.datetime, late: bool) -> bool:
+    """The rule that keeps every item at ≤ k labels: may ``user_id`` add one now?
+
+    Never once others' finished labels reach k. A late submit (its lease expired; an undo or a resumed lease,
+    whose holder was not counted meanwhile) also yields to others' live leases: they were handed out while
+    this user's lease did not count, so each holds one of the k places.
+    """
+    done, live = label_slots(s, generation_id, user_id, now)
+    return done < k and (not late or done + live < k)
 
 
 def get_item(db: str, user: UserInfo, lease_id: int) -> Item:
     """The item behind one of this user's leases (any state)."""
     with session_scope(db) as s:
-        lease = s.get(Lease, lease_id)
+        lease = s.get(Lease, _id(lease_id, "lease_id"))
         if lease is None or lease.user_id != user.id:
             raise AnnotationError(f"no lease {lease_id} for {user.name}")
         return _item(s, lease.id, lease.generation_id, lease.expires_at)
@@ -364,7 +402,7 @@ def _feedback_rows(task: _TaskRef, lease: _LeaseRef, user: UserInfo, sub: Submis
     category, free_text = sub.category or None, _clean(sub.text)
     raw = None
     if sub.accept_suggestion is not None:
-        fb = s.get(Feedback, sub.accept_suggestion)
+        fb = s.get(Feedback, _id(sub.accept_suggestion, "accept_suggestion"))
         if fb is None or fb.generation_id != lease.generation_id or not fb.source.startswith(AI_PREFIXES):
             raise AnnotationError(f"suggestion {sub.accept_suggestion} is not an AI label on this item")
         category, free_text = fb.category, fb.text if fb.kind == "text" else free_text
@@ -391,6 +429,7 @@ def _feedback_rows(task: _TaskRef, lease: _LeaseRef, user: UserInfo, sub: Submis
 
 def _take_open_lease(s, user: UserInfo, lease_id: int, state: str) -> Lease | None:
     """Move this user's open lease to ``state`` (atomically); None if done, else the lease as it stands."""
+    _id(lease_id, "lease_id")
     won = s.connection().execute(
         text("UPDATE lease SET state = :state WHERE id = :id AND user_id = :u AND state = 'open'"),
         {"state": state, "id": lease_id, "u": user.id}).rowcount
@@ -420,9 +459,11 @@ def _close_lease(db: str, user: UserInfo, lease_id: int, make_rows) -> SubmitRes
         lease = _LeaseRef(id=lease_id, generation_id=generation_id)
         task = _task_of(s, generation_id)
         late = _dt(expires_at) <= now
-        if late and _labels_by_others(s, generation_id, user.id) >= task.k:
+        if not may_label(s, generation_id, user.id, task.k, now, late):
             s.connection().execute(text("UPDATE lease SET state = 'expired' WHERE id = :id"), {"id": lease_id})
-            refused = f"your lease expired and the item got its {task.k} label(s) meanwhile; nothing was saved"
+            refused = (f"your lease expired and the item went to others (it takes {task.k} label(s)); "
+                       "nothing was saved" if late else
+                       f"the item got its {task.k} label(s) meanwhile; nothing was saved")
         else:
             rows = make_rows(task, lease, s)
             s.add_all(rows)
@@ -436,6 +477,8 @@ def _close_lease(db: str, user: UserInfo, lease_id: int, make_rows) -> SubmitRes
 
 def submit(db: str, user: UserInfo, lease_id: int, submission: Submission) -> SubmitResult:
     """Save the annotator's feedback on a leased item (idempotent per lease)."""
+    if submission.accept_suggestion is not None:
+        _id(submission.accept_suggestion, "accept_suggestion")
     return _close_lease(db, user, lease_id, lambda task, lease, s: _feedback_rows(task, lease, user, submission, s))
 
 
@@ -472,6 +515,10 @@ def undo_last(db: str, user: UserInfo, lease_seconds: int = 300) -> Item:
             TrainingExample.feedback_id.in_([r.id for r in rows]))).first()
         if used is not None:
             raise AnnotationError(f"that label was already used to train model version {used}; it cannot be undone")
+        task = _task_of(s, lease.generation_id)
+        if lease.state == "done" and not may_label(s, lease.generation_id, user.id, task.k, now, late=True):
+            raise AnnotationError(f"item #{lease.generation_id} went to others since (it takes {task.k} label(s)); "
+                                  "your label stays")
         for r in rows:
             s.delete(r)
         lease.state = "open"

@@ -104,11 +104,48 @@ def test_expired_lease_goes_to_someone_else_and_late_submit(annotation_db):
     _expire(db, a.lease_id)
     b = ann.next_item(db, bob)
     assert b.generation_id == a.generation_id  # expired: handed out again
-    # alice submits late, nobody labelled it yet: saved
-    res = ann.submit(db, alice, a.lease_id, ann.Submission(category="Good", text="fine"))
-    assert res.status == "saved" and res.late
-    # bob still holds a valid lease: his submission is honoured too (a lease is a promise)
+    # bob holds the item now (a lease is a promise): alice's late submit yields, or k = 1 would get two labels
+    with pytest.raises(ann.Conflict, match="went to others"):
+        ann.submit(db, alice, a.lease_id, ann.Submission(category="Good", text="fine"))
     assert ann.submit(db, bob, b.lease_id, ann.Submission(category="Bad")).status == "saved"
+    assert [r.source for r in _rows(db, generation_id=a.generation_id)] == ["human:bob"]
+    # a late submit on an item nobody took meanwhile is saved
+    a2 = ann.next_item(db, alice)
+    _expire(db, a2.lease_id)
+    res = ann.submit(db, alice, a2.lease_id, ann.Submission(category="Good", text="fine"))
+    assert res.status == "saved" and res.late
+
+
+def test_undo_does_not_reopen_an_item_others_took_meanwhile(tmp_path):
+    db = str(tmp_path / "u.db")
+    seed_annotation_db(db, n=1, k=2)
+    alice, bob = _users(db, "alice", "bob")
+    a = ann.next_item(db, alice)
+    ann.submit(db, alice, a.lease_id, ann.Submission(category="Good"))
+    b = ann.next_item(db, bob)
+    ann.submit(db, bob, b.lease_id, ann.Submission(category="Bad"))
+    with session_scope(db) as s:  # the admin lowers the overlap: bob's label alone fills the item now
+        s.exec(select(Task)).one().annotations_per_item = 1
+    with pytest.raises(ann.AnnotationError, match="went to others"):
+        ann.undo_last(db, alice)  # re-opening would let her label it again: a second label at k = 1
+    assert [r.source for r in _rows(db)] == ["human:alice", "human:bob"]  # nothing changed
+    assert ann.submit(db, alice, a.lease_id, ann.Submission(category="Bad")).status == "duplicate"
+
+
+def test_huge_or_bad_ids_are_refused_not_a_crash(annotation_db):
+    db, _ = annotation_db
+    (alice,) = _users(db, "alice")
+    item = ann.next_item(db, alice)
+    for bad in (2**63, 2**80, -1, 0):
+        with pytest.raises(ann.AnnotationError, match="lease_id"):
+            ann.submit(db, alice, bad, ann.Submission(category="Good"))
+        with pytest.raises(ann.AnnotationError, match="lease_id"):
+            ann.skip(db, alice, bad)
+        with pytest.raises(ann.AnnotationError, match="lease_id"):
+            ann.get_item(db, alice, bad)
+    with pytest.raises(ann.AnnotationError, match="accept_suggestion"):
+        ann.submit(db, alice, item.lease_id, ann.Submission(accept_suggestion=2**64))
+    assert not _rows(db)
 
 
 def test_late_submit_refused_when_item_got_its_labels(annotation_db):
@@ -293,3 +330,9 @@ def test_json_api(tmp_path, tiny_model_dir):
     late = alice.post("/api/annotate/submit", json={"lease_id": third["lease_id"], "category": "Good"})
     assert late.status_code == 409 and "nothing was saved" in late.json()["detail"]
     assert len(_rows(db, generation_id=third["generation_id"])) == 1
+    # ids SQLite cannot hold: 400 with a message, not a 500
+    for path, body in (("submit", {"lease_id": 2**64, "category": "Good"}), ("skip", {"lease_id": 2**63}),
+                       ("flag", {"lease_id": 2**70}),
+                       ("submit", {"lease_id": b3["lease_id"], "accept_suggestion": 2**63, "category": None})):
+        r = bob.post(f"/api/annotate/{path}", json=body)
+        assert r.status_code == 400 and "must be a whole number" in r.json()["detail"], (path, r.text)
