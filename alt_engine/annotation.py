@@ -46,7 +46,7 @@ from .conditioning import PromptLike
 from .db import Feedback, Lease, Task, TrainingExample, session_scope
 from .users import UserInfo
 
-OPEN_ROUND_STATES = ("sampling", "feedback")  # (spelled out in the SQL below)
+OPEN_ROUND_STATES = ("sampling", "labelling")  # = db.RoundStatus.open()  # (spelled out in the SQL below)
 AI_PREFIXES = ("llm:", "reward:", "rule:")
 MAX_TEXT = 10_000
 _write_lock = threading.Lock()
@@ -171,7 +171,7 @@ def resolve_task(s: Session, task: str | int | None) -> Task | None:
 
 _CANDIDATES = """
 FROM generation g JOIN round r ON r.id = g.round_id
-WHERE r.task_id = :task AND r.status IN ('sampling', 'feedback')
+WHERE r.task_id = :task AND r.status IN ('sampling', 'labelling')
   AND NOT EXISTS (SELECT 1 FROM lease m WHERE m.generation_id = g.id AND m.user_id = :user)
   AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.generation_id = g.id AND f.kind = 'flag'
                   AND f.source LIKE 'human:%')
@@ -211,7 +211,7 @@ _floors: dict[tuple[str, int, int], tuple[int, float, float]] = {}  # key -> (fl
 _UNFINISHED = text("""
 SELECT COALESCE(MIN(g.id), (SELECT MAX(id) + 1 FROM generation), 0)
 FROM generation g JOIN round r ON r.id = g.round_id
-WHERE r.task_id = :task AND r.status IN ('sampling', 'feedback') AND g.id >= :since
+WHERE r.task_id = :task AND r.status IN ('sampling', 'labelling') AND g.id >= :since
   AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.generation_id = g.id AND f.kind = 'flag'
                   AND f.source LIKE 'human:%')
   AND (SELECT COUNT(*) FROM lease l WHERE l.generation_id = g.id AND l.state = 'done') < :k
@@ -237,7 +237,7 @@ _TASKS = text("SELECT id, name, annotations_per_item, categories, allow_free_tex
 _HELD = text("""
 SELECT l.id, l.generation_id, l.expires_at FROM lease l
 JOIN generation g ON g.id = l.generation_id JOIN round r ON r.id = g.round_id
-WHERE l.user_id = :u AND l.state = 'open' AND r.status IN ('sampling', 'feedback') ORDER BY l.id
+WHERE l.user_id = :u AND l.state = 'open' AND r.status IN ('sampling', 'labelling') ORDER BY l.id
 """)
 
 
@@ -384,10 +384,10 @@ def progress(db: str, user: UserInfo, task: str | int) -> Progress:
         params = {**_params(t, user, now), "floor": _floor(s, db, t)}
         remaining = conn.execute(text("SELECT COUNT(*) " + _CANDIDATES + " AND g.id >= :floor"), params).scalar_one()
         scope = ("FROM generation g JOIN round r ON r.id = g.round_id "
-                 "WHERE r.task_id = :task AND r.status IN ('sampling', 'feedback')")
+                 "WHERE r.task_id = :task AND r.status IN ('sampling', 'labelling')")
         total = conn.execute(text("SELECT COUNT(*) " + scope), {"task": t.id}).scalar_one()
         mine = ("SELECT COUNT(*) FROM lease l JOIN generation g ON g.id = l.generation_id "
-                "JOIN round r ON r.id = g.round_id WHERE r.task_id = :task AND r.status IN ('sampling', 'feedback') "
+                "JOIN round r ON r.id = g.round_id WHERE r.task_id = :task AND r.status IN ('sampling', 'labelling') "
                 "AND l.user_id = :u AND l.state = :state")
         done = conn.execute(text(mine), {"task": t.id, "u": user.id, "state": "done"}).scalar_one()
         # an open lease of this user is "remaining" too: it is the item on screen

@@ -12,6 +12,7 @@ import datetime as dt
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,58 @@ SCHEMA_VERSION = 1
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+# --------------------------------------------------------------------------- statuses
+
+
+class JobStatus(StrEnum):
+    """queued → running → succeeded | failed | cancelled."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @classmethod
+    def finished(cls) -> tuple[JobStatus, ...]:
+        return (cls.SUCCEEDED, cls.FAILED, cls.CANCELLED)
+
+    @classmethod
+    def active(cls) -> tuple[JobStatus, ...]:
+        return (cls.QUEUED, cls.RUNNING)
+
+
+class RoundStatus(StrEnum):
+    """sampling → labelling → training → trained → closed, or failed.
+
+    Annotators work on ``open()`` rounds only; starting training on a round closes it for annotation.
+    """
+
+    SAMPLING = "sampling"
+    LABELLING = "labelling"
+    TRAINING = "training"
+    EVALUATING = "evaluating"
+    TRAINED = "trained"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+    @classmethod
+    def open(cls) -> tuple[RoundStatus, ...]:
+        return (cls.SAMPLING, cls.LABELLING)
+
+
+class VersionStatus(StrEnum):
+    TRAINING = "training"
+    READY = "ready"
+    SERVED = "served"
+    FAILED = "failed"
+    RETIRED = "retired"
+
+
+# statuses written by older code, rewritten by ``init_db`` (idempotent, portable SQL)
+_OLD_ROUND_STATUSES = {"feedback": RoundStatus.LABELLING, "done": RoundStatus.TRAINED}
 
 
 def _json(default=None) -> Any:
@@ -82,7 +135,7 @@ class ModelVersion(SQLModel, table=True):
     objective: str = "base"  # base | alt | quark | steerlm | cut | cnr
     hyperparameters: dict = _json(dict)
     metrics: dict = _json(dict)
-    status: str = Field(default="ready", index=True)  # training | ready | served | failed | retired
+    status: str = Field(default=VersionStatus.READY, index=True)  # VersionStatus
     created_at: dt.datetime = Field(default_factory=utcnow)
 
 
@@ -91,7 +144,7 @@ class Round(SQLModel, table=True):
     task_id: int = Field(foreign_key="task.id", index=True)
     number: int
     model_version_id: int | None = Field(default=None, foreign_key="modelversion.id")
-    status: str = "sampling"  # sampling | feedback | training | evaluating | done | failed
+    status: str = Field(default=RoundStatus.SAMPLING, index=True)  # RoundStatus
     notes: str = ""
     created_at: dt.datetime = Field(default_factory=utcnow)
 
@@ -161,16 +214,25 @@ class Lease(SQLModel, table=True):
 
 
 class Job(SQLModel, table=True):
-    """A long-running piece of work (training, sampling, feedback) with progress."""
+    """A long-running piece of work (sample, feedback, train, eval, round) with progress (alt_engine.jobs)."""
 
     id: int | None = Field(default=None, primary_key=True)
     kind: str
-    status: str = Field(default="queued", index=True)  # queued | running | succeeded | failed
+    status: str = Field(default=JobStatus.QUEUED, index=True)  # JobStatus
     progress: float = 0.0
+    stage: str = ""  # what it is doing now (sampling, training, ...)
     message: str = ""
+    task_id: int | None = Field(default=None, foreign_key="task.id")
+    round_id: int | None = Field(default=None, foreign_key="round.id")  # the round it made or works on
+    version_id: int | None = Field(default=None, foreign_key="modelversion.id")  # the version it made
+    retry_of: int | None = Field(default=None, foreign_key="job.id")
+    cancel_requested: bool = False
+    host: str = ""  # where ``pid`` runs
+    heartbeat_at: dt.datetime | None = None  # refreshed while it runs; stale = its process died
     params: dict = _json(dict)
     result: dict = _json(dict)
-    log: list = _json(list)  # e.g. [{"step": 1, "loss": 2.3}, ...]
+    log: list = _json(list)  # the loss log: [{"step": 1, "loss": 2.3}, ...]
+    events: list = _json(list)  # what it did: [{"t": "12:00:01", "msg": "stage: sampling"}, ...]
     error: str | None = None
     pid: int | None = None
     created_at: dt.datetime = Field(default_factory=utcnow)
@@ -271,6 +333,7 @@ def init_db(path: str | Path) -> int:
     if current == SCHEMA_VERSION:
         SQLModel.metadata.create_all(engine)
         add_missing_columns(engine)
+        _rename_old_statuses(engine)
         return SCHEMA_VERSION
     if current > SCHEMA_VERSION:
         raise RuntimeError(f"database schema v{current} is newer than this code (v{SCHEMA_VERSION}): "
@@ -281,7 +344,15 @@ def init_db(path: str | Path) -> int:
         conn.execute(text("UPDATE schemainfo SET version=:v WHERE id=1"), {"v": SCHEMA_VERSION})
     SQLModel.metadata.create_all(engine)  # tables new since `current`
     add_missing_columns(engine)
+    _rename_old_statuses(engine)
     return SCHEMA_VERSION
+
+
+def _rename_old_statuses(engine: Engine) -> None:
+    """Round statuses of older code (``feedback``, ``done``) become today's; a no-op once done."""
+    with engine.begin() as conn:
+        for old, new in _OLD_ROUND_STATUSES.items():
+            conn.execute(text("UPDATE round SET status = :new WHERE status = :old"), {"new": str(new), "old": old})
 
 
 def add_missing_columns(engine: Engine) -> list[str]:
@@ -314,6 +385,7 @@ def add_missing_columns(engine: Engine) -> list[str]:
 
 
 __all__ = [
+    "JobStatus", "RoundStatus", "VersionStatus",
     "Feedback", "Generation", "Job", "JudgeCall", "Lease", "ModelVersion", "Prompt", "Round",
     "SchemaInfo", "Task", "TrainingExample", "User", "get_engine", "init_db", "session_scope",
     "select", "utcnow", "SCHEMA_VERSION", "MIGRATIONS", "add_missing_columns",

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from sqlalchemy import func
 from sqlmodel import select
 
-from .db import ModelVersion, Prompt, Round, Task, session_scope
+from .db import ModelVersion, Prompt, Round, RoundStatus, Task, session_scope
 from .evaluation import METRICS, EvalConfig, evaluate_version, exemplar_feedback, is_better
 from .feedback import LabelReport, Provider, label_generations, make_provider
 from .openai_backend import publish_version, sampling_model_name
@@ -237,12 +237,12 @@ def run_round(db: str, settings: Settings, task: Task, provider: str | Provider,
             conds = sampling_conditioning(db, task, served, len(prompts), params.seed)
             gen_ids = sample_round(db, settings, task, rnd, served, prompts, params, conds)
             report.generations, report.conditioning = len(gen_ids), conds[0]
-        with stage("feedback", "feedback"):
+        with stage("feedback", RoundStatus.LABELLING):
             labels: LabelReport = label_generations(db, provider, task, gen_ids)
             report.feedback = dict(source=labels.source, stored=labels.stored, skipped=labels.reasons(),
                                    already=labels.already)
             log(f"  {labels}")
-        with stage("pool", "training"):
+        with stage("pool", RoundStatus.TRAINING):
             pool_kw = dict(round_ids=[rnd.id] if cfg.policy == "flush" else None, k_per_category=cfg.k_per_category,
                            seed=train_config.seed, policy=cfg.policy, max_per_prompt=cfg.max_per_prompt)
             items = build_pool(db, task.id, **pool_kw)
@@ -255,7 +255,7 @@ def run_round(db: str, settings: Settings, task: Task, provider: str | Provider,
             with session_scope(db) as s:
                 published = publish_version(settings, s.get(ModelVersion, report.version_id))
             log(f"  sampling server: {published.message}")
-        with stage("evaluate", "evaluating"):
+        with stage("evaluate", RoundStatus.EVALUATING):
             report.metrics = evaluate_version(db, settings, report.version_id, task, provider, cfg.eval)
         with session_scope(db) as s:
             parent_metrics = s.get(ModelVersion, served.id).metrics
@@ -274,10 +274,10 @@ def run_round(db: str, settings: Settings, task: Task, provider: str | Provider,
                     promote_version(s, report.version_id)
     except BaseException as exc:
         report.wall_s["total"] = time.perf_counter() - t_start
-        set_round_status(db, rnd.id, "failed", {**_notes(report), "error": f"{type(exc).__name__}: {exc}"})
+        set_round_status(db, rnd.id, RoundStatus.FAILED, {**_notes(report), "error": f"{type(exc).__name__}: {exc}"})
         raise
     report.wall_s["total"] = time.perf_counter() - t_start
-    set_round_status(db, rnd.id, "done", _notes(report))
+    set_round_status(db, rnd.id, RoundStatus.CLOSED if report.promoted else RoundStatus.TRAINED, _notes(report))
     with session_scope(db) as s:
         version = s.get(ModelVersion, report.version_id)
         version.metrics = {**version.metrics, "round": {"number": rnd.number, "wall_s": report.wall_s}}

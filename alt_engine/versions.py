@@ -42,8 +42,31 @@ def promote(session: Session, version_id: int) -> ModelVersion:
     for other in session.exec(select(ModelVersion).where(ModelVersion.status == "served")):
         other.status = "ready"
     version.status = "served"
+    close_trained_rounds(session, version)
     session.flush()
     return version
+
+
+def trained_on_rounds(session: Session, version: ModelVersion) -> list[int]:
+    """The rounds whose feedback ``version`` was trained on."""
+    from .db import Feedback, Generation, TrainingExample
+
+    ids = set(session.exec(select(Generation.round_id).join(Feedback, Feedback.generation_id == Generation.id)
+                           .join(TrainingExample, TrainingExample.feedback_id == Feedback.id)
+                           .where(TrainingExample.model_version_id == version.id).distinct()))
+    if (version.hyperparameters or {}).get("round_id"):
+        ids.add(version.hyperparameters["round_id"])
+    return sorted(i for i in ids if i is not None)
+
+
+def close_trained_rounds(session: Session, version: ModelVersion) -> None:
+    """Serving a version closes the rounds it was trained on: their work is done."""
+    from .db import Round, RoundStatus
+
+    for rid in trained_on_rounds(session, version):
+        rnd = session.get(Round, rid)
+        if rnd is not None and rnd.status == RoundStatus.TRAINED:
+            rnd.status = RoundStatus.CLOSED
 
 
 def rollback(session: Session) -> ModelVersion:

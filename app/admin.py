@@ -6,12 +6,10 @@ import math
 
 import gradio as gr
 import pandas as pd
-from sqlmodel import select
 
 from alt_engine import annotation as ann
 from alt_engine import users as users_svc
 from alt_engine.agreement import agreement_report
-from alt_engine.db import Job, session_scope
 from alt_engine.settings import Settings
 
 from .auth import Auth
@@ -27,13 +25,18 @@ def users_table(db: str) -> pd.DataFrame:
 
 
 def jobs_table(db: str, limit: int = 50) -> pd.DataFrame:
-    with session_scope(db) as s:
-        jobs = s.exec(select(Job).order_by(Job.id.desc()).limit(limit)).all()
-        rows = [dict(id=j.id, kind=j.kind, status=j.status, progress=f"{100 * (j.progress or 0):.0f}%",
-                     message=(j.error or j.message or "")[:200],
-                     created=j.created_at.strftime("%Y-%m-%d %H:%M:%S") if j.created_at else "",
-                     finished=j.finished_at.strftime("%H:%M:%S") if j.finished_at else "") for j in jobs]
-    return pd.DataFrame(rows, columns=["id", "kind", "status", "progress", "message", "created", "finished"])
+    """The newest jobs (a job whose process died is marked failed first)."""
+    from alt_engine.jobs import list_jobs
+
+    cols = ["id", "kind", "status", "stage", "progress", "step", "loss", "eta", "round", "version", "message",
+            "created", "finished"]
+    rows = [dict(id=j.id, kind=j.kind, status=j.status, stage=j.stage, progress=f"{100 * j.progress:.0f}%",
+                 step=j.step if j.step is not None else "", loss=f"{j.loss:.4f}" if j.loss is not None else "",
+                 eta=f"{j.eta_s:.0f} s" if j.eta_s is not None else "", round=j.round_id or "",
+                 version=j.version_id or "", message=(j.error or j.message or "").splitlines()[0][:200]
+                 if (j.error or j.message) else "", created=j.created.replace("T", " ")[:19],
+                 finished=j.finished[11:19]) for j in list_jobs(db, limit)]
+    return pd.DataFrame(rows, columns=cols)
 
 
 def agreement_tables(db: str, task: str) -> tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame]:

@@ -66,7 +66,7 @@ def seed(db: str, n: int, k: int, users: list[str], password: str) -> None:
     with session_scope(db) as s:
         task = get_or_create_task(s, "default")
         task.annotations_per_item = k
-        rnd = Round(task_id=task.id, number=1, status="feedback")
+        rnd = Round(task_id=task.id, number=1, status="labelling")
         s.add(rnd)
         s.flush()
         prompts = [Prompt(task_id=task.id, text=f"Load-test prompt {i}: explain something briefly.") for i in range(n)]

@@ -54,7 +54,7 @@ def seed_annotation_db(path: str, n: int = 6, k: int = 1, task: str = "default",
     with session_scope(path) as s:
         t = get_or_create_task(s, task)
         t.annotations_per_item = k
-        rnd = Round(task_id=t.id, number=1, status="feedback")
+        rnd = Round(task_id=t.id, number=1, status="labelling")
         s.add(rnd)
         s.flush()
         ids = []

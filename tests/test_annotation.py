@@ -273,7 +273,7 @@ def test_only_open_rounds_are_queued(annotation_db):
     (alice,) = _users(db, "alice")
     assert ann.next_item(db, alice) is not None
     with session_scope(db) as s:
-        s.get(Round, info["round"]).status = "done"
+        s.get(Round, info["round"]).status = "closed"
     assert ann.next_item(db, alice) is None  # not even the item alice holds: the round is closed
 
 

@@ -27,7 +27,7 @@ def seed(db: str, model_dir: str, categories=("Excellent", "Horrible"), n_prompt
         bad = ModelVersion(name="v0-missing", path="/nonexistent/model-dir", status="ready")
         s.add_all([base, bad])
         s.flush()
-        rnd = Round(task_id=task.id, number=1, model_version_id=base.id, status="feedback")
+        rnd = Round(task_id=task.id, number=1, model_version_id=base.id, status="labelling")
         s.add(rnd)
         s.flush()
         items = []
@@ -163,3 +163,59 @@ def test_resume_continues_a_failed_version_from_its_checkpoint(db, tiny_model_di
     assert done.metrics["steps"] == 6
     assert not [p for p in os.listdir(done.path) if p.startswith("checkpoint-")]  # cleaned up once done
     assert served(db) == info["base"]
+
+
+@pytest.mark.slow  # five worker processes each import torch: ~60 s on 2 shared cores
+def test_jobs_queue_one_at_a_time_cancel_and_retry(db, tiny_model_dir, settings):
+    """Two queued jobs run one after the other; cancelling a running one leaves its version and round failed and
+    serving alone; a cancelled job can be retried and the retry succeeds."""
+    from alt_engine.jobs import cancel_job, create_job, list_jobs, retry_job
+
+    info = seed(db, tiny_model_dir)
+    slow = dict(task_id=info["task_id"], round_ids=[info["round_id"]], parent_version_id=info["base"],
+                config={**FAST, "epochs": 100000.0, "logging_steps": 1}, settings=settings)
+    quick = dict(items=as_params(info["items"]), parent_version_id=info["base"], config={**FAST, "max_steps": 1},
+                 settings=settings)
+    first = start_job(db, "train", slow)
+    second = start_job(db, "train", quick)
+    deadline = time.monotonic() + 120
+    while not get_job(db, first).log:
+        assert time.monotonic() < deadline and get_job(db, first).status in ("queued", "running")
+        time.sleep(0.3)
+    assert get_job(db, second).status == "queued"  # one job at a time on the model
+    with session_scope(db) as s:
+        assert s.get(Round, info["round_id"]).status == "training"  # closed for annotation while it trains
+    cancel_job(db, first)
+    job = wait_job(db, first, timeout=30)
+    assert job.status == "cancelled"
+    with session_scope(db) as s:
+        assert s.get(Round, info["round_id"]).status == "failed"
+        assert s.exec(select(ModelVersion).where(ModelVersion.status == "training")).all() == []
+    done = wait_job(db, second, timeout=120)
+    assert done.status == "succeeded" and done.started_at >= job.finished_at
+    assert served(db) == info["base"]
+    retried = retry_job(db, first)
+    assert get_job(db, retried).retry_of == first
+    cancel_job(db, retried)  # still queued or just started: either way it ends cancelled
+    assert wait_job(db, retried, timeout=60).status == "cancelled"
+
+    # a queued job nobody runs (the worker died with the machine) is picked up by the next reader
+    orphan = create_job(db, "train", quick)
+    assert [j.status for j in list_jobs(db) if j.id == orphan] == ["queued"]
+    assert wait_job(db, orphan, timeout=120).status == "succeeded"
+
+
+def test_a_job_without_heartbeat_is_dead(db):
+    """A running job on another host whose heartbeat stopped reads as failed for every reader."""
+    import datetime as dt
+
+    from alt_engine.jobs import STALE_S, list_jobs
+
+    with session_scope(db) as s:
+        job = Job(kind="train", status="running", pid=1, host="elsewhere",
+                  heartbeat_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=STALE_S + 5))
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    assert [j.status for j in list_jobs(db) if j.id == job_id] == ["failed"]
+    assert "no heartbeat" in get_job(db, job_id).error

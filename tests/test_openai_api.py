@@ -290,7 +290,7 @@ def test_alt_feedback_cli_labels_a_round_through_the_apps_endpoint(db, tokenizer
 
     task, gens = judge_round(db)
     with session_scope(db) as s:
-        rnd = Round(task_id=task.id, number=1, status="feedback")
+        rnd = Round(task_id=task.id, number=1, status="labelling")
         s.add(rnd)
         s.flush()
         for g in s.exec(select(Generation)):

@@ -56,7 +56,7 @@ def test_two_rounds_make_two_versions_with_metrics(cli, capsys):
     assert set(v2.metrics["round"]["wall_s"]) >= {"sample", "feedback", "pool", "train", "evaluate", "total"}
     with session_scope(db) as s:
         rounds = list(s.exec(select(Round).order_by(Round.number)))
-        assert [r.status for r in rounds] == ["done", "done"]
+        assert [r.status for r in rounds] == ["closed", "closed"]  # trained on, then promoted
         assert json.loads(rounds[1].notes)["version_id"] == v2.id
         gens = {r.number: list(s.exec(select(Generation).where(Generation.round_id == r.id))) for r in rounds}
         assert all(g.conditioning is None for g in gens[1])  # round 1: base model, unconditioned
@@ -85,7 +85,7 @@ def test_train_refuses_no_feedback_and_a_single_category(cli, capsys):
     assert "only one feedback category" in capsys.readouterr().err
     assert len(versions(db)) == before
     with session_scope(db) as s:
-        assert list(s.exec(select(Job))) == []
+        assert list(s.exec(select(Job).where(Job.kind == "train"))) == []  # sample, feedback: jobs too
     assert run("feedback", "--provider", "rule:nope") == 1
     assert "unknown rule" in capsys.readouterr().err
     assert run("train", "--round", "7", *TRAIN) == 1
@@ -100,10 +100,17 @@ def test_train_in_the_foreground_and_in_the_background(cli, capsys):
     from alt_engine.jobs import wait_job
 
     run, db = cli
+
+    def round_status() -> str:
+        with session_scope(db) as s:
+            return s.exec(select(Round)).one().status
+
     assert run("sample", "--n", "4", "--max-new-tokens", "8") == 0
+    assert round_status() == "labelling"
     assert run("feedback", "--provider", "rule:concise:3") == 0
     assert run("train", "--lora", "--max_steps", "2", *TRAIN) == 0
     assert "not served yet" in capsys.readouterr().out
+    assert round_status() == "trained"  # closed for annotation from the moment training started
     assert run("train", "--background", "--max_steps", "1", *TRAIN) == 0
     job_id = int(re.search(r"started training job (\d+)", capsys.readouterr().out).group(1))
     job = wait_job(db, job_id, timeout=120)
@@ -111,3 +118,5 @@ def test_train_in_the_foreground_and_in_the_background(cli, capsys):
     base, lora, full = versions(db)
     assert lora.status == full.status == "ready" and base.status == "served"  # training never changes serving
     assert lora.hyperparameters["lora"] is True and full.id == job.result["version_id"]
+    assert run("models", "promote", str(full.id)) == 0
+    assert round_status() == "closed"  # the version trained on it is served: the round's work is done

@@ -38,13 +38,27 @@ def settings_from(args: argparse.Namespace) -> Settings:
                              sampling_model=getattr(args, "sampling_model", None))
 
 
+def run_job(settings: Settings, kind: str, params: dict, background: bool = False):
+    """Run a ``kind`` job the way the console does: in this process (foreground, the finished Job returned)
+    or queued for the worker (``--background``: the job id returned). A failed job is a CLIError."""
+    from alt_engine.jobs import JobStatus, create_job, job_settings, run_job_inline, start_job
+
+    params = {**params, "settings": {**job_settings(settings), **params.get("settings", {})}}
+    if background:
+        return start_job(settings.db, kind, params)
+    job = run_job_inline(settings.db, create_job(settings.db, kind, params))
+    if job.status != JobStatus.SUCCEEDED:
+        raise CLIError(f"{kind} job {job.id} {job.status}: {job.message or job.error}")
+    return job
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from . import core, judge, training, users  # noqa: F401 - each registers its commands
+    from . import core, jobs, judge, training, users  # noqa: F401 - each registers its commands
 
     parser = argparse.ArgumentParser(prog="alt", description="ALT Studio: align language models with textual feedback")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = common_parser()
-    for module in (core, training, judge, users):
+    for module in (core, training, jobs, judge, users):
         module.register(sub, common)
     return parser
 

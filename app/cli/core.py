@@ -9,8 +9,7 @@ from sqlmodel import select
 
 from alt_engine import prompts as prompt_import
 from alt_engine.db import Feedback, Generation, ModelVersion, Prompt, Round, Task, init_db, session_scope
-from alt_engine.modeling import resolve_model, set_threads
-from alt_engine.rounds import draw_exemplars, sample_round, start_round
+from alt_engine.modeling import resolve_model
 from alt_engine.sampling import SamplingParams
 from alt_engine.tasks import BUILTIN_TASKS, get_or_create_task
 from alt_engine.versions import ensure_base_version, list_versions, promote, rollback, served_version
@@ -48,6 +47,7 @@ def register(sub, common) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--condition", default=None, help="feedback text to condition on")
     p.add_argument("--exemplar", action="store_true", help="condition on the task's exemplar category")
+    p.add_argument("--background", action="store_true", help="queue a job, print its id and return")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("status", parents=[common], help="counts per round and state")
@@ -102,12 +102,13 @@ def cmd_import(args) -> None:
 
 
 def cmd_sample(args) -> None:
+    from . import run_job
+
     settings = settings_from(args)
     if args.model is None:
         setup(settings)
     else:
         init_db(settings.db)
-    set_threads(settings.threads)
     with session_scope(settings.db) as s:
         task = get_or_create_task(s, args.task)
         if args.model is not None:
@@ -116,21 +117,26 @@ def cmd_sample(args) -> None:
                 s, args.model, path)
         else:
             version = served_version(s)
-    rnd, prompts = start_round(settings.db, task, version, args.split, args.limit)
-    params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p,
-                            max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size)
-    condition = args.condition or (draw_exemplars(settings.db, task, len(prompts), args.seed) if args.exemplar
-                                   else None)
-    ids = sample_round(settings.db, settings, task, rnd, version, prompts, params, condition, args.backend)
-    with session_scope(settings.db) as s:
-        s.get(Round, rnd.id).status = "feedback"
-        truncated = s.exec(select(func.count()).where(Generation.id.in_(ids), Generation.truncated)).one()
-    print(f"round {rnd.number}: {len(ids)} generations from {version.name} "
-          f"({len(prompts)} prompts × {args.n}; {truncated} truncated)")
+    sampling = dict(n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                    seed=args.seed, batch_size=args.batch_size)
+    SamplingParams(**sampling)  # refuse bad values before a job exists
+    condition = args.condition or ("exemplar" if args.exemplar else "none")
+    params = dict(task_id=task.id, version_id=version.id, split=args.split, limit=args.limit, sampling=sampling,
+                  condition=condition, backend=args.backend)
+    job = run_job(settings, "sample", params, args.background)
+    if args.background:
+        print(f"started sampling job {job}: follow it with `alt jobs list`")
+        return
+    r = job.result
+    print(f"round {r['round']}: {r['generations']} generations from {version.name} "
+          f"({r['prompts']} prompts × {args.n}; {r['truncated']} truncated)")
 
 
 def status_rows(db: str) -> list[dict]:
-    """Per round: prompts, generations, generations with human / AI / no feedback, truncated."""
+    """Per round: prompts, generations, generations with human / AI / no feedback, flagged, truncated."""
+    from alt_engine.jobs import refresh
+
+    refresh(db)  # a job whose process died reads as failed, with its version and round
     with session_scope(db) as s:
         rows = []
         for rnd, task in s.exec(select(Round, Task).join(Task).order_by(Round.task_id, Round.number)):
@@ -140,13 +146,17 @@ def status_rows(db: str) -> list[dict]:
                 Feedback.generation_id.in_(gens), Feedback.source.like("human:%"), Feedback.kind != "flag")).one()
             any_fb = s.exec(select(func.count(func.distinct(Feedback.generation_id))).where(
                 Feedback.generation_id.in_(gens), Feedback.kind != "flag")).one()
+            flagged_only = s.exec(select(func.count(func.distinct(Feedback.generation_id))).where(
+                Feedback.generation_id.in_(gens), Feedback.kind == "flag",
+                Feedback.generation_id.not_in(select(Feedback.generation_id).where(
+                    Feedback.generation_id.in_(gens), Feedback.kind != "flag")))).one()
             trunc = s.exec(select(func.count()).where(Generation.round_id == rnd.id, Generation.truncated)).one()
             n_prompts = s.exec(select(func.count(func.distinct(Generation.prompt_id))).where(
                 Generation.round_id == rnd.id)).one()
             version = s.get(ModelVersion, rnd.model_version_id) if rnd.model_version_id else None
             rows.append(dict(task=task.name, round=rnd.number, status=rnd.status, model=version.name if version else "",
                              prompts=n_prompts, generations=n_gen, human=human, ai=any_fb - human,
-                             unlabelled=n_gen - any_fb, truncated=trunc))
+                             unlabelled=n_gen - any_fb - flagged_only, flagged=flagged_only, truncated=trunc))
         return rows
 
 
@@ -174,8 +184,11 @@ def cmd_status(args) -> None:
 
 
 def cmd_models_list(args) -> None:
+    from alt_engine.jobs import refresh
+
     settings = settings_from(args)
     init_db(settings.db)
+    refresh(settings.db)
     with session_scope(settings.db) as s:
         for v in list_versions(s):
             mark = "*" if v.status == "served" else " "

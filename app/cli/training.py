@@ -51,6 +51,7 @@ def register(sub, common) -> None:
                                                      "| llm:free_text")
     p.add_argument("--round", type=int, default=None, help="round number (default: the task's latest)")
     p.add_argument("--task", default="default")
+    p.add_argument("--background", action="store_true", help="queue a job, print its id and return")
     p.set_defaults(func=cmd_feedback)
 
     train_parents = [common, *_train_options()]
@@ -69,6 +70,7 @@ def register(sub, common) -> None:
     p.add_argument("--task", default="default")
     p.add_argument("--reference", default=None, help="reference model for perplexity (default: the chain's base)")
     _eval_options(p)
+    p.add_argument("--background", action="store_true", help="queue a job, print its id and return")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("round", parents=train_parents,
@@ -89,7 +91,7 @@ def register(sub, common) -> None:
                                                               "mean_score, perplexity: lower is better, dist2 ...)")
     _pool_options(p)
     _eval_options(p, prefix="eval-")
-    p.add_argument("--background", action="store_true", help="train in a subprocess job (progress in the Job table)")
+    p.add_argument("--background", action="store_true", help="queue the round job(s), print the ids and return")
     p.set_defaults(func=cmd_round)
 
 
@@ -148,19 +150,24 @@ def _print_metrics(name: str, metrics: dict) -> None:
 
 
 def cmd_feedback(args) -> None:
-    from alt_engine.feedback import label_generations, make_provider
+    from . import run_job
 
     settings = settings_from(args)
     init_db(settings.db)
     with session_scope(settings.db) as s:
         task = _task(s, args.task)
         rnd = _round(s, task, args.round)
-        gen_ids = list(s.exec(select(Generation.id).where(Generation.round_id == rnd.id).order_by(Generation.id)))
-    if not gen_ids:
+        n = len(s.exec(select(Generation.id).where(Generation.round_id == rnd.id)).all())
+    if not n:
         raise CLIError(f"round {rnd.number} of task {task.name!r} has no generations")
-    provider = make_provider(args.provider, settings, task)
-    report = label_generations(settings.db, provider, task, gen_ids)
-    print(f"round {rnd.number}: {report}")
+    job = run_job(settings, "feedback", dict(round_id=rnd.id, provider=args.provider, all=True), args.background)
+    if args.background:
+        print(f"started feedback job {job}: follow it with `alt jobs list`")
+        return
+    r = job.result
+    why = "; ".join(f"{n}× {reason}" for reason, n in sorted(r["skipped"].items(), key=lambda x: -x[1]))
+    print(f"round {rnd.number}: {r['source']}: stored {r['stored']}, skipped {sum(r['skipped'].values())}"
+          f"{' (' + why + ')' if why else ''}, already labelled {r['already']}")
 
 
 def cmd_train(args) -> int:
@@ -193,28 +200,32 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> None:
-    from alt_engine.evaluation import evaluate_version
-    from alt_engine.feedback import make_provider
+    from . import run_job
 
     settings = settings_from(args)
     init_db(settings.db)
-    set_threads(settings.threads)
     with session_scope(settings.db) as s:
         task = _task(s, args.task)
         version = s.get(ModelVersion, args.version) if args.version is not None else _served(s)
         if version is None:
             raise CLIError(f"no model version {args.version}")
-    provider = make_provider(args.provider, settings, task) if args.provider else None
-    metrics = evaluate_version(settings.db, settings, version.id, task, provider, _eval_config(args),
-                               reference=args.reference, show_progress=True)
+    params = dict(task_id=task.id, version_id=version.id, provider=args.provider,
+                  eval=dataclasses.asdict(_eval_config(args)), reference=args.reference)
+    job = run_job(settings, "eval", params, args.background)
+    if args.background:
+        print(f"started evaluation job {job}: follow it with `alt jobs list`")
+        return
+    metrics = job.result["metrics"]
     _print_metrics(f"{version.name} (id {version.id})", metrics)
     if args.verbose:
         print(json.dumps(metrics, indent=2))
 
 
 def cmd_round(args) -> None:
-    from alt_engine.rounds import RoundConfig, run_round
+    from alt_engine.rounds import RoundConfig
     from alt_engine.sampling import SamplingParams
+
+    from . import run_job
 
     settings = settings_from(args)
     if args.rounds < 1:
@@ -222,21 +233,22 @@ def cmd_round(args) -> None:
     from .core import setup
 
     setup(settings)
-    set_threads(settings.threads)
-    config = RoundConfig(
+    config = RoundConfig(  # validated here, before any job or round exists
         sampling=SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p,
                                 max_new_tokens=args.max_new_tokens, seed=args.sample_seed,
                                 batch_size=args.sample_batch_size),
         limit=args.limit, k_per_category=args.k_per_category, policy=args.policy, max_per_prompt=args.max_per_prompt,
-        promote=args.promote.replace("-", "_"), metric=args.metric, eval=_eval_config(args),
-        background_training=args.background)
-    train_config = _train_config(args)
+        promote=args.promote.replace("-", "_"), metric=args.metric, eval=_eval_config(args))
     with session_scope(settings.db) as s:
         task = _task(s, args.task)
     from alt_engine.feedback import make_provider
 
-    provider = make_provider(args.provider, settings, task)
+    make_provider(args.provider, settings, task)  # an unknown provider is refused before a job exists
+    params = dict(task_id=task.id, provider=args.provider, round=dataclasses.asdict(config),
+                  config=_train_config(args).to_dict())
     for _ in range(args.rounds):
-        report = run_round(settings.db, settings, task, provider, config, train_config)
-        _print_metrics("  new version", report.metrics)
-        _print_metrics("  parent     ", report.parent_metrics)
+        job = run_job(settings, "round", params, args.background)
+        if args.background:
+            print(f"started round job {job}: follow it with `alt jobs list`")
+            continue
+        _print_metrics("  new version", job.result["metrics"])
