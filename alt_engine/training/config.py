@@ -28,9 +28,16 @@ class AltTrainConfig:
     LoRA (PEFT):
         lora, lora_r, lora_alpha, lora_dropout, lora_target_modules; merge_lora saves a merged full model
         instead of the adapter.
-    Distributed:
+    Distributed (see ``training.launch``):
         deepspeed: path to a DeepSpeed config JSON (``zero2`` = the shipped ZeRO-2 config), or None.
-        num_procs: ranks the DeepSpeed launcher starts (CPU ranks or GPUs); used only with ``deepspeed``.
+        num_procs: ranks started on each machine (CPU ranks or GPUs).
+        launcher: ``deepspeed`` (its runner; ``hostfile`` for several machines) or ``accelerate``
+            (``accelerate launch`` with ``accelerate_config`` — the user's own, DeepSpeed or FSDP — or one
+            generated from deepspeed / num_machines / machine_rank / main_process_ip / main_process_port).
+        num_machines, machine_rank, main_process_ip, main_process_port: the multi-machine rendezvous
+            (every machine runs the same command with its own ``machine_rank``; port 0 = a free port on one
+            machine, 29500 on several).
+        hostfile: DeepSpeed hostfile (``host slots=N`` lines); its runner starts the ranks on every host.
     Checkpoints and logging:
         resume: continue from the newest checkpoint in the output directory if there is one.
         logging_steps, save_steps (0 = a checkpoint per epoch), report_to (TensorBoard by default).
@@ -68,7 +75,15 @@ class AltTrainConfig:
     # distributed
     deepspeed: str | None = field(default=None, metadata={
         "help": "DeepSpeed config JSON path, or 'zero2' for the shipped ZeRO-2 config"})
-    num_procs: int = field(default=1, metadata={"help": "ranks for the DeepSpeed launcher (CPU: gloo backend)"})
+    num_procs: int = field(default=1, metadata={"help": "ranks per machine (CPU: gloo backend)"})
+    launcher: str = field(default="deepspeed", metadata={"help": "deepspeed | accelerate (accelerate launch)"})
+    accelerate_config: str | None = field(default=None, metadata={
+        "help": "your accelerate config file (DeepSpeed or FSDP); unset = generated from the options here"})
+    num_machines: int = field(default=1, metadata={"help": "machines taking part (accelerate launcher)"})
+    machine_rank: int = field(default=0, metadata={"help": "this machine's rank, 0 = the main one"})
+    main_process_ip: str = field(default="127.0.0.1", metadata={"help": "address of machine rank 0"})
+    main_process_port: int = field(default=0, metadata={"help": "rendezvous port (0 = free port / 29500)"})
+    hostfile: str | None = field(default=None, metadata={"help": "DeepSpeed hostfile for several machines"})
     # checkpoints and logging
     resume: bool = field(default=False, metadata={"help": "resume from the newest checkpoint if one exists"})
     logging_steps: int = field(default=1, metadata={"help": "log every N optimizer steps"})
@@ -88,14 +103,33 @@ class AltTrainConfig:
             raise ValueError("warmup_ratio must be in [0, 1)")
         if self.merge_lora and not self.lora:
             raise ValueError("merge_lora needs lora")
-        if self.num_procs > 1 and not self.deepspeed:
-            raise ValueError("num_procs > 1 needs a DeepSpeed config (e.g. --deepspeed zero2)")
+        if self.launcher not in ("deepspeed", "accelerate"):
+            raise ValueError(f"launcher must be deepspeed or accelerate, got {self.launcher!r}")
+        if self.num_machines < 1 or not 0 <= self.machine_rank < self.num_machines:
+            raise ValueError("need num_machines >= 1 and 0 <= machine_rank < num_machines")
+        if self.num_machines > 1 and self.launcher != "accelerate":
+            raise ValueError("num_machines > 1 is for --launcher accelerate; the deepspeed launcher takes --hostfile")
+        if self.hostfile and self.launcher != "deepspeed":
+            raise ValueError("--hostfile is for the deepspeed launcher")
+        if self.hostfile and not Path(self.hostfile).is_file():
+            raise ValueError(f"hostfile {self.hostfile!r} not found")
+        if self.accelerate_config and not Path(self.accelerate_config).is_file():
+            raise ValueError(f"accelerate config {self.accelerate_config!r} not found")
+        if (self.distributed and not self.deepspeed and not self.accelerate_config):
+            raise ValueError("a multi-rank run needs a DeepSpeed config (e.g. --deepspeed zero2) or, with "
+                             "--launcher accelerate, your own --accelerate_config (FSDP)")
         if self.deepspeed == "zero2":
             from . import ZERO2_CONFIG
 
             self.deepspeed = str(ZERO2_CONFIG)
         if self.deepspeed and not Path(self.deepspeed).is_file():
             raise ValueError(f"DeepSpeed config {self.deepspeed!r} not found (use 'zero2' for the shipped ZeRO-2 one)")
+
+    @property
+    def distributed(self) -> bool:
+        """Runs under a launcher (even one rank: DeepSpeed needs its launcher)."""
+        return bool(self.deepspeed or self.accelerate_config or self.hostfile or self.num_procs > 1
+                    or self.num_machines > 1 or self.launcher == "accelerate")
 
     def resolved(self, chat_model: bool) -> AltTrainConfig:
         """A copy with ``beta`` decided (instruct/chat start → 0, plain pretrained → 0.05)."""

@@ -1,14 +1,24 @@
-"""Multi-rank training through the DeepSpeed launcher (CPU ranks use the gloo backend).
+"""Multi-rank, multi-machine training through the standard launchers (CPU ranks use the gloo backend).
 
 As a command (what ``launch`` runs on every rank, and what a user can run by hand)::
 
     python -m alt_engine.training.launch --model PATH --items items.json --output DIR \\
         --deepspeed zero2 --num_procs 2 [any AltTrainConfig option]
 
-``items.json`` is a list of PoolItem dicts. Started outside a launcher with ``--num_procs > 1`` the
-command starts ``deepspeed --num_gpus N --module alt_engine.training.launch ...`` itself; inside it
-(``LOCAL_RANK`` set) each rank trains and rank 0 prints ``ALT_PROGRESS {json}`` lines, which
-``launch`` turns back into ``progress`` calls. Metrics come back through ``metrics.json``.
+``items.json`` is a list of PoolItem dicts. Started outside a launcher the command starts the
+launcher itself, which runs ``-m alt_engine.training.launch ...`` on every rank:
+
+- ``--launcher deepspeed`` (default): ``deepspeed --num_gpus N`` on this machine, or
+  ``deepspeed --hostfile FILE`` across the hosts listed there (its runner reaches them over ssh/pdsh);
+- ``--launcher accelerate``: ``accelerate launch --config_file CFG`` with the user's ``--accelerate_config``
+  (DeepSpeed or FSDP) or a config generated from ``--deepspeed``, ``--num_procs`` (per machine),
+  ``--num_machines``, ``--machine_rank``, ``--main_process_ip``, ``--main_process_port``
+  (written to ``OUTPUT/accelerate_config.machineK.json``). On several machines each runs the same command with its
+  own ``--machine_rank``; ``--output`` (and the items file) must be on storage they share.
+
+Inside a launcher (``LOCAL_RANK`` set) each rank trains and global rank 0 prints ``ALT_PROGRESS {json}``
+lines, which ``launch`` turns back into ``progress`` calls. Metrics come back through ``metrics.json``.
+One code path for all of these: the 2-rank CPU tests run exactly what a multi-machine run runs.
 """
 
 from __future__ import annotations
@@ -66,20 +76,64 @@ def _die_with_parent() -> None:
         pass
 
 
+def _port(config: AltTrainConfig) -> int:
+    if config.main_process_port:
+        return config.main_process_port
+    return _free_port() if config.num_machines == 1 and not config.hostfile else 29500  # machines must agree
+
+
+def accelerate_config(config: AltTrainConfig, port: int) -> dict:
+    """An ``accelerate launch`` config for ``config``: DeepSpeed (our config file) on every machine."""
+    import torch
+
+    if not config.deepspeed:
+        raise ValueError("a generated accelerate config needs --deepspeed (e.g. zero2); for FSDP pass your own "
+                         "--accelerate_config")
+    return {
+        "compute_environment": "LOCAL_MACHINE", "distributed_type": "DEEPSPEED", "debug": False,
+        "num_machines": config.num_machines, "machine_rank": config.machine_rank,
+        "num_processes": config.num_procs * config.num_machines,  # accelerate counts all machines' ranks
+        "main_process_ip": config.main_process_ip, "main_process_port": port,
+        "rdzv_backend": "static", "same_network": True, "main_training_function": "main",
+        "use_cpu": not torch.cuda.is_available(),  # precision: the DeepSpeed file ("auto" from --bf16)
+        "deepspeed_config": {"deepspeed_config_file": config.deepspeed, "zero3_init_flag": False,
+                             "deepspeed_multinode_launcher": "standard"},  # each machine starts its own ranks
+    }
+
+
+def launcher_command(config: AltTrainConfig, out: Path, module_args: list[str]) -> list[str]:
+    """The launcher command line that runs ``-m alt_engine.training.launch MODULE_ARGS`` on every rank."""
+    port = _port(config)
+    if config.launcher == "accelerate":
+        cfg = config.accelerate_config
+        if cfg is None:
+            cfg = str(out / f"accelerate_config.machine{config.machine_rank}.json")  # machines may share ``out``
+            Path(cfg).write_text(json.dumps(accelerate_config(config, port), indent=2))
+        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", cfg,
+                "--module", "alt_engine.training.launch", *module_args]
+    hosts = (["--hostfile", config.hostfile, "--master_addr", config.main_process_ip] if config.hostfile
+             else ["--num_gpus", str(config.num_procs), "--master_addr", "127.0.0.1"])
+    return [sys.executable, "-m", "deepspeed.launcher.runner", *hosts, "--master_port", str(port),
+            "--no_local_rank", "--module", "alt_engine.training.launch", *module_args]
+
+
 def launch(model_path: str, items: list[PoolItem], config: AltTrainConfig, output_dir: str,
            prefix_format: str = "{feedback}", progress=None) -> dict:
-    """Run ``train`` on ``config.num_procs`` ranks with the DeepSpeed launcher; returns rank 0's metrics."""
+    """Run ``train`` on every rank through ``config.launcher``; returns global rank 0's metrics.
+
+    On a machine other than rank 0 of a multi-machine run it returns ``{}`` once its ranks are done
+    (rank 0's machine writes the model and metrics to the shared output directory).
+    """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / ITEMS_FILE).write_text(json.dumps([dataclasses.asdict(i) for i in items]))
-    (out / "metrics.json").unlink(missing_ok=True)
+    if config.machine_rank == 0:
+        (out / ITEMS_FILE).write_text(json.dumps([dataclasses.asdict(i) for i in items]))
+        (out / "metrics.json").unlink(missing_ok=True)
     threads = max(1, (os.cpu_count() or 1) // config.num_procs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(config.num_procs),
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "--no_local_rank", "--module", "alt_engine.training.launch",
-           "--model", model_path, "--items", str(out / ITEMS_FILE), "--output", str(out),
-           "--prefix_format", prefix_format, *config_args(config)]
+    cmd = launcher_command(config, out, ["--model", model_path, "--items", str(out / ITEMS_FILE),
+                                         "--output", str(out), "--prefix_format", prefix_format,
+                                         *config_args(config)])
     tail: deque[str] = deque(maxlen=40)
     with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           preexec_fn=_die_with_parent) as proc:
@@ -91,8 +145,10 @@ def launch(model_path: str, items: list[PoolItem], config: AltTrainConfig, outpu
                 continue
             tail.append(line)
             sys.stderr.write(line)
+    if proc.returncode == 0 and config.machine_rank > 0:
+        return {}
     if proc.returncode != 0 or not (out / "metrics.json").exists():
-        raise RuntimeError(f"DeepSpeed training failed (exit {proc.returncode}):\n{''.join(tail)}")
+        raise RuntimeError(f"{config.launcher} training failed (exit {proc.returncode}):\n{''.join(tail)}")
     return json.loads((out / "metrics.json").read_text())
 
 

@@ -4,7 +4,7 @@
 ``AltTrainer``; the output directory then holds the model (or LoRA adapter) with its tokenizer, the
 resolved config (``alt_config.json``), the feedback ids it was trained on (``feedback_ids.json``),
 ``metrics.json`` and TensorBoard logs (``tensorboard/``). With a ``deepspeed`` config it runs under the
-DeepSpeed launcher on ``num_procs`` ranks instead (see ``launch``).
+DeepSpeed or accelerate launcher on ``num_procs`` ranks per machine instead (see ``launch``).
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def train(model_path: str, items: list[PoolItem], config: AltTrainConfig, output
           prefix_format: str = conditioning.DEFAULT_PREFIX_FORMAT, progress: Progress | None = None) -> dict:
     """Fine-tune ``model_path`` on ``items`` into ``output_dir``; returns the run's metrics."""
     check_items(items)
-    if config.deepspeed and not _in_launched_run():  # DeepSpeed needs its launcher, even for one rank
+    if config.distributed and not _in_launched_run():  # a launcher starts the ranks (DeepSpeed: even one)
         from .launch import launch
 
         return launch(model_path, items, config, output_dir, prefix_format, progress)
