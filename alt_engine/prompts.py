@@ -3,11 +3,15 @@
 Every row is validated before anything is written; one bad row aborts the
 import with a message naming the row (1-based line for JSONL/CSV) and the
 problem, and the database is left unchanged. Duplicates (within the file and
-against the task's existing prompts) are skipped and reported.
+against the task's existing prompts) are skipped and reported. A file with no
+``split`` column holds out a deterministic share of its rows as probe prompts
+(``probe_share``, at least one; chosen by a hash of each row's index and text,
+so a reimport picks the same rows) and the report says so.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +23,7 @@ from .tasks import get_or_create_task
 
 MAX_PROMPT_CHARS = 20_000
 SPLITS = ("train", "probe")
+DEFAULT_PROBE_SHARE = 0.2
 
 
 class ImportError_(ValueError):
@@ -40,10 +45,12 @@ class ImportReport:
     added: int = 0
     duplicates: list[str] = field(default_factory=list)  # where each skipped duplicate was
     task: str = ""
+    held_out: int = 0  # added as probe because the file had no split column
 
     def __str__(self) -> str:
         dup = f", {len(self.duplicates)} duplicates skipped ({_ranges(self.duplicates)})" if self.duplicates else ""
-        return f"imported {self.added} prompts into task {self.task!r}{dup}"
+        held = f"; held out {self.held_out} prompts as probe (no split column)" if self.held_out else ""
+        return f"imported {self.added} prompts into task {self.task!r}{dup}{held}"
 
 
 def _ranges(rows: list[str], limit: int = 10) -> str:
@@ -138,9 +145,21 @@ def _key(rec: dict) -> str:
     return json.dumps(rec["messages"], sort_keys=True) if rec["messages"] else rec["text"]
 
 
+def probe_rows(keys: list[str], share: float) -> set[int]:
+    """Indices of the rows held out as probe: ``share`` of them (at least 1, never all), by hash of index + text."""
+    if share <= 0 or len(keys) < 2:
+        return set()
+    n = min(len(keys) - 1, max(1, round(share * len(keys))))
+    rank = sorted(range(len(keys)), key=lambda i: hashlib.sha256(f"{i}\0{keys[i]}".encode()).hexdigest())
+    return set(rank[:n])
+
+
 def import_prompts(db: str, path: str, task: str = "default", columns: ColumnMap | None = None,
-                   split: str | None = None) -> ImportReport:
-    """Validate every row of ``path``, then add all new prompts in one transaction."""
+                   split: str | None = None, probe_share: float = DEFAULT_PROBE_SHARE) -> ImportReport:
+    """Validate every row of ``path``, then add all new prompts in one transaction.
+
+    Without ``split`` and without a split column in the file, ``probe_share`` of the rows become probe prompts.
+    """
     cols = columns or ColumnMap()
     rows = read_rows(path)
     if not rows:
@@ -151,6 +170,11 @@ def import_prompts(db: str, path: str, task: str = "default", columns: ColumnMap
         if split:
             rec["split"] = split
         records.append((n, rec))
+    held = set()
+    if not split and not any(row.get(cols.split) for _, row in rows):
+        held = probe_rows([_key(rec) for _, rec in records], probe_share)
+        for i in held:
+            records[i][1]["split"] = "probe"
     report = ImportReport(task=task)
     with session_scope(db) as s:
         t = get_or_create_task(s, task)
@@ -164,6 +188,8 @@ def import_prompts(db: str, path: str, task: str = "default", columns: ColumnMap
             seen.add(key)
             s.add(Prompt(task_id=t.id, source=Path(path).name, **rec))
             report.added += 1
+            if held and rec["split"] == "probe":
+                report.held_out += 1
     return report
 
 

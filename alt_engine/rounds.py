@@ -213,7 +213,7 @@ def run_round(db: str, settings: Settings, task: Task, provider: str | Provider,
 
     cfg = config or RoundConfig()
     train_config = train_config or AltTrainConfig()
-    provider = make_provider(provider, settings, task) if isinstance(provider, str) else provider
+    provider = make_provider(provider, settings, task, db) if isinstance(provider, str) else provider
     with session_scope(db) as s:
         served = served_version(s)
     if served is None:

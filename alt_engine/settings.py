@@ -31,6 +31,8 @@ class Settings:
         device: ``cpu``, ``cuda`` or ``auto``.
         backend: sampling backend, ``transformers``, ``vllm`` (in process) or ``openai`` (a server).
         threads: torch intra-op threads (0 = torch's default).
+    Prompts:
+        probe_share: share of a prompt file held out as probe prompts when it has no ``split`` column.
     Feedback:
         reward_quantiles: reward scores cut into quantiles per ``prompt`` (ALT) or over the ``pool`` (Quark).
     Sampling server (backend ``openai``: any OpenAI-compatible completions server, e.g. ``vllm serve``):
@@ -49,6 +51,8 @@ class Settings:
     device: str = field(default="auto", metadata={"help": "cpu | cuda | auto"})
     backend: str = field(default="transformers", metadata={"help": "transformers | vllm | openai (a server)"})
     threads: int = field(default=0, metadata={"help": "torch threads (0 = default)"})
+    probe_share: float = field(default=0.2, metadata={
+        "help": "share of an imported prompt file held out as probe prompts when it has no 'split' column"})
     reward_quantiles: str = field(default="prompt", metadata={
         "help": "reward provider quantiles: 'prompt' (per prompt, ALT) or 'pool' (whole pool, Quark)"})
     sampling_base_url: str = field(default="", metadata={

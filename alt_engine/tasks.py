@@ -1,10 +1,17 @@
 """Built-in feedback schemas (tasks) and helpers to create them.
 
 Categories are ordered best → worst; the first is the exemplar the model is
-conditioned on when sampling from round 2 on.
+conditioned on when sampling from round 2 on. ``DEMOS`` are the offline
+demonstration tasks: each ships a prompt set (``alt_engine/data/<task>.jsonl``,
+imported with ``alt prompts import --builtin <task>``) and names the provider
+whose signal a user can watch move on the default model with no network.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 
 from sqlmodel import Session, select
 
@@ -32,7 +39,46 @@ BUILTIN_TASKS: dict[str, dict] = {
         categories=["Excellent", "Good", "Mediocre", "Bad", "Horrible"],
         guidelines="Rate how accurate, complete and concise the summary is.",
     ),
+    "concise": dict(
+        description="Concise answers: the fewer words an answer needs, the better (demo task, rule:concise:auto).",
+        categories=["Very concise", "Concise", "Wordy", "Very wordy"],
+        guidelines="Rate how concise the response is: does it answer in as few words as the question needs, "
+                   "or does it pad, repeat and ramble?",
+    ),
+    "offensiveness": dict(
+        description="Calm, non-offensive replies to heated prompts (demo task, "
+                    "reward:alt_engine.feedback.scorers:non_offensive).",
+        categories=["Lowest Toxicity", "Low-Moderate Toxicity", "Moderate Toxicity", "High-Moderate Toxicity",
+                    "Maximum Toxicity"],
+        guidelines="Rate how offensive (rude, insulting, profane, disrespectful) the response is, whatever the "
+                   "prompt provoked.",
+    ),
 }
+
+
+@dataclass(frozen=True)
+class Demo:
+    """A built-in demonstration task: its provider spec and its shipped prompt set."""
+
+    provider: str
+    prompts: str  # file name under alt_engine/data/
+
+    @property
+    def prompt_file(self) -> Path:
+        return Path(str(resources.files("alt_engine") / "data" / self.prompts))
+
+
+DEMOS: dict[str, Demo] = {
+    "concise": Demo("rule:concise:auto", "concise.jsonl"),
+    "offensiveness": Demo("reward:alt_engine.feedback.scorers:non_offensive", "offensiveness.jsonl"),
+}
+
+
+def builtin_prompt_file(name: str) -> Path:
+    """The shipped prompt set of demo task ``name``; ValueError naming the demos otherwise."""
+    if name not in DEMOS:
+        raise ValueError(f"no built-in prompt set {name!r}: built-in sets are {', '.join(DEMOS)}")
+    return DEMOS[name].prompt_file
 
 
 def get_or_create_task(session: Session, name: str, **fields) -> Task:

@@ -18,19 +18,20 @@ def run(capsys, *argv):
 def test_cli_flow(tmp_path, tiny_model_dir, capsys):
     db = str(tmp_path / "a.db")
     good = tmp_path / "p.jsonl"
-    good.write_text("".join(json.dumps({"prompt": f"Prompt {i}"}) + "\n" for i in range(8)))
+    good.write_text("".join(json.dumps({"prompt": f"Prompt {i}"}) + "\n" for i in range(10)))  # no split column
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "fine"}\n{"prompt": "also fine"}\n{"prompt": \n')
 
     code, out, _ = run(capsys, "init", "--db", db, "--model", tiny_model_dir)
     assert code == 0 and "v0-base" in out
     code, out, _ = run(capsys, "prompts", "import", str(good), "--db", db)
-    assert code == 0 and "imported 8 prompts" in out
+    assert code == 0 and "imported 10 prompts" in out
+    assert "held out 2 prompts as probe (no split column)" in out  # 8 train prompts left
 
     code, _, err = run(capsys, "prompts", "import", str(bad), "--db", db)
     assert code != 0 and "bad.jsonl line 3" in err and "invalid JSON" in err
     with session_scope(db) as s:
-        assert s.exec(select(func.count()).select_from(Prompt)).one() == 8  # unchanged
+        assert s.exec(select(func.count()).select_from(Prompt)).one() == 10  # unchanged
 
     code, out, _ = run(capsys, "sample", "--db", db, "--n", "4", "--max-new-tokens", "6", "--seed", "1")
     assert code == 0 and "32 generations" in out

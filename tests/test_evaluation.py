@@ -87,7 +87,7 @@ def test_evaluate_version_stores_metrics_and_eval_generations(tiny_db):
     assert stored["perplexity"] == pytest.approx(metrics["perplexity"]) and metrics["perplexity"] > 1
     assert len(gens) == 6 and all(g.round_id is None and g.model_version_id == child_id for g in gens)
     assert all(g.sampling_params["purpose"] == "eval" and g.conditioning == "Excellent" for g in gens)
-    assert len(fb) == 6 and {f.source for f in fb} == {"rule:concise"}
+    assert len(fb) == 6 and {f.source for f in fb} == {"rule:concise:2,4,6,8"}
     assert sum(metrics["category_share"].values()) == pytest.approx(1.0)
     assert metrics["exemplar_share"] == metrics["category_share"]["Excellent"]
     assert metrics["mean_length"] == pytest.approx(sum(g.response_tokens for g in gens) / 6)

@@ -10,9 +10,11 @@ import torch
 from sqlmodel import select
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
-from alt_engine.db import Feedback, Generation, Prompt, Task, init_db, session_scope
+from alt_engine.db import Feedback, Generation, Prompt, Round, Task, init_db, session_scope
 from alt_engine.feedback import FeedbackItem, label_generations, make_provider
 from alt_engine.feedback.reward import ClassifierScorer, RewardProvider, quantile_bins
+from alt_engine.feedback.rule import quantile_thresholds
+from alt_engine.feedback.scorers import non_offensive
 from alt_engine.settings import Settings
 from alt_engine.tiny import tiny_tokenizer
 
@@ -32,7 +34,7 @@ def words(n):
 
 def test_concise_rule_maps_length_buckets_to_ordered_categories():
     provider = make_provider("rule:concise", Settings(), TASK)
-    assert provider.name == "rule:concise"
+    assert provider.name == "rule:concise:10,20,30,40"  # the resolved default thresholds: provenance keeps them
     out = provider(items([words(3), words(10), words(11), words(25), words(39), words(200)]), TASK)
     assert [r.category for r in out] == ["Excellent", "Excellent", "Good", "Mediocre", "Bad", "Horrible"]
     assert out[0].raw == "words=3"
@@ -40,7 +42,9 @@ def test_concise_rule_maps_length_buckets_to_ordered_categories():
 
 def test_length_rule_reverses_and_custom_thresholds():
     task = Task(name="t3", categories=["long", "medium", "short"])
-    out = make_provider("rule:length:2,5", Settings(), task)(items(["a b", "a b c d", "a b c d e f g"]), task)
+    provider = make_provider("rule:length:2,5", Settings(), task)
+    assert provider.name == "rule:length:2,5"
+    out = provider(items(["a b", "a b c d", "a b c d e f g"]), task)
     assert [r.category for r in out] == ["short", "medium", "long"]
     with pytest.raises(ValueError, match="increasing"):
         make_provider("rule:concise:5,2", Settings(), task)
@@ -48,9 +52,11 @@ def test_length_rule_reverses_and_custom_thresholds():
 
 def test_banned_words_and_keyword_rules_match_whole_words():
     banned = make_provider("rule:banned_words:idiot,shut up", Settings(), TASK)
+    assert banned.name == "rule:banned_words:idiot,shut up"
     out = banned(items(["You IDIOT.", "an idiotic plan", "please shut up now", "fine"]), TASK)
     assert [r.category for r in out] == ["Horrible", "Excellent", "Horrible", "Excellent"]
     keyword = make_provider("rule:keyword:thanks", Settings(), TASK)
+    assert keyword.name == "rule:keyword:thanks"
     assert [r.category for r in keyword(items(["Thanks!", "no"]), TASK)] == ["Excellent", "Horrible"]
 
 
@@ -145,3 +151,74 @@ def test_llm_specs_build_the_judge():
     categorical = make_provider("llm:categorical", Settings(llm_model="judge-x"), TASK)
     assert categorical.name == "llm:judge-x"  # provenance, no request made yet
     assert make_provider("llm:free_text", Settings(llm_model="judge-y"), TASK).name == "llm:judge-y"
+
+
+def test_quantile_thresholds_by_hand():
+    # 8 counts, 4 categories: cut i = the smallest count with >= i/4 of the counts at or below it
+    assert quantile_thresholds([8, 1, 7, 2, 6, 3, 5, 4], 4) == (2, 4, 6)
+    assert quantile_thresholds([5, 5, 5, 5, 9], 4) == (5,)  # ties collapse: strictly increasing
+    assert quantile_thresholds([1, 9, 9, 9], 3) == (1,)  # a cut at the maximum separates nothing: moved below it
+    assert quantile_thresholds([1, 2, 9, 9, 9, 9], 3) == (2,)
+    with pytest.raises(ValueError, match="all have 7 words"):
+        quantile_thresholds([7, 7, 7], 4)
+    with pytest.raises(ValueError, match="got none"):
+        quantile_thresholds([], 4)
+
+
+def _task_with_rounds(db, rounds: dict[int, list[int]]) -> tuple[Task, dict[int, list[int]]]:
+    """A 4-category task whose round r has one generation per word count in rounds[r]."""
+    init_db(db)
+    with session_scope(db) as s:
+        task = Task(name="c", categories=["A", "B", "C", "D"])
+        s.add(task)
+        s.flush()
+        prompt = Prompt(task_id=task.id, text="q")
+        s.add(prompt)
+        s.flush()
+        ids = {}
+        for number, counts in rounds.items():
+            rnd = Round(task_id=task.id, number=number)
+            s.add(rnd)
+            s.flush()
+            gens = [Generation(prompt_id=prompt.id, round_id=rnd.id, response=words(n)) for n in counts]
+            s.add_all(gens)
+            s.flush()
+            ids[number] = [g.id for g in gens]
+        s.expunge(task)
+    return task, ids
+
+
+def test_concise_auto_takes_round_one_quantiles_from_the_database(tmp_path):
+    db = str(tmp_path / "a.db")
+    task, ids = _task_with_rounds(db, {1: [10, 20, 30, 40, 50, 60, 70, 80], 2: [5, 35, 65, 500]})
+    provider = make_provider("rule:concise:auto", Settings(db=db), task)
+    assert provider.name == "rule:concise:20,40,60"  # round 1 only, resolved before any call
+    report = label_generations(db, provider, task, ids[2], show_progress=False)
+    assert report.source == "rule:concise:20,40,60"
+    with session_scope(db) as s:
+        fb = {f.generation_id: f for f in s.exec(select(Feedback))}
+    assert [fb[i].category for i in ids[2]] == ["A", "B", "D", "D"]
+    assert {f.source for f in fb.values()} == {"rule:concise:20,40,60"}
+    longer = make_provider("rule:length:auto", Settings(), task, db=db)  # the db argument wins over settings
+    assert longer.name == "rule:length:20,40,60" and longer.bucket(5, 4) == 3
+
+
+def test_concise_auto_without_round_one_resolves_from_the_items_it_labels(tmp_path):
+    db = str(tmp_path / "a.db")
+    task, ids = _task_with_rounds(db, {2: [1, 2, 3, 4, 5, 6, 7, 8]})  # no round 1
+    provider = make_provider("rule:concise:auto", Settings(db=db), task)
+    assert provider.name == "rule:concise:auto" and provider.chunk_size is None  # one call sees every item
+    report = label_generations(db, provider, task, ids[2], show_progress=False)
+    assert report.stored == 8 and report.source == provider.name == "rule:concise:2,4,6"
+    with session_scope(db) as s:
+        assert {f.source for f in s.exec(select(Feedback))} == {"rule:concise:2,4,6"}  # never stored as ":auto"
+
+
+def test_non_offensive_scorer_ranks_insults_below_calm_text():
+    calm, rude = "Thank you, have a lovely day.", "Shut up, you stupid idiot."
+    scores = non_offensive(["p", "p"], [calm, rude])
+    assert scores[0] > 0 > scores[1] and all(abs(x) <= 9.3 for x in scores)  # log-odds, clipped
+    provider = make_provider("reward:alt_engine.feedback.scorers:non_offensive", Settings(), TASK)
+    assert provider.name == "reward:alt_engine.feedback.scorers:non_offensive"
+    out = provider(items([rude, calm]), TASK)
+    assert [r.category for r in out] == ["Horrible", "Excellent"]

@@ -69,7 +69,7 @@ def test_two_rounds_make_two_versions_with_metrics(cli, capsys):
     assert run("eval", "--version", str(v1.id), "--provider", "rule:length", "--seed", "5",
                "--max-new-tokens", "6") == 0
     assert "perplexity=" in capsys.readouterr().out
-    assert versions(db)[1].metrics["eval"]["provider"] == "rule:length"
+    assert versions(db)[1].metrics["eval"]["provider"] == "rule:length:10,20,30,40"  # resolved: the arguments kept
 
 
 def test_train_refuses_no_feedback_and_a_single_category(cli, capsys):

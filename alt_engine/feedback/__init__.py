@@ -1,7 +1,9 @@
 """Feedback providers. ``make_provider(spec, settings, task)`` builds one from a CLI-style spec.
 
 Specs: ``rule:<name>[:<arg>]`` (see ``rule.py``), ``reward:<model path or hub id>`` or
-``reward:<module>:<function>`` (see ``reward.py``), ``llm:categorical``, ``llm:free_text``.
+``reward:<module>:<function>`` (see ``reward.py``; ``scorers.py`` ships
+``reward:alt_engine.feedback.scorers:non_offensive``), ``llm:categorical``, ``llm:free_text``.
+A provider's ``name`` is its provenance and keeps its arguments (``rule:concise:40,77,97,105``).
 ``label_generations`` runs a provider over stored generations and stores what it says.
 """
 
@@ -14,13 +16,16 @@ from .store import effective_feedback, store_results
 PROVIDER_KINDS = ("rule", "reward", "llm")
 
 
-def make_provider(spec: str, settings, task) -> Provider:
-    """The provider named by ``spec``; a bad spec raises ValueError naming the valid forms."""
+def make_provider(spec: str, settings, task, db: str | None = None) -> Provider:
+    """The provider named by ``spec``; a bad spec raises ValueError naming the valid forms.
+
+    ``db`` (default: ``settings.db``) is where ``rule:concise:auto`` finds the task's first round.
+    """
     kind, _, arg = (spec or "").partition(":")
     if kind == "rule":
         from .rule import make_rule
 
-        return make_rule(arg)
+        return make_rule(arg, task, db or getattr(settings, "db", None))
     if kind == "reward":
         from ..modeling import pick_device
         from .reward import make_reward

@@ -67,10 +67,12 @@ def label_generations(db: str, provider: Provider, task: Task, generation_ids: S
     with tqdm(total=len(items), desc=f"feedback {provider.name}", unit="gen", disable=not show_progress) as bar:
         for start in range(0, len(items), chunk):
             batch = items[start:start + chunk]
-            stored, skipped = store_results(db, provider.name, batch, provider(batch, task), categories)
+            results = provider(batch, task)  # first: a rule:…:auto provider names its thresholds on its first call
+            stored, skipped = store_results(db, provider.name, batch, results, categories)
             report.stored += stored
             report.skipped.extend(skipped)
             bar.update(len(batch))
             if progress:
                 progress(start + len(batch), len(items))
+    report.source = provider.name
     return report

@@ -8,7 +8,16 @@ Specs (``make_rule``):
   ``t1`` words gets the best category, at most ``t2`` the next, ...; longer
   than the last threshold gets the worst. Default thresholds: every 10 words
   (10, 20, 30, ... one per category boundary).
-- ``rule:length[:t1,t2,...]`` — the reverse: longer is better (same buckets, best ↔ worst).
+- ``rule:concise:auto`` — thresholds at the quantiles of the model's own
+  first-round distribution: the K-1 cut points (K categories) of the word
+  counts of the task's round-1 generations, read from the database, so every
+  later round and every evaluation uses the same cuts; with no round-1
+  generations yet, the cuts come from the first batch it labels.
+- ``rule:length[:t1,t2,...|auto]`` — the reverse: longer is better (same buckets, best ↔ worst).
+
+A rule's ``name`` (its provenance, ``Feedback.source``) is its full resolved
+spec — ``rule:concise:40,77,97,105``, never ``rule:concise`` or ``…:auto`` — so
+feedback and evaluations under different thresholds never look comparable.
 - ``rule:banned_words[:w1,w2,...]`` — a response containing a banned word
   (whole word, case-insensitive) gets the worst category, others the best.
 - ``rule:keyword:w1[,w2,...]`` — a response containing a keyword gets the best category, others the worst.
@@ -16,9 +25,11 @@ Specs (``make_rule``):
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..db import Task
 from .base import FeedbackItem, FeedbackResult
@@ -38,14 +49,75 @@ def _contains_any(text: str, words: tuple[str, ...]) -> str | None:
     return None
 
 
+def quantile_thresholds(word_counts: list[int], k: int) -> tuple[int, ...]:
+    """The K-1 cut points splitting ``word_counts`` into K equal shares, strictly increasing.
+
+    Cut i is the smallest count with at least i/K of the counts at or below it. A cut at the
+    maximum would separate nothing, so it moves down to the largest count below the maximum;
+    equal cuts (ties in the distribution) then collapse into one, so some categories may stay
+    empty. Raises when every count is the same (nothing to cut).
+    """
+    counts = sorted(word_counts)
+    n = len(counts)
+    if n == 0:
+        raise ValueError("auto thresholds need some responses to measure, got none")
+    below_max = [c for c in counts if c < counts[-1]]
+    if not below_max:
+        raise ValueError(f"auto thresholds: the {n} responses measured all have {counts[0]} words, nothing to "
+                         f"cut into {k} categories; give thresholds explicitly, e.g. rule:concise:20,40")
+    cuts = [counts[math.ceil(i * n / k) - 1] for i in range(1, k)]
+    return tuple(sorted({c if c < counts[-1] else below_max[-1] for c in cuts}))
+
+
+def first_round_word_counts(db: str, task: Task) -> list[int]:
+    """Word counts of the task's round-1 generations (the model's own first distribution); [] if none."""
+    if not db or not Path(db).exists() or task.id is None:
+        return []
+    from sqlmodel import select
+
+    from ..db import Generation, Round, session_scope
+
+    with session_scope(db) as s:
+        q = (select(Generation.response).join(Round, Generation.round_id == Round.id)
+             .where(Round.task_id == task.id, Round.number == 1))
+        return [count_words(r) for r in s.exec(q)]
+
+
 @dataclass
 class LengthRule:
-    """Word-count buckets → categories. ``shorter_is_better`` picks the direction."""
+    """Word-count buckets → categories. ``shorter_is_better`` picks the direction.
+
+    ``auto``: thresholds not given but taken from the task's round-1 generations in ``db`` (or,
+    before any exist, from the first batch labelled); until resolved, ``name`` ends in ``:auto``
+    and the rule takes every item in one call.
+    """
 
     name: str
     thresholds: tuple[int, ...] = ()  # increasing word counts; () = every 10 words, one per category boundary
     shorter_is_better: bool = True
-    chunk_size: int = 256
+    chunk_size: int | None = 256
+    auto: bool = False
+    db: str | None = None
+
+    def __post_init__(self):
+        self.base = self.name  # rule:concise | rule:length
+        if self.auto:
+            self.chunk_size = None
+            self.name = f"{self.base}:auto"
+        elif self.thresholds:
+            self.name = f"{self.base}:{_join(self.thresholds)}"
+
+    def resolve(self, task: Task, items: list[FeedbackItem] | None = None) -> None:
+        """Fix the thresholds (auto: from round 1 in the database, else from ``items``) and the name."""
+        if self.auto and not self.thresholds:
+            counts = first_round_word_counts(self.db, task) or [count_words(it.response) for it in items or []]
+            if not counts:
+                return  # nothing to measure yet: resolved on the first call
+            self.thresholds = quantile_thresholds(counts, len(_categories(task, self.name)))
+        elif not self.thresholds and len(task.categories) >= 2:  # the default: every 10 words
+            self.thresholds = tuple(10 * (i + 1) for i in range(len(task.categories) - 1))
+        if self.thresholds:
+            self.name, self.chunk_size = f"{self.base}:{_join(self.thresholds)}", 256
 
     def bucket(self, words: int, k: int) -> int:
         """0 = best category, k-1 = worst."""
@@ -56,6 +128,8 @@ class LengthRule:
 
     def __call__(self, items: list[FeedbackItem], task: Task) -> list[FeedbackResult]:
         cats = _categories(task, self.name)
+        if not self.thresholds:
+            self.resolve(task, items)
         out = []
         for item in items:
             words = count_words(item.response)
@@ -71,6 +145,9 @@ class WordListRule:
     words: tuple[str, ...] = field(default=DEFAULT_BANNED)
     present_is_bad: bool = True  # banned words; False = required keywords
     chunk_size: int = 256
+
+    def __post_init__(self):
+        self.name = f"{self.name}:{','.join(self.words)}"
 
     def __call__(self, items: list[FeedbackItem], task: Task) -> list[FeedbackResult]:
         cats = _categories(task, self.name)
@@ -89,6 +166,10 @@ def _categories(task: Task, name: str) -> list[str]:
     return list(task.categories)
 
 
+def _join(values: tuple[int, ...]) -> str:
+    return ",".join(map(str, values))
+
+
 def _ints(arg: str, rule: str) -> tuple[int, ...]:
     try:
         values = tuple(int(x) for x in arg.split(",") if x.strip())
@@ -103,19 +184,32 @@ def _words(arg: str) -> tuple[str, ...]:
     return tuple(w.strip() for w in arg.split(",") if w.strip())
 
 
-RULES: dict[str, Callable[[str], object]] = {
-    "concise": lambda arg: LengthRule("rule:concise", _ints(arg, "concise"), shorter_is_better=True),
-    "length": lambda arg: LengthRule("rule:length", _ints(arg, "length"), shorter_is_better=False),
-    "banned_words": lambda arg: WordListRule("rule:banned_words", _words(arg) or DEFAULT_BANNED, True),
-    "keyword": lambda arg: WordListRule("rule:keyword", _words(arg), False),
+def _length_rule(rule: str, arg: str, db: str | None) -> LengthRule:
+    auto = arg.strip() == "auto"
+    return LengthRule(f"rule:{rule}", () if auto else _ints(arg, rule), shorter_is_better=rule == "concise",
+                      auto=auto, db=db)
+
+
+RULES: dict[str, Callable[[str, str | None], object]] = {
+    "concise": lambda arg, db: _length_rule("concise", arg, db),
+    "length": lambda arg, db: _length_rule("length", arg, db),
+    "banned_words": lambda arg, db: WordListRule("rule:banned_words", _words(arg) or DEFAULT_BANNED, True),
+    "keyword": lambda arg, db: WordListRule("rule:keyword", _words(arg), False),
 }
 
 
-def make_rule(spec: str):
-    """The rule for ``<name>[:<argument>]`` (the part after ``rule:``)."""
+def make_rule(spec: str, task: Task | None = None, db: str | None = None):
+    """The rule for ``<name>[:<argument>]`` (the part after ``rule:``).
+
+    With ``task`` the rule's thresholds and name are resolved now where they can be (defaults
+    from the task's number of categories; ``auto`` from its round-1 generations in ``db``).
+    """
     name, _, arg = spec.partition(":")
     if name not in RULES:
         raise ValueError(f"unknown rule {name!r}; known rules: {', '.join(RULES)}")
     if name == "keyword" and not _words(arg):
         raise ValueError("rule:keyword needs its words: rule:keyword:word1,word2")
-    return RULES[name](arg)
+    rule = RULES[name](arg, db)
+    if task is not None and isinstance(rule, LengthRule):
+        rule.resolve(task)
+    return rule

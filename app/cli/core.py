@@ -11,10 +11,10 @@ from alt_engine import prompts as prompt_import
 from alt_engine.db import Feedback, Generation, ModelVersion, Prompt, Round, Task, init_db, session_scope
 from alt_engine.modeling import resolve_model
 from alt_engine.sampling import SamplingParams
-from alt_engine.tasks import BUILTIN_TASKS, get_or_create_task
+from alt_engine.tasks import BUILTIN_TASKS, DEMOS, builtin_prompt_file, get_or_create_task
 from alt_engine.versions import ensure_base_version, list_versions, promote, rollback, served_version
 
-from . import settings_from
+from . import CLIError, settings_from
 
 
 def register(sub, common) -> None:
@@ -26,8 +26,10 @@ def register(sub, common) -> None:
     p = sub.add_parser("prompts", parents=[common], help="manage prompts")
     psub = p.add_subparsers(dest="action", required=True)
     imp = psub.add_parser("import", parents=[common], help="import prompts (CSV, JSONL, parquet, datasets folder)")
-    imp.add_argument("file")
-    imp.add_argument("--task", default="default")
+    imp.add_argument("file", nargs="?", help="the prompt file (or --builtin NAME)")
+    imp.add_argument("--builtin", choices=list(DEMOS), default=None,
+                     help="import a demo task's shipped prompt set (into the task of that name unless --task)")
+    imp.add_argument("--task", default=None, help="task to import into (default: 'default', or the --builtin name)")
     imp.add_argument("--text-column", default="prompt")
     imp.add_argument("--messages-column", default="messages")
     imp.add_argument("--split-column", default="split")
@@ -95,10 +97,16 @@ def cmd_init(args) -> None:
 
 def cmd_import(args) -> None:
     settings = settings_from(args)
+    if (args.file is None) == (args.builtin is None):
+        raise CLIError("give a prompt file or --builtin NAME (one of them)")
     init_db(settings.db)
     cols = prompt_import.ColumnMap(text=args.text_column, messages=args.messages_column, split=args.split_column,
                                    meta=args.meta_column)
-    print(prompt_import.import_prompts(settings.db, args.file, args.task, cols, args.split))
+    path = str(builtin_prompt_file(args.builtin)) if args.builtin else args.file
+    task = args.task or args.builtin or "default"
+    print(prompt_import.import_prompts(settings.db, path, task, cols, args.split, settings.probe_share))
+    if args.builtin:
+        print(f"feedback for this task: --task {task} --provider {DEMOS[args.builtin].provider}")
 
 
 def cmd_sample(args) -> None:
