@@ -1,43 +1,114 @@
 """The conditioning format: the one place that decides how feedback meets a prompt.
 
-An input is ``[feedback tokens][separator tokens][prompt tokens]`` where the
-prompt part is rendered with the tokenizer's chat template when it has one.
-The feedback segment is tokenized on its own, so it can be removed again by
-token position (``strip_conditioning``) — never by splitting strings, since a
-prompt may itself contain the separator text. Training, sampling, the
-playground, evaluation and export all build inputs here.
+A ``Format`` says where the feedback segment goes (``placement``) and how it reads (``template``):
+
+- ``prefix``  — ``[feedback + separator][prompt]``: raw text before the (chat-templated) prompt, as in the
+  ALT paper, whose models were plain pretrained LMs;
+- ``system``  — the feedback is the chat template's system message (merged in front of an existing one);
+- ``user``    — the feedback opens the last user turn;
+- ``tokens``  — one control token per feedback text before the prompt (Quark); ``tokens`` maps text → token.
+
+A chat model follows feedback inside its template far better than before it (DESIGN.md §1, "What we
+measured"), so ``system`` is the default; a tokenizer without a chat template falls back to ``prefix``.
+
+Every input is built by ``build_input`` and records where its feedback segment lies (``start:end`` in
+token positions). The segment is tokenized on its own, so it is removed again by position
+(``strip_conditioning``) — never by splitting strings, since a prompt may itself contain the template's
+text. Training, sampling, serving, the playground, evaluation and export all build inputs here, and each
+model version stores the ``Format`` it was trained with (``ModelVersion.conditioning``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
-SEPARATOR = "\n<|feedback_end|>\n"  # fixed text marker closing the feedback segment
-DEFAULT_PREFIX_FORMAT = "{feedback}"
+SEPARATOR = "\n<|feedback_end|>\n"  # fixed text marker closing a ``prefix`` feedback segment
+PLACEMENTS = ("prefix", "system", "user", "tokens")
+_MARK = "\u27e6alt-feedback\u27e7"  # stands in for the feedback while the chat template renders
 
 Messages = list[dict]
 PromptLike = str | Messages
 
 
 @dataclass
+class Format:
+    """Where the feedback goes and how it reads; saved with every model version."""
+
+    placement: str = "system"
+    template: str = "Feedback: {feedback}"
+    separator: str = SEPARATOR  # closes the segment for ``prefix``; "\n\n" after it for ``user``/``system``
+    tokens: dict[str, str] = field(default_factory=dict)  # placement ``tokens``: feedback text → control token
+
+    def __post_init__(self):
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"unknown placement {self.placement!r} ({' | '.join(PLACEMENTS)})")
+        if self.placement != "tokens" and "{feedback}" not in self.template:
+            raise ValueError(f"a conditioning template needs '{{feedback}}', got {self.template!r}")
+
+    def text(self, feedback: str) -> str:
+        """The feedback segment as the model reads it (separator excluded)."""
+        if self.placement == "tokens":
+            return self.tokens.get(feedback, feedback)
+        return self.template.replace("{feedback}", feedback)
+
+    def for_tokenizer(self, tokenizer) -> Format:
+        """The format as it applies to ``tokenizer``: in-template placements need a chat template."""
+        if self.placement in ("system", "user") and not getattr(tokenizer, "chat_template", None):
+            return Format("prefix", self.template, SEPARATOR)
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> Format:
+        return cls(**data) if data else cls()
+
+    def describe(self) -> str:
+        if self.placement == "tokens":
+            return f"control tokens {self.tokens}"
+        return f"{self.placement}: {self.template!r}"
+
+
+PAPER_FORMAT = Format("prefix", "{feedback}", SEPARATOR)  # the ALT paper's raw prefix
+
+
+@dataclass
 class ConditionedInput:
-    """Token ids of one model input and how many leading ids are conditioning."""
+    """Token ids of one model input and where its feedback segment lies (``start == end``: unconditioned)."""
 
     input_ids: list[int]
-    n_condition: int  # leading ids that belong to the feedback segment (0 = unconditioned)
+    start: int = 0
+    end: int = 0
+
+    @property
+    def n_condition(self) -> int:
+        return self.end - self.start
 
     @property
     def prompt_ids(self) -> list[int]:
-        return strip_conditioning(self.input_ids, self.n_condition)
+        """The input with the feedback segment removed by position."""
+        return strip_conditioning(self.input_ids, self.start, self.end)
 
 
 def as_messages(prompt: PromptLike) -> Messages:
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
 
 
 def prompt_of(row) -> PromptLike:
     """The prompt of a ``db.Prompt`` row: its chat messages if it has them, else its text."""
     return row.messages if row.messages else row.text
+
+
+def prompt_text(prompt: PromptLike) -> str:
+    """A prompt as plain text (a chat as ``role: content`` lines), for scorers, judges and exports."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
+def _ids(tokenizer, text: str, special: bool = False) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"]) if text else []
 
 
 def prompt_ids(tokenizer, prompt: PromptLike) -> list[int]:
@@ -46,51 +117,99 @@ def prompt_ids(tokenizer, prompt: PromptLike) -> list[int]:
         out = tokenizer.apply_chat_template(as_messages(prompt), add_generation_prompt=True, tokenize=True)
         return list(out["input_ids"] if hasattr(out, "keys") else out)
     text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
-    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    return _ids(tokenizer, text, special=True)
 
 
-def feedback_ids(tokenizer, feedback: str, prefix_format: str = DEFAULT_PREFIX_FORMAT) -> list[int]:
-    """The feedback segment, separator included."""
-    return list(tokenizer(prefix_format.format(feedback=feedback) + SEPARATOR, add_special_tokens=False)["input_ids"])
+def feedback_ids(tokenizer, feedback: str, fmt: Format | None = None) -> list[int]:
+    """The feedback segment's ids (the separator included for ``prefix``)."""
+    fmt = (fmt or Format()).for_tokenizer(tokenizer)
+    if fmt.placement == "tokens":
+        token = fmt.text(feedback)
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or token_id == tokenizer.unk_token_id or tokenizer.convert_ids_to_tokens(token_id) != token:
+            raise ValueError(f"control token {token!r} for feedback {feedback!r} is not in the tokenizer")
+        return [token_id]
+    if fmt.placement == "prefix":
+        return _ids(tokenizer, fmt.text(feedback) + fmt.separator)
+    return _ids(tokenizer, fmt.text(feedback))
+
+
+def _in_template(tokenizer, prompt: PromptLike, feedback: str, fmt: Format) -> ConditionedInput:
+    """Render the chat with a marker where the feedback goes, then tokenize around it in three parts."""
+    messages = as_messages(prompt)
+    sep = "\n\n"
+    if fmt.placement == "system":
+        if messages and messages[0]["role"] == "system":
+            messages[0]["content"] = _MARK + sep + messages[0]["content"]
+        else:
+            messages.insert(0, {"role": "system", "content": _MARK})
+    else:
+        last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+        if last_user is None:
+            raise ValueError("placement 'user' needs a prompt with a user turn")
+        messages[last_user]["content"] = _MARK + sep + messages[last_user]["content"]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if text.count(_MARK) != 1:
+        raise ValueError("the chat template dropped or repeated the feedback segment")
+    before, after = text.split(_MARK)
+    head, segment = _ids(tokenizer, before), feedback_ids(tokenizer, feedback, fmt)
+    return ConditionedInput(head + segment + _ids(tokenizer, after), len(head), len(head) + len(segment))
 
 
 def build_input(tokenizer, prompt: PromptLike, feedback: str | None = None,
-                prefix_format: str = DEFAULT_PREFIX_FORMAT) -> ConditionedInput:
-    """``feedback + separator + prompt`` as ids; ``feedback=None`` gives the plain prompt."""
-    ids = prompt_ids(tokenizer, prompt)
+                fmt: Format | None = None) -> ConditionedInput:
+    """The model input for ``prompt`` conditioned on ``feedback`` (None: the plain prompt) under ``fmt``."""
     if feedback is None:
-        return ConditionedInput(ids, 0)
-    cond = feedback_ids(tokenizer, feedback, prefix_format)
-    return ConditionedInput(cond + ids, len(cond))
+        return ConditionedInput(prompt_ids(tokenizer, prompt))
+    fmt = (fmt or Format()).for_tokenizer(tokenizer)
+    if fmt.placement in ("system", "user"):
+        return _in_template(tokenizer, prompt, feedback, fmt)
+    segment = feedback_ids(tokenizer, feedback, fmt)
+    return ConditionedInput(segment + prompt_ids(tokenizer, prompt), 0, len(segment))
 
 
-def strip_conditioning(input_ids: list[int], n_condition: int) -> list[int]:
-    """Remove the feedback segment by position."""
-    return list(input_ids[n_condition:])
+def strip_conditioning(input_ids: list[int], start: int, end: int | None = None) -> list[int]:
+    """Remove the feedback segment ``start:end`` by position (``end=None``: a leading segment of ``start`` ids)."""
+    if end is None:
+        start, end = 0, start
+    return list(input_ids[:start]) + list(input_ids[end:])
 
 
 def decode_feedback(tokenizer, conditioned: ConditionedInput) -> str:
-    """The feedback segment as text, separator excluded (for display and audit)."""
-    text = tokenizer.decode(conditioned.input_ids[: conditioned.n_condition])
+    """The feedback segment as text, a trailing prefix separator excluded (for display and audit)."""
+    text = tokenizer.decode(conditioned.input_ids[conditioned.start:conditioned.end])
     return text[: -len(SEPARATOR)] if text.endswith(SEPARATOR) else text
+
+
+def format_of(version=None, task=None) -> Format:
+    """The format to use: the version's own (what it was trained with), else the task's, else the default."""
+    stored = getattr(version, "conditioning", None) or getattr(task, "conditioning", None)
+    return Format.from_dict(stored)
 
 
 @dataclass
 class TrainingExample:
     """One conditional-SFT example: conditioned prompt, unconditioned prompt (reference), response."""
 
-    input_ids: list[int]  # feedback + separator + prompt
-    ref_input_ids: list[int]  # prompt only, for the reference model's KL term
+    input_ids: list[int]  # the prompt with the feedback segment where the format puts it
+    ref_input_ids: list[int]  # the plain prompt, for the reference model's KL term
     response_ids: list[int]  # response, + EOS unless the generation was truncated
 
 
 def build_training_example(tokenizer, prompt: PromptLike, feedback: str | None, response: str,
-                           truncated: bool = False, prefix_format: str = DEFAULT_PREFIX_FORMAT,
-                           max_response_tokens: int | None = None) -> TrainingExample:
-    cond = build_input(tokenizer, prompt, feedback, prefix_format)
-    response_ids = list(tokenizer(response, add_special_tokens=False)["input_ids"])
+                           truncated: bool = False, fmt: Format | None = None,
+                           max_response_tokens: int | None = None,
+                           max_prompt_tokens: int | None = None) -> TrainingExample:
+    """A long prompt loses its oldest tokens after the feedback segment; the segment stays whole."""
+    cond = build_input(tokenizer, prompt, feedback, fmt)
+    ref = prompt_ids(tokenizer, prompt)
+    ids = cond.input_ids
+    if max_prompt_tokens is not None:
+        ids = ids[:cond.end] + ids[cond.end:][-max_prompt_tokens:]
+        ref = ref[-max_prompt_tokens:]
+    response_ids = _ids(tokenizer, response)
     if max_response_tokens is not None and len(response_ids) >= max_response_tokens:
         response_ids, truncated = response_ids[:max_response_tokens], True
     if not truncated and tokenizer.eos_token_id is not None:
         response_ids.append(tokenizer.eos_token_id)
-    return TrainingExample(cond.input_ids, cond.prompt_ids, response_ids)
+    return TrainingExample(ids, ref, response_ids)

@@ -101,7 +101,8 @@ class Task(SQLModel, table=True):
     categories: list[str] = _json(list)
     exemplar: str | None = None
     allow_free_text: bool = True
-    prefix_format: str = "{feedback}"
+    prefix_format: str = "{feedback}"  # legacy (before conditioning formats); unused
+    conditioning: dict = _json(dict)  # conditioning.Format for versions trained on this task ({} = the default)
     guidelines: str = ""
     annotations_per_item: int = 1
     show_conditioning: bool = False
@@ -133,6 +134,7 @@ class ModelVersion(SQLModel, table=True):
     parent_id: int | None = Field(default=None, foreign_key="modelversion.id")
     path: str  # hub id or local directory
     objective: str = "base"  # base | alt | quark | steerlm | cut | cnr
+    conditioning: dict = _json(dict)  # the conditioning.Format it was trained with ({} = base: the task's)
     hyperparameters: dict = _json(dict)
     metrics: dict = _json(dict)
     status: str = Field(default=VersionStatus.READY, index=True)  # VersionStatus

@@ -1,30 +1,32 @@
 """Evaluating a model version on the task's held-out probe prompts (split ``probe``).
 
-A trained version is sampled conditioned on the exemplar feedback f̂ (the best
-category; for free-text tasks the best-scored feedback text); the base version,
-which never saw the conditioning format, is sampled unconditioned — the
-baseline users would get. Metrics (stored in ``ModelVersion.metrics``, earlier
-keys kept, and returned):
+Every version — the untrained base included — is sampled under the *same* conditioning format (the
+version's own, else the task's), so an effect is measured against the untrained model under that
+format, never against 0 (an instruct model already reacts to a label in its system prompt).
 
-- ``category_share`` {category: share} and ``exemplar_share`` by the chosen
-  provider, ``mean_score`` where it gives scores;
-- ``perplexity`` = exp(mean token NLL) of the responses (+ EOS unless truncated)
-  under the reference model — the root of the version chain, or ``reference`` —
-  on the *unconditioned* prompt;
-- ``dist1/2/3`` = unique n-grams / words over each prompt's generations,
-  averaged over prompts (Quark's definition); ``mean_length`` (tokens);
-  ``pct_truncated``.
+Per version, with 95% bootstrap intervals over prompts (``stats``):
 
-Evaluation generations are stored as ``Generation`` rows with ``round_id=None``,
-``model_version_id`` = the version and ``sampling_params["purpose"] = "eval"``:
-they are auditable but never enter annotation queues or the data pool (both
-work per round). The provider's feedback on them is stored like any other.
+- **conditioned on the best feedback** f̂ (the exemplar category, or ``--condition TEXT``):
+  ``category_share`` and ``exemplar_share`` by the chosen provider, ``mean_score`` where it gives scores,
+  ``mean_words``; ``perplexity`` = exp(mean token NLL) of the responses (+ EOS unless truncated) under
+  the reference model (the root of the version chain) on the *unconditioned* prompt; ``dist1/2/3``;
+  ``mean_length`` (tokens); ``pct_truncated``;
+- **steerability**: the same prompts conditioned on the worst feedback too; per attribute (exemplar share,
+  mean score, mean words, % truncated) the value under each and the gap best − worst with a paired CI;
+- **label-learned diagnostic** (no sampling): on a fixed held-out set of labelled probe responses, the
+  summed log-likelihood of each response under its own label minus under the opposite label
+  (``ll_gap``, nats per response), and the same for the EOS token alone (``eos_gap``) — DESIGN.md §1:
+  a per-token mean hides what a label does to the few tokens that decide length.
+
+Evaluation generations are stored as ``Generation`` rows with ``round_id=None`` and
+``sampling_params["purpose"] = "eval"``: auditable, never in annotation queues or the data pool.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
+import warnings
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -32,29 +34,40 @@ import torch
 from sqlmodel import select
 
 from . import conditioning
-from .db import Generation, ModelVersion, Task, session_scope
+from .db import Feedback, Generation, ModelVersion, Prompt, Round, Task, session_scope
 from .feedback import FeedbackItem, Provider, store_results
-from .modeling import load_model, load_tokenizer, resolve_model
-from .openai_backend import sampling_model_name
+from .feedback.rule import count_words
 from .prompts import task_prompts
-from .sampling import SamplingParams, make_backend, sample_prompts
+from .sampling import SamplingParams, load_sampler, sample_prompts
 from .settings import Settings
+from .stats import Estimate, gap_ci, per_prompt_ci
 
-METRICS = ("exemplar_share", "mean_score", "perplexity", "dist1", "dist2", "dist3", "mean_length", "pct_truncated")
+METRICS = ("exemplar_share", "mean_score", "steerability_gap", "perplexity", "dist1", "dist2", "dist3",
+           "mean_length", "mean_words", "pct_truncated")
 LOWER_IS_BETTER = ("perplexity", "pct_truncated")
+MIN_PROBE_PROMPTS, MIN_N = 30, 4  # resolves a 15-point change in a share (DESIGN.md §1, "Evaluation size")
+DEFAULT_MAX_NEW_TOKENS = 256
 
 
 @dataclass
 class EvalConfig:
     """How a version is evaluated; versions compare fairly only under the same config."""
 
-    n: int = 1  # generations per probe prompt
-    max_new_tokens: int = 48
+    n: int = MIN_N  # generations per probe prompt and conditioning
+    max_new_tokens: int | None = None  # None: what the task's latest round sampled with
     temperature: float = 1.0
     top_p: float = 0.9
     seed: int = 0
     batch_size: int = 16
     limit: int | None = None  # at most this many probe prompts
+    conditions: list[str] | None = None  # [main, contrast] feedback texts; None: best and worst category
+    steer: bool = True  # also sample the contrast conditioning (steerability)
+    diagnostic_size: int = 64  # held-out responses for the label-learned diagnostic (0 = skip)
+    conditioned: bool = True  # False: the plain prompt (what a user of the untuned model gets)
+
+    def key(self) -> dict:
+        """What must match for two evaluations to be comparable."""
+        return {k: v for k, v in asdict(self).items() if k != "batch_size"}
 
 
 def distinct_n(texts_per_prompt: Sequence[Sequence[str]], n: int) -> float:
@@ -72,31 +85,39 @@ def distinct_n(texts_per_prompt: Sequence[Sequence[str]], n: int) -> float:
 
 
 @torch.inference_mode()
+def response_logprobs(model, examples: Sequence[conditioning.TrainingExample], pad_id: int = 0,
+                      batch_size: int = 8) -> list[list[float]]:
+    """Per example, the log-probability of each response token (+ EOS where the example has it)."""
+    out: list[list[float]] = []
+    for s in range(0, len(examples), batch_size):
+        chunk = examples[s:s + batch_size]
+        width = max(len(e.input_ids) + len(e.response_ids) for e in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)  # right padded
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, e in enumerate(chunk):
+            seq = e.input_ids + e.response_ids
+            ids[row, :len(seq)] = torch.tensor(seq)
+            mask[row, :len(seq)] = 1
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], -1)  # (B, T-1, V): position t predicts token t+1
+        picked = logp.gather(-1, ids[:, 1:].unsqueeze(-1).to(logp.device)).squeeze(-1).cpu()  # (B, T-1)
+        for row, e in enumerate(chunk):
+            start = len(e.input_ids) - 1  # the last prompt position predicts the first response token
+            out.append(picked[row, start:start + len(e.response_ids)].tolist())
+    return out
+
+
 def response_nll(model, tokenizer, prompts: Sequence, responses: Sequence[str], truncated: Sequence[bool],
                  batch_size: int = 8) -> tuple[float, int]:
     """(summed NLL, token count) of each response (+ EOS unless truncated) after its unconditioned prompt."""
     examples = [conditioning.build_training_example(tokenizer, p, None, r, t)
                 for p, r, t in zip(prompts, responses, truncated)]
-    total, count = 0.0, 0
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for s in range(0, len(examples), batch_size):
-        chunk = examples[s:s + batch_size]
-        width = max(len(e.input_ids) + len(e.response_ids) for e in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)  # right padded
-        labels = torch.full((len(chunk), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, e in enumerate(chunk):
-            seq, start = e.input_ids + e.response_ids, len(e.input_ids)
-            ids[row, :len(seq)] = torch.tensor(seq)
-            mask[row, :len(seq)] = 1
-            labels[row, start:len(seq)] = torch.tensor(e.response_ids)  # only response tokens scored
-        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-        nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)),  # (B*(T-1), V)
-                                                labels[:, 1:].reshape(-1).to(model.device),
-                                                ignore_index=-100, reduction="sum")
-        total += nll.item()
-        count += int((labels[:, 1:] != -100).sum())
-    return total, count
+    lps = response_logprobs(model, examples, _pad(tokenizer), batch_size)
+    return -sum(sum(x) for x in lps), sum(len(x) for x in lps)
+
+
+def _pad(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 def root_version(session, version: ModelVersion) -> ModelVersion:
@@ -115,84 +136,285 @@ def exemplar_feedback(db: str, task: Task) -> list[str]:
     return exemplar_pool(db, task.id)
 
 
+def contrast_feedback(db: str, task: Task) -> list[str]:
+    """[best, worst]: the first and last category, or the best- and worst-scored free texts."""
+    if task.categories:
+        return [task.exemplar_category, task.categories[-1]]
+    with session_scope(db) as s:
+        rows = s.exec(select(Feedback.text, Feedback.score).join(Generation).join(Prompt).where(
+            Prompt.task_id == task.id, Feedback.kind == "text", Feedback.score.is_not(None),
+            Feedback.text.is_not(None))).all()
+    if not rows:
+        return exemplar_feedback(db, task)[:1]
+    rows = sorted(rows, key=lambda r: r[1])
+    return [rows[-1][0], rows[0][0]] if rows[-1][1] > rows[0][1] else [rows[-1][0]]
+
+
+def eval_max_new_tokens(db: str, task: Task, cfg: EvalConfig) -> int:
+    """The config's, else what the task's latest round sampled with (so evaluation sees what training saw)."""
+    if cfg.max_new_tokens:
+        return cfg.max_new_tokens
+    with session_scope(db) as s:
+        gen = s.exec(select(Generation).join(Round).where(Round.task_id == task.id)
+                     .order_by(Generation.id.desc()).limit(1)).first()
+    return int((gen.sampling_params or {}).get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)) if gen else \
+        DEFAULT_MAX_NEW_TOKENS
+
+
+_REFERENCE: dict[str, tuple] = {}  # path -> (model, tokenizer): the reference is loaded once per process
+
+
+def reference_model(path: str, settings: Settings):
+    from .modeling import load_model, load_tokenizer, resolve_model
+
+    if path not in _REFERENCE:
+        _REFERENCE.clear()
+        resolved = resolve_model(path, settings.cache_dir)
+        _REFERENCE[path] = (load_model(resolved, settings.device), load_tokenizer(resolved))
+    return _REFERENCE[path]
+
+
+def _label(provider: Provider, task: Task, db: str, gens: list[Generation], prompts: dict) -> list:
+    items = [FeedbackItem(g.id, conditioning.prompt_of(prompts[g.prompt_id]), g.response, g.prompt_id, g.truncated)
+             for g in gens]
+    results = provider(items, task)
+    store_results(db, provider.name, items, results, list(task.categories) or None)
+    return results
+
+
+def _attributes(task: Task, gens: list[Generation], results: list | None) -> dict[str, dict[int, list[float]]]:
+    """Per attribute, {prompt id: [value per generation]} — what the bootstrap resamples."""
+    attrs: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for i, g in enumerate(gens):
+        attrs["mean_words"][g.prompt_id].append(count_words(g.response))
+        attrs["mean_length"][g.prompt_id].append(g.response_tokens)
+        attrs["pct_truncated"][g.prompt_id].append(100.0 * g.truncated)
+        r = results[i] if results is not None else None
+        if r is not None and r.ok and r.category in task.categories:
+            for c in task.categories:
+                attrs[f"share:{c}"][g.prompt_id].append(float(r.category == c))
+            if task.exemplar_category:
+                attrs["exemplar_share"][g.prompt_id].append(float(r.category == task.exemplar_category))
+        if r is not None and r.ok and r.score is not None:
+            attrs["mean_score"][g.prompt_id].append(float(r.score))
+    return {k: dict(v) for k, v in attrs.items()}
+
+
+def _estimate(values: dict[int, list[float]], seed: int) -> Estimate:
+    return per_prompt_ci(values, seed=seed)
+
+
+def label_diagnostic(model, tokenizer, fmt: conditioning.Format, examples: list[tuple], batch_size: int = 8) -> dict:
+    """``examples``: (prompt, response, truncated, own label, opposite label). Mean gaps own − opposite, with CIs.
+
+    ``ll_gap``: summed log-likelihood of the response (+ EOS); ``eos_gap``: log p(EOS) at the end of a
+    finished response. Both > 0 once the model has learned what its labels mean.
+    """
+    own = [conditioning.build_training_example(tokenizer, p, f, r, t, fmt) for p, r, t, f, _ in examples]
+    swap = [conditioning.build_training_example(tokenizer, p, f, r, t, fmt) for p, r, t, _, f in examples]
+    lp_own = response_logprobs(model, own, _pad(tokenizer), batch_size)
+    lp_swap = response_logprobs(model, swap, _pad(tokenizer), batch_size)
+    ll = {i: [sum(a) - sum(b)] for i, (a, b) in enumerate(zip(lp_own, lp_swap))}
+    eos = {i: [a[-1] - b[-1]] for i, (a, b, ex) in enumerate(zip(lp_own, lp_swap, examples)) if not ex[2] and a}
+    ll_ci, eos_ci = per_prompt_ci(ll), per_prompt_ci(eos)
+    return {"ll_gap": ll_ci.value, "ll_gap_ci": [ll_ci.low, ll_ci.high],
+            "eos_gap": eos_ci.value if eos else None, "eos_gap_ci": [eos_ci.low, eos_ci.high] if eos else None,
+            "responses": len(examples)}
+
+
+def _diagnostic_set(db: str, task: Task, root_id: int, provider_name: str, size: int) -> list[tuple]:
+    """Held-out labelled probe responses of the root version (fixed across rounds), with opposite labels."""
+    cats = list(task.categories)
+    if len(cats) < 2 or size <= 0:
+        return []
+    with session_scope(db) as s:
+        rows = s.exec(select(Generation, Feedback).join(Feedback, Feedback.generation_id == Generation.id).where(
+            Generation.model_version_id == root_id, Generation.round_id.is_(None),
+            Feedback.source == provider_name, Feedback.category.in_(cats)).order_by(Generation.id)).all()
+        prompts = {p.id: p for p in task_prompts(s, task, "probe", None)}
+    out = []
+    for g, f in rows:
+        rank = cats.index(f.category)
+        other = len(cats) - 1 - rank
+        if other != rank and g.prompt_id in prompts:
+            out.append((conditioning.prompt_of(prompts[g.prompt_id]), g.response, g.truncated, f.category,
+                        cats[other]))
+    step = max(1, len(out) // size)
+    return out[::step][:size]  # spread over prompts, deterministic
+
+
 def evaluate_version(db: str, settings: Settings, version_id: int, task: Task, provider: Provider | None = None,
                      config: EvalConfig | None = None, reference: str | None = None,
-                     conditioned: bool | None = None, show_progress: bool = False) -> dict:
-    """Sample the probe prompts with ``version_id``, score them and store the metrics on the version."""
+                     conditioned: bool | None = None, show_progress: bool = False, backend=None,
+                     log=None) -> dict:
+    """Sample the probe prompts with ``version_id`` under the best (and worst) feedback, score, store metrics.
+
+    ``backend``: an already loaded sampler for this version's weights (a round reuses its own).
+    """
     cfg = config or EvalConfig()
+    if conditioned is not None:
+        cfg = EvalConfig(**{**asdict(cfg), "conditioned": conditioned})
     with session_scope(db) as s:
         version = s.get(ModelVersion, version_id)
         if version is None:
             raise ValueError(f"no model version {version_id}")
         prompts = task_prompts(s, task, "probe", cfg.limit)
-        ref_path = reference or root_version(s, version).path
-    conditioned = version.objective != "base" if conditioned is None else conditioned
-    feedback = None
-    if conditioned:
-        texts = exemplar_feedback(db, task)
-        if not texts:
+        root = root_version(s, version)
+        ref_path = reference or root.path
+    fmt = conditioning.format_of(version, task)
+    notes: list[str] = []
+    if len(prompts) < MIN_PROBE_PROMPTS or cfg.n < MIN_N:
+        notes.append(f"{len(prompts)} probe prompts × n={cfg.n}: too few to resolve a 15-point change in a share "
+                     f"(use ≥ {MIN_PROBE_PROMPTS} prompts × n ≥ {MIN_N}); intervals will be wide")
+        warnings.warn(notes[-1], stacklevel=2)
+    conds: list[str | None] = [None]
+    if cfg.conditioned:
+        conds = list(cfg.conditions or contrast_feedback(db, task))
+        if not conds or not conds[0]:
             raise ValueError(f"task {task.name!r} has no exemplar feedback to condition on")
-        feedback = texts[0]
-
-    params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+        if not cfg.steer:
+            conds = conds[:1]
+    max_new = eval_max_new_tokens(db, task, cfg)
+    params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=max_new,
                             seed=cfg.seed, batch_size=cfg.batch_size)
-    backend = make_backend(settings.backend, resolve_model(version.path, settings.cache_dir), settings.device,
-                           settings=settings, served_name=sampling_model_name(settings, version))
-    gen_ids = sample_prompts(db, backend, prompts, params, conditioning_text=feedback,
-                             prefix_format=task.prefix_format, model_version_id=version.id,
-                             show_progress=show_progress)
-    del backend
-    with session_scope(db) as s:
-        gens = list(s.exec(select(Generation).where(Generation.id.in_(gen_ids)).order_by(Generation.id)))
-        for g in gens:
-            g.sampling_params = {**g.sampling_params, "purpose": "eval"}
+    backend = backend or load_sampler(settings, version)
     by_id = {p.id: p for p in prompts}
-    metrics: dict = {}
+    per_cond: list[tuple[list[Generation], dict]] = []
+    for c in conds[:2]:
+        if log:
+            log(f"  evaluate {version.name}: {len(prompts)} probe prompts × {cfg.n} conditioned on {c!r}")
+        gen_ids = sample_prompts(db, backend, prompts, params, conditioning_text=c, fmt=fmt,
+                                 model_version_id=version.id, show_progress=show_progress)
+        with session_scope(db) as s:
+            gens = list(s.exec(select(Generation).where(Generation.id.in_(gen_ids)).order_by(Generation.id)))
+            for g in gens:
+                g.sampling_params = {**g.sampling_params, "purpose": "eval"}
+        results = _label(provider, task, db, gens, by_id) if provider is not None else None
+        per_cond.append((gens, _attributes(task, gens, results)))
 
+    gens, attrs = per_cond[0]
+    metrics: dict = {"warnings": notes}
+    est = {k: _estimate(v, cfg.seed) for k, v in attrs.items()}
     if provider is not None:
-        items = [FeedbackItem(g.id, conditioning.prompt_of(by_id[g.prompt_id]), g.response, g.prompt_id, g.truncated)
-                 for g in gens]
-        results = provider(items, task)
-        store_results(db, provider.name, items, results, list(task.categories) or None)
-        labels = Counter(r.category for r in results if r.ok and r.category in task.categories)
-        scores = [r.score for r in results if r.ok and r.score is not None]
-        n_labelled = sum(labels.values())
-        metrics["category_share"] = {c: labels[c] / n_labelled for c in task.categories} if n_labelled else {}
-        if n_labelled and task.exemplar_category:
-            metrics["exemplar_share"] = labels[task.exemplar_category] / n_labelled
-        if scores:
-            metrics["mean_score"] = sum(scores) / len(scores)
-        metrics["labelled"] = n_labelled
-
-    ref_model = load_model(resolve_model(ref_path, settings.cache_dir), settings.device)
-    ref_tok = load_tokenizer(resolve_model(ref_path, settings.cache_dir))
-    nll, tokens = response_nll(ref_model, ref_tok, [conditioning.prompt_of(by_id[g.prompt_id]) for g in gens],
-                               [g.response for g in gens], [g.truncated for g in gens])
-    del ref_model
+        shares = {c: est[f"share:{c}"] for c in task.categories if f"share:{c}" in est}
+        metrics["labelled"] = sum(len(v) for v in attrs.get("exemplar_share", attrs.get("mean_score", {})).values())
+        metrics["category_share"] = {c: e.value for c, e in shares.items()}
+        metrics["category_share_ci"] = {c: [e.low, e.high] for c, e in shares.items()}
+    for name in ("exemplar_share", "mean_score", "mean_words", "mean_length", "pct_truncated"):
+        if name in est:
+            metrics[name] = est[name].value
+            metrics[f"{name}_ci"] = [est[name].low, est[name].high]
     texts: dict[int, list[str]] = defaultdict(list)
     for g in gens:
         texts[g.prompt_id].append(g.response)
-    metrics |= {
-        "perplexity": math.exp(nll / tokens) if tokens else float("nan"),
-        **{f"dist{n}": distinct_n(list(texts.values()), n) for n in (1, 2, 3)},
-        "mean_length": sum(g.response_tokens for g in gens) / len(gens),
-        "pct_truncated": 100.0 * sum(g.truncated for g in gens) / len(gens),
-        "eval": {**asdict(cfg), "provider": provider.name if provider else None, "conditioning": feedback,
-                 "reference": ref_path, "probe_prompts": len(prompts), "generations": len(gens)},
-    }
-    if not math.isfinite(metrics["perplexity"]):
-        metrics["perplexity"] = None  # JSON has no NaN
+    metrics |= {f"dist{n}": distinct_n(list(texts.values()), n) for n in (1, 2, 3)}
+
+    if len(per_cond) == 2:  # steerability: best − worst on the same prompts
+        other = per_cond[1][1]
+        steer = {"feedback": conds[:2]}
+        for name in ("exemplar_share", "mean_score", "mean_words", "pct_truncated"):
+            if name in attrs and name in other:
+                gap = gap_ci(attrs[name], other[name], seed=cfg.seed)
+                steer[name] = {"best": est[name].value, "worst": _estimate(other[name], cfg.seed).value,
+                               "gap": gap.value, "gap_ci": [gap.low, gap.high]}
+        metrics["steer"] = steer
+        primary = "exemplar_share" if "exemplar_share" in steer else "mean_score" if "mean_score" in steer else None
+        if primary:
+            metrics["steerability_gap"] = steer[primary]["gap"]
+            metrics["steerability_gap_ci"] = steer[primary]["gap_ci"]
+            metrics["steerability_attribute"] = primary
+
+    ref_model, ref_tok = (backend.model, backend.tokenizer) if ref_path == version.path and hasattr(
+        backend, "model") else reference_model(ref_path, settings)
+    nll, tokens = response_nll(ref_model, ref_tok, [conditioning.prompt_of(by_id[g.prompt_id]) for g in gens],
+                               [g.response for g in gens], [g.truncated for g in gens])
+    metrics["perplexity"] = math.exp(nll / tokens) if tokens else None
+
+    if provider is not None and cfg.conditioned and hasattr(backend, "model"):
+        examples = _diagnostic_set(db, task, root.id, provider.name, cfg.diagnostic_size)
+        if examples:
+            metrics["label_learned"] = label_diagnostic(backend.model, backend.tokenizer,
+                                                        fmt.for_tokenizer(backend.tokenizer), examples)
+    metrics["per_prompt"] = {k: {str(p): v for p, v in attrs[k].items()}
+                             for k in ("exemplar_share", "mean_score", "mean_words") if k in attrs}
+    metrics["eval"] = {**cfg.key(), "max_new_tokens": max_new, "provider": provider.name if provider else None,
+                       "conditioning": conds[0], "contrast": conds[1] if len(conds) > 1 else None,
+                       "format": fmt.to_dict(), "reference": ref_path, "probe_prompts": len(prompts),
+                       "generations": len(gens)}
+    metrics = _json_safe(metrics)
     with session_scope(db) as s:
         row = s.get(ModelVersion, version_id)
         row.metrics = {**(row.metrics or {}), **metrics}
     return metrics
 
 
+def _json_safe(x):
+    """JSON has no NaN: None instead."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def compare(new: dict, old: dict, metric: str, seed: int = 0) -> Estimate | None:
+    """new − old on ``metric`` with a paired bootstrap CI over the probe prompts both evaluated (None: no data)."""
+    a, b = (new.get("per_prompt") or {}).get(metric), (old.get("per_prompt") or {}).get(metric)
+    if a and b:
+        return gap_ci(a, b, seed=seed)
+    return None
+
+
 def is_better(new: dict, old: dict, metric: str) -> bool:
-    """Whether ``new`` beats ``old`` on ``metric`` (lower is better for perplexity and truncation)."""
+    """Whether ``new`` beats ``old`` on ``metric`` beyond chance: the 95% CI of the difference excludes 0.
+
+    Metrics with per-prompt values (shares, scores, words) use a paired bootstrap over prompts; the gap
+    metric uses its own interval (the new lower bound above the old upper bound); others (perplexity,
+    dist-n) compare point estimates, lower being better for perplexity and truncation.
+    """
+    diff = compare(new, old, metric)
+    if diff is not None:
+        return diff.low > 0
     a, b = new.get(metric), old.get(metric)
     if a is None:
         return False
     if b is None:
         return True
+    if f"{metric}_ci" in new and f"{metric}_ci" in old and metric not in LOWER_IS_BETTER:
+        return new[f"{metric}_ci"][0] > old[f"{metric}_ci"][1]
     return a < b if metric in LOWER_IS_BETTER else a > b
+
+
+def summarize(metrics: dict) -> str:
+    """One line per measure, with intervals, for the CLI."""
+    def ci(name):
+        v, c = metrics.get(name), metrics.get(f"{name}_ci")
+        if v is None:
+            return None
+        return f"{v:.3f} [{c[0]:.3f}, {c[1]:.3f}]" if c and None not in c else f"{v:.3f}"
+
+    lines = []
+    for name in ("exemplar_share", "mean_score", "mean_words", "steerability_gap"):
+        if ci(name):
+            lines.append(f"  {name:18s} {ci(name)}")
+    if metrics.get("steer"):
+        for name, d in metrics["steer"].items():
+            if isinstance(d, dict):
+                lines.append(f"  steer {name:12s} best {d['best']:.3f}  worst {d['worst']:.3f}  gap {d['gap']:+.3f} "
+                             f"[{d['gap_ci'][0]:+.3f}, {d['gap_ci'][1]:+.3f}]")
+    if metrics.get("label_learned"):
+        d = metrics["label_learned"]
+        eos = f"  eos_gap {d['eos_gap']:+.3f}" if d.get("eos_gap") is not None else ""
+        lines.append(f"  label-learned      ll_gap {d['ll_gap']:+.3f} nats/response{eos} ({d['responses']} responses)")
+    for name in ("perplexity", "dist1", "dist2", "dist3", "mean_length", "pct_truncated"):
+        if metrics.get(name) is not None:
+            lines.append(f"  {name:18s} {metrics[name]:.3f}")
+    lines += [f"  warning: {w}" for w in metrics.get("warnings", [])]
+    return "\n".join(lines)
+
+
+__all__ = ["EvalConfig", "METRICS", "LOWER_IS_BETTER", "compare", "contrast_feedback", "distinct_n",
+           "evaluate_version", "exemplar_feedback", "is_better", "label_diagnostic", "response_logprobs",
+           "response_nll", "root_version", "summarize"]

@@ -236,9 +236,10 @@ def _feedback(ctx: JobContext) -> dict:
 def _train(ctx: JobContext) -> dict:
     """Train a model version. params: config (AltTrainConfig fields), and either ``items`` (PoolItem dicts)
     or a pool to build: task_id + any ``build_pool`` keyword (round_ids, k_per_category, policy, seed, ...);
-    optional parent_version_id (default: the served version), objective, round_id, prefix_format,
+    optional parent_version_id (default: the served version), objective, round_id, conditioning (a Format dict),
     settings (Settings overrides, e.g. models_dir). The rounds trained on are closed for annotation
     (``training``) and become ``trained`` (or ``failed``)."""
+    from .conditioning import Format
     from .pool import PoolItem
     from .training.config import AltTrainConfig
     from .training.run import train_model_version
@@ -266,7 +267,7 @@ def _train(ctx: JobContext) -> dict:
     version_id = train_model_version(
         db, settings, items, config, parent_id, objective=params.get("objective", "alt"),
         round_id=params.get("round_id") or (rounds[-1] if rounds else None), job_id=job_id,
-        prefix_format=params.get("prefix_format", "{feedback}"), progress=ctx)
+        fmt=Format.from_dict(params.get("conditioning")), progress=ctx)
     ctx.link(version_id=version_id)
     _set_rounds(db, rounds, RoundStatus.TRAINED, only_from=(RoundStatus.TRAINING,))
     with session_scope(db) as session:

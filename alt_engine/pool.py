@@ -3,9 +3,17 @@
 Per prompt (keyed by prompt id — prompt texts repeat) we keep a balanced draw:
 ``k`` generations per feedback text, then fill any shortfall up to ``k × K``
 (K = the task's categories, or the distinct texts for free-text feedback) from
-the leftovers. Truncated generations come last: they are only drawn when the
-complete ones cannot fill the quota. Generations without feedback, and those a
-person flagged, are dropped. The feedback that counts is
+the leftovers. Generations without feedback, and those a person flagged, are dropped.
+
+A truncated generation (stopped at max_new_tokens, no EOS) would teach the model not to stop
+(DESIGN.md §1: P(EOS) at the end of short answers fell 0.72 → 0.59 when 91 of 120 examples were
+truncated), so the pool has a truncation policy (``truncated``):
+
+- ``exclude`` (default) — never use them;
+- ``last`` — use them only when complete generations cannot fill the quota;
+- ``worst`` — keep them, but under the task's worst category whatever they were labelled, so
+  "not stopping" is only ever learned as what the worst feedback means (categorical tasks only;
+  free-text feedback has no worst text, so there it acts as ``exclude``). The feedback that counts is
 ``feedback.store.effective_feedback`` (a person outranks an AI). Policy
 ``flush`` (ALT) uses the latest round only, ``accumulate`` (Quark) every round.
 """
@@ -23,6 +31,7 @@ from .db import Feedback, Generation, Prompt, Round, Task, session_scope
 from .feedback.store import effective_feedback
 
 POLICIES = ("flush", "accumulate")
+TRUNCATION = ("exclude", "last", "worst")
 
 
 @dataclass
@@ -56,10 +65,13 @@ def _draw(items: list[PoolItem], k: int, quota: int, rng: random.Random) -> list
 
 
 def build_pool(db: str, task_id: int, round_ids: list[int] | None = None, k_per_category: int = 2, seed: int = 0,
-               policy: str = "flush", max_per_prompt: int | None = None) -> list[PoolItem]:
+               policy: str = "flush", max_per_prompt: int | None = None,
+               truncated: str = "exclude") -> list[PoolItem]:
     """The training pool for ``task_id``: explicit ``round_ids``, else the latest round (flush) or all (accumulate)."""
     if policy not in POLICIES:
         raise ValueError(f"unknown pool policy {policy!r} ({' | '.join(POLICIES)})")
+    if truncated not in TRUNCATION:
+        raise ValueError(f"unknown truncation policy {truncated!r} ({' | '.join(TRUNCATION)})")
     if k_per_category < 1:
         raise ValueError("k_per_category must be >= 1")
     with session_scope(db) as s:
@@ -81,8 +93,13 @@ def build_pool(db: str, task_id: int, round_ids: list[int] | None = None, k_per_
             text = (fb.text if fb.kind == "text" else fb.category) if fb else None
             if not text or g.id in flagged:
                 continue  # no usable feedback: not in the pool
+            category = fb.category
+            if g.truncated and (truncated == "exclude" or (truncated == "worst" and not task.categories)):
+                continue
+            if g.truncated and truncated == "worst":
+                text = category = task.categories[-1]
             per_prompt[p.id].append(PoolItem(g.id, fb.id, p.id, prompt_of(p), text, g.response, g.truncated,
-                                              fb.category, fb.score))
+                                              category, fb.score))
         n_categories = len(task.categories)
     pool: list[PoolItem] = []
     for prompt_id in sorted(per_prompt):
@@ -92,3 +109,12 @@ def build_pool(db: str, task_id: int, round_ids: list[int] | None = None, k_per_
             quota = min(quota, max_per_prompt)
         pool += _draw(items, k_per_category, quota, random.Random(f"{seed}:{prompt_id}"))
     return pool
+
+
+def pool_summary(items: list[PoolItem]) -> dict:
+    """What a pool holds: examples, examples per feedback text, truncated examples (for reports and logs)."""
+    counts: dict[str, int] = defaultdict(int)
+    for it in items:
+        counts[it.feedback] += 1
+    return {"examples": len(items), "prompts": len({it.prompt_id for it in items}),
+            "truncated": sum(it.truncated for it in items), "per_feedback": dict(counts)}

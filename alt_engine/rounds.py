@@ -20,7 +20,6 @@ import json
 import random
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -28,13 +27,22 @@ from dataclasses import asdict, dataclass, field, replace
 from sqlalchemy import func
 from sqlmodel import select
 
+from . import conditioning
 from .db import ModelVersion, Prompt, Round, RoundStatus, Task, session_scope
-from .evaluation import METRICS, EvalConfig, evaluate_version, exemplar_feedback, is_better
+from .evaluation import (
+    METRICS,
+    EvalConfig,
+    compare,
+    eval_max_new_tokens,
+    evaluate_version,
+    exemplar_feedback,
+    is_better,
+)
 from .feedback import LabelReport, Provider, label_generations, make_provider
-from .openai_backend import publish_version, sampling_model_name
-from .pool import POLICIES, build_pool
+from .openai_backend import publish_version
+from .pool import POLICIES, TRUNCATION, build_pool, pool_summary
 from .prompts import task_prompts
-from .sampling import SamplingParams, make_backend, sample_prompts
+from .sampling import SamplingParams, load_sampler, sample_prompts
 from .settings import Settings
 from .versions import promote as promote_version
 from .versions import served_version
@@ -51,6 +59,7 @@ class RoundConfig:
     limit: int | None = None  # at most this many train prompts
     k_per_category: int = 2
     policy: str = "flush"  # flush (ALT) | accumulate (Quark)
+    truncated: str = "exclude"  # truncated generations in the pool: exclude | last | worst (see pool.py)
     max_per_prompt: int | None = None
     promote: str = "if_better"  # always | if_better | never
     metric: str = "exemplar_share"  # compared for if_better (see evaluation.LOWER_IS_BETTER)
@@ -64,6 +73,8 @@ class RoundConfig:
             raise ValueError(f"unknown metric {self.metric!r} for promotion ({', '.join(METRICS)})")
         if self.policy not in POLICIES:
             raise ValueError(f"pool policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if self.truncated not in TRUNCATION:
+            raise ValueError(f"truncation policy must be one of {', '.join(TRUNCATION)}, got {self.truncated!r}")
 
 
 @dataclass
@@ -79,6 +90,7 @@ class RoundReport:
     feedback: dict = field(default_factory=dict)  # stored, skipped reasons, already
     pool_size: int = 0
     pool_feedback: dict = field(default_factory=dict)  # feedback text -> examples in the pool
+    pool_truncated: int = 0  # truncated generations the pool took
     metrics: dict = field(default_factory=dict)
     parent_metrics: dict = field(default_factory=dict)
     promoted: bool = False
@@ -133,19 +145,25 @@ def start_round(db: str, task: Task, version: ModelVersion, split: str = "train"
 
 
 def sample_round(db: str, settings: Settings, task: Task, rnd: Round, version: ModelVersion, prompts: list[Prompt],
-                 params: SamplingParams, conditioning: str | None | list[str | None] = None,
-                 backend: str | None = None) -> list[int]:
-    """The sampling stage of a round: ``params.n`` generations per prompt from ``version``, stored."""
-    sampler = make_backend(backend or settings.backend, version.path, settings.device, settings=settings,
-                           served_name=sampling_model_name(settings, version))
-    return sample_prompts(db, sampler, prompts, params, conditioning_text=conditioning,
-                          prefix_format=task.prefix_format, round_id=rnd.id, model_version_id=version.id)
+                 params: SamplingParams, feedback: str | None | list[str | None] = None,
+                 backend: str | None = None, sampler=None) -> list[int]:
+    """The sampling stage of a round: ``params.n`` generations per prompt from ``version``, stored.
+
+    ``sampler``: an already loaded backend for ``version`` (a round reuses it for the parent's evaluation).
+    """
+    sampler = sampler or load_sampler(settings, version, backend)
+    return sample_prompts(db, sampler, prompts, params, conditioning_text=feedback,
+                          fmt=conditioning.format_of(version, task), round_id=rnd.id, model_version_id=version.id)
 
 
-def _comparable(metrics: dict, cfg: EvalConfig, provider: Provider | None) -> bool:
+
+def comparable(metrics: dict, cfg: EvalConfig, provider: Provider | None, fmt: conditioning.Format,
+               max_new_tokens: int) -> bool:
+    """Whether stored metrics came from the same evaluation (config, provider, format, length): reusable."""
     stored = (metrics or {}).get("eval") or {}
-    wanted = {**asdict(cfg), "provider": provider.name if provider else None}
-    return all(stored.get(k) == v for k, v in wanted.items())
+    wanted = {**cfg.key(), "max_new_tokens": max_new_tokens, "provider": provider.name if provider else None,
+              "format": fmt.to_dict()}
+    return all(stored.get(k) == v for k, v in wanted.items()) and "per_prompt" in (metrics or {})
 
 
 def train_version(db: str, settings: Settings, task: Task, parent_id: int, train_config, pool_kw: dict,
@@ -160,9 +178,14 @@ def train_version(db: str, settings: Settings, task: Task, parent_id: int, train
     from .jobs import create_job, run_job_inline, start_job, wait_job
     from .training.run import check_items
 
-    check_items(build_pool(db, task.id, **pool_kw))
+    items = build_pool(db, task.id, **pool_kw)
+    if not items and pool_kw.get("truncated", "exclude") == "exclude" and \
+            build_pool(db, task.id, **{**pool_kw, "truncated": "last"}):
+        raise ValueError("the data pool is empty: every labelled generation was truncated (no EOS) and the "
+                         "truncation policy is 'exclude'; sample with more --max-new-tokens, or use --truncated last")
+    check_items(items)
     params = dict(task_id=task.id, round_id=round_id, parent_version_id=parent_id, config=train_config.to_dict(),
-                  prefix_format=task.prefix_format, **pool_kw,
+                  conditioning=conditioning.format_of(None, task).to_dict(), **pool_kw,
                   settings={k: getattr(settings, k) for k in ("models_dir", "cache_dir", "device", "threads")})
     if background:
         job_id = start_job(db, "train", params)
@@ -235,19 +258,34 @@ def run_round(db: str, settings: Settings, task: Task, provider: str | Provider,
         with stage("sample"):
             params = replace(cfg.sampling, seed=cfg.sampling.seed + 1000 * rnd.number)
             conds = sampling_conditioning(db, task, served, len(prompts), params.seed)
-            gen_ids = sample_round(db, settings, task, rnd, served, prompts, params, conds)
+            sampler = load_sampler(settings, served)  # one load: sampling, then the parent's evaluation
+            gen_ids = sample_round(db, settings, task, rnd, served, prompts, params, conds, sampler=sampler)
             report.generations, report.conditioning = len(gen_ids), conds[0]
         with stage("feedback", RoundStatus.LABELLING):
             labels: LabelReport = label_generations(db, provider, task, gen_ids)
             report.feedback = dict(source=labels.source, stored=labels.stored, skipped=labels.reasons(),
                                    already=labels.already)
             log(f"  {labels}")
+        with session_scope(db) as s:
+            parent_metrics = s.get(ModelVersion, served.id).metrics
+        max_new = eval_max_new_tokens(db, task, cfg.eval)
+        fmt = conditioning.format_of(served, task)
+        if not comparable(parent_metrics, cfg.eval, provider, fmt, max_new):  # once per parent: reused next round
+            with stage("evaluate_parent"):  # first, so the label diagnostic's held-out set is the base's
+                parent_metrics = evaluate_version(db, settings, served.id, task, provider, cfg.eval, backend=sampler,
+                                                  log=log)
+        del sampler
+        report.parent_metrics = parent_metrics
         with stage("pool", RoundStatus.TRAINING):
             pool_kw = dict(round_ids=[rnd.id] if cfg.policy == "flush" else None, k_per_category=cfg.k_per_category,
-                           seed=train_config.seed, policy=cfg.policy, max_per_prompt=cfg.max_per_prompt)
+                           seed=train_config.seed, policy=cfg.policy, max_per_prompt=cfg.max_per_prompt,
+                           truncated=cfg.truncated)
             items = build_pool(db, task.id, **pool_kw)
-            report.pool_size, report.pool_feedback = len(items), dict(Counter(it.feedback for it in items))
-            log(f"  pool: {len(items)} examples {report.pool_feedback}")
+            summary = pool_summary(items)
+            report.pool_size, report.pool_feedback = len(items), summary["per_feedback"]
+            report.pool_truncated = summary["truncated"]
+            log(f"  pool: {len(items)} examples ({summary['truncated']} truncated, policy {cfg.truncated}) "
+                f"{report.pool_feedback}")
         with stage("train"):
             report.job_id, report.version_id = train_version(db, settings, task, served.id, train_config, pool_kw,
                                                              rnd.id, cfg.background_training, log=log)
@@ -256,19 +294,15 @@ def run_round(db: str, settings: Settings, task: Task, provider: str | Provider,
                 published = publish_version(settings, s.get(ModelVersion, report.version_id))
             log(f"  sampling server: {published.message}")
         with stage("evaluate", RoundStatus.EVALUATING):
-            report.metrics = evaluate_version(db, settings, report.version_id, task, provider, cfg.eval)
-        with session_scope(db) as s:
-            parent_metrics = s.get(ModelVersion, served.id).metrics
-        if not _comparable(parent_metrics, cfg.eval, provider):  # once per parent: the next round reuses it
-            with stage("evaluate_parent"):
-                parent_metrics = evaluate_version(db, settings, served.id, task, provider, cfg.eval)
-        report.parent_metrics = parent_metrics
+            report.metrics = evaluate_version(db, settings, report.version_id, task, provider, cfg.eval, log=log)
         with stage("promote"):
             better = is_better(report.metrics, parent_metrics, cfg.metric)
             report.promoted = cfg.promote == "always" or (cfg.promote == "if_better" and better)
+            diff = compare(report.metrics, parent_metrics, cfg.metric)
             a, b = report.metrics.get(cfg.metric), parent_metrics.get(cfg.metric)
+            detail = f"difference {diff}" if diff is not None else f"{_fmt(a)} vs parent {_fmt(b)}"
             report.decision = (f"{'promoted' if report.promoted else 'not promoted'} "
-                               f"(--promote {cfg.promote}; {cfg.metric} {_fmt(a)} vs parent {_fmt(b)})")
+                               f"(--promote {cfg.promote}; {cfg.metric} {_fmt(a)}, parent {_fmt(b)}, {detail})")
             if report.promoted:
                 with session_scope(db) as s:
                     promote_version(s, report.version_id)

@@ -29,7 +29,7 @@ class SamplingParams:
     n: int = 4
     temperature: float = 1.0
     top_p: float = 0.9
-    max_new_tokens: int = 64
+    max_new_tokens: int = 256  # a small chat model's answers run long: fewer cap, fewer truncated examples
     seed: int = 0
     batch_size: int = 16  # sequences per forward pass
 
@@ -142,7 +142,7 @@ def make_backend(name: str, model_path: str, device: str = "auto", *, settings=N
 
 
 def sample_prompts(db: str, backend: Backend, prompts: Sequence[Prompt], params: SamplingParams, *,
-                   conditioning_text: str | None | Sequence[str | None] = None, prefix_format: str = "{feedback}",
+                   conditioning_text: str | None | Sequence[str | None] = None, fmt: conditioning.Format | None = None,
                    round_id: int | None = None, model_version_id: int | None = None,
                    progress: Progress | None = None, show_progress: bool = True) -> list[int]:
     """Sample ``params.n`` generations per prompt and store them; returns the new generation ids.
@@ -159,7 +159,7 @@ def sample_prompts(db: str, backend: Backend, prompts: Sequence[Prompt], params:
     for start in range(0, len(prompts), per_batch):
         chunk = prompts[start:start + per_batch]
         conds = conditioning_text[start:start + per_batch]
-        inputs = [conditioning.build_input(backend.tokenizer, conditioning.prompt_of(p), c, prefix_format)
+        inputs = [conditioning.build_input(backend.tokenizer, conditioning.prompt_of(p), c, fmt)
                   for p, c in zip(chunk, conds)]
         chunk_params = SamplingParams(**{**asdict(params), "seed": params.seed + start})
         samples = backend.generate([x.input_ids for x in inputs], chunk_params)
@@ -176,3 +176,13 @@ def sample_prompts(db: str, backend: Backend, prompts: Sequence[Prompt], params:
             progress(len(ids), len(prompts) * params.n)
     bar.close()
     return ids
+
+
+def load_sampler(settings, version, backend: str | None = None) -> Backend:
+    """The sampling backend for a ``ModelVersion`` under ``settings`` (an OpenAI-compatible server samples
+    from the name the version is served under there)."""
+    from .modeling import resolve_model
+    from .openai_backend import sampling_model_name
+
+    return make_backend(backend or settings.backend, resolve_model(version.path, settings.cache_dir), settings.device,
+                        settings=settings, served_name=sampling_model_name(settings, version))

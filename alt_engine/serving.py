@@ -71,13 +71,13 @@ class ModelServer:
 
     def __init__(self, backend: TransformersBackend | None = None, *, path: str | None = None,
                  version_name: str | None = None, device: str = "auto", max_batch: int = 8,
-                 batch_wait_ms: float = 30.0, prefix_format: str = conditioning.DEFAULT_PREFIX_FORMAT):
+                 batch_wait_ms: float = 30.0, fmt: conditioning.Format | None = None):
         if backend is None and path is None:
             raise ValueError("ModelServer needs a backend or a model path")
         self.backend, self.path, self.device = backend, path, device
         self.version_name = version_name or path or "model"
         self.max_batch, self.batch_wait = max_batch, batch_wait_ms / 1000
-        self.prefix_format = prefix_format
+        self.fmt = fmt or conditioning.Format()
         self.batches = 0  # batched generate calls so far (for tests and monitoring)
         self.answered = 0  # requests answered so far
         self._queue: queue.Queue[_Request | None] = queue.Queue()
@@ -92,16 +92,18 @@ class ModelServer:
         from .modeling import resolve_model
         from .versions import served_version
 
-        name, path = None, None
+        name, path, fmt = None, None, None
         try:
             with session_scope(settings.db) as s:
                 served = served_version(s)
                 if served is not None:
                     name, path = served.name, served.path
+                    fmt = conditioning.format_of(served) if served.conditioning else None
         except Exception as e:  # no database yet: serve the configured model
             log.info("no served version in %s (%s); serving %s", settings.db, e, settings.model)
         if path is None:
             name, path = settings.model, settings.model
+        kw.setdefault("fmt", fmt)
         return cls(path=resolve_model(path, settings.cache_dir), version_name=name, device=settings.device, **kw)
 
     # --------------------------------------------------------------- loading
@@ -136,6 +138,8 @@ class ModelServer:
             new = make_backend("transformers", path, self.device)
         with self._load_lock:
             self.backend, self.path, self.version_name = new, path, version_name or path  # type: ignore[assignment]
+            if getattr(version, "conditioning", None):
+                self.fmt = conditioning.format_of(version)
         log.info("now serving %s (%s)", self.version_name, path)
 
     def sync(self, db: str) -> bool:
@@ -257,7 +261,7 @@ class ModelServer:
                 continue
             try:
                 inputs.append(conditioning.build_input(backend.tokenizer, r.messages, r.feedback,
-                                                       self.prefix_format).input_ids)
+                                                       self.fmt).input_ids)
                 ok.append(r)
             except Exception as e:
                 r.future.set_exception(ValueError(f"cannot build the model input: {e}"))

@@ -1,5 +1,7 @@
 """A tiny model trained from scratch learns to follow its feedback: "Excellent" → UPPERCASE, "Horrible" → lowercase.
 
+Once per conditioning placement (the paper's raw prefix, the system message, the start of the user turn).
+
 The real path end to end: PoolItems → ``train`` (conditioning format, collator, AltTrainer) → saved
 model → ``TransformersBackend`` sampling conditioned with ``conditioning.build_input``.
 """
@@ -41,32 +43,38 @@ def pool() -> list[PoolItem]:
     return items
 
 
-def share_upper(path: str, feedback: str) -> float:
+FORMATS = {"prefix": conditioning.PAPER_FORMAT, "system": conditioning.Format("system"),
+           "user": conditioning.Format("user")}
+
+
+def share_upper(path: str, feedback: str, fmt: conditioning.Format) -> float:
     """Share of UPPERCASE generations conditioned on ``feedback`` (sampling at temperature 1, top_p 0.9)."""
     tokenizer = load_tokenizer(path)
     backend = TransformersBackend(load_model(path, device="cpu"), tokenizer)
-    inputs = [conditioning.build_input(tokenizer, p, feedback).input_ids for p in PROMPTS[:8]]
+    inputs = [conditioning.build_input(tokenizer, p, feedback, fmt).input_ids for p in PROMPTS[:8]]
     samples = backend.generate(inputs, SamplingParams(n=4, temperature=1.0, top_p=0.9, max_new_tokens=12, seed=1))
     texts = [s.text for row in samples for s in row]
     return sum(style(t) == "upper" for t in texts) / len(texts)
 
 
 @pytest.mark.slow
-def test_tiny_model_learns_to_follow_feedback(tmp_path):
+@pytest.mark.parametrize("placement", FORMATS)
+def test_tiny_model_learns_to_follow_feedback(tmp_path, placement):
+    fmt = FORMATS[placement]
     tokenizer = tiny_tokenizer(PHRASES + [p.upper() for p in PHRASES] + PROMPTS)
     base = str(tmp_path / "base")
     tiny_model(tokenizer).save_pretrained(base)
     tokenizer.save_pretrained(base)
 
-    before = {f: share_upper(base, f) for f in STYLE}
+    before = {f: share_upper(base, f, fmt) for f in STYLE}
     assert before["Excellent"] < 0.5  # untrained: far from following...
     assert abs(before["Excellent"] - before["Horrible"]) < 0.25  # ...and the feedback makes no difference
 
     config = AltTrainConfig(learning_rate=1e-2, epochs=10, batch_size=8, save_steps=100000, report_to="none",
                             logging_steps=10)
-    metrics = train(base, pool(), config, str(tmp_path / "out"))
+    metrics = train(base, pool(), config, str(tmp_path / "out"), fmt)
     assert metrics["steps"] == 80 and metrics["nll"] < 0.5 and metrics["tokens"] > 0
 
-    after = {f: share_upper(str(tmp_path / "out"), f) for f in STYLE}
+    after = {f: share_upper(str(tmp_path / "out"), f, fmt) for f in STYLE}
     assert after["Excellent"] >= 0.9  # conditioned on the exemplar: its style
     assert after["Horrible"] <= 0.1  # conditioned on the worst category: the other style

@@ -148,7 +148,8 @@ def test_feedback_field_conditions_the_generation(junk_api, tokenizer):
     steered = c.chat.completions.create(model="v0-tiny", messages=msgs, max_tokens=2, temperature=0,
                                         extra_body={"feedback": "Excellent"})
     cond = build_input(tokenizer, msgs, "Excellent")
-    assert steered.usage.prompt_tokens == len(cond.input_ids) == plain.usage.prompt_tokens + cond.n_condition
+    assert steered.usage.prompt_tokens == len(cond.input_ids)  # the feedback segment where the format puts it
+    assert plain.usage.prompt_tokens == len(build_input(tokenizer, msgs).input_ids) < len(cond.input_ids)
 
 
 def test_api_key_is_required(junk_api):

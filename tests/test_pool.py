@@ -90,10 +90,10 @@ def test_truncated_only_to_avoid_a_shortfall(data):
     p = data.prompt()
     complete = [data.gen(p, "good") for _ in range(3)]
     truncated_good = data.gen(p, "good", truncated=True)
-    pool = build_pool(data.db, data.task_id, k_per_category=1)  # quota 3: the 3 complete ones suffice
+    pool = build_pool(data.db, data.task_id, k_per_category=1, truncated="last")  # quota 3: complete ones suffice
     assert sorted(it.generation_id for it in pool) == complete
     truncated_bad = data.gen(p, "bad", truncated=True)
-    pool = build_pool(data.db, data.task_id, k_per_category=2)  # quota 6, only 5 exist: all in, truncated last
+    pool = build_pool(data.db, data.task_id, k_per_category=2, truncated="last")  # quota 6, 5 exist: truncated last
     ids = [it.generation_id for it in pool]
     assert set(ids) == {*complete, truncated_good, truncated_bad}
     assert {ids[-1], ids[-2]} == {truncated_good, truncated_bad}
@@ -159,3 +159,24 @@ def test_eval_generations_without_round_never_enter_the_pool(data):
         s.flush()
         s.add(Feedback(generation_id=g.id, source="rule:x", category="good"))
     assert build_pool(data.db, data.task_id, policy="accumulate") == []
+
+
+def test_truncation_policies(data):
+    """exclude: never; last: only to fill the quota; worst: kept under the worst category, whatever the label."""
+    from alt_engine.pool import pool_summary
+
+    p = data.prompt()
+    complete = [data.gen(p, "good"), data.gen(p, "ok")]
+    cut_good = data.gen(p, "good", truncated=True)
+    cut_bad = data.gen(p, "bad", truncated=True)
+    excluded = build_pool(data.db, data.task_id, k_per_category=2)  # the default
+    assert sorted(it.generation_id for it in excluded) == complete
+    assert pool_summary(excluded)["truncated"] == 0
+    last = build_pool(data.db, data.task_id, k_per_category=2, truncated="last")
+    assert {it.generation_id for it in last} == {*complete, cut_good, cut_bad}
+    assert pool_summary(last)["truncated"] == 2
+    worst = {it.generation_id: it for it in build_pool(data.db, data.task_id, k_per_category=2, truncated="worst")}
+    assert worst[cut_good].feedback == worst[cut_good].category == "bad"  # relabelled: not stopping is "bad"
+    assert worst[cut_bad].feedback == "bad" and worst[complete[0]].feedback == "good"
+    with pytest.raises(ValueError, match="truncation policy"):
+        build_pool(data.db, data.task_id, truncated="sometimes")

@@ -37,7 +37,8 @@ def versions(db):
         return list(s.exec(select(ModelVersion).order_by(ModelVersion.id)))
 
 
-TRAIN = ("--epochs", "1", "--batch_size", "4", "--report_to", "none")
+# a random tiny model never stops within a few tokens: its truncated samples must enter the pool here
+TRAIN = ("--epochs", "1", "--batch_size", "4", "--report_to", "none", "--truncated", "last")
 
 
 @pytest.mark.slow  # ~10 s on an idle machine, ~25 s when the 2 cores are shared
@@ -68,7 +69,7 @@ def test_two_rounds_make_two_versions_with_metrics(cli, capsys):
     assert "stored 0, skipped 0, already labelled 12" in capsys.readouterr().out
     assert run("eval", "--version", str(v1.id), "--provider", "rule:length", "--seed", "5",
                "--max-new-tokens", "6") == 0
-    assert "perplexity=" in capsys.readouterr().out
+    assert "perplexity" in capsys.readouterr().out
     assert versions(db)[1].metrics["eval"]["provider"] == "rule:length:10,20,30,40"  # resolved: the arguments kept
 
 

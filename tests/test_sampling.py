@@ -95,8 +95,9 @@ def test_conditioned_on_exemplar(db, backend):
         gens = s.exec(select(Generation)).all()
     tok = backend.tokenizer
     assert all(g.conditioning == "Excellent" for g in gens)
-    plain = {p.id: len(build_input(tok, p.messages or p.text).input_ids) for p in prompts}
-    assert all(g.prompt_tokens == plain[g.prompt_id] for g in gens)  # conditioning not counted
+    conds = {p.id: build_input(tok, p.messages or p.text, "Excellent") for p in prompts}
+    assert all(g.prompt_tokens == len(conds[g.prompt_id].input_ids) - conds[g.prompt_id].n_condition
+               for g in gens)  # the feedback segment is not counted
 
 
 def test_bad_params():

@@ -35,6 +35,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..conditioning import Format
 from ..pool import PoolItem
 from .config import AltTrainConfig
 
@@ -49,7 +50,7 @@ class LaunchArgs:
     model: str = field(metadata={"help": "model directory (or hub id) to fine-tune"})
     items: str = field(metadata={"help": "JSON file with a list of PoolItem dicts"})
     output: str = field(metadata={"help": "output directory (model, config, metrics, TensorBoard logs)"})
-    prefix_format: str = field(default="{feedback}", metadata={"help": "the task's feedback prefix format"})
+    conditioning: str = field(default="{}", metadata={"help": "the conditioning.Format as JSON"})
 
 
 def _free_port() -> int:
@@ -118,7 +119,7 @@ def launcher_command(config: AltTrainConfig, out: Path, module_args: list[str]) 
 
 
 def launch(model_path: str, items: list[PoolItem], config: AltTrainConfig, output_dir: str,
-           prefix_format: str = "{feedback}", progress=None) -> dict:
+           fmt: Format | None = None, progress=None) -> dict:
     """Run ``train`` on every rank through ``config.launcher``; returns global rank 0's metrics.
 
     On a machine other than rank 0 of a multi-machine run it returns ``{}`` once its ranks are done
@@ -132,7 +133,8 @@ def launch(model_path: str, items: list[PoolItem], config: AltTrainConfig, outpu
     threads = max(1, (os.cpu_count() or 1) // config.num_procs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     cmd = launcher_command(config, out, ["--model", model_path, "--items", str(out / ITEMS_FILE),
-                                         "--output", str(out), "--prefix_format", prefix_format,
+                                         "--output", str(out),
+                                         "--conditioning", json.dumps((fmt or Format()).to_dict()),
                                          *config_args(config)])
     tail: deque[str] = deque(maxlen=40)
     with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -169,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{fraction:6.1%}  step {logs.get('step')}  loss {logs['loss']:.4f}", file=sys.stderr, flush=True)
 
     progress = (report if int(os.environ.get("RANK", "0")) == 0 else None) if on_rank else show
-    metrics = train(args.model, items, config, args.output, args.prefix_format, progress=progress)
+    metrics = train(args.model, items, config, args.output, Format.from_dict(json.loads(args.conditioning)),
+                    progress=progress)
     if not on_rank:
         print(json.dumps(metrics, indent=2, default=str))
 

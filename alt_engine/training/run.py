@@ -45,15 +45,14 @@ def check_items(items: list[PoolItem]) -> None:
 
 
 def build_examples(tokenizer, items: list[PoolItem], config: AltTrainConfig,
-                   prefix_format: str = conditioning.DEFAULT_PREFIX_FORMAT) -> list[dict]:
+                   fmt: conditioning.Format | None = None) -> list[dict]:
     """Collator-ready dicts; a long prompt loses its oldest tokens, the feedback segment stays whole."""
     rows = []
     for item in items:
         ex = conditioning.build_training_example(tokenizer, item.prompt, item.feedback, item.response,
-                                                 item.truncated, prefix_format, config.max_response_tokens)
-        n_cond = len(ex.input_ids) - len(ex.ref_input_ids)
-        ref = ex.ref_input_ids[-config.max_prompt_tokens:]
-        rows.append({"input_ids": ex.input_ids[:n_cond] + ref, "ref_input_ids": ref, "response_ids": ex.response_ids})
+                                                 item.truncated, fmt, config.max_response_tokens,
+                                                 config.max_prompt_tokens)
+        rows.append({"input_ids": ex.input_ids, "ref_input_ids": ex.ref_input_ids, "response_ids": ex.response_ids})
     return rows
 
 
@@ -104,18 +103,19 @@ def _cpu_ranks_state() -> dict | None:
 
 
 def train(model_path: str, items: list[PoolItem], config: AltTrainConfig, output_dir: str,
-          prefix_format: str = conditioning.DEFAULT_PREFIX_FORMAT, progress: Progress | None = None) -> dict:
+          fmt: conditioning.Format | None = None, progress: Progress | None = None) -> dict:
     """Fine-tune ``model_path`` on ``items`` into ``output_dir``; returns the run's metrics."""
     check_items(items)
     if config.distributed and not _in_launched_run():  # a launcher starts the ranks (DeepSpeed: even one)
         from .launch import launch
 
-        return launch(model_path, items, config, output_dir, prefix_format, progress)
+        return launch(model_path, items, config, output_dir, fmt, progress)
     out = Path(output_dir)
     set_seed(config.seed)
     tokenizer = load_tokenizer(model_path)
     config = config.resolved(chat_model=bool(getattr(tokenizer, "chat_template", None)))
-    dataset = _dataset(build_examples(tokenizer, items, config, prefix_format))
+    fmt = (fmt or conditioning.Format()).for_tokenizer(tokenizer)
+    dataset = _dataset(build_examples(tokenizer, items, config, fmt))
     model = _load_policy(model_path, config)
     ref_model = load_model(model_path, device="cpu") if config.beta > 0 and not config.lora else None
     args = TrainingArguments(
@@ -141,8 +141,8 @@ def train(model_path: str, items: list[PoolItem], config: AltTrainConfig, output
             cb.logging_dir = str(out / "tensorboard")
     checkpoint = get_last_checkpoint(str(out)) if config.resume and out.is_dir() else None
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    metrics = _metrics(trainer, result, config, resumed_from=checkpoint)
-    _save(trainer, config, items, out, model_path, prefix_format, metrics)
+    metrics = _metrics(trainer, result, config, resumed_from=checkpoint) | {"conditioning": fmt.to_dict()}
+    _save(trainer, config, items, out, model_path, fmt, metrics)
     return metrics
 
 
@@ -160,11 +160,11 @@ def _metrics(trainer, result, config: AltTrainConfig, resumed_from: str | None) 
             "tokens": tokens, "tokens_per_s": tokens / runtime if runtime else 0.0,
             "examples": len(trainer.train_dataset), "epochs": trainer.state.epoch,
             **{k: last[k] for k in ("nll", "entropy", "kl") if k in last},
-            "resumed_from": resumed_from, "config": config.to_dict()}
+            "resumed_from": resumed_from, "config": config.to_dict()}  # + "conditioning" (train)
 
 
 def _save(trainer, config: AltTrainConfig, items: list[PoolItem], out: Path, model_path: str,
-          prefix_format: str, metrics: dict) -> None:
+          fmt: conditioning.Format, metrics: dict) -> None:
     """Model/adapter + tokenizer + exact config + data ids + metrics; checkpoints removed once done."""
     if config.lora and config.merge_lora:
         if trainer.is_world_process_zero():
@@ -175,7 +175,7 @@ def _save(trainer, config: AltTrainConfig, items: list[PoolItem], out: Path, mod
     if not trainer.is_world_process_zero():
         return
     (out / CONFIG_FILE).write_text(json.dumps({**config.to_dict(), "base_model": model_path,
-                                                "prefix_format": prefix_format}, indent=2))
+                                                "conditioning": fmt.to_dict()}, indent=2))
     (out / FEEDBACK_FILE).write_text(json.dumps([item.feedback_id for item in items]))
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))
     for checkpoint in out.glob("checkpoint-*"):
@@ -201,7 +201,7 @@ def _resumable(session, parent_id: int, objective: str, round_id: int | None, fe
 
 def train_model_version(db: str, settings: Settings, items: list[PoolItem], config: AltTrainConfig,
                         parent_version_id: int, objective: str = "alt", round_id: int | None = None,
-                        job_id: int | None = None, prefix_format: str = conditioning.DEFAULT_PREFIX_FORMAT,
+                        job_id: int | None = None, fmt: conditioning.Format | None = None,
                         progress: Progress | None = None) -> int:
     """Train a child of ``parent_version_id`` as a new ModelVersion; returns its id. Never changes serving.
 
@@ -228,7 +228,9 @@ def train_model_version(db: str, settings: Settings, items: list[PoolItem], conf
             session.flush()
             session.add_all(TrainingExample(model_version_id=version.id, feedback_id=f) for f in feedback_ids)
         version.status, version.metrics = "training", {}
-        version.hyperparameters = {**config.to_dict(), "base": parent.path, "prefix_format": prefix_format,
+        fmt = fmt or conditioning.Format()
+        version.conditioning = fmt.to_dict()
+        version.hyperparameters = {**config.to_dict(), "base": parent.path,
                                    "round_id": round_id, "job_id": job_id, "examples": len(items)}
         version_id, parent_path, path = version.id, parent.path, version.path
     if progress is None and job_id is not None:
@@ -237,7 +239,7 @@ def train_model_version(db: str, settings: Settings, items: list[PoolItem], conf
         progress = progress_callback(db, job_id)
     try:
         model_path = resolve_model(parent_path, settings.cache_dir)
-        metrics = train(model_path, items, config, path, prefix_format, progress)
+        metrics = train(model_path, items, config, path, fmt, progress)
     except BaseException as exc:
         with session_scope(db) as session:
             failed = session.get(ModelVersion, version_id)
@@ -248,4 +250,5 @@ def train_model_version(db: str, settings: Settings, items: list[PoolItem], conf
         resolved = metrics.pop("config")
         done.hyperparameters = {**done.hyperparameters, **resolved}
         done.metrics, done.status = metrics, "ready"
+        done.conditioning = metrics.pop("conditioning", done.conditioning)  # as it applied to the tokenizer
     return version_id

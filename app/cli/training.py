@@ -16,7 +16,7 @@ from sqlmodel import select
 
 from alt_engine.db import Generation, ModelVersion, Round, Task, init_db, session_scope
 from alt_engine.modeling import set_threads
-from alt_engine.pool import POLICIES
+from alt_engine.pool import POLICIES, TRUNCATION
 
 from . import CLIError, settings_from
 
@@ -35,14 +35,20 @@ def _pool_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k-per-category", type=int, default=2, help="pool: generations per category per prompt")
     p.add_argument("--policy", choices=POLICIES, default="flush", help="pool: latest round (ALT) or all (Quark)")
     p.add_argument("--max-per-prompt", type=int, default=None, help="pool: cap per prompt")
+    p.add_argument("--truncated", choices=TRUNCATION, default="exclude",
+                   help="pool: truncated generations (no EOS) — exclude them, use them last, or as the worst category")
 
 
 def _eval_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
-    p.add_argument(f"--{prefix}n", dest="eval_n", type=int, default=1, help="generations per probe prompt")
-    p.add_argument(f"--{prefix}max-new-tokens", dest="eval_max_new_tokens", type=int, default=48)
+    p.add_argument(f"--{prefix}n", dest="eval_n", type=int, default=4,
+                   help="generations per probe prompt and conditioning (≥ 4 to resolve a 15-point change)")
+    p.add_argument(f"--{prefix}max-new-tokens", dest="eval_max_new_tokens", type=int, default=None,
+                   help="default: what the task's latest round sampled with")
     p.add_argument(f"--{prefix}seed", dest="eval_seed", type=int, default=0, help="evaluation sampling seed")
     p.add_argument(f"--{prefix}limit", dest="eval_limit", type=int, default=None,
-                   help="at most this many probe prompts")
+                   help="at most this many probe prompts (default: all)")
+    p.add_argument(f"--{prefix}no-steer", dest="eval_steer", action="store_false",
+                   help="skip the worst-feedback samples (no steerability gap)")
 
 
 def register(sub, common) -> None:
@@ -69,6 +75,10 @@ def register(sub, common) -> None:
     p.add_argument("--provider", default=None, help="feedback provider judging the generations (spec as for feedback)")
     p.add_argument("--task", default="default")
     p.add_argument("--reference", default=None, help="reference model for perplexity (default: the chain's base)")
+    p.add_argument("--condition", action="append", default=None, metavar="TEXT",
+                   help="feedback text to condition on instead of the best category; give it twice for a "
+                        "steerability gap between two texts")
+    p.add_argument("--unconditioned", action="store_true", help="evaluate on the plain prompt (no feedback)")
     _eval_options(p)
     p.add_argument("--background", action="store_true", help="queue a job, print its id and return")
     p.set_defaults(func=cmd_eval)
@@ -83,7 +93,8 @@ def register(sub, common) -> None:
     p.add_argument("--limit", type=int, default=None, help="at most this many train prompts")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=0.9)
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: SamplingParams' (enough that few "
+                                                                      "answers of a small chat model truncate)")
     p.add_argument("--sample-batch-size", type=int, default=16)
     p.add_argument("--sample-seed", type=int, default=0)
     p.add_argument("--promote", choices=PROMOTE_CHOICES, default="if-better")
@@ -126,7 +137,8 @@ def _eval_config(args):
     from alt_engine.evaluation import EvalConfig
 
     return EvalConfig(n=args.eval_n, max_new_tokens=args.eval_max_new_tokens, seed=args.eval_seed,
-                      limit=args.eval_limit)
+                      limit=args.eval_limit, steer=args.eval_steer, conditions=getattr(args, "condition", None),
+                      conditioned=not getattr(args, "unconditioned", False))
 
 
 def _served(session) -> ModelVersion:
@@ -139,11 +151,14 @@ def _served(session) -> ModelVersion:
 
 
 def _print_metrics(name: str, metrics: dict) -> None:
-    keys = ("exemplar_share", "mean_score", "perplexity", "dist1", "dist2", "dist3", "mean_length", "pct_truncated")
-    shown = "  ".join(f"{k}={metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), int | float))
-    print(f"{name}: {shown}")
+    from alt_engine.evaluation import summarize
+
+    ev = metrics.get("eval") or {}
+    print(f"{name}: conditioned on {ev.get('conditioning')!r}, {ev.get('probe_prompts')} probe prompts × "
+          f"{ev.get('n')}, provider {ev.get('provider')}")
     if metrics.get("category_share"):
         print("  categories: " + ", ".join(f"{c} {s:.0%}" for c, s in metrics["category_share"].items()))
+    print(summarize(metrics))
 
 
 # --------------------------------------------------------------------------- commands
@@ -185,7 +200,7 @@ def cmd_train(args) -> int:
             round_ids = [_round(s, task, None).id] if args.policy == "flush" else None
         parent = _served(s)
     pool_kw = dict(round_ids=round_ids, k_per_category=args.k_per_category, seed=config.seed, policy=args.policy,
-                   max_per_prompt=args.max_per_prompt)
+                   max_per_prompt=args.max_per_prompt, truncated=args.truncated)
     job_id, version_id = train_version(settings.db, settings, task, parent.id, config, pool_kw,
                                        round_id=round_ids[-1] if round_ids else None, background=args.background,
                                        wait=not args.background)
@@ -235,9 +250,11 @@ def cmd_round(args) -> None:
     setup(settings)
     config = RoundConfig(  # validated here, before any job or round exists
         sampling=SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p,
-                                max_new_tokens=args.max_new_tokens, seed=args.sample_seed,
+                                max_new_tokens=args.max_new_tokens or SamplingParams.max_new_tokens,
+                                seed=args.sample_seed,
                                 batch_size=args.sample_batch_size),
         limit=args.limit, k_per_category=args.k_per_category, policy=args.policy, max_per_prompt=args.max_per_prompt,
+        truncated=args.truncated,
         promote=args.promote.replace("-", "_"), metric=args.metric, eval=_eval_config(args))
     with session_scope(settings.db) as s:
         task = _task(s, args.task)
