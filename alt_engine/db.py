@@ -200,7 +200,33 @@ class User(SQLModel, table=True):
     role: str = "annotator"  # annotator | admin
     password_hash: str
     active: bool = True
+    session_gen: int = 0  # in every session cookie; bumped (sessions revoked) on sign-out, new password, deactivation
     created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class SignInThrottle(SQLModel, table=True):
+    """Failed sign-ins per client address (``addr:<ip>``) and per user name (``name:<name>``).
+
+    In the database, so every app process on it shares the counts (see ``alt_engine.users.begin_sign_in``).
+    """
+
+    key: str = Field(primary_key=True)
+    failures: int = 0
+    window_start: dt.datetime = Field(default_factory=utcnow)
+    locked_until: dt.datetime | None = None
+
+
+class ApiKey(SQLModel, table=True):
+    """A user's key for the OpenAI-compatible ``/v1`` routes; only its SHA-256 is stored."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", index=True)
+    name: str = ""
+    prefix: str = ""  # the first characters, to tell keys apart in a list
+    key_hash: str = Field(unique=True, index=True)
+    revoked: bool = False
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    last_used_at: dt.datetime | None = None
 
 
 class Lease(SQLModel, table=True):
@@ -388,7 +414,7 @@ def add_missing_columns(engine: Engine) -> list[str]:
 
 __all__ = [
     "JobStatus", "RoundStatus", "VersionStatus",
-    "Feedback", "Generation", "Job", "JudgeCall", "Lease", "ModelVersion", "Prompt", "Round",
-    "SchemaInfo", "Task", "TrainingExample", "User", "get_engine", "init_db", "session_scope",
+    "ApiKey", "Feedback", "Generation", "Job", "JudgeCall", "Lease", "ModelVersion", "Prompt", "Round",
+    "SchemaInfo", "SignInThrottle", "Task", "TrainingExample", "User", "get_engine", "init_db", "session_scope",
     "select", "utcnow", "SCHEMA_VERSION", "MIGRATIONS", "add_missing_columns",
 ]

@@ -32,6 +32,10 @@ from .sampling import SamplingParams, TransformersBackend
 log = logging.getLogger(__name__)
 
 
+class PromptTooLong(ValueError):
+    """A request whose input is longer than ``ModelServer.max_prompt_tokens``; it is refused, not run."""
+
+
 @dataclass
 class Usage:
     prompt_tokens: int
@@ -71,13 +75,15 @@ class ModelServer:
 
     def __init__(self, backend: TransformersBackend | None = None, *, path: str | None = None,
                  version_name: str | None = None, device: str = "auto", max_batch: int = 8,
-                 batch_wait_ms: float = 30.0, fmt: conditioning.Format | None = None):
+                 batch_wait_ms: float = 30.0, fmt: conditioning.Format | None = None,
+                 max_prompt_tokens: int | None = None):
         if backend is None and path is None:
             raise ValueError("ModelServer needs a backend or a model path")
         self.backend, self.path, self.device = backend, path, device
         self.version_name = version_name or path or "model"
         self.max_batch, self.batch_wait = max_batch, batch_wait_ms / 1000
         self.fmt = fmt or conditioning.Format()
+        self.max_prompt_tokens = max_prompt_tokens  # longer inputs are refused (PromptTooLong), not run
         self.batches = 0  # batched generate calls so far (for tests and monitoring)
         self.answered = 0  # requests answered so far
         self._queue: queue.Queue[_Request | None] = queue.Queue()
@@ -182,9 +188,15 @@ class ModelServer:
         for ids in inputs:
             if not ids or any(not 0 <= t < vocab for t in ids):
                 raise ValueError(f"a prompt must be a non-empty list of token ids in [0, {vocab})")
+            self._check_length(ids)
         samples = backend.generate(inputs, params)
         self.answered += len(inputs)
         return inputs, samples
+
+    def _check_length(self, ids) -> None:
+        if self.max_prompt_tokens and len(ids) > self.max_prompt_tokens:
+            raise PromptTooLong(f"the prompt has {len(ids)} tokens; this server takes at most "
+                                f"{self.max_prompt_tokens}")
 
     # --------------------------------------------------------------- chat
 
@@ -260,9 +272,12 @@ class ModelServer:
             if not r.future.set_running_or_notify_cancel():  # the caller gave up while it waited
                 continue
             try:
-                inputs.append(conditioning.build_input(backend.tokenizer, r.messages, r.feedback,
-                                                       self.fmt).input_ids)
+                ids = conditioning.build_input(backend.tokenizer, r.messages, r.feedback, self.fmt).input_ids
+                self._check_length(ids)
+                inputs.append(ids)
                 ok.append(r)
+            except PromptTooLong as e:
+                r.future.set_exception(e)
             except Exception as e:
                 r.future.set_exception(ValueError(f"cannot build the model input: {e}"))
         if not ok:

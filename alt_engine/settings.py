@@ -42,6 +42,8 @@ class Settings:
         llm_concurrency, llm_max_requests, llm_max_tokens.
     Web app:
         host, port, secret_key, lease_seconds.
+    The app's OpenAI-compatible /v1 routes:
+        serve_api_key (besides users' own keys), serve_max_prompt_tokens, serve_max_tokens, serve_max_pending.
     """
 
     db: str = field(default="annotations.db", metadata={"help": "SQLite database file"})
@@ -64,7 +66,8 @@ class Settings:
     sampling_concurrency: int = field(default=8, metadata={"help": "parallel sampling requests"})
     llm_base_url: str = field(default="http://127.0.0.1:7860/v1", metadata={"help": "OpenAI-compatible base URL"})
     llm_model: str = field(default="gpt-3.5-turbo", metadata={"help": "judge model name"})
-    llm_api_key: str = field(default="sk-local", metadata={"help": "judge API key (or OPENAI_API_KEY)"})
+    llm_api_key: str = field(default="", metadata={"help": "judge API key (or OPENAI_API_KEY); for the app's own "
+                                                           "/v1: a key made in the app or ALT_SERVE_API_KEY"})
     llm_timeout: float = field(default=30.0, metadata={"help": "seconds per judge request"})
     llm_max_retries: int = field(default=3, metadata={"help": "retries on 429/5xx/timeouts"})
     llm_concurrency: int = field(default=8, metadata={"help": "parallel judge requests"})
@@ -73,6 +76,13 @@ class Settings:
     host: str = field(default="127.0.0.1", metadata={"help": "web app host"})
     port: int = field(default=7860, metadata={"help": "web app port"})
     secret_key: str = field(default="", metadata={"help": "session signing key (random per start if empty)"})
+    serve_api_key: str = field(default="", metadata={
+        "help": "a key for the app's /v1 routes set by the admin; users make their own in the app (API keys tab). "
+                "No key works unless made there or set here"})
+    serve_max_prompt_tokens: int = field(default=2048, metadata={"help": "/v1: longest prompt, in tokens"})
+    serve_max_tokens: int = field(default=512, metadata={"help": "/v1: most new tokens one request may ask for"})
+    serve_max_pending: int = field(default=8, metadata={
+        "help": "/v1: requests one user (or the admin key) may have waiting or running at once; more get 429"})
     lease_seconds: int = field(default=300, metadata={"help": "annotation lease length"})
 
     @classmethod
@@ -93,7 +103,7 @@ class Settings:
         rows = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in ("llm_api_key", "secret_key", "sampling_api_key") and value:
+            if f.name in ("llm_api_key", "secret_key", "sampling_api_key", "serve_api_key") and value:
                 value = "***"
             rows.append((f.name, value, f.metadata.get("help", "")))
         return rows

@@ -1,22 +1,35 @@
-"""Studio users: annotators and admins, with salted scrypt password hashes.
+"""Studio users: annotators and admins, with salted scrypt password hashes; sessions; sign-in throttling.
 
 Passwords are never stored: ``hash_password`` keeps ``scrypt$n$r$p$salt$hash``
 (base64) so the cost parameters travel with the hash and can be raised later.
+
+Sessions: every session cookie carries the user's ``session_gen``; bumping it
+(``revoke_sessions``: sign-out, a new password, deactivation) ends them all at once.
+
+Throttling (``begin_sign_in`` / ``end_sign_in``), state in the database so every app
+process shares it: an attempt is counted *before* its password hash is checked, per
+client address and per user name, so a burst of concurrent guesses is cut off at the
+limit. Past the limit a key is locked, each further failure doubling the lock
+(backoff). A locked *name* only refuses addresses that have themselves been failing:
+strangers cannot lock the real user out, while each fresh address gets one guess per
+lock before its own failure shuts it out too.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import os
 import re
+import threading
 from dataclasses import dataclass
 
 from sqlalchemy import text
 from sqlmodel import select
 
-from .db import User, get_engine, session_scope
+from .db import SignInThrottle, User, get_engine, session_scope
 
 ROLES = ("annotator", "admin")
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
@@ -31,6 +44,7 @@ class UserInfo:
     name: str
     role: str
     active: bool = True
+    session_gen: int = 0
 
     @property
     def is_admin(self) -> bool:
@@ -67,7 +81,7 @@ def verify_password(password: str, stored: str) -> bool:
 
 
 def _info(user: User) -> UserInfo:
-    return UserInfo(id=user.id, name=user.name, role=user.role, active=user.active)
+    return UserInfo(id=user.id, name=user.name, role=user.role, active=user.active, session_gen=user.session_gen)
 
 
 def validate(name: str, role: str, password: str) -> None:
@@ -99,6 +113,7 @@ def set_password(db: str, name: str, password: str) -> None:
         if user is None:
             raise ValueError(f"no user {name!r}")
         user.password_hash = hash_password(password)
+        user.session_gen += 1  # whoever had the old password is signed out
 
 
 def set_active(db: str, name: str, active: bool) -> None:
@@ -106,7 +121,15 @@ def set_active(db: str, name: str, active: bool) -> None:
         user = s.exec(select(User).where(User.name == name)).first()
         if user is None:
             raise ValueError(f"no user {name!r}")
+        if user.active and not active:
+            user.session_gen += 1
         user.active = active
+
+
+def revoke_sessions(db: str, user_id: int) -> None:
+    """End every session of this user (sign-out): their cookies carry the old generation."""
+    with get_engine(db).begin() as conn:
+        conn.execute(text('UPDATE "user" SET session_gen = session_gen + 1 WHERE id = :id'), {"id": user_id})
 
 
 def list_users(db: str) -> list[UserInfo]:
@@ -114,14 +137,14 @@ def list_users(db: str) -> list[UserInfo]:
         return [_info(u) for u in s.exec(select(User).order_by(User.id))]
 
 
-_BY_NAME = text('SELECT id, name, role, active FROM "user" WHERE name = :name')
+_BY_NAME = text('SELECT id, name, role, active, session_gen FROM "user" WHERE name = :name')
 
 
 def get_user(db: str, name: str) -> UserInfo | None:
     """Looked up on every web request, so plain SQL (the ORM would cost more than the query)."""
     with get_engine(db).connect() as conn:
         row = conn.execute(_BY_NAME, {"name": name}).first()
-    return UserInfo(id=row[0], name=row[1], role=row[2], active=bool(row[3])) if row else None
+    return UserInfo(id=row[0], name=row[1], role=row[2], active=bool(row[3]), session_gen=row[4] or 0) if row else None
 
 
 def authenticate(db: str, name: str, password: str) -> UserInfo | None:
@@ -132,3 +155,71 @@ def authenticate(db: str, name: str, password: str) -> UserInfo | None:
     if not verify_password(password or "", stored) or user is None or not user.active:
         return None
     return _info(user)
+
+
+# --------------------------------------------------------------------------- sign-in throttling
+
+NAME_LIMIT, ADDR_LIMIT = 5, 20  # failures before a user name / a client address is locked
+WINDOW = dt.timedelta(minutes=15)  # failures older than this (and not locked) are forgotten
+FIRST_LOCK, MAX_LOCK = 60.0, 3600.0  # seconds: the first lock, doubled per further failure, capped
+_throttle_lock = threading.Lock()  # this process's threads queue here instead of in SQLite's busy handler
+
+
+def _utc(t: dt.datetime | None) -> dt.datetime | None:
+    return t.replace(tzinfo=dt.UTC) if t is not None and t.tzinfo is None else t
+
+
+def _lock_seconds(failures: int, limit: int) -> float:
+    return 0.0 if failures < limit else min(MAX_LOCK, FIRST_LOCK * 2 ** (failures - limit))
+
+
+def _throttle_row(s, key: str, now: dt.datetime) -> SignInThrottle:
+    row = s.get(SignInThrottle, key)
+    if row is None:
+        row = SignInThrottle(key=key, failures=0, window_start=now)
+        s.add(row)
+    locked = _utc(row.locked_until)
+    if (locked is None or locked <= now) and now - _utc(row.window_start) > WINDOW:
+        row.failures, row.window_start, row.locked_until = 0, now, None  # an old, unlocked count is forgotten
+    return row
+
+
+def _wait(row: SignInThrottle, now: dt.datetime) -> float:
+    locked = _utc(row.locked_until)
+    return (locked - now).total_seconds() if locked is not None and locked > now else 0.0
+
+
+def begin_sign_in(db: str, name: str, addr: str) -> float:
+    """Count a sign-in attempt before its password is checked: 0.0 = go on (then call ``end_sign_in``), else the
+    seconds to wait (refused, nothing counted)."""
+    now = dt.datetime.now(dt.UTC)
+    with _throttle_lock, session_scope(db) as s:
+        s.connection().execute(text("UPDATE signinthrottle SET failures = failures WHERE 1 = 0"))  # write lock first
+        a = _throttle_row(s, f"addr:{addr}", now)
+        n = _throttle_row(s, f"name:{(name or '').lower()[:128]}", now)
+        wait = _wait(a, now)
+        if not wait and a.failures > 0:  # a locked name refuses only addresses that have been failing
+            wait = _wait(n, now)
+        if wait:
+            return wait
+        for row, limit in ((a, ADDR_LIMIT), (n, NAME_LIMIT)):
+            row.failures += 1  # counted as failed until the hash says otherwise
+            if (lock := _lock_seconds(row.failures, limit)) > 0:
+                row.locked_until = now + dt.timedelta(seconds=lock)
+        return 0.0
+
+
+def end_sign_in(db: str, name: str, addr: str, ok: bool) -> None:
+    """After the password check: a success clears the name's failures and refunds this address its attempt."""
+    if not ok:
+        return
+    with _throttle_lock, session_scope(db) as s:
+        s.connection().execute(text("UPDATE signinthrottle SET failures = failures WHERE 1 = 0"))
+        n = s.get(SignInThrottle, f"name:{(name or '').lower()[:128]}")
+        if n is not None:
+            s.delete(n)
+        a = s.get(SignInThrottle, f"addr:{addr}")
+        if a is not None:
+            a.failures = max(0, a.failures - 1)
+            if _lock_seconds(a.failures, ADDR_LIMIT) == 0:
+                a.locked_until = None  # the lock this very attempt set

@@ -1,9 +1,14 @@
 """Sign-in for the web app: one signed session cookie for the Gradio page, Gradio's HTTP API and /api/*.
 
-The cookie holds ``user id : name : expiry`` signed with HMAC-SHA256 under
-``Settings.secret_key`` (random per start when empty, so a restart signs
-everyone out). Every request re-reads the user from the database, so a
-deactivated user or a changed role takes effect at once. Gradio learns the
+The cookie holds ``user id : name : expiry : session generation`` signed with
+HMAC-SHA256 under ``Settings.secret_key`` (random per start when empty, so a
+restart signs everyone out). Every request re-reads the user from the database,
+so a deactivated user or a changed role takes effect at once, and a cookie whose
+generation is not the user's current one (after sign-out, a password change or
+deactivation: ``users.revoke_sessions``) is refused. A cookie that does not
+parse (tampered, not ASCII) is ignored, never an error. Sign-in attempts are
+throttled per client address and per name before the password is checked
+(``users.begin_sign_in``). Gradio learns the
 user through ``mount_gradio_app(auth_dependency=...)``: it refuses its
 config, queue and API routes (401) when that returns None, and hands the name
 to handlers as ``gr.Request.username``; admin handlers still check the role
@@ -14,12 +19,10 @@ HTTP endpoint.
 from __future__ import annotations
 
 import base64
-import collections
 import hashlib
 import hmac
 import html
 import os
-import threading
 import time
 
 import gradio as gr
@@ -28,36 +31,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from alt_engine.settings import Settings
-from alt_engine.users import UserInfo, authenticate, get_user
+from alt_engine.users import UserInfo, authenticate, begin_sign_in, end_sign_in, get_user, revoke_sessions
 
 COOKIE = "alt_session"
 SESSION_SECONDS = 12 * 3600
-
-
-class Throttle:
-    """At most ``limit`` failed sign-ins per user name in ``window`` seconds (in memory, per server process)."""
-
-    def __init__(self, limit: int = 5, window: float = 300.0):
-        self.limit, self.window = limit, window
-        self.failures: dict[str, collections.deque] = collections.defaultdict(collections.deque)
-        self.lock = threading.Lock()
-
-    def wait_seconds(self, name: str) -> float:
-        """0 when a sign-in may be tried, else how long to wait."""
-        now = time.monotonic()
-        with self.lock:
-            q = self.failures.get(name.lower())
-            while q and now - q[0] > self.window:
-                q.popleft()
-            return self.window - (now - q[0]) if q and len(q) >= self.limit else 0.0
-
-    def failed(self, name: str) -> None:
-        with self.lock:
-            self.failures[name.lower()].append(time.monotonic())
-
-    def succeeded(self, name: str) -> None:
-        with self.lock:
-            self.failures.pop(name.lower(), None)
 
 
 class Auth:
@@ -66,48 +43,52 @@ class Auth:
     def __init__(self, settings: Settings):
         self.db = settings.db
         self.key = (settings.secret_key or os.urandom(32).hex()).encode()
-        self.throttle = Throttle()
 
-    async def sign_in(self, name: str, password: str) -> tuple[UserInfo | None, str]:
-        """(user, "") or (None, why); failed attempts per name are throttled."""
-        wait = self.throttle.wait_seconds(name)
+    async def sign_in(self, name: str, password: str, addr: str = "unknown") -> tuple[UserInfo | None, str]:
+        """(user, "") or (None, why); attempts are counted per address and per name before the hash is checked."""
+        wait = await run_in_threadpool(begin_sign_in, self.db, name, addr)
         if wait:
-            return None, f"Too many failed sign-ins for this user: try again in {int(wait) + 1} s."
+            return None, f"Too many failed sign-ins: try again in {int(wait) + 1} s."
         user = await run_in_threadpool(authenticate, self.db, name, password)  # scrypt: keep the event loop free
+        await run_in_threadpool(end_sign_in, self.db, name, addr, user is not None)
         if user is None:
-            self.throttle.failed(name)
             return None, "Wrong user name or password."
-        self.throttle.succeeded(name)
         return user, ""
+
+    def sign_out(self, request: Request) -> None:
+        """Revoke every session of the request's user (server-side: the old cookie stops working everywhere)."""
+        user = self.user(request)
+        if user is not None:
+            revoke_sessions(self.db, user.id)
 
     # ---- tokens
     def _sign(self, payload: bytes) -> str:
         return base64.urlsafe_b64encode(hmac.new(self.key, payload, hashlib.sha256).digest()).decode().rstrip("=")
 
     def issue(self, user: UserInfo) -> str:
-        payload = f"{user.id}:{user.name}:{int(time.time()) + SESSION_SECONDS}".encode()
+        payload = f"{user.id}:{user.name}:{int(time.time()) + SESSION_SECONDS}:{user.session_gen}".encode()
         return base64.urlsafe_b64encode(payload).decode().rstrip("=") + "." + self._sign(payload)
 
-    def read(self, token: str | None) -> str | None:
-        """The user name in a valid, unexpired token, else None."""
-        if not token or "." not in token:
-            return None
-        body, sig = token.rsplit(".", 1)
+    def read(self, token: str | None) -> tuple[str, int] | None:
+        """(user name, session generation) of a valid, unexpired token, else None — never an exception."""
         try:
-            payload = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-            _uid, name, expiry = payload.decode().split(":")
-        except (ValueError, UnicodeDecodeError):
+            body, sig = (token or "").rsplit(".", 1)
+            payload = base64.urlsafe_b64decode(body.encode("ascii") + b"=" * (-len(body) % 4))
+            _uid, name, expiry, gen = payload.decode().split(":")
+            if not hmac.compare_digest(sig.encode("ascii"), self._sign(payload).encode()) or int(expiry) < time.time():
+                return None
+            return name, int(gen)
+        except (ValueError, UnicodeError, TypeError):  # no '.', not base64, not ASCII, wrong fields
             return None
-        if not hmac.compare_digest(sig, self._sign(payload)) or int(expiry) < time.time():
-            return None
-        return name
 
     # ---- requests
     def user(self, request: Request) -> UserInfo | None:
-        """The signed-in, active user of a FastAPI request."""
-        name = self.read(request.cookies.get(COOKIE))
-        user = get_user(self.db, name) if name else None
-        return user if user is not None and user.active else None
+        """The signed-in, active user of a FastAPI request (a revoked session counts as none)."""
+        session = self.read(request.cookies.get(COOKIE))
+        user = get_user(self.db, session[0]) if session else None
+        if user is None or not user.active or user.session_gen != session[1]:
+            return None
+        return user
 
     def gradio_dependency(self, request: Request) -> str | None:
         """For ``mount_gradio_app(auth_dependency=...)``: the user name, or None to refuse."""
@@ -187,6 +168,11 @@ async def _credentials(request: Request) -> tuple[str, str]:
     return str(data.get("username") or ""), str(data.get("password") or "")
 
 
+def _client(request: Request) -> str:
+    """The client address the throttle counts by (the peer; behind a proxy, uvicorn's --proxy-headers sets it)."""
+    return request.client.host if request.client else "unknown"
+
+
 def add_auth_routes(api: FastAPI, auth: Auth) -> None:
     """/login (page and form post), /logout, /api/login, /api/logout, /api/me; and the redirect of / to /login."""
 
@@ -199,7 +185,7 @@ def add_auth_routes(api: FastAPI, auth: Auth) -> None:
     @api.post("/login", include_in_schema=False)
     async def login_submit(request: Request):
         name, password = await _credentials(request)
-        user, why = await auth.sign_in(name, password)
+        user, why = await auth.sign_in(name, password, _client(request))
         if user is None:
             return HTMLResponse(login_page(name, why), status_code=429 if "Too many" in why else 401)
         response = RedirectResponse("/", status_code=303)
@@ -207,7 +193,8 @@ def add_auth_routes(api: FastAPI, auth: Auth) -> None:
         return response
 
     @api.api_route("/logout", methods=["GET", "POST"], include_in_schema=False)
-    def logout():
+    def logout(request: Request):
+        auth.sign_out(request)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE, path="/")
         return response
@@ -215,7 +202,7 @@ def add_auth_routes(api: FastAPI, auth: Auth) -> None:
     @api.post("/api/login")
     async def api_login(request: Request):
         name, password = await _credentials(request)
-        user, why = await auth.sign_in(name, password)
+        user, why = await auth.sign_in(name, password, _client(request))
         if user is None:
             return JSONResponse({"detail": why}, status_code=429 if "Too many" in why else 401)
         response = JSONResponse({"user": user.name, "role": user.role})
@@ -223,7 +210,8 @@ def add_auth_routes(api: FastAPI, auth: Auth) -> None:
         return response
 
     @api.post("/api/logout")
-    def api_logout():
+    def api_logout(request: Request):
+        auth.sign_out(request)
         response = JSONResponse({"ok": True})
         response.delete_cookie(COOKIE, path="/")
         return response

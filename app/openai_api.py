@@ -4,8 +4,18 @@ Anything that speaks the OpenAI API — the studio's own LLM judge included —
 can use the served model: ``ALT_LLM_BASE_URL=http://127.0.0.1:7860/v1``.
 
 Auth: these routes do not use the app's login; a request must carry
-``Authorization: Bearer <key>`` with the key equal to ``Settings.llm_api_key``
-(env ``ALT_LLM_API_KEY``, default ``sk-local``; an empty key disables the check).
+``Authorization: Bearer <key>`` with a key a signed-in user made in the app (API
+keys tab, ``alt_engine.apikeys``) or the key the admin set as ``ALT_SERVE_API_KEY``.
+There is no default key: without one of these every request is refused (401).
+
+Limits (settings ``serve_*``), each refused with a clear 4xx before the model is touched:
+a body over 2 MiB (413); a chat longer than 8 characters per allowed token or a prompt
+over ``serve_max_prompt_tokens`` tokens (400, code ``context_length_exceeded``);
+``max_tokens`` over ``serve_max_tokens`` (400). Fairness: one user (all their keys; or the
+admin key) may have at most ``serve_max_pending`` requests waiting or running (429
+beyond); the model server batches requests in arrival order and ``serve_max_pending`` is
+at most its batch size, so anyone else's request runs in the next batch at the latest,
+and the token caps bound how long a batch runs.
 
 Model names: the served version's name (``GET /v1/models``) or its path; any
 other name is a 404, so provenance (``llm:<model>``) names what really answered. Point the judge at it with
@@ -13,7 +23,7 @@ other name is a 404, so provenance (``llm:<model>``) names what really answered.
 
 Body: ``model``, ``messages`` (roles system/user/assistant, content a string
 or text parts), ``temperature`` (default 1), ``top_p`` (default 1),
-``max_tokens`` / ``max_completion_tokens`` (default 128, at most 2048),
+``max_tokens`` / ``max_completion_tokens`` (default 128, at most ``serve_max_tokens``),
 ``seed``, ``n`` = 1; no streaming. Extra field ``feedback``: a feedback text
 to condition the generation on (steering), exactly as in training.
 Bad requests get 400 with an OpenAI-style ``{"error": {...}}`` body.
@@ -22,12 +32,14 @@ Bad requests get 400 with an OpenAI-style ``{"error": {...}}`` body.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import random
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -35,12 +47,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from alt_engine.apikeys import user_for_key
 from alt_engine.sampling import SamplingParams
-from alt_engine.serving import ModelServer
+from alt_engine.serving import ModelServer, PromptTooLong
 from alt_engine.settings import Settings
 
 MAX_TOKENS_LIMIT = 2048
 DEFAULT_MAX_TOKENS = 128
+MAX_BODY_BYTES = 2 * 1024 * 1024
+CHARS_PER_TOKEN = 8  # a chat longer than this many characters per allowed token is refused before tokenizing
 
 
 class TextPart(BaseModel):
@@ -83,6 +98,77 @@ def _validation_message(e: ValidationError) -> tuple[str, str | None]:
     return f"{param}: {err.get('msg')}" if param else str(err.get("msg")), param or None
 
 
+class Gate:
+    """Who may call /v1 (users' keys, the admin's key) and how many requests each caller has in flight."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.pending: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def caller(self, request: Request) -> str | None:
+        """``user:<id>`` for a user's key, ``admin-key`` for the settings' key, else None."""
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            return None
+        admin = self.settings.serve_api_key
+        if admin and hmac.compare_digest(key.encode("utf-8", "surrogatepass"), admin.encode()):
+            return "admin-key"
+        user = user_for_key(self.settings.db, key)
+        return f"user:{user.id}" if user is not None else None
+
+    def unauthorized(self, request: Request) -> JSONResponse | None:
+        if self.caller(request) is None:
+            return openai_error(401, "Invalid or missing API key: make one in the app (API keys tab) and send "
+                                     "'Authorization: Bearer <key>'.", code="invalid_api_key")
+        return None
+
+    @contextlib.asynccontextmanager
+    async def admitted(self, request: Request) -> AsyncIterator[JSONResponse | None]:
+        """Yields None when the request may go on (its slot is held until the block ends), else the refusal."""
+        caller = await run_in_threadpool(self.caller, request)
+        if caller is None:
+            yield self.unauthorized(request)
+            return
+        cap = max(1, self.settings.serve_max_pending)
+        with self.lock:
+            held = self.pending.get(caller, 0)
+            if held >= cap:
+                refused = True
+            else:
+                refused, self.pending[caller] = False, held + 1
+        if refused:
+            yield openai_error(429, f"you have {held} requests waiting or running (at most {cap} at once): wait "
+                                    "for one to finish", type_="rate_limit_error", code="rate_limit_exceeded")
+            return
+        try:
+            if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
+                yield _too_large()
+            else:
+                yield None
+        finally:
+            with self.lock:
+                self.pending[caller] -= 1
+                if not self.pending[caller]:
+                    del self.pending[caller]
+
+
+def _too_large() -> JSONResponse:
+    return openai_error(413, f"the request body is larger than {MAX_BODY_BYTES // 1024} KiB",
+                        code="request_too_large")
+
+
+async def _json_body(request: Request) -> Any:
+    """The parsed body; a ValueError for bad JSON, a too-large body is refused while it is read."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise OverflowError
+    return json.loads(bytes(body) or b"null")
+
+
 def add_openai_routes(api: FastAPI, settings: Settings, server: ModelServer | None = None) -> ModelServer:
     """Mount the routes on ``api`` (before any catch-all mount such as Gradio's at "/").
 
@@ -95,37 +181,40 @@ def add_openai_routes(api: FastAPI, settings: Settings, server: ModelServer | No
         server = ModelServer.from_settings(settings)
         threading.Thread(target=server.preload, name="model-preload", daemon=True).start()
         server.follow(settings.db)  # a promoted version is served within seconds
+    if server.max_prompt_tokens is None:
+        server.max_prompt_tokens = settings.serve_max_prompt_tokens
     api.state.model_server = server
-
-    def unauthorized(request: Request) -> JSONResponse | None:
-        if not settings.llm_api_key:
-            return None
-        given = request.headers.get("authorization", "")
-        scheme, _, key = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), settings.llm_api_key.encode()):
-            return openai_error(401, "Invalid API key: send 'Authorization: Bearer <ALT_LLM_API_KEY>'.",
-                                code="invalid_api_key")
-        return None
+    gate = Gate(settings)
 
     @api.get("/v1/models")
     def list_models(request: Request):
-        if (denied := unauthorized(request)) is not None:
+        if (denied := gate.unauthorized(request)) is not None:
             return denied
         return {"object": "list", "data": [{"id": server.version_name, "object": "model", "created": 0,
                                             "owned_by": "alt-studio"}]}
 
     @api.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        if (denied := unauthorized(request)) is not None:
-            return denied
-        try:
-            body = json.loads(await request.body() or b"null")
-        except ValueError:
-            return openai_error(400, "the request body is not valid JSON")
-        return await _complete(server, settings, body, request)
+        async with gate.admitted(request) as denied:
+            if denied is not None:
+                return denied
+            try:
+                body = await _json_body(request)
+            except OverflowError:
+                return _too_large()
+            except ValueError:
+                return openai_error(400, "the request body is not valid JSON")
+            return await _complete(server, settings, body, request)
 
-    add_completions_route(api, server, unauthorized)
+    add_completions_route(api, server, gate, settings)
     return server
+
+
+def _max_tokens_error(asked: int, settings: Settings, param: str) -> JSONResponse | None:
+    if asked > settings.serve_max_tokens:
+        return openai_error(400, f"{param}: {asked} is more than this server allows ({settings.serve_max_tokens})",
+                            param=param)
+    return None
 
 
 async def _complete(server: ModelServer, settings: Settings, body: Any, request: Request) -> JSONResponse | dict:
@@ -139,12 +228,20 @@ async def _complete(server: ModelServer, settings: Settings, body: Any, request:
     if req.model not in server.model_ids:
         return openai_error(404, f"model {req.model!r} is not served here; available: {server.version_name} "
                                  "(set ALT_LLM_MODEL to it)", param="model", code="model_not_found")
+    max_new = req.max_completion_tokens or req.max_tokens or min(DEFAULT_MAX_TOKENS, settings.serve_max_tokens)
+    param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+    if (too_many := _max_tokens_error(max_new, settings, param)) is not None:
+        return too_many
     messages = [m.as_dict() for m in req.messages]
+    chars = sum(len(m["content"]) for m in messages) + len(req.feedback or "")
+    if chars > CHARS_PER_TOKEN * settings.serve_max_prompt_tokens:
+        return openai_error(400, f"the prompt has {chars} characters; this server takes at most "
+                                 f"{settings.serve_max_prompt_tokens} tokens", param="messages",
+                            code="context_length_exceeded")
     try:
         # loading the model (first request only) blocks: do it off the event loop
         future = await run_in_threadpool(
-            server.submit, messages, req.feedback or None,
-            req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_TOKENS, req.temperature, req.top_p,
+            server.submit, messages, req.feedback or None, max_new, req.temperature, req.top_p,
             req.seed if req.seed is not None else random.randrange(2**31))
         waiting = asyncio.wrap_future(future)
         while True:  # concurrent requests meet in the server's batches; a client that left is dropped from the queue
@@ -155,6 +252,8 @@ async def _complete(server: ModelServer, settings: Settings, body: Any, request:
                 future.cancel()
                 return openai_error(499, "client closed the request", type_="client_closed")
         text, usage = waiting.result()
+    except PromptTooLong as e:
+        return openai_error(400, str(e), param="messages", code="context_length_exceeded")
     except ValueError as e:
         return openai_error(400, str(e))
     except Exception as e:  # the model failed to load or generate: say so in the API's own format
@@ -201,46 +300,57 @@ class CompletionRequest(BaseModel):
         return list(p)  # type: ignore[arg-type]
 
 
-def add_completions_route(api: FastAPI, server: ModelServer, unauthorized) -> None:
-    """Mount ``POST /v1/completions`` (same key check as the chat route)."""
+def add_completions_route(api: FastAPI, server: ModelServer, gate: Gate, settings: Settings) -> None:
+    """Mount ``POST /v1/completions`` (same keys, limits and fairness cap as the chat route)."""
 
     @api.post("/v1/completions")
     async def completions(request: Request):
-        if (denied := unauthorized(request)) is not None:
-            return denied
-        try:
-            body = json.loads(await request.body() or b"null")
-            req = CompletionRequest.model_validate(body)
-        except ValueError as e:  # bad JSON or a ValidationError (a ValueError too)
-            message, param = _validation_message(e) if isinstance(e, ValidationError) else (
-                "the request body is not valid JSON", None)
-            return openai_error(400, message, param=param)
-        if req.model not in server.model_ids:
-            return openai_error(404, f"model {req.model!r} is not served here; available: {server.version_name}",
-                                param="model", code="model_not_found")
-        prompts = req.prompts()
-        if not prompts:
-            return openai_error(400, "prompt: empty", param="prompt")
-        params = SamplingParams(n=req.n, temperature=req.temperature, top_p=req.top_p, max_new_tokens=req.max_tokens,
-                                seed=req.seed if req.seed is not None else random.randrange(2**31),
-                                batch_size=min(16, req.n * len(prompts)))
-        try:
-            inputs, samples = await run_in_threadpool(server.complete, prompts, params)
-        except ValueError as e:
-            return openai_error(400, str(e), param="prompt")
-        except Exception as e:
-            return openai_error(503, f"the served model failed: {type(e).__name__}: {e}", type_="server_error")
-        choices = []
-        for i, per_prompt in enumerate(samples):
-            for j, s in enumerate(per_prompt):
-                choice = {"index": i * req.n + j, "text": s.text, "logprobs": None,
-                          "finish_reason": "length" if s.truncated else "stop"}
-                if req.return_token_ids:
-                    choice["token_ids"] = s.token_ids
-                choices.append(choice)
-        completion_tokens = sum(len(s.token_ids) for per in samples for s in per)
-        prompt_tokens = sum(len(x) for x in inputs)
-        return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
-                "model": server.version_name, "system_fingerprint": server.version_name, "choices": choices,
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens}}
+        async with gate.admitted(request) as denied:
+            if denied is not None:
+                return denied
+            return await _completions(request, server, settings)
+
+
+async def _completions(request: Request, server: ModelServer, settings: Settings):
+    try:
+        body = await _json_body(request)
+        req = CompletionRequest.model_validate(body)
+    except OverflowError:
+        return _too_large()
+    except ValueError as e:  # bad JSON or a ValidationError (a ValueError too)
+        message, param = _validation_message(e) if isinstance(e, ValidationError) else (
+            "the request body is not valid JSON", None)
+        return openai_error(400, message, param=param)
+    if (too_many := _max_tokens_error(req.max_tokens, settings, "max_tokens")) is not None:
+        return too_many
+    if req.model not in server.model_ids:
+        return openai_error(404, f"model {req.model!r} is not served here; available: {server.version_name}",
+                            param="model", code="model_not_found")
+    prompts = req.prompts()
+    if not prompts:
+        return openai_error(400, "prompt: empty", param="prompt")
+    params = SamplingParams(n=req.n, temperature=req.temperature, top_p=req.top_p, max_new_tokens=req.max_tokens,
+                            seed=req.seed if req.seed is not None else random.randrange(2**31),
+                            batch_size=min(16, req.n * len(prompts)))
+    try:
+        inputs, samples = await run_in_threadpool(server.complete, prompts, params)
+    except PromptTooLong as e:
+        return openai_error(400, str(e), param="prompt", code="context_length_exceeded")
+    except ValueError as e:
+        return openai_error(400, str(e), param="prompt")
+    except Exception as e:
+        return openai_error(503, f"the served model failed: {type(e).__name__}: {e}", type_="server_error")
+    choices = []
+    for i, per_prompt in enumerate(samples):
+        for j, s in enumerate(per_prompt):
+            choice = {"index": i * req.n + j, "text": s.text, "logprobs": None,
+                      "finish_reason": "length" if s.truncated else "stop"}
+            if req.return_token_ids:
+                choice["token_ids"] = s.token_ids
+            choices.append(choice)
+    completion_tokens = sum(len(s.token_ids) for per in samples for s in per)
+    prompt_tokens = sum(len(x) for x in inputs)
+    return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
+            "model": server.version_name, "system_fingerprint": server.version_name, "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}}

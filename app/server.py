@@ -6,6 +6,7 @@ Routes:
   /api/login /api/logout /api/me
   /api/annotate/...            next, submit, skip, flag, undo, progress (signed in)
   /api/admin/...               users, jobs, agreement (admins)
+  /api/keys                    your own API keys for /v1 (signed in; app/keys.py)
   /v1/...                      OpenAI-compatible, API key instead of sign-in (app/openai_api.py)
   /                            the Gradio app (Annotate, Admin tabs), sign-in required
 """
@@ -31,6 +32,7 @@ from alt_engine.versions import served_version
 from .admin import AdminTab, jobs_table
 from .annotate import CSS, SHORTCUTS_JS, AnnotateTab
 from .auth import Auth, add_auth_routes
+from .keys import KeysTab, add_key_routes
 from .openai_api import add_openai_routes
 
 # --------------------------------------------------------------------------- JSON API
@@ -168,6 +170,7 @@ def _json_safe(x):
 def build_blocks(settings: Settings, auth: Auth) -> gr.Blocks:
     annotate = AnnotateTab(settings, auth)
     admin = AdminTab(settings, auth)
+    keys = KeysTab(settings, auth)
     with gr.Blocks(title="ALT Studio") as blocks:
         with gr.Row():
             gr.Markdown("## ALT Studio")
@@ -177,6 +180,9 @@ def build_blocks(settings: Settings, auth: Auth) -> gr.Blocks:
                 annotate.build_ui()
             with gr.Tab("Admin", id="admin", visible=False, elem_id="alt-admin-tab") as admin_tab:
                 admin.build_ui()
+            with gr.Tab("API keys", id="keys", elem_id="alt-keys-tab") as keys_tab:
+                keys.build_ui()
+        keys_tab.select(keys._list, None, [keys.table], api_visibility="private")
 
         def page_load(request: gr.Request):
             user = auth.require_user(request)
@@ -203,6 +209,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     add_auth_routes(api, auth)
     add_annotation_api(api, settings, auth)
+    add_key_routes(api, settings, auth)
     add_openai_routes(api, settings)
     blocks = build_blocks(settings, auth)
     blocks.queue(default_concurrency_limit=8)

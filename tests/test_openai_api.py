@@ -114,7 +114,7 @@ def live(server: ModelServer, settings: Settings):
 @pytest.fixture
 def junk_api(tokenizer, tmp_path):
     server = ModelServer(TransformersBackend(tiny_model(tokenizer, seed=0), tokenizer), version_name="v0-tiny")
-    settings = Settings(db=str(tmp_path / "x.db"), llm_api_key=KEY, model="tiny")
+    settings = Settings(db=str(tmp_path / "x.db"), llm_api_key=KEY, serve_api_key=KEY, model="tiny")
     with live(server, settings) as url:
         yield url, server
 
@@ -267,7 +267,8 @@ def test_categorical_judge_end_to_end_against_the_app(db, tokenizer, label_model
     model = label_model if trained else tiny_model(tokenizer, seed=0)
     server = ModelServer(TransformersBackend(model, tokenizer), version_name="v0-tiny")
     task, gens = judge_round(db)
-    settings = Settings(db=db, llm_api_key=KEY, llm_model="v0-tiny", llm_timeout=60, llm_concurrency=4)
+    settings = Settings(db=db, llm_api_key=KEY, serve_api_key=KEY, llm_model="v0-tiny", llm_timeout=60,
+                        llm_concurrency=4)
     with live(server, settings) as url:
         settings.llm_base_url = url
         provider = make_llm_provider("categorical", settings, task, show_progress=False)
@@ -297,7 +298,7 @@ def test_alt_feedback_cli_labels_a_round_through_the_apps_endpoint(db, tokenizer
         for g in s.exec(select(Generation)):
             g.round_id = rnd.id
     server = ModelServer(TransformersBackend(label_model, tokenizer), version_name="v0-tiny")
-    with live(server, Settings(db=db, llm_api_key=KEY)) as url:
+    with live(server, Settings(db=db, llm_api_key=KEY, serve_api_key=KEY)) as url:
         for name, value in dict(LLM_BASE_URL=url, LLM_MODEL="v0-tiny", LLM_API_KEY=KEY, LLM_MAX_REQUESTS="2",
                                 LLM_CONCURRENCY="1").items():
             monkeypatch.setenv(f"ALT_{name}", value)
@@ -340,7 +341,7 @@ def test_the_full_app_serves_v1_with_the_api_key_and_no_sign_in(db, tiny_model_d
     from alt_engine.versions import ensure_base_version
     from app.server import create_app
 
-    settings = Settings(db=db, model=tiny_model_dir, device="cpu", llm_api_key=KEY)
+    settings = Settings(db=db, model=tiny_model_dir, device="cpu", llm_api_key=KEY, serve_api_key=KEY)
     with session_scope(db) as s:
         ensure_base_version(s, tiny_model_dir, resolve_model(tiny_model_dir, settings.cache_dir))
     with TestClient(create_app(settings)) as http:

@@ -52,7 +52,7 @@ def api(transformers_backend, tmp_path):
         return "Success: LoRA adapter loaded"
 
     app.state.loaded = loaded
-    add_openai_routes(app, Settings(db=str(tmp_path / "x.db"), llm_api_key=KEY), server)
+    add_openai_routes(app, Settings(db=str(tmp_path / "x.db"), llm_api_key=KEY, serve_api_key=KEY), server)
     port = free_port()
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)

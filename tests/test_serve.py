@@ -20,9 +20,11 @@ def test_serve_default_model(tmp_path):
             assert http.post("/api/login", json={"username": "admin", "password": "first-admin-pw"}).status_code == 200
             page = http.get("/")
             assert page.status_code == 200 and "ALT Studio" in page.text
-            models = http.get("/v1/models", headers={"Authorization": "Bearer sk-local"}).json()
+            assert http.get("/v1/models", headers={"Authorization": "Bearer sk-local"}).status_code == 401  # no default
+            key = http.post("/api/keys", json={"name": "test"}).json()["key"]  # the admin's own key, made in the app
+            models = http.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).json()
             assert models["data"][0]["id"] == "v0-base"
-            reply = http.post("/v1/chat/completions", headers={"Authorization": "Bearer sk-local"}, json={
+            reply = http.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, json={
                 "model": "v0-base", "messages": [{"role": "user", "content": "What is 2 + 2?"}],
                 "max_tokens": 8, "temperature": 0})
             assert reply.status_code == 200, reply.text
