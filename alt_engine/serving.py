@@ -14,6 +14,10 @@ Inputs are built by ``conditioning.build_input``: ``feedback`` steers the
 model exactly as in training. ``reload`` switches the served version
 (promote / rollback) without dropping requests; ``follow(db)`` does it by itself
 when another process (``alt models promote``, a round) changes the served version.
+
+``ModelHub`` (one per process, ``hub_for(settings)``) holds the served version's ``ModelServer``, keeps the
+previous version loaded for an instant rollback and loads any other version on request
+(``hub.for_version(name)``, for the playground) in a small memory-bounded LRU (``BackendCache``).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     truncated: bool  # stopped at max_new_tokens without EOS
+    version: str = ""  # the model version that answered
 
     @property
     def total_tokens(self) -> int:
@@ -76,10 +81,12 @@ class ModelServer:
     def __init__(self, backend: TransformersBackend | None = None, *, path: str | None = None,
                  version_name: str | None = None, device: str = "auto", max_batch: int = 8,
                  batch_wait_ms: float = 30.0, fmt: conditioning.Format | None = None,
-                 max_prompt_tokens: int | None = None):
+                 max_prompt_tokens: int | None = None, cache: BackendCache | None = None):
         if backend is None and path is None:
             raise ValueError("ModelServer needs a backend or a model path")
         self.backend, self.path, self.device = backend, path, device
+        self.cache = cache  # shared loaded models: the previous version stays there for an instant rollback
+        self.previous: tuple[str, str] | None = None  # (name, path) served before the last reload
         self.version_name = version_name or path or "model"
         self.max_batch, self.batch_wait = max_batch, batch_wait_ms / 1000
         self.fmt = fmt or conditioning.Format()
@@ -126,7 +133,8 @@ class ModelServer:
                     from .sampling import make_backend
 
                     log.info("loading %s for serving", self.path)
-                    self.backend = make_backend("transformers", self.path, self.device)  # type: ignore[assignment]
+                    self.backend = (self.cache.get(self.path) if self.cache is not None else  # type: ignore[assignment]
+                                    make_backend("transformers", self.path, self.device))
         return self.backend  # type: ignore[return-value]
 
     def reload(self, version, version_name: str | None = None, backend: TransformersBackend | None = None) -> None:
@@ -140,12 +148,16 @@ class ModelServer:
         path = getattr(version, "path", version)
         version_name = version_name or getattr(version, "name", None)
         new = backend
-        if new is None and self.backend is not None:
-            new = make_backend("transformers", path, self.device)
+        if new is None and self.backend is not None:  # load first (outside the lock): requests keep flowing
+            new = self.cache.get(path) if self.cache is not None else make_backend("transformers", path, self.device)
         with self._load_lock:
+            if (self.version_name, self.path) != (version_name or path, path):
+                self.previous = (self.version_name, self.path)
             self.backend, self.path, self.version_name = new, path, version_name or path  # type: ignore[assignment]
             if getattr(version, "conditioning", None):
                 self.fmt = conditioning.format_of(version)
+            if self.cache is not None:
+                self.cache.pin([p for p in (path, self.previous and self.previous[1]) if p])
         log.info("now serving %s (%s)", self.version_name, path)
 
     def sync(self, db: str) -> bool:
@@ -265,14 +277,20 @@ class ModelServer:
                     if not r.future.done():
                         r.future.set_exception(e)
 
+    def _current(self) -> tuple[TransformersBackend, str, conditioning.Format]:
+        """The backend, version name and format, read together (a reload swaps them under the lock)."""
+        self._ensure_loaded()
+        with self._load_lock:
+            return self.backend, self.version_name, self.fmt  # type: ignore[return-value]
+
     def _generate(self, batch: list[_Request]) -> None:
-        backend = self._ensure_loaded()  # inputs are built with the tokenizer of the model that answers
+        backend, version_name, fmt = self._current()  # a batch runs on one model, even if a reload happens meanwhile
         inputs, ok = [], []
         for r in batch:  # one malformed chat fails alone, not its batch
             if not r.future.set_running_or_notify_cancel():  # the caller gave up while it waited
                 continue
             try:
-                ids = conditioning.build_input(backend.tokenizer, r.messages, r.feedback, self.fmt).input_ids
+                ids = conditioning.build_input(backend.tokenizer, r.messages, r.feedback, fmt).input_ids
                 self._check_length(ids)
                 inputs.append(ids)
                 ok.append(r)
@@ -290,5 +308,190 @@ class ModelServer:
         self.answered += len(batch)
         for r, ids, (s,) in zip(batch, inputs, samples):
             tokens = s.token_ids[: r.max_new_tokens]
-            usage = Usage(len(ids), len(tokens), truncated=len(s.token_ids) >= r.max_new_tokens)
+            usage = Usage(len(ids), len(tokens), truncated=len(s.token_ids) >= r.max_new_tokens, version=version_name)
             r.future.set_result((backend.tokenizer.decode(tokens, skip_special_tokens=True), usage))
+
+
+# --------------------------------------------------------------------------- many versions in one process
+
+
+def model_bytes(backend) -> int:
+    """Memory a loaded model takes (parameters and buffers)."""
+    model = getattr(backend, "model", None)
+    if model is None:
+        return 0
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class BackendCache:
+    """Loaded models by path, least recently used evicted first: at most ``max_models`` and ``max_bytes``.
+
+    ``pin`` marks paths that must stay (the served version and the one before it, for an instant
+    rollback); an unpinned one is dropped when a new load would exceed either bound.
+    """
+
+    def __init__(self, device: str = "auto", max_models: int = 3, max_bytes: int | None = None, loader=None):
+        from collections import OrderedDict
+
+        self.device, self.max_models, self.max_bytes = device, max_models, max_bytes
+        self._loader = loader or (lambda path: __import__("alt_engine.sampling", fromlist=["make_backend"])
+                                  .make_backend("transformers", path, device))
+        self._models: OrderedDict[str, object] = OrderedDict()
+        self._sizes: dict[str, int] = {}
+        self._pinned: set[str] = set()
+        self._lock = threading.RLock()
+        self._loading: dict[str, threading.Lock] = {}
+        self.loads = 0  # models loaded so far (a rollback to a cached version loads nothing)
+
+    def __contains__(self, path: str) -> bool:
+        return path in self._models
+
+    @property
+    def paths(self) -> list[str]:
+        """Loaded paths, least recently used first."""
+        return list(self._models)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self._sizes.values())
+
+    def pin(self, paths) -> None:
+        with self._lock:
+            self._pinned = set(paths)
+
+    def get(self, path: str):
+        """The loaded model at ``path`` (loaded now if needed; one load per path at a time)."""
+        with self._lock:
+            if path in self._models:
+                self._models.move_to_end(path)
+                return self._models[path]
+            gate = self._loading.setdefault(path, threading.Lock())
+        with gate:
+            with self._lock:
+                if path in self._models:
+                    return self._models[path]
+            backend = self._loader(path)
+            size = model_bytes(backend)
+            with self._lock:
+                self.loads += 1
+                self._evict_for(size)
+                self._models[path], self._sizes[path] = backend, size
+                self._loading.pop(path, None)
+            return backend
+
+    def _evict_for(self, size: int) -> None:
+        def over() -> bool:
+            too_many = len(self._models) + 1 > self.max_models
+            too_big = self.max_bytes is not None and self.total_bytes + size > self.max_bytes
+            return too_many or too_big
+
+        for path in list(self._models):  # least recently used first
+            if not over():
+                return
+            if path not in self._pinned:
+                del self._models[path], self._sizes[path]
+                log.info("unloaded %s (model cache full)", path)
+
+
+class ModelHub:
+    """The process-wide model server: the served version, the one before it, and others on request.
+
+    - ``hub.served`` is the ``ModelServer`` for the promoted version (``/v1``, the playground's default);
+    - ``hub.for_version(name_or_id)`` is a ``ModelServer`` for any version (the playground comparing
+      versions), sharing loaded weights through one memory-bounded ``BackendCache``;
+    - ``hub.promote(version_id)`` / ``hub.rollback()`` change the database's served version and hot-swap
+      ``served``: requests in flight finish on the old model, new ones get the new one; the previous
+      version stays loaded, so rolling back loads nothing.
+    - ``hub.follow()`` picks up promotions made by other processes (``alt models promote``, a round job).
+    """
+
+    def __init__(self, settings, *, max_models: int = 3, max_bytes: int | None = None,
+                 served: ModelServer | None = None, loader=None, **server_kw):
+        self.db, self.settings = settings.db, settings
+        self.cache = BackendCache(settings.device, max_models, max_bytes, loader)
+        self._server_kw = server_kw
+        self.served = served or ModelServer.from_settings(settings, cache=self.cache, **server_kw)
+        if self.served.cache is None:
+            self.served.cache = self.cache
+        if self.served.backend is not None and self.served.path:
+            with self.cache._lock:  # a ready backend given by the caller counts as loaded
+                self.cache._models[self.served.path] = self.served.backend
+                self.cache._sizes[self.served.path] = model_bytes(self.served.backend)
+        self.cache.pin([self.served.path])
+        self._others: dict[str, ModelServer] = {}
+        self._lock = threading.Lock()
+
+    def _version(self, version):
+        from .db import ModelVersion, select, session_scope
+
+        if hasattr(version, "path"):
+            return version
+        with session_scope(self.db) as s:
+            row = s.get(ModelVersion, version) if isinstance(version, int) else s.exec(
+                select(ModelVersion).where(ModelVersion.name == version)).first()
+        if row is None:
+            raise ValueError(f"no model version {version!r}")
+        return row
+
+    def for_version(self, version) -> ModelServer:
+        """A server for ``version`` (name, id or row): the served one, or one loaded on request (LRU)."""
+        row = self._version(version)
+        if (row.name, row.path) == (self.served.version_name, self.served.path):
+            return self.served
+        with self._lock:
+            server = self._others.get(row.path)
+            if server is None:
+                fmt = conditioning.format_of(row) if getattr(row, "conditioning", None) else None
+                server = ModelServer(path=row.path, version_name=row.name, device=self.settings.device,
+                                     cache=self.cache, fmt=fmt, **self._server_kw)
+                server.max_prompt_tokens = self.served.max_prompt_tokens
+                self._others[row.path] = server
+            for path in [p for p in self._others if p not in self.cache and p != row.path]:
+                self._others.pop(path).close(timeout=0)  # its model was evicted
+        return server
+
+    def promote(self, version_id: int):
+        """Serve ``version_id``: load it, mark it served in the database, swap. Returns the version row."""
+        from .db import session_scope
+        from .versions import promote
+
+        row = self._version(version_id)
+        self.cache.get(row.path)  # load before anything changes: a failed load leaves serving as it was
+        with session_scope(self.db) as s:
+            row = promote(s, row.id)
+        self.served.reload(row)
+        return row
+
+    def rollback(self):
+        """Serve the parent of the served version (usually still loaded: instant)."""
+        from .db import session_scope
+        from .versions import rollback
+
+        with session_scope(self.db) as s:
+            row = rollback(s)
+        self.served.reload(row)
+        return row
+
+    def sync(self) -> bool:
+        return self.served.sync(self.db)
+
+    def follow(self, every: float = 5.0) -> None:
+        self.served.follow(self.db, every)
+
+    def close(self) -> None:
+        for server in [self.served, *self._others.values()]:
+            server.close(timeout=5)
+
+
+_hubs: dict[str, ModelHub] = {}
+_hubs_lock = threading.Lock()
+
+
+def hub_for(settings, **kw) -> ModelHub:
+    """The one ``ModelHub`` of this process for ``settings.db`` (created on first use)."""
+    key = str(Path(settings.db).resolve())
+    with _hubs_lock:
+        if key not in _hubs:
+            _hubs[key] = ModelHub(settings, **kw)
+        return _hubs[key]

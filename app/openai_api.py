@@ -178,9 +178,13 @@ def add_openai_routes(api: FastAPI, settings: Settings, server: ModelServer | No
     (the playground) shares the same model copy.
     """
     if server is None:
-        server = ModelServer.from_settings(settings)
+        from alt_engine.serving import hub_for
+
+        hub = hub_for(settings)  # the process-wide model server (served + previous + others on request)
+        server = hub.served
         threading.Thread(target=server.preload, name="model-preload", daemon=True).start()
-        server.follow(settings.db)  # a promoted version is served within seconds
+        hub.follow()  # a promoted version is served within seconds
+        api.state.model_hub = hub
     if server.max_prompt_tokens is None:
         server.max_prompt_tokens = settings.serve_max_prompt_tokens
     api.state.model_server = server
