@@ -387,6 +387,14 @@ def is_better(new: dict, old: dict, metric: str) -> bool:
     return a < b if metric in LOWER_IS_BETTER else a > b
 
 
+def is_worse(new: dict, old: dict, metric: str) -> bool:
+    """Whether ``new`` is worse than ``old`` beyond chance (the mirror of ``is_better``)."""
+    diff = compare(new, old, metric)
+    if diff is not None:
+        return diff.high < 0
+    return is_better(old, new, metric)
+
+
 def summarize(metrics: dict) -> str:
     """One line per measure, with intervals, for the CLI."""
     def ci(name):
@@ -416,5 +424,5 @@ def summarize(metrics: dict) -> str:
 
 
 __all__ = ["EvalConfig", "METRICS", "LOWER_IS_BETTER", "compare", "contrast_feedback", "distinct_n",
-           "evaluate_version", "exemplar_feedback", "is_better", "label_diagnostic", "response_logprobs",
+           "evaluate_version", "exemplar_feedback", "is_better", "is_worse", "label_diagnostic", "response_logprobs",
            "response_nll", "root_version", "summarize"]

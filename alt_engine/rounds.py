@@ -37,6 +37,7 @@ from .evaluation import (
     evaluate_version,
     exemplar_feedback,
     is_better,
+    is_worse,
 )
 from .feedback import LabelReport, Provider, label_generations, make_provider
 from .openai_backend import publish_version
@@ -47,7 +48,7 @@ from .settings import Settings
 from .versions import promote as promote_version
 from .versions import served_version
 
-PROMOTE = ("always", "if_better", "never")
+PROMOTE = ("always", "if_better", "unless_worse", "never")
 Log = Callable[[str], None]
 
 
@@ -61,15 +62,15 @@ class RoundConfig:
     policy: str = "flush"  # flush (ALT) | accumulate (Quark)
     truncated: str = "exclude"  # truncated generations in the pool: exclude | last | worst (see pool.py)
     max_per_prompt: int | None = None
-    promote: str = "if_better"  # always | if_better | never
-    metric: str = "exemplar_share"  # compared for if_better (see evaluation.LOWER_IS_BETTER)
+    promote: str = "unless_worse"  # always | if_better (CI above the parent) | unless_worse (CI not below) | never
+    metric: str = "auto"  # compared for promotion; auto: mean_score for scored feedback, else exemplar_share
     eval: EvalConfig = field(default_factory=EvalConfig)
     background_training: bool = False  # train in a subprocess job (the CLI's foreground runs it in-process)
 
     def __post_init__(self):
         if self.promote not in PROMOTE:
             raise ValueError(f"promote must be one of {', '.join(PROMOTE)}, got {self.promote!r}")
-        if self.metric not in METRICS:
+        if self.metric != "auto" and self.metric not in METRICS:
             raise ValueError(f"unknown metric {self.metric!r} for promotion ({', '.join(METRICS)})")
         if self.policy not in POLICIES:
             raise ValueError(f"pool policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
@@ -296,13 +297,16 @@ def run_round(db: str, settings: Settings, task: Task, provider: str | Provider,
         with stage("evaluate", RoundStatus.EVALUATING):
             report.metrics = evaluate_version(db, settings, report.version_id, task, provider, cfg.eval, log=log)
         with stage("promote"):
-            better = is_better(report.metrics, parent_metrics, cfg.metric)
-            report.promoted = cfg.promote == "always" or (cfg.promote == "if_better" and better)
-            diff = compare(report.metrics, parent_metrics, cfg.metric)
-            a, b = report.metrics.get(cfg.metric), parent_metrics.get(cfg.metric)
-            detail = f"difference {diff}" if diff is not None else f"{_fmt(a)} vs parent {_fmt(b)}"
+            metric = cfg.metric if cfg.metric != "auto" else \
+                "mean_score" if report.metrics.get("mean_score") is not None else "exemplar_share"
+            report.promoted = cfg.promote == "always" or \
+                (cfg.promote == "if_better" and is_better(report.metrics, parent_metrics, metric)) or \
+                (cfg.promote == "unless_worse" and not is_worse(report.metrics, parent_metrics, metric))
+            diff = compare(report.metrics, parent_metrics, metric)
+            a, b = report.metrics.get(metric), parent_metrics.get(metric)
+            detail = f"; difference {diff}" if diff is not None else ""
             report.decision = (f"{'promoted' if report.promoted else 'not promoted'} "
-                               f"(--promote {cfg.promote}; {cfg.metric} {_fmt(a)}, parent {_fmt(b)}, {detail})")
+                               f"(--promote {cfg.promote}; {metric} {_fmt(a)}, parent {_fmt(b)}{detail})")
             if report.promoted:
                 with session_scope(db) as s:
                     promote_version(s, report.version_id)

@@ -20,7 +20,7 @@ from alt_engine.pool import POLICIES, TRUNCATION
 
 from . import CLIError, settings_from
 
-PROMOTE_CHOICES = ("always", "if-better", "never")
+PROMOTE_CHOICES = ("always", "if-better", "unless-worse", "never")
 
 
 def _train_options() -> list[argparse.ArgumentParser]:
@@ -89,6 +89,25 @@ def register(sub, common) -> None:
     p.add_argument("--provider", required=True, help="feedback provider spec (as for `alt feedback`)")
     p.add_argument("--task", default="default")
     p.add_argument("--rounds", type=int, default=1, help="how many rounds to run one after another")
+    _round_options(p)
+    p.add_argument("--background", action="store_true", help="queue the round job(s), print the ids and return")
+    p.set_defaults(func=cmd_round)
+
+    p = sub.add_parser("experiment", parents=train_parents,
+                       help="R rounds from the same start on a task; JSON record + HTML report with charts",
+                       description="Each objective runs in its own database under --out, from the same base model, "
+                                   "prompts and seeds. Training options are the config's fields.")
+    p.add_argument("--task", default="concise", help="a demo task (concise, offensiveness) or any task with --prompts")
+    p.add_argument("--provider", default=None, help="feedback provider (default: the demo task's)")
+    p.add_argument("--prompts", default=None, help="prompt file (default: the demo task's shipped set)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--objective", action="append", default=None, help="objective(s) to compare (default: alt)")
+    p.add_argument("--out", default="runs/experiment", help="output folder (databases, models, record, report)")
+    _round_options(p)
+    p.set_defaults(func=cmd_experiment)
+
+
+def _round_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=4, help="samples per prompt")
     p.add_argument("--limit", type=int, default=None, help="at most this many train prompts")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -97,13 +116,13 @@ def register(sub, common) -> None:
                                                                       "answers of a small chat model truncate)")
     p.add_argument("--sample-batch-size", type=int, default=16)
     p.add_argument("--sample-seed", type=int, default=0)
-    p.add_argument("--promote", choices=PROMOTE_CHOICES, default="if-better")
-    p.add_argument("--metric", default="exemplar_share", help="metric for --promote if-better (exemplar_share, "
-                                                              "mean_score, perplexity: lower is better, dist2 ...)")
+    p.add_argument("--promote", choices=PROMOTE_CHOICES, default="unless-worse",
+                   help="if-better: the new version's 95%% CI beats the parent's; unless-worse: promote unless it is "
+                        "worse beyond chance (the loop goes on from the newest model, as in the paper)")
+    p.add_argument("--metric", default="auto", help="metric for --promote (auto: mean_score for scored feedback, "
+                                                    "else exemplar_share; perplexity: lower is better, dist2 ...)")
     _pool_options(p)
     _eval_options(p, prefix="eval-")
-    p.add_argument("--background", action="store_true", help="queue the round job(s), print the ids and return")
-    p.set_defaults(func=cmd_round)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -236,10 +255,32 @@ def cmd_eval(args) -> None:
         print(json.dumps(metrics, indent=2))
 
 
-def cmd_round(args) -> None:
+def _round_config(args):
     from alt_engine.rounds import RoundConfig
     from alt_engine.sampling import SamplingParams
 
+    return RoundConfig(
+        sampling=SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p,
+                                max_new_tokens=args.max_new_tokens or SamplingParams.max_new_tokens,
+                                seed=args.sample_seed, batch_size=args.sample_batch_size),
+        limit=args.limit, k_per_category=args.k_per_category, policy=args.policy, max_per_prompt=args.max_per_prompt,
+        truncated=args.truncated, promote=args.promote.replace("-", "_"), metric=args.metric, eval=_eval_config(args))
+
+
+def cmd_experiment(args) -> None:
+    from alt_engine.experiment import ExperimentConfig, run_experiment
+
+    settings = settings_from(args)
+    if args.rounds < 1:
+        raise CLIError("--rounds must be >= 1")
+    set_threads(settings.threads)
+    cfg = ExperimentConfig(task=args.task, provider=args.provider, prompts=args.prompts, rounds=args.rounds,
+                           objectives=args.objective or ["alt"], out=args.out,
+                           round=dataclasses.asdict(_round_config(args)), train=_train_config(args).to_dict())
+    run_experiment(cfg, settings)
+
+
+def cmd_round(args) -> None:
     from . import run_job
 
     settings = settings_from(args)
@@ -248,14 +289,7 @@ def cmd_round(args) -> None:
     from .core import setup
 
     setup(settings)
-    config = RoundConfig(  # validated here, before any job or round exists
-        sampling=SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p,
-                                max_new_tokens=args.max_new_tokens or SamplingParams.max_new_tokens,
-                                seed=args.sample_seed,
-                                batch_size=args.sample_batch_size),
-        limit=args.limit, k_per_category=args.k_per_category, policy=args.policy, max_per_prompt=args.max_per_prompt,
-        truncated=args.truncated,
-        promote=args.promote.replace("-", "_"), metric=args.metric, eval=_eval_config(args))
+    config = _round_config(args)  # validated here, before any job or round exists
     with session_scope(settings.db) as s:
         task = _task(s, args.task)
     from alt_engine.feedback import make_provider
