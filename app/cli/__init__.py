@@ -53,12 +53,12 @@ def run_job(settings: Settings, kind: str, params: dict, background: bool = Fals
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import core, jobs, judge, training, users  # noqa: F401 - each registers its commands
+    from . import core, export, jobs, judge, training, users  # noqa: F401 - each registers its commands
 
     parser = argparse.ArgumentParser(prog="alt", description="ALT Studio: align language models with textual feedback")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = common_parser()
-    for module in (core, training, jobs, judge, users):
+    for module in (core, training, jobs, judge, users, export):
         module.register(sub, common)
     return parser
 
