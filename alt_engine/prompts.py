@@ -193,10 +193,19 @@ def import_prompts(db: str, path: str, task: str = "default", columns: ColumnMap
     return report
 
 
-def task_prompts(session, task, split: str = "train", limit: int | None = None) -> list[Prompt]:
-    """The task's ``split`` prompts in id order (at most ``limit``); a clear error when there are none."""
+def task_prompts(session, task, split: str = "train", limit: int | None = None, window: int = 0) -> list[Prompt]:
+    """The task's ``split`` prompts in id order (at most ``limit``); a clear error when there are none.
+
+    ``window`` k picks the k-th run of ``limit`` prompts, wrapping around, so successive rounds with a
+    prompt budget cover different prompts (the ALT paper sampled a share of its prompts per round).
+    """
     q = select(Prompt).where(Prompt.task_id == task.id, Prompt.split == split).order_by(Prompt.id)
-    rows = list(session.exec(q.limit(limit) if limit else q))
+    if limit and window:
+        every = list(session.exec(q))
+        start = (window * limit) % len(every) if every else 0
+        rows = (every[start:] + every[:start])[:limit]
+    else:
+        rows = list(session.exec(q.limit(limit) if limit else q))
     if not rows:
         how = "`alt prompts import FILE --split probe`, or a 'split' column" if split == "probe" else \
             "`alt prompts import FILE`"

@@ -57,7 +57,7 @@ class RoundConfig:
     """Everything about a round except the provider and the training options."""
 
     sampling: SamplingParams = field(default_factory=SamplingParams)
-    limit: int | None = None  # at most this many train prompts
+    limit: int | None = 48  # train prompts sampled per round, a window that moves each round (None = all)
     k_per_category: int = 2
     policy: str = "flush"  # flush (ALT) | accumulate (Quark)
     truncated: str = "exclude"  # truncated generations in the pool: exclude | last | worst (see pool.py)
@@ -141,8 +141,9 @@ def start_round(db: str, task: Task, version: ModelVersion, split: str = "train"
                 limit: int | None = None) -> tuple[Round, list[Prompt]]:
     """A new round sampled from ``version`` and the prompts it samples (clear error when there are none)."""
     with session_scope(db) as s:
-        prompts = task_prompts(s, task, split, limit)
-        return next_round(s, task, version), prompts
+        task_prompts(s, task, split, limit)  # none: a clear error before the round exists
+        rnd = next_round(s, task, version)
+        return rnd, task_prompts(s, task, split, limit, window=rnd.number - 1)
 
 
 def sample_round(db: str, settings: Settings, task: Task, rnd: Round, version: ModelVersion, prompts: list[Prompt],

@@ -109,7 +109,8 @@ def register(sub, common) -> None:
 
 def _round_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=4, help="samples per prompt")
-    p.add_argument("--limit", type=int, default=None, help="at most this many train prompts")
+    p.add_argument("--limit", type=int, default=48, help="train prompts sampled per round; successive rounds take "
+                                                         "the next ones (0 = all every round)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: SamplingParams' (enough that few "
@@ -263,8 +264,9 @@ def _round_config(args):
         sampling=SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p,
                                 max_new_tokens=args.max_new_tokens or SamplingParams.max_new_tokens,
                                 seed=args.sample_seed, batch_size=args.sample_batch_size),
-        limit=args.limit, k_per_category=args.k_per_category, policy=args.policy, max_per_prompt=args.max_per_prompt,
-        truncated=args.truncated, promote=args.promote.replace("-", "_"), metric=args.metric, eval=_eval_config(args))
+        limit=args.limit or None, k_per_category=args.k_per_category, policy=args.policy,
+        max_per_prompt=args.max_per_prompt, truncated=args.truncated, promote=args.promote.replace("-", "_"),
+        metric=args.metric, eval=_eval_config(args))
 
 
 def cmd_experiment(args) -> None:
