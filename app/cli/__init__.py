@@ -52,29 +52,62 @@ def run_job(settings: Settings, kind: str, params: dict, background: bool = Fals
     return job
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import core, export, jobs, judge, training, users  # noqa: F401 - each registers its commands
+# command -> (module registering it, one-line help). ``alt --help`` lists these without importing any module,
+# and ``alt CMD`` imports only CMD's module: no command loads torch, transformers or gradio before it needs them.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("core", "create or upgrade the database, register the base model"),
+    "prompts": ("core", "manage prompts"),
+    "sample": ("core", "sample generations from the served model into a new round"),
+    "status": ("core", "counts per round and state"),
+    "models": ("core", "model versions: list | promote ID | rollback"),
+    "settings": ("core", "print every setting, its value and help"),
+    "serve": ("core", "run the web app"),
+    "feedback": ("training", "label a round's generations with a provider"),
+    "train": ("training", "train a new model version on the data pool (ALT)"),
+    "eval": ("training", "evaluate a model version on the task's probe prompts"),
+    "round": ("training", "run full rounds: sample → feedback → train → eval → promote"),
+    "experiment": ("training", "R rounds from the same start on a task; JSON record + HTML report with charts"),
+    "jobs": ("jobs", "jobs: list | logs ID | cancel ID | retry ID | worker"),
+    "export": ("export", "annotations (csv/jsonl/parquet/datasets), TRL SFT / DPO / KTO datasets, a round's snapshot"),
+    "users": ("users", "web app users: add | list | passwd | deactivate | activate"),
+}
+
+
+def command_help(name: str) -> str:
+    return COMMANDS[name][1]
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; only the module of the command in ``argv`` is imported (None: every module)."""
+    import importlib
 
     parser = argparse.ArgumentParser(prog="alt", description="ALT Studio: align language models with textual feedback")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = common_parser()
-    for module in (core, training, jobs, judge, users, export):
-        module.register(sub, common)
+    selected = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
+    if argv is None:
+        modules = dict.fromkeys(m for m, _ in COMMANDS.values())
+    else:
+        modules = [COMMANDS[selected][0]] if selected in COMMANDS else []
+    for module in modules:
+        importlib.import_module(f"{__name__}.{module}").register(sub, common, selected)
+    for name, (_, help_) in COMMANDS.items():  # the others: listed in --help, never parsed
+        if name not in sub.choices:
+            sub.add_parser(name, help=help_, add_help=False)
     return parser
 
 
 def _quiet_deepspeed_on_cpu() -> None:
-    """DeepSpeed (imported by transformers) warns on every start when it finds no GPU; tell it up front."""
-    if "DS_ACCELERATOR" not in os.environ:
-        import torch
-
-        if not torch.cuda.is_available():
-            os.environ["DS_ACCELERATOR"] = "cpu"
+    """DeepSpeed (imported by transformers) warns on every start when it finds no GPU; tell it up front
+    (without importing torch: a GPU shows as /dev/nvidia0)."""
+    if "DS_ACCELERATOR" not in os.environ and not os.path.exists("/dev/nvidia0"):
+        os.environ["DS_ACCELERATOR"] = "cpu"
 
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_deepspeed_on_cpu()
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -9,21 +9,19 @@ from sqlmodel import select
 
 from alt_engine import prompts as prompt_import
 from alt_engine.db import Feedback, Generation, ModelVersion, Prompt, Round, Task, init_db, session_scope
-from alt_engine.modeling import resolve_model
-from alt_engine.sampling import SamplingParams
 from alt_engine.tasks import BUILTIN_TASKS, DEMOS, builtin_prompt_file, get_or_create_task
 from alt_engine.versions import ensure_base_version, list_versions, promote, rollback, served_version
 
-from . import CLIError, settings_from
+from . import CLIError, command_help, settings_from
 
 
-def register(sub, common) -> None:
-    p = sub.add_parser("init", parents=[common], help="create or upgrade the database, register the base model")
+def register(sub, common, selected: str | None = None) -> None:
+    p = sub.add_parser("init", parents=[common], help=command_help("init"))
     p.add_argument("--task", action="append", default=None,
                    help=f"create task(s) (built-in: {', '.join(BUILTIN_TASKS)})")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("prompts", parents=[common], help="manage prompts")
+    p = sub.add_parser("prompts", parents=[common], help=command_help("prompts"))
     psub = p.add_subparsers(dest="action", required=True)
     imp = psub.add_parser("import", parents=[common], help="import prompts (CSV, JSONL, parquet, datasets folder)")
     imp.add_argument("file", nargs="?", help="the prompt file (or --builtin NAME)")
@@ -37,7 +35,7 @@ def register(sub, common) -> None:
     imp.add_argument("--meta-column", action="append", default=[], help="copy this column into the prompt's metadata")
     imp.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("sample", parents=[common], help="sample generations from the served model into a new round")
+    p = sub.add_parser("sample", parents=[common], help=command_help("sample"))
     p.add_argument("--task", default="default")
     p.add_argument("--n", type=int, default=4, help="samples per prompt")
     p.add_argument("--limit", type=int, default=None, help="at most this many prompts")
@@ -52,11 +50,11 @@ def register(sub, common) -> None:
     p.add_argument("--background", action="store_true", help="queue a job, print its id and return")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("status", parents=[common], help="counts per round and state")
+    p = sub.add_parser("status", parents=[common], help=command_help("status"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("models", parents=[common], help="model versions: list | promote ID | rollback")
+    p = sub.add_parser("models", parents=[common], help=command_help("models"))
     msub = p.add_subparsers(dest="action", required=True)
     msub.add_parser("list", parents=[common]).set_defaults(func=cmd_models_list)
     pr = msub.add_parser("promote", parents=[common])
@@ -64,10 +62,10 @@ def register(sub, common) -> None:
     pr.set_defaults(func=cmd_models_promote)
     msub.add_parser("rollback", parents=[common]).set_defaults(func=cmd_models_rollback)
 
-    p = sub.add_parser("settings", parents=[common], help="print every setting, its value and help")
+    p = sub.add_parser("settings", parents=[common], help=command_help("settings"))
     p.set_defaults(func=cmd_settings)
 
-    p = sub.add_parser("serve", parents=[common], help="run the web app")
+    p = sub.add_parser("serve", parents=[common], help=command_help("serve"))
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
     p.set_defaults(func=cmd_serve)
@@ -81,6 +79,8 @@ def setup(settings) -> ModelVersion:
         served = served_version(s)
     if served is not None:
         return served
+    from alt_engine.modeling import resolve_model
+
     path = resolve_model(settings.model, settings.cache_dir)  # converts the default model once
     with session_scope(settings.db) as s:
         return ensure_base_version(s, settings.model, path)
@@ -120,6 +120,8 @@ def cmd_sample(args) -> None:
     with session_scope(settings.db) as s:
         task = get_or_create_task(s, args.task)
         if args.model is not None:
+            from alt_engine.modeling import resolve_model
+
             path = resolve_model(args.model, settings.cache_dir)
             version = s.exec(select(ModelVersion).where(ModelVersion.path == path)).first() or ensure_base_version(
                 s, args.model, path)
@@ -127,6 +129,8 @@ def cmd_sample(args) -> None:
             version = served_version(s)
     sampling = dict(n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                     seed=args.seed, batch_size=args.batch_size)
+    from alt_engine.sampling import SamplingParams
+
     SamplingParams(**sampling)  # refuse bad values before a job exists
     condition = args.condition or ("exemplar" if args.exemplar else "none")
     params = dict(task_id=task.id, version_id=version.id, split=args.split, limit=args.limit, sampling=sampling,

@@ -5,12 +5,11 @@ from __future__ import annotations
 from alt_engine import export
 from alt_engine.db import init_db
 
-from . import settings_from
+from . import command_help, settings_from
 
 
-def register(sub, common) -> None:
-    p = sub.add_parser("export", parents=[common], help="annotations (csv/jsonl/parquet/datasets), TRL SFT / DPO / "
-                                                        "KTO datasets, a round's snapshot")
+def register(sub, common, selected: str | None = None) -> None:
+    p = sub.add_parser("export", parents=[common], help=command_help("export"))
     p.add_argument("kind", choices=export.KINDS,
                    help="annotations: every feedback row with provenance; sft: prompt/completion conditioned as "
                         "training conditions it; dpo: prompt/chosen/rejected from the category order; kto: "

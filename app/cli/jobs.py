@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from . import CLIError, settings_from
+from . import CLIError, command_help, settings_from
 
 
-def register(sub, common) -> None:
-    p = sub.add_parser("jobs", parents=[common], help="jobs: list | logs ID | cancel ID | retry ID | worker")
+def register(sub, common, selected: str | None = None) -> None:
+    p = sub.add_parser("jobs", parents=[common], help=command_help("jobs"))
     jsub = p.add_subparsers(dest="action", required=True)
     ls = jsub.add_parser("list", parents=[common], help="newest jobs with status, stage, progress")
     ls.add_argument("--limit", type=int, default=20)

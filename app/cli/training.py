@@ -15,10 +15,9 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from alt_engine.db import Generation, ModelVersion, Round, Task, init_db, session_scope
-from alt_engine.modeling import set_threads
 from alt_engine.pool import POLICIES, TRUNCATION
 
-from . import CLIError, settings_from
+from . import CLIError, command_help, settings_from
 
 PROMOTE_CHOICES = ("always", "if-better", "unless-worse", "never")
 
@@ -51,8 +50,8 @@ def _eval_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
                    help="skip the worst-feedback samples (no steerability gap)")
 
 
-def register(sub, common) -> None:
-    p = sub.add_parser("feedback", parents=[common], help="label a round's generations with a provider")
+def register(sub, common, selected: str | None = None) -> None:
+    p = sub.add_parser("feedback", parents=[common], help=command_help("feedback"))
     p.add_argument("--provider", required=True, help="rule:<name>[:arg] | reward:<path or module:fn> | llm:categorical "
                                                      "| llm:free_text")
     p.add_argument("--round", type=int, default=None, help="round number (default: the task's latest)")
@@ -60,8 +59,9 @@ def register(sub, common) -> None:
     p.add_argument("--background", action="store_true", help="queue a job, print its id and return")
     p.set_defaults(func=cmd_feedback)
 
-    train_parents = [common, *_train_options()]
-    p = sub.add_parser("train", parents=train_parents, help="train a new model version on the data pool (ALT)",
+    # AltTrainConfig's options import transformers: built only when train or round is the command
+    train_parents = [common, *_train_options()] if selected in (None, "train", "round", "experiment") else [common]
+    p = sub.add_parser("train", parents=train_parents, help=command_help("train"),
                        description="Training options are AltTrainConfig's fields (e.g. --learning_rate 1e-5 --lora).")
     p.add_argument("--task", default="default")
     p.add_argument("--round", type=int, action="append", default=None,
@@ -70,7 +70,7 @@ def register(sub, common) -> None:
     p.add_argument("--background", action="store_true", help="start a job, print its id and return")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", parents=[common], help="evaluate a model version on the task's probe prompts")
+    p = sub.add_parser("eval", parents=[common], help=command_help("eval"))
     p.add_argument("--version", type=int, default=None, help="model version id (default: the served one)")
     p.add_argument("--provider", default=None, help="feedback provider judging the generations (spec as for feedback)")
     p.add_argument("--task", default="default")
@@ -84,7 +84,7 @@ def register(sub, common) -> None:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("round", parents=train_parents,
-                       help="run full rounds: sample → feedback → train → eval → promote",
+                       help=command_help("round"),
                        description="Training options are AltTrainConfig's fields (e.g. --learning_rate 1e-5 --lora).")
     p.add_argument("--provider", required=True, help="feedback provider spec (as for `alt feedback`)")
     p.add_argument("--task", default="default")
@@ -93,8 +93,7 @@ def register(sub, common) -> None:
     p.add_argument("--background", action="store_true", help="queue the round job(s), print the ids and return")
     p.set_defaults(func=cmd_round)
 
-    p = sub.add_parser("experiment", parents=train_parents,
-                       help="R rounds from the same start on a task; JSON record + HTML report with charts",
+    p = sub.add_parser("experiment", parents=train_parents, help=command_help("experiment"),
                        description="Each objective runs in its own database under --out, from the same base model, "
                                    "prompts and seeds. Training options are the config's fields.")
     p.add_argument("--task", default="concise", help="a demo task (concise, offensiveness) or any task with --prompts")
@@ -210,6 +209,8 @@ def cmd_train(args) -> int:
 
     settings = settings_from(args)
     init_db(settings.db)
+    from alt_engine.modeling import set_threads
+
     set_threads(settings.threads)
     config = _train_config(args)
     with session_scope(settings.db) as s:
@@ -275,6 +276,8 @@ def cmd_experiment(args) -> None:
     settings = settings_from(args)
     if args.rounds < 1:
         raise CLIError("--rounds must be >= 1")
+    from alt_engine.modeling import set_threads
+
     set_threads(settings.threads)
     cfg = ExperimentConfig(task=args.task, provider=args.provider, prompts=args.prompts, rounds=args.rounds,
                            objectives=args.objective or ["alt"], out=args.out,

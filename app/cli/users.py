@@ -12,11 +12,11 @@ import os
 from alt_engine import users
 from alt_engine.db import init_db
 
-from . import CLIError, settings_from
+from . import CLIError, command_help, settings_from
 
 
-def register(sub, common) -> None:
-    p = sub.add_parser("users", parents=[common], help="web app users: add | list | passwd | deactivate | activate")
+def register(sub, common, selected: str | None = None) -> None:
+    p = sub.add_parser("users", parents=[common], help=command_help("users"))
     usub = p.add_subparsers(dest="action", required=True)
     add = usub.add_parser("add", parents=[common], help="add a user")
     add.add_argument("name")
