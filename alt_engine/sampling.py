@@ -20,6 +20,7 @@ from . import conditioning
 from .db import Generation, Prompt, session_scope
 
 Progress = Callable[[int, int], None]  # (done, total)
+OnStep = Callable[[list[tuple[int, int]], list[int]], None]  # (rows as (input, sample), one new token per row)
 
 
 @dataclass
@@ -67,8 +68,28 @@ def _stop_ids(model, tokenizer) -> set[int]:
     return ids
 
 
+class _StepStreamer:
+    """Hands each decoding step's new tokens (one per row) to ``on_step(rows, tokens)`` (streaming)."""
+
+    def __init__(self, on_step: OnStep, rows: list[tuple[int, int]]):
+        self.on_step, self.rows, self.prompt_seen = on_step, rows, False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # generate's first call carries the prompts
+            self.prompt_seen = True
+            return
+        self.on_step(self.rows, value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        pass
+
+
 class TransformersBackend:
-    """``model.generate`` on left-padded batches with the KV cache; inputs sorted by length."""
+    """``model.generate`` on left-padded batches with the KV cache; inputs sorted by length.
+
+    ``on_step(rows, tokens)``, when given, is called after every decoding step with the chunk's (input,
+    sample) pairs and the token each just produced (rows that already stopped get padding): streaming.
+    """
 
     name = "transformers"
 
@@ -78,7 +99,7 @@ class TransformersBackend:
         self.lock = threading.Lock()  # one generate at a time on the shared model
 
     @torch.inference_mode()
-    def generate(self, inputs, params, progress=None):
+    def generate(self, inputs, params, progress=None, on_step: OnStep | None = None):
         jobs = [(i, j) for i in range(len(inputs)) for j in range(params.n)]
         jobs.sort(key=lambda ij: -len(inputs[ij[0]]))  # similar lengths together: less padding
         out: list[list[Sample | None]] = [[None] * params.n for _ in inputs]
@@ -101,6 +122,7 @@ class TransformersBackend:
                     do_sample=sampling, temperature=params.temperature if sampling else None,
                     top_p=params.top_p if sampling else None, top_k=None, pad_token_id=pad,
                     eos_token_id=sorted(self.stop_ids), use_cache=True,
+                    streamer=_StepStreamer(on_step, chunk) if on_step else None,
                 )[:, width:].tolist()
             for row, (i, j) in enumerate(chunk):
                 tokens = gen[row]

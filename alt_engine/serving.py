@@ -26,6 +26,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ class _Request:
     top_p: float
     seed: int
     future: Future = field(default_factory=Future)
+    on_text: Callable[[str], None] | None = None  # streaming: called with each new piece of the reply
 
     @property
     def group(self) -> tuple[float, float]:
@@ -219,17 +221,46 @@ class ModelServer:
         return self.submit(messages, feedback, max_new_tokens, temperature, top_p, seed).result(timeout)
 
     def submit(self, messages: conditioning.PromptLike, feedback: str | None = None, max_new_tokens: int = 128,
-               temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> Future:
-        """Queue a chat; the future gives ``(text, usage)``. Cancelling it before its batch starts skips it."""
+               temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+               on_text: Callable[[str], None] | None = None) -> Future:
+        """Queue a chat; the future gives ``(text, usage)``. Cancelling it before its batch starts skips it.
+
+        ``on_text`` streams: it is called from the model's thread with each new piece of the reply as the
+        tokens are generated (the pieces joined are the final text)."""
         if max_new_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
             raise ValueError("need max_new_tokens >= 1, temperature >= 0 and 0 < top_p <= 1")
         if self._closed:
             raise RuntimeError("the model server is closed")
         self._ensure_loaded()
-        request = _Request(messages, feedback, max_new_tokens, temperature, top_p, seed)
+        request = _Request(messages, feedback, max_new_tokens, temperature, top_p, seed, on_text=on_text)
         self._start_worker()
         self._queue.put(request)
         return request.future
+
+    def stream(self, messages: conditioning.PromptLike, feedback: str | None = None, max_new_tokens: int = 128,
+               temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+               timeout: float | None = None) -> Iterator[tuple[str, Usage | None]]:
+        """The reply as it is generated: ``(piece, None)`` per new piece, then ``("", usage)`` once at the end.
+
+        Closing the iterator early cancels the request if its batch has not started."""
+        pieces: queue.Queue = queue.Queue()
+        future = self.submit(messages, feedback, max_new_tokens, temperature, top_p, seed, on_text=pieces.put)
+        future.add_done_callback(lambda _: pieces.put(None))
+        try:
+            while (piece := pieces.get(timeout=timeout)) is not None:
+                yield piece, None
+            _, usage = future.result()
+            yield "", usage
+        finally:
+            future.cancel()
+
+    def model_input(self, messages: conditioning.PromptLike,
+                    feedback: str | None = None) -> tuple[conditioning.ConditionedInput, str, conditioning.Format]:
+        """The exact input this server builds for a chat (its tokenizer, its version's format): the ids with the
+        feedback segment's position, the ids decoded as text, and the format (for "show the model input")."""
+        backend, _, fmt = self._current()
+        built = conditioning.build_input(backend.tokenizer, messages, feedback, fmt)
+        return built, backend.tokenizer.decode(built.input_ids), fmt.for_tokenizer(backend.tokenizer)
 
     def preload(self) -> None:
         """Load the model now (e.g. in a background thread at app start) instead of on the first request."""
@@ -303,13 +334,50 @@ class ModelServer:
         batch, first = ok, ok[0]
         params = SamplingParams(n=1, temperature=first.temperature, top_p=first.top_p, seed=first.seed,
                                 max_new_tokens=max(r.max_new_tokens for r in batch), batch_size=len(batch))
-        samples = backend.generate(inputs, params)
+        streams = [_Stream(r.on_text, r.max_new_tokens, backend) if r.on_text else None for r in batch]
+        on_step = None
+        if any(streams):
+            def on_step(rows, tokens):  # rows = (input index, 0): one sample per request
+                for (i, _), token in zip(rows, tokens):
+                    if streams[i] is not None:
+                        streams[i].add(token)
+        samples = backend.generate(inputs, params, on_step=on_step) if on_step else backend.generate(inputs, params)
         self.batches += 1
         self.answered += len(batch)
         for r, ids, (s,) in zip(batch, inputs, samples):
             tokens = s.token_ids[: r.max_new_tokens]
             usage = Usage(len(ids), len(tokens), truncated=len(s.token_ids) >= r.max_new_tokens, version=version_name)
             r.future.set_result((backend.tokenizer.decode(tokens, skip_special_tokens=True), usage))
+
+
+class _Stream:
+    """One request's tokens as they come: text pieces to ``on_text`` until its stop token or its own limit.
+
+    The reply so far is decoded whole each step and only what is new is sent, so a character spread over
+    several tokens is sent once complete (a trailing U+FFFD waits for the next token)."""
+
+    def __init__(self, on_text: Callable[[str], None], limit: int, backend):
+        self.on_text, self.limit, self.backend = on_text, limit, backend
+        self.tokens: list[int] = []
+        self.sent, self.done = "", False
+
+    def add(self, token: int) -> None:
+        if self.done:
+            return
+        if token in self.backend.stop_ids:
+            self.done = True
+            return
+        self.tokens.append(token)
+        self.done = len(self.tokens) >= self.limit
+        text = self.backend.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd") and not self.done:
+            return
+        if text.startswith(self.sent) and len(text) > len(self.sent):
+            piece, self.sent = text[len(self.sent):], text
+            try:
+                self.on_text(piece)
+            except Exception:  # a consumer's failure must not stop the batch
+                log.exception("stream consumer failed")
 
 
 # --------------------------------------------------------------------------- many versions in one process

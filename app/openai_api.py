@@ -17,15 +17,19 @@ beyond); the model server batches requests in arrival order and ``serve_max_pend
 at most its batch size, so anyone else's request runs in the next batch at the latest,
 and the token caps bound how long a batch runs.
 
-Model names: the served version's name (``GET /v1/models``) or its path; any
-other name is a 404, so provenance (``llm:<model>``) names what really answered. Point the judge at it with
+Model names: the served version's name (``GET /v1/models``), its path, or any other version's name; an
+unknown name is a 404, so provenance (``llm:<model>``) names what really answered. Point the judge at it with
 ``ALT_LLM_MODEL=<version name>``.
 
 Body: ``model``, ``messages`` (roles system/user/assistant, content a string
 or text parts), ``temperature`` (default 1), ``top_p`` (default 1),
 ``max_tokens`` / ``max_completion_tokens`` (default 128, at most ``serve_max_tokens``),
-``seed``, ``n`` = 1; no streaming. Extra field ``feedback``: a feedback text
-to condition the generation on (steering), exactly as in training.
+``seed``, ``n`` = 1, ``stream`` (server-sent ``chat.completion.chunk`` events as the tokens are generated,
+then ``data: [DONE]``; ``stream_options.include_usage`` adds a usage chunk). ``model`` may name any model
+version (``alt models list``): one that is not served is loaded on demand (an LRU of loaded versions).
+Extra field ``feedback``: a feedback text to condition the generation on (steering), built by
+``conditioning.build_input`` with that version's own format, exactly as in training; e.g.
+``client.chat.completions.create(model="v2-alt", messages=[...], stream=True, extra_body={"feedback": "Concise"})``.
 Bad requests get 400 with an OpenAI-style ``{"error": {...}}`` body.
 """
 
@@ -72,6 +76,12 @@ class Message(BaseModel):
         return {"role": "system" if self.role == "developer" else self.role, "content": text}
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -83,7 +93,8 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
     seed: int | None = None
     n: Literal[1] = 1
-    stream: Literal[False] = False
+    stream: bool = False  # server-sent events, as the OpenAI client expects
+    stream_options: StreamOptions | None = None
     feedback: str | None = None  # ALT steering: the feedback to condition on
 
 
@@ -208,7 +219,7 @@ def add_openai_routes(api: FastAPI, settings: Settings, server: ModelServer | No
                 return _too_large()
             except ValueError:
                 return openai_error(400, "the request body is not valid JSON")
-            return await _complete(server, settings, body, request)
+            return await _complete(server, settings, body, request, getattr(api.state, "model_hub", None))
 
     add_completions_route(api, server, gate, settings)
     return server
@@ -221,7 +232,20 @@ def _max_tokens_error(asked: int, settings: Settings, param: str) -> JSONRespons
     return None
 
 
-async def _complete(server: ModelServer, settings: Settings, body: Any, request: Request) -> JSONResponse | dict:
+async def _server_for(server: ModelServer, hub, name: str) -> ModelServer | None:
+    """The server answering as ``name``: the served one, else any version by name (loaded on demand)."""
+    if name in server.model_ids:
+        return server
+    if hub is None:
+        return None
+    try:
+        return await run_in_threadpool(hub.for_version, name)
+    except ValueError:
+        return None
+
+
+async def _complete(server: ModelServer, settings: Settings, body: Any, request: Request,
+                    hub=None) -> JSONResponse | dict:
     if not isinstance(body, dict):
         return openai_error(400, "the request body must be a JSON object")
     try:
@@ -229,9 +253,12 @@ async def _complete(server: ModelServer, settings: Settings, body: Any, request:
     except ValidationError as e:
         message, param = _validation_message(e)
         return openai_error(400, message, param=param)
-    if req.model not in server.model_ids:
-        return openai_error(404, f"model {req.model!r} is not served here; available: {server.version_name} "
-                                 "(set ALT_LLM_MODEL to it)", param="model", code="model_not_found")
+    served = server
+    server = await _server_for(served, hub, req.model)
+    if server is None:
+        return openai_error(404, f"model {req.model!r} is not a model version here; served: {served.version_name} "
+                                 "(any version name from `alt models list` works)", param="model",
+                            code="model_not_found")
     max_new = req.max_completion_tokens or req.max_tokens or min(DEFAULT_MAX_TOKENS, settings.serve_max_tokens)
     param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
     if (too_many := _max_tokens_error(max_new, settings, param)) is not None:
@@ -242,11 +269,13 @@ async def _complete(server: ModelServer, settings: Settings, body: Any, request:
         return openai_error(400, f"the prompt has {chars} characters; this server takes at most "
                                  f"{settings.serve_max_prompt_tokens} tokens", param="messages",
                             code="context_length_exceeded")
+    seed = req.seed if req.seed is not None else random.randrange(2**31)
+    if req.stream:
+        return await _stream(server, req, messages, max_new, seed, request)
     try:
         # loading the model (first request only) blocks: do it off the event loop
         future = await run_in_threadpool(
-            server.submit, messages, req.feedback or None, max_new, req.temperature, req.top_p,
-            req.seed if req.seed is not None else random.randrange(2**31))
+            server.submit, messages, req.feedback or None, max_new, req.temperature, req.top_p, seed)
         waiting = asyncio.wrap_future(future)
         while True:  # concurrent requests meet in the server's batches; a client that left is dropped from the queue
             done, _ = await asyncio.wait({waiting}, timeout=1.0)
@@ -270,6 +299,56 @@ async def _complete(server: ModelServer, settings: Settings, body: Any, request:
         "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
                   "total_tokens": usage.total_tokens},
     }
+
+
+def _sse(data: dict | str) -> bytes:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
+
+
+async def _stream(server: ModelServer, req: ChatRequest, messages: list[dict], max_new: int, seed: int,
+                  request: Request):
+    """``stream: true``: ``chat.completion.chunk`` events (role, content pieces as they are generated, the
+    finish reason, usage if ``stream_options.include_usage``), then ``data: [DONE]``."""
+    from fastapi.responses import StreamingResponse
+
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue = asyncio.Queue()
+    try:
+        future = await run_in_threadpool(
+            server.submit, messages, req.feedback or None, max_new, req.temperature, req.top_p, seed,
+            lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece))
+    except ValueError as e:
+        return openai_error(400, str(e))
+    except Exception as e:
+        return openai_error(503, f"the served model failed: {type(e).__name__}: {e}", type_="server_error")
+    future.add_done_callback(lambda _: loop.call_soon_threadsafe(pieces.put_nowait, None))
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": server.version_name, "system_fingerprint": server.version_name}
+
+    def chunk(delta: dict, finish: str | None = None) -> bytes:
+        return _sse({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]})
+
+    async def events():
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            while (piece := await pieces.get()) is not None:
+                yield chunk({"content": piece})
+            try:
+                _, usage = future.result()
+            except Exception as e:  # headers are sent: report the failure as an error event
+                yield _sse({"error": {"message": str(e), "type": "server_error", "param": None, "code": None}})
+                return
+            yield chunk({}, usage.finish_reason)
+            if req.stream_options and req.stream_options.include_usage:
+                yield _sse({**head, "choices": [], "usage": {
+                    "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                    "total_tokens": usage.total_tokens}})
+            yield _sse("[DONE]")
+        finally:
+            future.cancel()  # the client left before its batch started: skip it
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 # --------------------------------------------------------------------------- /v1/completions

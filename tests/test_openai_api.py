@@ -167,7 +167,6 @@ def test_api_key_is_required(junk_api):
     ({"model": "v0-tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": -1}, "temperature"),
     ({"model": "v0-tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens"),
     ({"model": "v0-tiny", "messages": [{"role": "user", "content": "hi"}], "n": 3}, "n"),
-    ({"model": "v0-tiny", "messages": [{"role": "user", "content": "hi"}], "stream": True}, "stream"),
 ])
 def test_bad_requests_get_openai_style_400(junk_api, body, param):
     url, _ = junk_api
