@@ -102,7 +102,7 @@ class AdminTab:
                 who = gr.Textbox(label="User name", scale=2)
                 deactivate = gr.Button("Deactivate", size="sm")
                 activate = gr.Button("Activate", size="sm")
-            users_msg = gr.Markdown()
+            users_msg = gr.Markdown(latex_delimiters=[])
         with gr.Tab("Jobs"):
             jobs = gr.Dataframe(label="Jobs (newest first, refreshed every 5 s)", interactive=False,
                                 elem_id="admin-jobs")
@@ -112,7 +112,7 @@ class AdminTab:
             with gr.Row():
                 task = gr.Dropdown(label="Task", choices=[], elem_id="admin-agreement-task")
                 compute = gr.Button("Compute agreement", variant="primary", elem_id="admin-agreement")
-            summary = gr.Markdown()
+            summary = gr.Markdown(latex_delimiters=[])
             counts = gr.Dataframe(label="Labels per annotator", interactive=False)
             pairs = gr.Dataframe(label="Pairwise (Cohen's κ on shared items)", interactive=False)
             ai = gr.Dataframe(label="People vs AI labels (majority human label vs each AI source)", interactive=False)

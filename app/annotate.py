@@ -1,8 +1,11 @@
 """The Annotate tab: one leased item at a time, categories on keys 1–9, AI suggestions on A.
 
 Model text (prompts, responses, AI feedback) is only ever put into Textboxes and
-a Chatbot with Markdown off and HTML sanitised, so it shows as text and never
-runs. Every handler resolves the user server-side (``auth.require_user``) and
+a Chatbot with Markdown, math (``$$…$$``) and HTML off, so it shows exactly as
+written and never runs. The task's guidelines are Markdown written by an admin,
+shown with raw HTML escaped, images turned into plain links (no remote fetch) and
+no math; every Markdown component that shows data has math rendering off.
+Every handler resolves the user server-side (``auth.require_user``) and
 calls ``alt_engine.annotation``; the item on screen lives in a per-session
 ``gr.State``. Buttons use ``trigger_mode="once"`` so a double click or a held
 key cannot submit twice (and the lease makes a repeat a no-op anyway).
@@ -64,6 +67,15 @@ CSS = """
 """
 
 
+PLAIN = dict(latex_delimiters=[], sanitize_html=True)  # for every Markdown/Chatbot showing data: no math, no HTML
+
+
+def guidelines_markdown(text: str) -> str:
+    """An admin's guidelines as safe Markdown: raw HTML shown as text, ``![alt](url)`` images (inline or by
+    reference) as links, so nothing is fetched from elsewhere when the page shows them."""
+    return html.escape(text or "", quote=False).replace("![", "[")
+
+
 def _as_text(content) -> str:
     """Chatbot renders message HTML (sanitised, so tags would vanish) even with Markdown off: escape it so the
     prompt shows exactly as written."""
@@ -115,7 +127,7 @@ class AnnotateTab:
         sugg = _suggestion_text(item)
         guidelines = ""
         if has and item.guidelines:
-            guidelines = html.escape(item.guidelines)
+            guidelines = guidelines_markdown(item.guidelines)
         state = item.to_dict() if has else None
         system, turns = _chat(item.prompt) if has else ("", [])
         meta = ""
@@ -243,16 +255,16 @@ class AnnotateTab:
         with gr.Row():
             task = gr.Dropdown(label="Task", choices=[], scale=1, interactive=True, elem_id="alt-task")
             with gr.Column(scale=3):
-                progress = gr.Markdown(elem_id="alt-progress")
+                progress = gr.Markdown(elem_id="alt-progress", **PLAIN)
                 refresh = gr.Button("Refresh / next item", size="sm", elem_id="alt-refresh")
         empty = gr.Markdown(EMPTY, visible=False, elem_id="alt-empty")
         with gr.Column(visible=False) as panel:
             with gr.Accordion("Guidelines", open=False):
-                guidelines = gr.Markdown()
-            meta = gr.Markdown(elem_id="alt-meta")
+                guidelines = gr.Markdown(elem_id="alt-guidelines", **PLAIN)
+            meta = gr.Markdown(elem_id="alt-meta", **PLAIN)
             system_box = gr.Textbox(label="System prompt", interactive=False, visible=False, elem_id="alt-system")
-            chat = gr.Chatbot(label="Prompt", render_markdown=False, sanitize_html=True, height="auto",
-                              max_height=360, feedback_options=None, buttons=[], elem_id="alt-prompt")
+            chat = gr.Chatbot(label="Prompt", render_markdown=False, latex_delimiters=[], sanitize_html=True,
+                              height="auto", max_height=360, feedback_options=None, buttons=[], elem_id="alt-prompt")
             conditioning = gr.Textbox(label="Sampled with feedback (conditioning)", interactive=False, visible=False,
                                       elem_id="alt-conditioning")
             response = gr.Textbox(label="Response", interactive=False, lines=6, max_lines=20, elem_id="alt-response")
@@ -279,7 +291,7 @@ class AnnotateTab:
                                          elem_id="alt-flag-reason")
                 flag = gr.Button("Flag as problematic", size="sm", variant="stop", elem_id="alt-flag")
                 undo = gr.Button("Undo last (U)", size="sm", elem_id="alt-undo")
-        status = gr.Markdown(elem_id="alt-status")
+        status = gr.Markdown(elem_id="alt-status", **PLAIN)
         gr.Markdown(HINT, elem_id="alt-hint")
 
         self.outputs = [state, shown, panel, empty, progress, meta, guidelines, system_box, chat, conditioning,

@@ -20,6 +20,7 @@ import secrets
 import gradio as gr
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from alt_engine import annotation as ann
@@ -171,10 +172,10 @@ def build_blocks(settings: Settings, auth: Auth) -> gr.Blocks:
     annotate = AnnotateTab(settings, auth)
     admin = AdminTab(settings, auth)
     keys = KeysTab(settings, auth)
-    with gr.Blocks(title="ALT Studio") as blocks:
+    with gr.Blocks(title="ALT Studio", delete_cache=(3600, 3600)) as blocks:  # uploaded files go after an hour
         with gr.Row():
             gr.Markdown("## ALT Studio")
-            header = gr.Markdown(elem_id="alt-whoami")
+            header = gr.Markdown(elem_id="alt-whoami", latex_delimiters=[])
         with gr.Tabs():
             with gr.Tab("Annotate", id="annotate"):
                 annotate.build_ui()
@@ -200,7 +201,7 @@ def build_blocks(settings: Settings, auth: Auth) -> gr.Blocks:
 def create_app(settings: Settings) -> FastAPI:
     """The whole server as one ASGI app (used by ``alt serve`` and by tests in-process)."""
     init_db(settings.db)
-    api = FastAPI(title="ALT Studio", docs_url=None, redoc_url=None)
+    api = FastAPI(title="ALT Studio", docs_url=None, redoc_url=None, openapi_url=None)
     auth = Auth(settings)
 
     @api.get("/healthz")
@@ -213,8 +214,34 @@ def create_app(settings: Settings) -> FastAPI:
     add_openai_routes(api, settings)
     blocks = build_blocks(settings, auth)
     blocks.queue(default_concurrency_limit=8)
+    api.add_middleware(AdminOnlyPaths, auth=auth)
+    # no schema, no monitoring dashboard; uploads size-limited (and admins only: AdminOnlyPaths)
     return gr.mount_gradio_app(api, blocks, path="/", auth_dependency=auth.gradio_dependency, head=SHORTCUTS_JS,
-                               css=CSS, footer_links=[], run_history=False, show_error=True, theme=gr.themes.Soft())
+                               css=CSS, footer_links=[], run_history=False, show_error=True, theme=gr.themes.Soft(),
+                               enable_monitoring=False, max_file_size=MAX_UPLOAD, app_kwargs={"openapi_url": None})
+
+
+MAX_UPLOAD = "10mb"
+ADMIN_ONLY = ("/gradio_api/upload", "/gradio_api/openapi.json", "/gradio_api/monitoring", "/monitoring",
+              "/gradio_api/mcp")
+
+
+class AdminOnlyPaths:
+    """Gradio routes the app does not need for annotators: uploads (no annotator handler takes a file), the API
+    schema and monitoring. Refused (401 / 403) unless an admin is signed in; a plain ASGI middleware."""
+
+    def __init__(self, app, auth: Auth):
+        self.app, self.auth = app, auth
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path.startswith(ADMIN_ONLY):
+            user = self.auth.user(Request(scope))
+            if user is None or not user.is_admin:
+                status = 401 if user is None else 403
+                await JSONResponse({"detail": "admins only"}, status_code=status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def serve(settings: Settings) -> None:
