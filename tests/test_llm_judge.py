@@ -144,13 +144,62 @@ def test_client_retries_429_500_and_timeouts(db, stub):
 
 
 def test_retries_run_out_gives_a_reason_and_is_not_cached(db, stub):
-    task, gens = make_round(db, ["[[500:10:Good]]"])
+    task, gens = make_round(db, ["[[500:10:Good]]", "[[label:Good]]"])
     settings = settings_for(db, stub, llm_max_retries=1)
     _, report = judge(db, settings, task, gens)
-    assert report.stored == 0 and "request failed" in report.skipped[0][1]
-    assert stub.chat_calls == 2
-    judge(db, settings, task, gens)  # a transient failure is asked again on a rerun
-    assert stub.chat_calls == 4
+    assert report.stored == 1 and "request failed" in dict(report.skipped)[gens[0]]
+    assert stub.chat_calls == 3
+    with pytest.raises(RuntimeError, match="all 1 requests failed"):  # a rerun asks the failed one again ...
+        judge(db, settings, task, gens)
+    assert stub.chat_calls == 5  # (... and only that one): every request of this run failed, so it is an error
+
+
+def test_a_run_where_every_request_failed_is_an_error(db, stub):
+    task, gens = make_round(db, ["[[500:10:Good]] a", "[[500:10:Good]] b"])
+    with pytest.raises(RuntimeError, match="all 2 requests failed.*500"):
+        judge(db, settings_for(db, stub, llm_max_retries=0), task, gens)
+    with session_scope(db) as s:  # the failures are on record
+        assert len(list(s.exec(select(JudgeCall)))) == 2 and not list(s.exec(select(Feedback)))
+
+
+def test_unreachable_endpoint_exits_non_zero_with_the_reason(db, capsys):
+    import socket
+
+    from alt_engine.db import Round
+    from app.cli import main
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    task, gens = make_round(db, [f"answer {i}" for i in range(3)])
+    with session_scope(db) as s:
+        rnd = Round(task_id=task.id, number=1, status="feedback")
+        s.add(rnd)
+        s.flush()
+        for g in s.exec(select(Generation)):
+            g.round_id = rnd.id
+    env = {"ALT_LLM_BASE_URL": f"http://127.0.0.1:{port}/v1", "ALT_LLM_MAX_RETRIES": "0", "ALT_LLM_TIMEOUT": "5"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        code = main(["feedback", "--db", db, "--task", task.name, "--provider", "llm:categorical"])
+    err = capsys.readouterr().err
+    assert code != 0 and "all 3 requests failed" in err and "APIConnectionError" in err, err
+
+
+def test_a_huge_reply_is_cut_and_the_cut_recorded(db, stub):
+    huge = "Good " + "blah " * 100_000  # ~0.5 MB, re-asked twice
+    task, gens = make_round(db, [f"[[reply:{huge}]]"])
+    _, report = judge(db, settings_for(db, stub), task, gens)
+    assert report.stored == 0 and stub.chat_calls == 3
+    assert all(r.get("max_tokens") == 64 for r in stub.requests)  # asked short at source too
+    with session_scope(db) as s:
+        calls = list(s.exec(select(JudgeCall)))
+    assert len(calls) == 3
+    assert all(len(c.reply) <= 4000 and "reply truncated: 500005 characters" in c.error for c in calls)
+    replies = sum(len(c.reply) for c in calls) + sum(len(m["content"]) for c in calls for m in c.request
+                                                     if m["role"] == "assistant")
+    assert replies <= 6 * 4000 + 100  # was 3 × 0.5 MB of replies plus the same again inside the re-ask requests
 
 
 def test_budget_stops_the_run_cleanly(db, stub, caplog):
@@ -252,5 +301,5 @@ def test_a_malformed_server_response_is_a_reason_not_a_crash(db, stub):
     task, gens = make_round(db, ["[[label:Good]]"])
     stub.completion = lambda body, reply: {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
                                            "choices": []}  # no choices at all
-    _, report = judge(db, settings_for(db, stub), task, gens)
-    assert report.stored == 0 and "request failed" in report.skipped[0][1]
+    with pytest.raises(RuntimeError, match="request failed|requests failed"):  # the only request failed
+        judge(db, settings_for(db, stub), task, gens)

@@ -13,7 +13,9 @@ A per-run budget (one provider object = one run; HTTP requests including the
 client's retries, and usage tokens; 0 = unlimited) stops the run cleanly: the
 items left get "budget exhausted" (no request starts past the limit; retries
 and tokens of requests already in flight may overshoot it slightly). Client errors that no retry can fix (bad
-key, unknown model or URL) abort the run with a clear message.
+key, unknown model or URL) abort the run with a clear message, and so does a run in which every request failed
+(endpoint down, timeouts, 5xx after the retries): an error, not "N skipped". Replies are asked for with a
+``max_tokens`` cap and cut at ``MAX_REPLY_CHARS`` (the cut is recorded in ``JudgeCall.error``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from .base import FeedbackItem, FeedbackResult
 log = logging.getLogger(__name__)
 MODES = ("categorical", "free_text")
 BUDGET_EXHAUSTED = "budget exhausted"
+REQUEST_FAILED = "request failed"
+MAX_REPLY_CHARS = 4000  # a longer reply is cut here (stored, parsed and re-asked truncated) and the cut recorded
+MAX_REPLY_TOKENS = {"categorical": 64, "free_text": 512}  # asked of the endpoint, so replies stay short at source
 FATAL_ERRORS = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
 
 
@@ -190,7 +195,8 @@ class LLMJudge:
     def _ask(self, messages: list[dict]) -> str:
         """One chat completion (the client retries transient errors); spends the budget."""
         raw = self.client.chat.completions.with_raw_response.create(model=self.model, messages=messages,
-                                                                     temperature=0)
+                                                                     temperature=0,
+                                                                     max_tokens=MAX_REPLY_TOKENS[self.mode])
         completion = raw.parse()
         usage = completion.usage
         self.budget.spend(usage.total_tokens if usage else 0, extra_requests=raw.retries_taken)
@@ -224,14 +230,18 @@ class LLMJudge:
                 except FATAL_ERRORS:
                     raise
                 except Exception as e:  # retried by the client already (or a malformed response); not cached
-                    record(error=f"{type(e).__name__}: {e}")
-                    result = FeedbackResult(reason=f"request failed: {type(e).__name__}: {str(e)[:200]}")
+                    record(error=f"{type(e).__name__}: {str(e)[:1000]}")
+                    result = FeedbackResult(reason=f"{REQUEST_FAILED}: {type(e).__name__}: {str(e)[:200]}")
                     break
+                cut = ""
+                if len(reply) > MAX_REPLY_CHARS:  # an endpoint that ignores max_tokens: keep the database small
+                    cut = f"reply truncated: {len(reply)} characters, kept {MAX_REPLY_CHARS}; "
+                    reply = reply[:MAX_REPLY_CHARS]
                 try:
                     parsed = self._parse(reply, task)
                 except ParseError as e:
                     if attempt < self.reasks:
-                        record(reply=reply, error=f"unparsed: {e}")
+                        record(reply=reply, error=f"{cut}unparsed: {e}")
                         messages = messages + [{"role": "assistant", "content": reply}, {"role": "user", "content": (
                             jp.categorical_reask(reply, task) if self.mode == "categorical" else jp.free_text_reask(
                                 str(e)))}]
@@ -239,10 +249,10 @@ class LLMJudge:
                             self.stats.reasks += 1
                         continue
                     reason = f"no valid answer after {attempt + 1} tries: {e}"
-                    record(reply=reply, parsed={"reason": reason}, error=f"unparsed: {e}")  # cached: temperature 0
+                    record(reply=reply, parsed={"reason": reason}, error=f"{cut}unparsed: {e}")  # cached: temperature 0
                     result = FeedbackResult(reason=reason, raw=reply)
                     break
-                record(reply=reply, parsed=parsed, ok=True)
+                record(reply=reply, parsed=parsed, ok=True, error=cut.rstrip("; ") or None)
                 result = _result_from(parsed, reply)
                 break
         finally:
@@ -304,6 +314,11 @@ class LLMJudge:
             bar.close()
         out = [r if r is not None else FeedbackResult(reason="not judged") for r in results]
         self._finish(out, start_requests, start_tokens)
+        asked = [out[i] for i in todo.values()]
+        if asked and not any(r.ok for r in out) and all((r.reason or "").startswith(REQUEST_FAILED) for r in asked):
+            raise RuntimeError(f"LLM judge at {self.settings.llm_base_url}: all {len(asked)} requests failed, nothing "
+                               f"was judged — {asked[0].reason}. Check that the endpoint is up (ALT_LLM_BASE_URL, "
+                               "ALT_LLM_TIMEOUT); the failures are in the judgecall table and are retried on a rerun.")
         return out
 
     def _finish(self, results: list[FeedbackResult], start_requests: int, start_tokens: int) -> None:
