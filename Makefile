@@ -8,7 +8,7 @@ export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install serve test test-fast lint bench chromium clean
+.PHONY: install serve test test-fast lint bench chromium postgresql clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,10 +27,16 @@ chromium:
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "chromium missing: install Debian's chromium (browser tests will be skipped)"; fi
 
-test: $(STAMP) chromium
+# PostgreSQL for the tests run on both databases (they start their own cluster with it; skipped without it)
+postgresql:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else echo "postgresql missing: install Debian's postgresql (PostgreSQL tests will be skipped)"; fi
+
+test: $(STAMP) chromium postgresql
 	$(BIN)/pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) postgresql
 	$(BIN)/pytest -q -m "not slow and not browser"
 
 lint: $(STAMP)

@@ -23,16 +23,19 @@ Rules (the web app's handlers and the JSON API both call these functions):
   room for it (others' labels + live leases < k); ``skip`` gives the item to
   someone else; ``flag`` stores a ``flag`` row and takes the item out of the queue.
 
-Every write transaction starts with a write statement so SQLite takes its write
+SQLite: every write transaction starts with a write statement so SQLite takes its write
 lock before anything is read (no two annotators can read the same free item),
 and an in-process lock keeps the server's own threads from waiting in SQLite's
-sleeping busy handler. (On PostgreSQL the same guarantee needs the candidate row
-taken with ``SELECT … FOR UPDATE SKIP LOCKED`` in ``next_item`` and the generation
-row locked ``FOR UPDATE`` before ``label_slots`` counts in ``may_label``.)
+sleeping busy handler. PostgreSQL (several app processes on one database): ``next_item``
+takes the candidate row with ``SELECT … FOR UPDATE SKIP LOCKED`` (annotators asking at
+once get different items without waiting for each other) and counts again once it holds
+the lock; ``may_label`` locks the generation row ``FOR UPDATE`` before ``label_slots``
+counts, so every lease or label added to a generation is serialised on that row.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import threading
@@ -43,7 +46,7 @@ from sqlalchemy import text
 from sqlmodel import Session, select
 
 from .conditioning import PromptLike
-from .db import Feedback, Lease, Task, TrainingExample, session_scope
+from .db import Feedback, Lease, Task, TrainingExample, is_postgres, session_scope
 from .users import UserInfo
 
 OPEN_ROUND_STATES = ("sampling", "labelling")  # = db.RoundStatus.open()  # (spelled out in the SQL below)
@@ -137,8 +140,31 @@ def _utc(t: dt.datetime) -> dt.datetime:
     return t.astimezone(dt.UTC) if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
+def _local_lock(db: str):
+    """SQLite: this process's threads take turns (none sleeps in SQLite's busy handler). PostgreSQL: none —
+    its row locks serialise the writers of one item, whatever process they are in."""
+    return contextlib.nullcontext() if is_postgres(db) else _write_lock
+
+
+def _postgres(s: Session) -> bool:
+    return s.get_bind().dialect.name == "postgresql"
+
+
 def _take_write_lock(s: Session) -> None:
-    s.connection().execute(text("UPDATE lease SET state = state WHERE 0"))
+    """SQLite: take the database's write lock before reading. PostgreSQL: nothing — row locks instead."""
+    if not _postgres(s):
+        s.connection().execute(text("UPDATE lease SET state = state WHERE 0"))
+
+
+_LOCK_GENERATION = text("SELECT id FROM generation WHERE id = :g FOR UPDATE")
+
+
+def _lock_generation(s: Session, generation_id: int) -> None:
+    """PostgreSQL: lock the generation row until commit, so the leases and labels on it cannot change between
+    counting them and writing. Every transaction that adds a lease or a label to a generation takes this lock
+    first (in ``may_label``, or ``FOR UPDATE … SKIP LOCKED`` in ``next_item``). SQLite: the write lock did it."""
+    if _postgres(s):
+        s.connection().execute(_LOCK_GENERATION, {"g": generation_id})
 
 
 MAX_ID = 2**63 - 1  # SQLite's INTEGER
@@ -217,6 +243,10 @@ WHERE r.task_id = :task AND r.status IN ('sampling', 'labelling') AND g.id >= :s
   AND (SELECT COUNT(*) FROM lease l WHERE l.generation_id = g.id AND l.state = 'done') < :k
 """)
 _NEXT = text("SELECT g.id " + _CANDIDATES + " AND g.id >= :floor ORDER BY g.id LIMIT 1")
+# PostgreSQL: the candidate's row is locked as it is taken; one another annotator is taking is skipped, not waited for
+_NEXT_LOCKED = text("SELECT g.id " + _CANDIDATES
+                    + " AND g.id >= :floor ORDER BY g.id LIMIT 1 FOR UPDATE OF g SKIP LOCKED")
+_MINE = text("SELECT 1 FROM lease WHERE generation_id = :g AND user_id = :u")
 _ITEM = text("""
 SELECT g.id, g.response, g.truncated, g.conditioning, p.text, p.messages, t.name, t.categories, t.allow_free_text,
        t.guidelines, t.show_conditioning, r.number
@@ -304,7 +334,7 @@ def next_item(db: str, user: UserInfo, task: str | int | None = None, lease_seco
     """
     now = _now()
     until = now + dt.timedelta(seconds=lease_seconds)
-    with _write_lock, session_scope(db) as s:
+    with _local_lock(db), session_scope(db) as s:
         _take_write_lock(s)
         conn = s.connection()
         tasks = _tasks_in_order(s, task)
@@ -320,14 +350,35 @@ def next_item(db: str, user: UserInfo, task: str | int | None = None, lease_seco
             # the item was given to others meanwhile
             conn.execute(text("UPDATE lease SET state = 'expired' WHERE id = :id"), {"id": lease_id})
         for t in tasks:
-            row = conn.execute(_NEXT, {**_params(t, user, now), "floor": _floor(s, db, t)}).first()
-            if row is None:
+            generation_id = _take_candidate(s, t, user, now, _floor(s, db, t))
+            if generation_id is None:
                 continue
             lease_id = conn.execute(text("INSERT INTO lease (generation_id, user_id, expires_at, state) "
-                                         "VALUES (:g, :u, :e, 'open')"),
-                                    {"g": row[0], "u": user.id, "e": _ts(until)}).lastrowid
-            return _item(s, lease_id, row[0], until)
+                                         "VALUES (:g, :u, :e, 'open') RETURNING id"),
+                                    {"g": generation_id, "u": user.id, "e": _ts(until)}).scalar_one()
+            return _item(s, lease_id, generation_id, until)
     return None
+
+
+def _take_candidate(s: Session, task: _TaskRef, user: UserInfo, now: dt.datetime, floor: int) -> int | None:
+    """The first generation this user may lease now, or None.
+
+    SQLite: the first candidate (the write lock is held). PostgreSQL: the first candidate no one else is
+    taking, locked (``FOR UPDATE SKIP LOCKED``), then counted again — the query's snapshot may predate a lease
+    committed just before the lock was granted — and passed over if it has filled meanwhile.
+    """
+    conn = s.connection()
+    if not _postgres(s):
+        row = conn.execute(_NEXT, {**_params(task, user, now), "floor": floor}).first()
+        return None if row is None else row[0]
+    while True:
+        row = conn.execute(_NEXT_LOCKED, {**_params(task, user, now), "floor": floor}).first()
+        if row is None:
+            return None
+        if (may_label(s, row[0], user.id, task.k, now, late=True)
+                and conn.execute(_MINE, {"g": row[0], "u": user.id}).first() is None):
+            return row[0]
+        floor = row[0] + 1
 
 
 def _capacity_left(s: Session, generation_id: int, user_id: int, task_name: str, now: dt.datetime) -> bool:
@@ -363,6 +414,7 @@ def may_label(s: Session, generation_id: int, user_id: int, k: int, now: dt.date
     whose holder was not counted meanwhile) also yields to others' live leases: they were handed out while
     this user's lease did not count, so each holds one of the k places.
     """
+    _lock_generation(s, generation_id)
     done, live = label_slots(s, generation_id, user_id, now)
     return done < k and (not late or done + live < k)
 
@@ -445,7 +497,7 @@ def _close_lease(db: str, user: UserInfo, lease_id: int, make_rows) -> SubmitRes
     """Move the lease open → done and write ``make_rows(task, lease, session)`` in one transaction."""
     now = _now()
     refused = None
-    with _write_lock, session_scope(db) as s:
+    with _local_lock(db), session_scope(db) as s:
         lease = _take_open_lease(s, user, lease_id, "done")
         if lease is not None:
             if lease.state == "done":
@@ -492,7 +544,7 @@ def flag(db: str, user: UserInfo, lease_id: int, reason: str = "") -> SubmitResu
 
 def skip(db: str, user: UserInfo, lease_id: int) -> None:
     """Give the item back for others; this user will not be offered it again."""
-    with _write_lock, session_scope(db) as s:
+    with _local_lock(db), session_scope(db) as s:
         lease = _take_open_lease(s, user, lease_id, "skipped")
         if lease is not None:
             if lease.state != "skipped":
@@ -502,7 +554,7 @@ def skip(db: str, user: UserInfo, lease_id: int) -> None:
 def undo_last(db: str, user: UserInfo, lease_seconds: int = 300) -> Item:
     """Delete this user's newest submission and hand the item back to them under a fresh lease."""
     now = _now()
-    with _write_lock, session_scope(db) as s:
+    with _local_lock(db), session_scope(db) as s:
         _take_write_lock(s)
         key = s.exec(select(Feedback.request_key).where(Feedback.user_id == user.id,
                                                         Feedback.request_key.like("lease:%"))

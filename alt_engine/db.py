@@ -1,6 +1,9 @@
 """The database: every table, the one engine per process, transactions, migrations.
 
-SQLite in WAL mode with foreign keys on. All writes go through ``session_scope``
+A database is named by a SQLite file path (the default, ``annotations.db``) or by a SQLAlchemy URL
+(``ALT_DATABASE_URL``, e.g. ``postgresql+psycopg://user:pw@host/alt``): every function taking ``db``
+takes either. SQLite runs in WAL mode with foreign keys on; PostgreSQL sessions run in UTC, so the
+naive UTC timestamps both store compare alike. All writes go through ``session_scope``
 so a multi-row write is one transaction. Schema changes are numbered
 migrations in ``MIGRATIONS``; ``init_db`` creates a new database at the newest
 version or upgrades an old one in place.
@@ -229,6 +232,14 @@ class ApiKey(SQLModel, table=True):
     last_used_at: dt.datetime | None = None
 
 
+class AppSecret(SQLModel, table=True):
+    """A secret every app process must share (the session-cookie signing key when none is configured)."""
+
+    name: str = Field(primary_key=True)
+    value: str
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
 class Lease(SQLModel, table=True):
     """An annotator's claim on a generation until ``expires_at``."""
 
@@ -310,15 +321,42 @@ def _on_connect(dbapi_conn, _record) -> None:
     cur.close()
 
 
+def is_url(db: str | Path) -> bool:
+    """Whether ``db`` is a SQLAlchemy URL rather than a SQLite file path."""
+    return "://" in str(db)
+
+
+def database_url(db: str | Path) -> str:
+    """The SQLAlchemy URL of ``db`` (a SQLite path becomes ``sqlite:///ABSOLUTE_PATH``)."""
+    return str(db) if is_url(db) else f"sqlite:///{Path(db).resolve()}"
+
+
+def is_postgres(db: str | Path) -> bool:
+    return database_url(db).startswith(("postgresql", "postgres:"))
+
+
 def get_engine(path: str | Path) -> Engine:
-    """One engine per database file per process."""
-    key = str(Path(path).resolve())
+    """One engine per database per process."""
+    url = database_url(path)
     with _lock:
-        if key not in _engines:
-            engine = create_engine(f"sqlite:///{key}", connect_args={"check_same_thread": False, "timeout": 30})
-            event.listen(engine, "connect", _on_connect)
-            _engines[key] = engine
-        return _engines[key]
+        if url not in _engines:
+            if url.startswith("sqlite"):
+                engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+                event.listen(engine, "connect", _on_connect)
+            else:  # PostgreSQL (or any server database): a pool per process; sessions in UTC
+                connect_args = {"options": "-c timezone=UTC"} if is_postgres(url) else {}
+                engine = create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=32,
+                                       connect_args=connect_args)
+            _engines[url] = engine
+        return _engines[url]
+
+
+def dispose_engine(path: str | Path) -> None:
+    """Close this process's connections to ``path`` (tests dropping a database; forked processes)."""
+    with _lock:
+        engine = _engines.pop(database_url(path), None)
+    if engine is not None:
+        engine.dispose()
 
 
 @contextmanager
@@ -342,15 +380,50 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
 
 def schema_version(path: str | Path) -> int | None:
     with get_engine(path).connect() as conn:
-        has = conn.execute(text("SELECT name FROM sqlite_master WHERE type='table' AND name='schemainfo'")).first()
-        if not has:
+        if not inspect(conn).has_table("schemainfo"):
             return None
         row = conn.execute(text("SELECT version FROM schemainfo WHERE id=1")).first()
         return row[0] if row else None
 
 
+@contextmanager
+def _schema_lock(engine: Engine) -> Iterator[None]:
+    """One process at a time creates or upgrades the schema (several app processes may start at once):
+    a PostgreSQL advisory lock, or ``flock`` on the SQLite file itself (independent of SQLite's own locks)."""
+    if engine.dialect.name == "sqlite":
+        import fcntl
+
+        path = engine.url.database
+        if not path or path == ":memory:":
+            yield
+            return
+        with open(path, "ab") as f:  # creates an empty file (a valid empty database) if there is none
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+        return
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(7215)"))
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(7215)"))
+            conn.commit()
+
+
 def init_db(path: str | Path) -> int:
-    """Create or upgrade the database at ``path``; returns the schema version."""
+    """Create or upgrade the database at ``path`` (file or URL); returns the schema version."""
+    with _schema_lock(get_engine(path)):
+        return _init_db(path)
+
+
+def _init_db(path: str | Path) -> int:
     engine = get_engine(path)
     current = schema_version(path)
     if current is None:
@@ -414,7 +487,8 @@ def add_missing_columns(engine: Engine) -> list[str]:
 
 __all__ = [
     "JobStatus", "RoundStatus", "VersionStatus",
-    "ApiKey", "Feedback", "Generation", "Job", "JudgeCall", "Lease", "ModelVersion", "Prompt", "Round",
+    "ApiKey", "AppSecret", "Feedback", "Generation", "Job", "JudgeCall", "Lease", "ModelVersion", "Prompt", "Round",
     "SchemaInfo", "SignInThrottle", "Task", "TrainingExample", "User", "get_engine", "init_db", "session_scope",
+    "database_url", "dispose_engine", "is_postgres", "is_url",
     "select", "utcnow", "SCHEMA_VERSION", "MIGRATIONS", "add_missing_columns",
 ]

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .db import Job, JobStatus, ModelVersion, Round, RoundStatus, VersionStatus, select, session_scope, utcnow
+from .db import Job, JobStatus, ModelVersion, Round, RoundStatus, VersionStatus, is_url, select, session_scope, utcnow
 
 FINISHED = JobStatus.finished()
 KINDS = ("sample", "feedback", "train", "eval", "round")
@@ -365,7 +365,15 @@ def job_settings(settings) -> dict:
 
 
 def jobs_dir(db: str) -> Path:
-    return Path(db).resolve().parent / "jobs"
+    """Job logs and the job lock: next to a SQLite file; for a database URL, under the cache directory (one
+    folder per database), so the lock is per machine: run one worker machine per database."""
+    if not is_url(db):
+        return Path(db).resolve().parent / "jobs"
+    import hashlib
+
+    from .settings import Settings
+
+    return Path(Settings.from_env().cache_dir) / "jobs" / hashlib.sha256(db.encode()).hexdigest()[:16]
 
 
 def job_log_path(db: str, job_id: int) -> Path:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import conditioning
+from .db import is_url
 from .sampling import SamplingParams, TransformersBackend
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ class ModelServer:
         def watch() -> None:
             while not self._closed:
                 time.sleep(every)
-                if not Path(db).exists():  # the database went away (tests' temp dirs): stop watching
+                if not is_url(db) and not Path(db).exists():  # the file went away (tests' temp dirs): stop
                     return
                 try:
                     self.sync(db)

@@ -23,7 +23,9 @@ class Settings:
     """Studio configuration.
 
     Storage:
-        db: SQLite database file.
+        db: SQLite database file, or a SQLAlchemy URL.
+        database_url: a SQLAlchemy URL (``ALT_DATABASE_URL``, e.g. ``postgresql+psycopg://user:pw@host/alt``);
+            when set it is the database (``db`` becomes it) unless ``--db`` names another.
         models_dir: where trained model versions are written.
         cache_dir: where the converted default model and other caches live.
     Model:
@@ -46,7 +48,9 @@ class Settings:
         serve_api_key (besides users' own keys), serve_max_prompt_tokens, serve_max_tokens, serve_max_pending.
     """
 
-    db: str = field(default="annotations.db", metadata={"help": "SQLite database file"})
+    db: str = field(default="annotations.db", metadata={"help": "SQLite database file (or a SQLAlchemy URL)"})
+    database_url: str = field(default="", metadata={
+        "help": "SQLAlchemy URL of the database, e.g. postgresql+psycopg://user:pw@host/alt (default: the file db)"})
     models_dir: str = field(default="models", metadata={"help": "directory for trained model versions"})
     cache_dir: str = field(default_factory=_default_cache, metadata={"help": "cache directory"})
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "hub id, local path, or 'default'"})
@@ -96,6 +100,8 @@ class Settings:
             if env is not None:
                 values[f.name] = type(getattr(cls(), f.name))(env)
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if values.get("database_url") and overrides.get("db") is None:
+            values["db"] = values["database_url"]
         return cls(**values)
 
     def describe(self) -> list[tuple[str, object, str]]:
@@ -105,5 +111,9 @@ class Settings:
             value = getattr(self, f.name)
             if f.name in ("llm_api_key", "secret_key", "sampling_api_key", "serve_api_key") and value:
                 value = "***"
+            elif f.name in ("db", "database_url") and "://" in str(value):  # a URL's password
+                from sqlalchemy.engine import make_url
+
+                value = make_url(value).render_as_string(hide_password=True)
             rows.append((f.name, value, f.metadata.get("help", "")))
         return rows

@@ -23,13 +23,15 @@ import hashlib
 import hmac
 import os
 import re
+import secrets
 import threading
 from dataclasses import dataclass
 
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from .db import SignInThrottle, User, get_engine, session_scope
+from .db import AppSecret, SignInThrottle, User, get_engine, session_scope
 
 ROLES = ("annotator", "admin")
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
@@ -223,3 +225,18 @@ def end_sign_in(db: str, name: str, addr: str, ok: bool) -> None:
             a.failures = max(0, a.failures - 1)
             if _lock_seconds(a.failures, ADDR_LIMIT) == 0:
                 a.locked_until = None  # the lock this very attempt set
+
+
+def shared_secret(db: str, name: str) -> str:
+    """A random secret stored once in the database, so every app process (and a restart) uses the same one."""
+    with session_scope(db) as s:
+        row = s.get(AppSecret, name)
+        if row is not None:
+            return row.value
+    try:
+        with session_scope(db) as s:
+            s.add(AppSecret(name=name, value=secrets.token_hex(32)))
+    except IntegrityError:  # another process stored it first
+        pass
+    with session_scope(db) as s:
+        return s.get(AppSecret, name).value

@@ -1,8 +1,9 @@
 """Sign-in for the web app: one signed session cookie for the Gradio page, Gradio's HTTP API and /api/*.
 
 The cookie holds ``user id : name : expiry : session generation`` signed with
-HMAC-SHA256 under ``Settings.secret_key`` (random per start when empty, so a
-restart signs everyone out). Every request re-reads the user from the database,
+HMAC-SHA256 under ``Settings.secret_key`` (when empty: a random key stored once in
+the database, so every app process, ``alt serve --workers N`` or several machines,
+signs alike). Every request re-reads the user from the database,
 so a deactivated user or a changed role takes effect at once, and a cookie whose
 generation is not the user's current one (after sign-out, a password change or
 deactivation: ``users.revoke_sessions``) is refused. A cookie that does not
@@ -22,7 +23,6 @@ import base64
 import hashlib
 import hmac
 import html
-import os
 import time
 
 import gradio as gr
@@ -31,7 +31,15 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from alt_engine.settings import Settings
-from alt_engine.users import UserInfo, authenticate, begin_sign_in, end_sign_in, get_user, revoke_sessions
+from alt_engine.users import (
+    UserInfo,
+    authenticate,
+    begin_sign_in,
+    end_sign_in,
+    get_user,
+    revoke_sessions,
+    shared_secret,
+)
 
 COOKIE = "alt_session"
 SESSION_SECONDS = 12 * 3600
@@ -42,7 +50,7 @@ class Auth:
 
     def __init__(self, settings: Settings):
         self.db = settings.db
-        self.key = (settings.secret_key or os.urandom(32).hex()).encode()
+        self.key = (settings.secret_key or shared_secret(settings.db, "session_key")).encode()
 
     async def sign_in(self, name: str, password: str, addr: str = "unknown") -> tuple[UserInfo | None, str]:
         """(user, "") or (None, why); attempts are counted per address and per name before the hash is checked."""

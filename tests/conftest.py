@@ -13,14 +13,64 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-@pytest.fixture
-def db(tmp_path):
-    """A fresh, initialised database path."""
-    from alt_engine.db import init_db
+# --------------------------------------------------------------------------- databases: SQLite and PostgreSQL
+# A test module that asks for ``dbkind`` (``pytestmark = pytest.mark.usefixtures("dbkind")``) runs once on SQLite
+# and once on PostgreSQL: its ``db`` and ``make_db`` then give databases of that kind. Elsewhere both are SQLite.
 
-    path = str(tmp_path / "test.db")
-    init_db(path)
-    return path
+
+def pytest_generate_tests(metafunc):
+    if "dbkind" in metafunc.fixturenames:
+        metafunc.parametrize("dbkind", ["sqlite", "postgresql"], scope="module")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster(tmp_path_factory):
+    """A PostgreSQL cluster of our own on a free port (skipped with the reason when PostgreSQL is missing)."""
+    from alt_engine.pg_local import LocalCluster, pg_bin
+
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL binaries not found (apt-get install postgresql; `make test` does it)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("no PostgreSQL driver: pip install -r requirements.txt (psycopg[binary])")
+    cluster = LocalCluster(tmp_path_factory.mktemp("pg")).start()
+    yield cluster
+    cluster.stop()
+
+
+def _make_db_factory(request, tmp_path_factory, kind: str):
+    from alt_engine.db import dispose_engine, init_db
+
+    made = []
+
+    def make(name: str = "test", init: bool = True) -> str:
+        if kind == "postgresql":
+            db = request.getfixturevalue("pg_cluster").create_database()
+        else:
+            db = str(tmp_path_factory.mktemp("db") / f"{name}.db")
+        if init:
+            init_db(db)
+        made.append(db)
+        return db
+
+    return make, made, dispose_engine
+
+
+@pytest.fixture
+def make_db(request, tmp_path_factory):
+    """``make_db(name)`` → a fresh initialised database (a SQLite path, or a PostgreSQL URL under ``dbkind``)."""
+    kind = request.getfixturevalue("dbkind") if "dbkind" in request.fixturenames else "sqlite"
+    make, made, dispose = _make_db_factory(request, tmp_path_factory, kind)
+    yield make
+    for db in made:
+        dispose(db)
+
+
+@pytest.fixture
+def db(make_db):
+    """A fresh, initialised database (path or URL)."""
+    return make_db("test")
 
 
 @pytest.fixture(scope="session")
@@ -76,9 +126,9 @@ def seed_annotation_db(path: str, n: int = 6, k: int = 1, task: str = "default",
 
 
 @pytest.fixture
-def annotation_db(tmp_path):
-    """(db path, seed info) with 6 generations, k = 1."""
-    path = str(tmp_path / "annotate.db")
+def annotation_db(make_db):
+    """(db path or URL, seed info) with 6 generations, k = 1."""
+    path = make_db("annotate", init=False)
     return path, seed_annotation_db(path)
 
 
@@ -144,15 +194,20 @@ XSS = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=1</script>'
 
 
 @pytest.fixture(scope="module")
-def live_server(tmp_path_factory):
-    """``alt serve`` with a tiny model and a temp DB: 6 generations (one with an HTML/script payload, a chat
+def live_server(request, tmp_path_factory):
+    """``alt serve`` with a tiny model and a temp SQLite DB: 6 generations (one with an HTML/script payload, a chat
     prompt), users admin/adminpass1, alice/alicepass1, bob/bobpass12."""
+    yield from live_server_for(request, tmp_path_factory, postgres=False)
+
+
+def live_server_for(request, tmp_path_factory, postgres: bool):
+    """The ``live_server`` fixture's body; ``postgres`` = on a fresh database of the tests' PostgreSQL cluster."""
     from alt_engine.tiny import save_tiny
     from alt_engine.users import add_user
 
     work = tmp_path_factory.mktemp("live")
     model = save_tiny(work / "model")
-    db = str(work / "live.db")
+    db = request.getfixturevalue("pg_cluster").create_database() if postgres else str(work / "live.db")
     responses = ["Paris is the capital of France.", f"Sure! {XSS} done.", "I do not know.",
                  "Two plus two is four.", "Water boils at 100 C at sea level.", "Blue."]
     questions = ["What is the capital of France?", f"Repeat this: {XSS}", "What is 2+2?", "What is 2+2?",

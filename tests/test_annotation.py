@@ -13,6 +13,8 @@ from alt_engine import annotation as ann
 from alt_engine.db import Feedback, Lease, ModelVersion, Task, TrainingExample, session_scope
 from alt_engine.users import add_user
 
+pytestmark = pytest.mark.usefixtures("dbkind")  # every test on SQLite and on PostgreSQL
+
 
 def _users(db, *names):
     return [add_user(db, n, "password123") for n in names]
@@ -52,8 +54,8 @@ def test_lease_hands_each_item_to_one_annotator(annotation_db):
     assert (p.done, p.remaining, p.total) == (5, 0, 6)
 
 
-def test_concurrent_annotators_never_share_an_item(tmp_path):
-    db = str(tmp_path / "c.db")
+def test_concurrent_annotators_never_share_an_item(make_db):
+    db = make_db("c", init=False)
     seed_annotation_db(db, n=40)
     users = _users(db, *[f"u{i}" for i in range(8)])
     got: list[int] = []
@@ -74,8 +76,8 @@ def test_concurrent_annotators_never_share_an_item(tmp_path):
     assert len(_rows(db, kind="category")) == 40
 
 
-def test_overlap_k_distinct_annotators(tmp_path):
-    db = str(tmp_path / "k.db")
+def test_overlap_k_distinct_annotators(make_db):
+    db = make_db("k", init=False)
     info = seed_annotation_db(db, n=2, k=2)
     a, b, c = _users(db, "a", "b", "c")
     ia, ib = ann.next_item(db, a), ann.next_item(db, b)
@@ -116,8 +118,8 @@ def test_expired_lease_goes_to_someone_else_and_late_submit(annotation_db):
     assert res.status == "saved" and res.late
 
 
-def test_undo_does_not_reopen_an_item_others_took_meanwhile(tmp_path):
-    db = str(tmp_path / "u.db")
+def test_undo_does_not_reopen_an_item_others_took_meanwhile(make_db):
+    db = make_db("u", init=False)
     seed_annotation_db(db, n=1, k=2)
     alice, bob = _users(db, "alice", "bob")
     a = ann.next_item(db, alice)
@@ -224,8 +226,8 @@ def test_undo_reopens_last_submission(annotation_db):
         ann.undo_last(db, alice)
 
 
-def test_skip_and_flag(tmp_path):
-    db = str(tmp_path / "s.db")
+def test_skip_and_flag(make_db):
+    db = make_db("s", init=False)
     info = seed_annotation_db(db, n=3, k=2)
     alice, bob = _users(db, "alice", "bob")
     a = ann.next_item(db, alice)
@@ -277,8 +279,8 @@ def test_only_open_rounds_are_queued(annotation_db):
     assert ann.next_item(db, alice) is None  # not even the item alice holds: the round is closed
 
 
-def test_raising_overlap_reopens_finished_items(tmp_path):
-    db = str(tmp_path / "r.db")
+def test_raising_overlap_reopens_finished_items(make_db):
+    db = make_db("r", init=False)
     info = seed_annotation_db(db, n=3, k=1)
     alice, bob = _users(db, "alice", "bob")
     while (item := ann.next_item(db, alice)) is not None:
@@ -289,14 +291,14 @@ def test_raising_overlap_reopens_finished_items(tmp_path):
     assert ann.next_item(db, bob).generation_id == info["generations"][0]
 
 
-def test_json_api(tmp_path, tiny_model_dir):
+def test_json_api(make_db, tiny_model_dir):
     """The JSON API in-process: same service, HTTP status codes for refusals."""
     from fastapi.testclient import TestClient
 
     from alt_engine.settings import Settings
     from app.server import create_app
 
-    db = str(tmp_path / "api.db")
+    db = make_db("api", init=False)
     info = seed_annotation_db(db, n=4, k=1)
     _users(db, "alice", "bob")
     app = create_app(Settings(db=db, model=tiny_model_dir, secret_key="k"))

@@ -6,10 +6,17 @@ import json
 
 import httpx
 import pytest
+from conftest import live_server_for
 
 from alt_engine.users import get_user, set_active
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("dbkind")]  # on SQLite and on PostgreSQL
+
+
+@pytest.fixture(scope="module")
+def live_server(dbkind, request, tmp_path_factory):
+    """``alt serve`` (conftest's) on this module's kind of database."""
+    yield from live_server_for(request, tmp_path_factory, postgres=dbkind == "postgresql")
 
 
 def _session(url: str, name: str | None = None, password: str | None = None) -> httpx.Client:
@@ -128,11 +135,11 @@ def test_deactivated_user_loses_access(live_server):
     assert c.post("/api/login", json={"username": "erin", "password": "erinpass12"}).status_code == 401
 
 
-def test_users_cli(tmp_path, capsys, monkeypatch):
+def test_users_cli(make_db, capsys, monkeypatch):
     from alt_engine.users import authenticate
     from app.cli import main
 
-    db = str(tmp_path / "cli.db")
+    db = make_db("cli")
     assert main(["users", "add", "zed", "--role", "admin", "--password", "zedpass123", "--db", db]) == 0
     assert main(["users", "add", "zed", "--password", "zedpass123", "--db", db]) == 1
     assert "already exists" in capsys.readouterr().err
@@ -149,6 +156,10 @@ def test_users_cli(tmp_path, capsys, monkeypatch):
     assert authenticate(db, "amy", "amypass123") is None and authenticate(db, "amy", "newpass123") is not None
     assert main(["users", "deactivate", "amy", "--db", db]) == 0
     assert authenticate(db, "amy", "newpass123") is None
-    with __import__("sqlite3").connect(db) as conn:  # only a salted hash is stored
-        (stored,) = conn.execute("SELECT password_hash FROM user WHERE name = 'amy'").fetchone()
+    from sqlalchemy import text
+
+    from alt_engine.db import get_engine
+
+    with get_engine(db).connect() as conn:  # only a salted hash is stored
+        stored = conn.execute(text("SELECT password_hash FROM \"user\" WHERE name = 'amy'")).scalar_one()
     assert "newpass123" not in stored and stored.startswith("scrypt$")

@@ -16,6 +16,8 @@ from alt_engine.tasks import get_or_create_task
 from alt_engine.training.config import AltTrainConfig
 from alt_engine.training.run import train_model_version
 
+pytestmark = pytest.mark.usefixtures("dbkind")  # every test on SQLite and on PostgreSQL
+
 FAST = dict(learning_rate=1e-3, epochs=1, batch_size=4, report_to="none", save_steps=100000)
 
 
