@@ -88,3 +88,56 @@ def test_unsupported_and_missing(db, tmp_path):
         import_prompts(db, str(tmp_path / "p.txt"))
     with pytest.raises(ImportError_, match="no such file"):
         import_prompts(db, str(tmp_path / "missing.jsonl"))
+
+
+# ----------------------------------------------------------------------------- malformed files (issue 12)
+
+
+def test_bom_jsonl_is_accepted(db, tmp_path):
+    f = tmp_path / "bom.jsonl"
+    f.write_bytes(b"\xef\xbb\xbf" + b'{"prompt": "first"}\r\n{"prompt": "second"}\r\n')
+    assert import_prompts(db, str(f)).added == 2
+
+
+@pytest.mark.parametrize("lines, expect", [
+    ([b'{"prompt": "a"}', b'{"prompt": "b"}', b'{"prompt": ""}', b'{"prompt": "c"}', b'{"prompt": "d"'],
+     r"bad.jsonl line 3: empty prompt"),  # the first bad line, not the JSON error further down
+    ([b'{"prompt": "a"}', b'{"prompt": "caf\xe9"}'], r"bad.jsonl line 2: not UTF-8 \(byte 0xe9"),
+    ([b'{"prompt": "a"}', b'[' * 100_000], r"bad.jsonl line 2: invalid JSON \(nested too deeply\)"),
+    ([b'{"prompt": "x \\ud800"}'], r"bad.jsonl line 1: 'prompt' has an unpaired surrogate \(\\ud800\)"),
+    ([b'{"messages": [{"role": "user", "content": "\\udfff"}]}'], r"bad.jsonl line 1: message 1 has an unpaired"),
+    ([b'{"prompt": "ok", "split": ["train"]}'], r"bad.jsonl line 1: 'split' must be text"),
+    ([b'{"prompt": ' + b"9" * 5000 + b"}"], r"bad.jsonl line 1: invalid JSON"),
+])
+def test_every_rejection_names_file_line_and_problem(db, tmp_path, lines, expect):
+    f = tmp_path / "bad.jsonl"
+    f.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(ImportError_, match=expect):
+        import_prompts(db, str(f))
+    assert count(db) == 0
+
+
+def test_csv_and_parquet_and_folder_rejections_are_named(db, tmp_path):
+    (tmp_path / "enc.csv").write_bytes(b"prompt\nfine\ncaf\xe9\n")
+    (tmp_path / "fields.csv").write_text('prompt\nfine\n"a","b"\n""\n', encoding="utf-8")
+    pd.DataFrame({"prompt": ["a", "b"], "split": [["train"], ["probe"]]}).to_parquet(tmp_path / "list.parquet")
+    (tmp_path / "notads").mkdir()
+    (tmp_path / "notads" / "state.json").write_text("{}")
+    for name, expect in (("enc.csv", r"enc.csv line 3: not UTF-8"), ("fields.csv", r"fields.csv line 3: 2 fields"),
+                         ("list.parquet", r"list.parquet row 1: 'split' must be text"),
+                         ("notads", r"notads: a folder, but not a dataset")):
+        with pytest.raises(ImportError_, match=expect):
+            import_prompts(db, str(tmp_path / name))
+    assert count(db) == 0
+
+
+def test_fuzzed_files_never_crash_the_importer():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from fuzz_import import run
+
+    tally = run(300, seed=12, quiet=True)
+    assert tally.counts["crash"] == 0, tally.examples.get("crash", [])[:5]
+    assert tally.counts["clear error"] > 150 and tally.counts["imported"] > 20
