@@ -46,7 +46,7 @@ METRICS = ("exemplar_share", "mean_score", "steerability_gap", "perplexity", "di
            "mean_length", "mean_words", "pct_truncated")
 LOWER_IS_BETTER = ("perplexity", "pct_truncated")
 MIN_PROBE_PROMPTS, MIN_N = 30, 4  # resolves a 15-point change in a share (DESIGN.md §1, "Evaluation size")
-DEFAULT_MAX_NEW_TOKENS = 256
+DEFAULT_MAX_NEW_TOKENS = 160  # = SamplingParams.max_new_tokens (no torch-free import of it here)
 
 
 @dataclass
@@ -318,7 +318,8 @@ def evaluate_version(db: str, settings: Settings, version_id: int, task: Task, p
                 steer[name] = {"best": est[name].value, "worst": _estimate(other[name], cfg.seed).value,
                                "gap": gap.value, "gap_ci": [gap.low, gap.high]}
         metrics["steer"] = steer
-        primary = "exemplar_share" if "exemplar_share" in steer else "mean_score" if "mean_score" in steer else None
+        # scored feedback (reward): categories are quantiles within each prompt's samples, so the reward itself
+        primary = "mean_score" if "mean_score" in steer else "exemplar_share" if "exemplar_share" in steer else None
         if primary:
             metrics["steerability_gap"] = steer[primary]["gap"]
             metrics["steerability_gap_ci"] = steer[primary]["gap_ci"]

@@ -57,7 +57,7 @@ class RoundConfig:
     """Everything about a round except the provider and the training options."""
 
     sampling: SamplingParams = field(default_factory=SamplingParams)
-    limit: int | None = 48  # train prompts sampled per round, a window that moves each round (None = all)
+    limit: int | None = 32  # train prompts sampled per round, a window that moves each round (None = all)
     k_per_category: int = 2
     policy: str = "flush"  # flush (ALT) | accumulate (Quark)
     truncated: str = "exclude"  # truncated generations in the pool: exclude | last | worst (see pool.py)

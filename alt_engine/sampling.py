@@ -30,7 +30,7 @@ class SamplingParams:
     n: int = 4
     temperature: float = 1.0
     top_p: float = 0.9
-    max_new_tokens: int = 256  # a small chat model's answers run long: fewer cap, fewer truncated examples
+    max_new_tokens: int = 160  # a small chat model's answers run long; the pool's truncation policy handles the rest
     seed: int = 0
     batch_size: int = 16  # sequences per forward pass
 

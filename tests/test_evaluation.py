@@ -158,7 +158,7 @@ def test_eval_length_follows_the_rounds_sampling(tiny_db):
     from alt_engine.evaluation import eval_max_new_tokens
 
     db, task, _, _ = tiny_db
-    assert eval_max_new_tokens(db, task, EvalConfig()) == 256  # nothing sampled yet: the default
+    assert eval_max_new_tokens(db, task, EvalConfig()) == 160  # nothing sampled yet: the default
     with session_scope(db) as s:
         rnd = Round(task_id=task.id, number=1)
         s.add(rnd)

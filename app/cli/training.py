@@ -86,7 +86,8 @@ def register(sub, common, selected: str | None = None) -> None:
     p = sub.add_parser("round", parents=train_parents,
                        help=command_help("round"),
                        description="Training options are AltTrainConfig's fields (e.g. --learning_rate 1e-5 --lora).")
-    p.add_argument("--provider", required=True, help="feedback provider spec (as for `alt feedback`)")
+    p.add_argument("--provider", default=None, help="feedback provider spec (as for `alt feedback`; default for a "
+                                                    "demo task: its own, e.g. rule:concise:auto for concise)")
     p.add_argument("--task", default="default")
     p.add_argument("--rounds", type=int, default=1, help="how many rounds to run one after another")
     _round_options(p)
@@ -108,7 +109,7 @@ def register(sub, common, selected: str | None = None) -> None:
 
 def _round_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=4, help="samples per prompt")
-    p.add_argument("--limit", type=int, default=48, help="train prompts sampled per round; successive rounds take "
+    p.add_argument("--limit", type=int, default=32, help="train prompts sampled per round; successive rounds take "
                                                          "the next ones (0 = all every round)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=0.9)
@@ -270,6 +271,14 @@ def _round_config(args):
         metric=args.metric, eval=_eval_config(args))
 
 
+def _demo_provider(task: str) -> str:
+    from alt_engine.tasks import DEMOS
+
+    if task not in DEMOS:
+        raise CLIError(f"give --provider: task {task!r} has no default provider (demo tasks: {', '.join(DEMOS)})")
+    return DEMOS[task].provider
+
+
 def cmd_experiment(args) -> None:
     from alt_engine.experiment import ExperimentConfig, run_experiment
 
@@ -299,8 +308,9 @@ def cmd_round(args) -> None:
         task = _task(s, args.task)
     from alt_engine.feedback import make_provider
 
-    make_provider(args.provider, settings, task)  # an unknown provider is refused before a job exists
-    params = dict(task_id=task.id, provider=args.provider, round=dataclasses.asdict(config),
+    provider = args.provider or _demo_provider(task.name)
+    make_provider(provider, settings, task)  # an unknown provider is refused before a job exists
+    params = dict(task_id=task.id, provider=provider, round=dataclasses.asdict(config),
                   config=_train_config(args).to_dict())
     for _ in range(args.rounds):
         job = run_job(settings, "round", params, args.background)
