@@ -6,12 +6,19 @@ a thread with its own HTTP session: sign in, then loop GET /api/annotate/next �
 (think) → POST /api/annotate/submit until the time is up.
 
 Checks afterwards, straight from the database:
-  * every acknowledged submission is a Feedback row (same generation, same user);
+  * every acknowledged submission is a Feedback row (same generation, same user), unless its author undid it;
   * no item has more human labels than the task's overlap k, none twice from one person.
-Prints p50/p95/p99 latency of next-item and submit; exits 1 if a check fails or p95 ≥ the target.
+Prints p50/p95/p99 latency of next-item and submit, "lost" and "over-labelled" counts; exits 1 if a check fails
+or p95 ≥ the target.
+
+``--harsh`` makes the annotators misbehave the way real ones and flaky networks do: 2 s leases with a mean
+think time of 1 s (so about a quarter of the submits arrive after the lease expired and the item went to
+someone else: those are refused with 409, not errors), every submit sent three times at once, and one
+submission in ten undone and redone.
 
     .venv/bin/python scripts/load_annotators.py                  # 20 annotators, 30 s, own server
     .venv/bin/python scripts/load_annotators.py --think 0        # no pause between items (stress)
+    .venv/bin/python scripts/load_annotators.py --harsh --target-ms 50   # short leases, triple/late submits, undo
     .venv/bin/python scripts/load_annotators.py --url http://127.0.0.1:7860 --db annotations.db \\
         --users u1,u2 --password secret123                        # against a running server
 """
@@ -30,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,9 +55,12 @@ from alt_engine.users import add_user  # noqa: E402
 class Stats:
     next_ms: list[float] = field(default_factory=list)
     submit_ms: list[float] = field(default_factory=list)
-    acked: list[tuple[str, int, list[int]]] = field(default_factory=list)  # (user, generation id, feedback ids)
+    acked: dict[int, tuple[str, int, list[int]]] = field(default_factory=dict)  # lease -> (user, generation, ids)
     errors: list[str] = field(default_factory=list)
     empty: int = 0
+    late_refused: int = 0  # 409: the lease expired and the item went to others (expected in --harsh)
+    duplicates: int = 0  # repeats of a submit answered "duplicate"
+    undone: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -78,14 +89,15 @@ def seed(db: str, n: int, k: int, users: list[str], password: str) -> None:
         add_user(db, u, password)
 
 
-def start_server(db: str, workdir: Path) -> tuple[subprocess.Popen, str]:
+def start_server(db: str, workdir: Path, lease_seconds: int = 300) -> tuple[subprocess.Popen, str]:
     from alt_engine.tiny import save_tiny
 
     model = save_tiny(workdir / "model")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "ALT_SECRET_KEY": "load-test", "ALT_CACHE_DIR": str(workdir / "cache"), "ALT_DEVICE": "cpu"}
+    env = {**os.environ, "ALT_SECRET_KEY": "load-test", "ALT_CACHE_DIR": str(workdir / "cache"), "ALT_DEVICE": "cpu",
+           "ALT_LEASE_SECONDS": str(lease_seconds)}
     log = open(workdir / "server.log", "w")
     cli = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())"]
     proc = subprocess.Popen([*cli, "serve", "--db", db, "--model", model, "--port", str(port)], cwd=ROOT, env=env,
@@ -105,14 +117,20 @@ def start_server(db: str, workdir: Path) -> tuple[subprocess.Popen, str]:
 
 
 def annotator(url: str, name: str, password: str, categories: list[str], until: float, think: float,
-              stats: Stats, seed_: int) -> None:
+              stats: Stats, seed_: int, harsh: bool = False) -> None:
     rng = random.Random(seed_)
-    with httpx.Client(base_url=url, timeout=30) as c:
+    with httpx.Client(base_url=url, timeout=30) as c, ThreadPoolExecutor(3) as pool:
         r = c.post("/api/login", json={"username": name, "password": password})
         if r.status_code != 200:
             with stats.lock:
                 stats.errors.append(f"{name}: login {r.status_code} {r.text[:100]}")
             return
+
+        def timed_submit(body):
+            t0 = time.perf_counter()
+            r = c.post("/api/annotate/submit", json=body)
+            return r, 1000 * (time.perf_counter() - t0)
+
         while time.time() < until:
             t0 = time.perf_counter()
             r = c.get("/api/annotate/next")
@@ -134,26 +152,40 @@ def annotator(url: str, name: str, password: str, categories: list[str], until: 
             body = {"lease_id": item["lease_id"], "category": rng.choice(categories)}
             if rng.random() < 0.3:
                 body["text"] = "Clear, but could be shorter."
-            t0 = time.perf_counter()
-            r = c.post("/api/annotate/submit", json=body)
-            t1 = time.perf_counter()
+            # harsh: the same submit three times at once (double clicks, a retrying proxy)
+            answers = list(pool.map(timed_submit, [body] * (3 if harsh else 1)))
             with stats.lock:
-                stats.submit_ms.append(1000 * (t1 - t0))
-                if r.status_code == 200 and r.json()["status"] == "saved":
-                    stats.acked.append((name, item["generation_id"], r.json()["feedback_ids"]))
-                else:
-                    stats.errors.append(f"{name}: submit {r.status_code} {r.text[:100]}")
+                for r, ms in answers:
+                    stats.submit_ms.append(ms)
+                    status = r.json().get("status") if r.status_code == 200 else None
+                    if status == "saved":
+                        stats.acked[item["lease_id"]] = (name, item["generation_id"], r.json()["feedback_ids"])
+                    elif status == "duplicate":
+                        stats.duplicates += 1
+                    elif r.status_code == 409 and harsh:
+                        stats.late_refused += 1
+                    else:
+                        stats.errors.append(f"{name}: submit {r.status_code} {r.text[:100]}")
+            if harsh and rng.random() < 0.1 and any(r.status_code == 200 for r, _ in answers):
+                r = c.post("/api/annotate/undo")
+                with stats.lock:
+                    if r.status_code == 200:
+                        stats.acked.pop(r.json()["item"]["lease_id"], None)
+                        stats.undone += 1
+                    elif r.status_code != 400:  # 400: nothing to undo / item went to others: fine
+                        stats.errors.append(f"{name}: undo {r.status_code} {r.text[:100]}")
 
 
-def check(db: str, stats: Stats, k: int) -> list[str]:
-    """Integrity problems found in the database (empty = all good)."""
-    problems = []
+def check(db: str, stats: Stats, k: int) -> tuple[int, int, list[str]]:
+    """(lost, over-labelled items, problems) found in the database (0, 0, [] = all good)."""
+    problems, lost, over = [], 0, 0
     with session_scope(db) as s:
         rows = {f.id: f for f in s.exec(select(Feedback).where(Feedback.source.like("human:%")))}
-        for user, gen_id, ids in stats.acked:
+        for user, gen_id, ids in stats.acked.values():
             for fid in ids:
                 f = rows.get(fid)
                 if f is None or f.generation_id != gen_id or f.source != f"human:{user}":
+                    lost += 1
                     problems.append(f"acknowledged submission lost: {user} on generation {gen_id} (feedback {fid})")
         per_item: dict[int, list[str]] = {}
         for f in rows.values():
@@ -161,13 +193,14 @@ def check(db: str, stats: Stats, k: int) -> list[str]:
                 per_item.setdefault(f.generation_id, []).append(f.source)
         for gen_id, sources in per_item.items():
             if len(sources) > k:
+                over += 1
                 problems.append(f"generation {gen_id} labelled {len(sources)} times (overlap k = {k}): {sources}")
             if len(set(sources)) != len(sources):
                 problems.append(f"generation {gen_id} labelled twice by the same person: {sources}")
         n_labels = sum(len(v) for v in per_item.values())
         if n_labels != len(stats.acked):
             problems.append(f"{n_labels} human labels in the database but {len(stats.acked)} acknowledged")
-    return problems
+    return lost, over, problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,7 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--users", default=None, help="comma-separated existing users (with --url)")
     ap.add_argument("--password", default="loadtest123")
     ap.add_argument("--target-ms", type=float, default=100.0)
+    ap.add_argument("--harsh", action="store_true", help="2 s leases, think 1 s, triple submits, late submits, undo")
+    ap.add_argument("--lease-seconds", type=int, default=None, help="lease length of the started server "
+                                                                     "(default 300; --harsh: 2)")
     args = ap.parse_args(argv)
+    lease_seconds = args.lease_seconds or (2 if args.harsh else 300)
+    if args.harsh and args.think == ap.get_default("think"):
+        args.think = 1.0
 
     proc = None
     names = args.users.split(",") if args.users else [f"annotator{i:02d}" for i in range(args.annotators)]
@@ -192,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         db = str(tmp / "load.db")
         seed(db, args.generations, args.overlap, names, args.password)
-        proc, url = start_server(db, tmp)
+        proc, url = start_server(db, tmp, lease_seconds)
     k = args.overlap
     categories = ["Excellent", "Good", "Mediocre", "Bad", "Horrible"]
     if db:
@@ -203,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         until = time.time() + args.seconds
         threads = [threading.Thread(target=annotator, args=(url, n, args.password, categories, until, args.think,
-                                                             stats, i)) for i, n in enumerate(names)]
+                                                             stats, i, args.harsh)) for i, n in enumerate(names)]
         t0 = time.time()
         for t in threads:
             t.start()
@@ -218,23 +257,27 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
-    print(f"{len(names)} annotators, {wall:.1f} s, think {args.think} s, overlap k={k}, server {url}")
+    print(f"{len(names)} annotators, {wall:.1f} s, think {args.think} s, overlap k={k}, "
+          f"{'HARSH, ' if args.harsh else ''}lease {lease_seconds if not args.url else '?'} s, server {url}")
     print(f"submissions acknowledged: {len(stats.acked)} ({len(stats.acked) / wall:.1f}/s); "
           f"requests: {len(stats.next_ms) + len(stats.submit_ms)}; empty queue answers: {stats.empty}; "
           f"errors: {len(stats.errors)}")
+    if args.harsh:
+        print(f"  late submits refused (409): {stats.late_refused}; repeats answered 'duplicate': "
+              f"{stats.duplicates}; undone and redone: {stats.undone}")
     for label, xs in (("next-item", stats.next_ms), ("submit", stats.submit_ms)):
         print(f"  {label:<9} n={len(xs):>6}  p50 {pct(xs, 50):6.1f} ms  p95 {pct(xs, 95):6.1f} ms  "
               f"p99 {pct(xs, 99):6.1f} ms  mean {statistics.fmean(xs) if xs else float('nan'):6.1f} ms")
     for e in stats.errors[:5]:
         print("  error:", e)
-    problems = check(db, stats, k) if db else ["no --db: integrity not checked"]
+    lost, over, problems = check(db, stats, k) if db else (-1, -1, ["no --db: integrity not checked"])
     if proc is not None:
         shutil.rmtree(tmp, ignore_errors=True)
     for p in problems[:10]:
         print("  PROBLEM:", p)
     ok_latency = pct(stats.next_ms, 95) < args.target_ms and pct(stats.submit_ms, 95) < args.target_ms
-    print(f"integrity: {'OK' if not problems else f'{len(problems)} problem(s)'}; "
-          f"p95 target < {args.target_ms:.0f} ms: {'met' if ok_latency else 'MISSED'}")
+    print(f"lost: {lost}; over-labelled: {over}; integrity: {'OK' if not problems else f'{len(problems)} problem(s)'}"
+          f"; p95 target < {args.target_ms:.0f} ms: {'met' if ok_latency else 'MISSED'}")
     return 0 if not problems and ok_latency and not stats.errors else 1
 
 
