@@ -34,8 +34,9 @@ def _pool_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k-per-category", type=int, default=2, help="pool: generations per category per prompt")
     p.add_argument("--policy", choices=POLICIES, default="flush", help="pool: latest round (ALT) or all (Quark)")
     p.add_argument("--max-per-prompt", type=int, default=None, help="pool: cap per prompt")
-    p.add_argument("--truncated", choices=TRUNCATION, default="exclude",
-                   help="pool: truncated generations (no EOS) — exclude them, use them last, or as the worst category")
+    p.add_argument("--truncated", choices=TRUNCATION, default=None,
+                   help="pool: truncated generations (no EOS) — exclude them, use them last, or as the worst category "
+                        "(default: exclude; a demo task's own, e.g. worst for concise)")
 
 
 def _eval_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
@@ -222,7 +223,7 @@ def cmd_train(args) -> int:
             round_ids = [_round(s, task, None).id] if args.policy == "flush" else None
         parent = _served(s)
     pool_kw = dict(round_ids=round_ids, k_per_category=args.k_per_category, seed=config.seed, policy=args.policy,
-                   max_per_prompt=args.max_per_prompt, truncated=args.truncated)
+                   max_per_prompt=args.max_per_prompt, truncated=_truncation(args))
     job_id, version_id = train_version(settings.db, settings, task, parent.id, config, pool_kw,
                                        round_id=round_ids[-1] if round_ids else None, background=args.background,
                                        wait=not args.background)
@@ -267,8 +268,17 @@ def _round_config(args):
                                 max_new_tokens=args.max_new_tokens or SamplingParams.max_new_tokens,
                                 seed=args.sample_seed, batch_size=args.sample_batch_size),
         limit=args.limit or None, k_per_category=args.k_per_category, policy=args.policy,
-        max_per_prompt=args.max_per_prompt, truncated=args.truncated, promote=args.promote.replace("-", "_"),
+        max_per_prompt=args.max_per_prompt, truncated=_truncation(args), promote=args.promote.replace("-", "_"),
         metric=args.metric, eval=_eval_config(args))
+
+
+def _truncation(args) -> str:
+    """--truncated, else the demo task's own policy, else exclude."""
+    from alt_engine.tasks import DEMOS
+
+    if args.truncated:
+        return args.truncated
+    return DEMOS[args.task].truncated if getattr(args, "task", None) in DEMOS else "exclude"
 
 
 def _demo_provider(task: str) -> str:
