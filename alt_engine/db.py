@@ -371,6 +371,16 @@ def session_scope(path: str | Path) -> Iterator[Session]:
             raise
 
 
+def insert_ignore(session: Session, model: type[SQLModel], **values) -> None:
+    """``INSERT … ON CONFLICT DO NOTHING`` on SQLite and PostgreSQL: creating a row that another process may be
+    creating at the same moment (then read it ``with_for_update``) without a unique-key error."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    session.execute(insert(model.__table__).values(**values).on_conflict_do_nothing())
+
+
 # --------------------------------------------------------------------------- migrations
 
 # version -> function upgrading from (version - 1), for changes that are not a new table or column
@@ -489,6 +499,6 @@ __all__ = [
     "JobStatus", "RoundStatus", "VersionStatus",
     "ApiKey", "AppSecret", "Feedback", "Generation", "Job", "JudgeCall", "Lease", "ModelVersion", "Prompt", "Round",
     "SchemaInfo", "SignInThrottle", "Task", "TrainingExample", "User", "get_engine", "init_db", "session_scope",
-    "database_url", "dispose_engine", "is_postgres", "is_url",
+    "database_url", "dispose_engine", "insert_ignore", "is_postgres", "is_url",
     "select", "utcnow", "SCHEMA_VERSION", "MIGRATIONS", "add_missing_columns",
 ]

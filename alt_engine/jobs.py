@@ -37,7 +37,23 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .db import Job, JobStatus, ModelVersion, Round, RoundStatus, VersionStatus, is_url, select, session_scope, utcnow
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from .db import (
+    Job,
+    JobStatus,
+    ModelVersion,
+    Round,
+    RoundStatus,
+    VersionStatus,
+    get_engine,
+    is_postgres,
+    is_url,
+    select,
+    session_scope,
+    utcnow,
+)
 
 FINISHED = JobStatus.finished()
 KINDS = ("sample", "feedback", "train", "eval", "round")
@@ -428,25 +444,46 @@ def model_lock(db: str, on_wait: Callable[[], None] | None = None) -> Iterator[N
     global _lock_depth, _lock_file
     with _lock_guard:
         if _lock_depth == 0:
-            path = jobs_dir(db) / "model.lock"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            f = open(path, "a+")
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if on_wait:
-                    on_wait()
-                fcntl.flock(f, fcntl.LOCK_EX)
-            _lock_file = f
+            if is_postgres(db):  # workers on several machines: one database-wide lock
+                _lock_file = _pg_lock(db, on_wait)
+            else:
+                path = jobs_dir(db) / "model.lock"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                f = open(path, "a+")
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if on_wait:
+                        on_wait()
+                    fcntl.flock(f, fcntl.LOCK_EX)
+                _lock_file = f
         _lock_depth += 1
         try:
             yield
         finally:
             _lock_depth -= 1
             if _lock_depth == 0:
-                fcntl.flock(_lock_file, fcntl.LOCK_UN)
+                if not isinstance(_lock_file, Connection):
+                    fcntl.flock(_lock_file, fcntl.LOCK_UN)
+                else:
+                    _lock_file.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": JOB_LOCK_KEY})
+                    _lock_file.commit()
                 _lock_file.close()
                 _lock_file = None
+
+
+JOB_LOCK_KEY = 7216  # PostgreSQL advisory lock of the job queue (one job at a time across machines)
+
+
+def _pg_lock(db: str, on_wait: Callable[[], None] | None) -> Connection:
+    """The job lock on PostgreSQL: a session-level advisory lock held by a connection of its own."""
+    conn = get_engine(db).connect()
+    if not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": JOB_LOCK_KEY}).scalar():
+        if on_wait:
+            on_wait()
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": JOB_LOCK_KEY})
+    conn.commit()
+    return conn
 
 
 # --------------------------------------------------------------------------- running
@@ -623,6 +660,13 @@ def _lock_free(db: str) -> bool:
 
     if _lock_depth:
         return False
+    if is_postgres(db):
+        with get_engine(db).connect() as conn:
+            free = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": JOB_LOCK_KEY}).scalar()
+            if free:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": JOB_LOCK_KEY})
+            conn.commit()
+        return bool(free)
     path = jobs_dir(db) / "model.lock"
     if not path.exists():
         return True
@@ -800,6 +844,15 @@ def _run_child(db: str, job_id: int) -> None:
             job.status = JobStatus.CANCELLED if cancelled else JobStatus.FAILED
             job.error, job.message, job.finished_at = why, why, utcnow()
             _fail_outputs(session, job, why)
+
+
+def worker_forever(db: str, poll: float = 2.0, stop: threading.Event | None = None) -> None:
+    """A standing worker: runs queued jobs as they come (``alt jobs worker --forever``), e.g. in its own
+    process or on a GPU machine against the same PostgreSQL database as the app."""
+    stop = stop or threading.Event()
+    while not stop.is_set():
+        worker(db)
+        stop.wait(poll)
 
 
 def worker(db: str) -> None:

@@ -43,7 +43,7 @@ class Settings:
         llm_base_url, llm_model, llm_api_key, llm_timeout, llm_max_retries,
         llm_concurrency, llm_max_requests, llm_max_tokens.
     Web app:
-        host, port, secret_key, lease_seconds.
+        host, port, workers (app processes on the port), secret_key, lease_seconds.
     The app's OpenAI-compatible /v1 routes:
         serve_api_key (besides users' own keys), serve_max_prompt_tokens, serve_max_tokens, serve_max_pending.
     """
@@ -79,6 +79,8 @@ class Settings:
     llm_max_tokens: int = field(default=0, metadata={"help": "token budget per run (0 = unlimited)"})
     host: str = field(default="127.0.0.1", metadata={"help": "web app host"})
     port: int = field(default=7860, metadata={"help": "web app port"})
+    workers: int = field(default=1, metadata={
+        "help": "app processes serving the port (more than 1: use PostgreSQL; the browser UI needs sticky sessions)"})
     secret_key: str = field(default="", metadata={"help": "session signing key (random per start if empty)"})
     serve_api_key: str = field(default="", metadata={
         "help": "a key for the app's /v1 routes set by the admin; users make their own in the app (API keys tab). "

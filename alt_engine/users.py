@@ -31,7 +31,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from .db import AppSecret, SignInThrottle, User, get_engine, session_scope
+from .db import AppSecret, SignInThrottle, User, get_engine, insert_ignore, session_scope
 
 ROLES = ("annotator", "admin")
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
@@ -176,10 +176,9 @@ def _lock_seconds(failures: int, limit: int) -> float:
 
 
 def _throttle_row(s, key: str, now: dt.datetime) -> SignInThrottle:
-    row = s.get(SignInThrottle, key)
-    if row is None:
-        row = SignInThrottle(key=key, failures=0, window_start=now)
-        s.add(row)
+    # several app processes may create the same row at once: insert-or-nothing, then lock it (PostgreSQL)
+    insert_ignore(s, SignInThrottle, key=key, failures=0, window_start=now)
+    row = s.get(SignInThrottle, key, with_for_update=True)
     locked = _utc(row.locked_until)
     if (locked is None or locked <= now) and now - _utc(row.window_start) > WINDOW:
         row.failures, row.window_start, row.locked_until = 0, now, None  # an old, unlocked count is forgotten

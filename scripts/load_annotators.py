@@ -21,6 +21,9 @@ submission in ten undone and redone.
     .venv/bin/python scripts/load_annotators.py --harsh --target-ms 50   # short leases, triple/late submits, undo
     .venv/bin/python scripts/load_annotators.py --url http://127.0.0.1:7860 --db annotations.db \\
         --users u1,u2 --password secret123                        # against a running server
+    .venv/bin/python scripts/load_annotators.py --postgres --servers 2 --annotators 50
+        # a PostgreSQL cluster of its own (alt_engine.pg_local) and 2 app processes; annotators alternate
+    .venv/bin/python scripts/load_annotators.py --postgres --workers 2   # one `alt serve --workers 2`
 """
 
 from __future__ import annotations
@@ -89,24 +92,28 @@ def seed(db: str, n: int, k: int, users: list[str], password: str) -> None:
         add_user(db, u, password)
 
 
-def start_server(db: str, workdir: Path, lease_seconds: int = 300) -> tuple[subprocess.Popen, str]:
+def start_server(db: str, workdir: Path, name: str = "server", workers: int = 1,
+                 lease_seconds: int = 300) -> tuple[subprocess.Popen, str]:
     from alt_engine.tiny import save_tiny
 
-    model = save_tiny(workdir / "model")
+    model = workdir / "model"
+    if not (model / "config.json").exists():
+        save_tiny(model)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "ALT_SECRET_KEY": "load-test", "ALT_CACHE_DIR": str(workdir / "cache"), "ALT_DEVICE": "cpu",
            "ALT_LEASE_SECONDS": str(lease_seconds)}
-    log = open(workdir / "server.log", "w")
+    log_path = workdir / f"{name}.log"
+    log = open(log_path, "w")
     cli = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())"]
-    proc = subprocess.Popen([*cli, "serve", "--db", db, "--model", model, "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([*cli, "serve", "--db", db, "--model", str(model), "--port", str(port),
+                             "--workers", str(workers)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"server exited: {(workdir / 'server.log').read_text()}")
+            raise SystemExit(f"server exited: {log_path.read_text()}")
         try:
             if httpx.get(url + "/healthz", timeout=2).status_code == 200:
                 return proc, url
@@ -116,11 +123,15 @@ def start_server(db: str, workdir: Path, lease_seconds: int = 300) -> tuple[subp
     raise SystemExit("server did not start")
 
 
+SIGN_IN = threading.Semaphore(4)
+
+
 def annotator(url: str, name: str, password: str, categories: list[str], until: float, think: float,
               stats: Stats, seed_: int, harsh: bool = False) -> None:
     rng = random.Random(seed_)
     with httpx.Client(base_url=url, timeout=30) as c, ThreadPoolExecutor(3) as pool:
-        r = c.post("/api/login", json={"username": name, "password": password})
+        with SIGN_IN:  # people do not all sign in within the same 100 ms (and the throttle counts per address)
+            r = c.post("/api/login", json={"username": name, "password": password})
         if r.status_code != 200:
             with stats.lock:
                 stats.errors.append(f"{name}: login {r.status_code} {r.text[:100]}")
@@ -218,20 +229,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--harsh", action="store_true", help="2 s leases, think 1 s, triple submits, late submits, undo")
     ap.add_argument("--lease-seconds", type=int, default=None, help="lease length of the started server "
                                                                      "(default 300; --harsh: 2)")
+    ap.add_argument("--postgres", action="store_true", help="own server(s) on a PostgreSQL cluster of its own")
+    ap.add_argument("--servers", type=int, default=1, help="app processes of its own (each on its own port)")
+    ap.add_argument("--workers", type=int, default=1, help="alt serve --workers for each of its servers")
     args = ap.parse_args(argv)
     lease_seconds = args.lease_seconds or (2 if args.harsh else 300)
     if args.harsh and args.think == ap.get_default("think"):
         args.think = 1.0
 
-    proc = None
+    procs: list[subprocess.Popen] = []
+    cluster = None
     names = args.users.split(",") if args.users else [f"annotator{i:02d}" for i in range(args.annotators)]
     tmp = Path(tempfile.mkdtemp(prefix="alt-load-"))
     if args.url:
-        url, db = args.url, args.db
+        urls, db = [args.url], args.db
     else:
-        db = str(tmp / "load.db")
+        if args.postgres:
+            from alt_engine.pg_local import LocalCluster
+
+            shm = Path("/dev/shm")  # the cluster in memory where there is one: the figure is the app's, not the disk's
+            cluster = LocalCluster(Path(tempfile.mkdtemp(prefix="alt-load-pg-", dir=shm if shm.is_dir() else None)))
+            cluster.start()
+            db = cluster.create_database("load")
+        else:
+            db = str(tmp / "load.db")
         seed(db, args.generations, args.overlap, names, args.password)
-        proc, url = start_server(db, tmp, lease_seconds)
+        urls = []
+        for i in range(args.servers):
+            proc, url = start_server(db, tmp, f"server{i}", args.workers, lease_seconds)
+            procs.append(proc)
+            urls.append(url)
+    url = ", ".join(urls)
     k = args.overlap
     categories = ["Excellent", "Good", "Mediocre", "Bad", "Horrible"]
     if db:
@@ -241,8 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     stats = Stats()
     try:
         until = time.time() + args.seconds
-        threads = [threading.Thread(target=annotator, args=(url, n, args.password, categories, until, args.think,
-                                                             stats, i, args.harsh)) for i, n in enumerate(names)]
+        threads = [threading.Thread(target=annotator, args=(urls[i % len(urls)], n, args.password, categories,
+                                                             until, args.think, stats, i, args.harsh))
+                   for i, n in enumerate(names)]
         t0 = time.time()
         for t in threads:
             t.start()
@@ -250,15 +279,18 @@ def main(argv: list[str] | None = None) -> int:
             t.join()
         wall = time.time() - t0
     finally:
-        if proc is not None:
+        for proc in procs:
             proc.send_signal(signal.SIGINT)
+        for proc in procs:
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
 
-    print(f"{len(names)} annotators, {wall:.1f} s, think {args.think} s, overlap k={k}, "
-          f"{'HARSH, ' if args.harsh else ''}lease {lease_seconds if not args.url else '?'} s, server {url}")
+    where = "PostgreSQL" if db and "://" in db else "SQLite"
+    print(f"{len(names)} annotators, {wall:.1f} s, think {args.think} s, overlap k={k}, {where}, "
+          f"{'HARSH, ' if args.harsh else ''}lease {lease_seconds if not args.url else '?'} s, "
+          f"{len(urls)} server(s) x {args.workers} worker(s): {url}")
     print(f"submissions acknowledged: {len(stats.acked)} ({len(stats.acked) / wall:.1f}/s); "
           f"requests: {len(stats.next_ms) + len(stats.submit_ms)}; empty queue answers: {stats.empty}; "
           f"errors: {len(stats.errors)}")
@@ -271,7 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     for e in stats.errors[:5]:
         print("  error:", e)
     lost, over, problems = check(db, stats, k) if db else (-1, -1, ["no --db: integrity not checked"])
-    if proc is not None:
+    if cluster is not None:
+        from alt_engine.db import dispose_engine
+
+        dispose_engine(db)
+        cluster.stop()
+        shutil.rmtree(cluster.dir, ignore_errors=True)
+    if procs:
         shutil.rmtree(tmp, ignore_errors=True)
     for p in problems[:10]:
         print("  PROBLEM:", p)

@@ -221,3 +221,26 @@ def test_a_job_without_heartbeat_is_dead(db):
         job_id = job.id
     assert [j.status for j in list_jobs(db) if j.id == job_id] == ["failed"]
     assert "no heartbeat" in get_job(db, job_id).error
+
+
+def test_job_lock_is_seen_by_other_processes(db):
+    """One job at a time: on SQLite a file lock next to the database, on PostgreSQL an advisory lock that
+    workers on other machines see too."""
+    import subprocess
+    import sys
+
+    from alt_engine.jobs import _lock_free
+
+    hold = ("import sys, time; from alt_engine.jobs import model_lock\n"
+            "with model_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", hold, db], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        assert not _lock_free(db)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.time() + 10
+    while not _lock_free(db) and time.time() < deadline:  # the lock goes with its process
+        time.sleep(0.2)
+    assert _lock_free(db)

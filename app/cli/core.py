@@ -68,6 +68,8 @@ def register(sub, common, selected: str | None = None) -> None:
     p = sub.add_parser("serve", parents=[common], help=command_help("serve"))
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None,
+                   help="app processes on the port (env ALT_WORKERS; more than 1 wants PostgreSQL, ALT_DATABASE_URL)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -235,5 +237,7 @@ def cmd_serve(args) -> None:
         settings.host = args.host
     if args.port:
         settings.port = args.port
+    if args.workers:
+        settings.workers = args.workers
     setup(settings)
     serve(settings)

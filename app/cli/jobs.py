@@ -17,6 +17,9 @@ def register(sub, common, selected: str | None = None) -> None:
         q.add_argument("job", type=int)
         q.set_defaults(func=func)
     w = jsub.add_parser("worker", parents=[common], help="run queued jobs now (the app starts one by itself)")
+    w.add_argument("--forever", action="store_true",
+                   help="keep running and take jobs as they are queued (a standing worker process or machine)")
+    w.add_argument("--poll", type=float, default=2.0, help="seconds between looks at the queue (--forever)")
     w.set_defaults(func=cmd_worker)
 
 
@@ -55,6 +58,9 @@ def cmd_retry(args) -> None:
 
 
 def cmd_worker(args) -> None:
-    from alt_engine.jobs import worker
+    from alt_engine.jobs import worker, worker_forever
 
-    worker(settings_from(args).db)
+    if args.forever:
+        worker_forever(settings_from(args).db, args.poll)
+    else:
+        worker(settings_from(args).db)
