@@ -104,6 +104,8 @@ class Task(SQLModel, table=True):
     categories: list[str] = _json(list)
     exemplar: str | None = None
     allow_free_text: bool = True
+    allow_critique: bool = True  # critique + revision fields on the annotator's screen
+    allow_judgment: bool = True  # the judgment field (CUT)
     prefix_format: str = "{feedback}"  # legacy (before conditioning formats); unused
     conditioning: dict = _json(dict)  # conditioning.Format for versions trained on this task ({} = the default)
     guidelines: str = ""

@@ -39,6 +39,21 @@ def jobs_table(db: str, limit: int = 50) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+def task_with_data(db: str, names: list[str]) -> str | None:
+    """The task Agreement opens on: the one with the most human labels (else the first)."""
+    from sqlalchemy import func
+    from sqlmodel import select
+
+    from alt_engine.db import Feedback, Generation, Round, Task, session_scope
+
+    with session_scope(db) as s:
+        counts = dict(s.exec(select(Task.name, func.count(Feedback.id)).join(Round, Round.task_id == Task.id)
+                             .join(Generation, Generation.round_id == Round.id)
+                             .join(Feedback, Feedback.generation_id == Generation.id)
+                             .where(Feedback.source.like("human:%")).group_by(Task.name)).all())
+    return max(names, key=lambda n: counts.get(n, 0)) if names else None
+
+
 def agreement_tables(db: str, task: str) -> tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     r = agreement_report(db, task)
     summary = (f"**{r.task}** · items with ≥ 2 human labels: **{r.overlap_items}** · "
@@ -77,10 +92,6 @@ class AdminTab:
             raise gr.Error(str(e)) from e
         return users_table(self.db), f"{'Activated' if active else 'Deactivated'} **{name}**."
 
-    def _jobs(self, request: gr.Request):
-        self.auth.require_admin(request)
-        return jobs_table(self.db)
-
     def _agreement(self, task, request: gr.Request):
         self.auth.require_admin(request)
         if not task:
@@ -103,11 +114,6 @@ class AdminTab:
                 deactivate = gr.Button("Deactivate", size="sm")
                 activate = gr.Button("Activate", size="sm")
             users_msg = gr.Markdown(latex_delimiters=[])
-        with gr.Tab("Jobs"):
-            jobs = gr.Dataframe(label="Jobs (newest first, refreshed every 5 s)", interactive=False,
-                                elem_id="admin-jobs")
-            refresh_jobs = gr.Button("Refresh", size="sm")
-            timer = gr.Timer(5, active=False)  # switched on for admins by page_load
         with gr.Tab("Agreement"):
             with gr.Row():
                 task = gr.Dropdown(label="Task", choices=[], elem_id="admin-agreement-task")
@@ -120,18 +126,15 @@ class AdminTab:
         add.click(self._add_user, [name, password, role], [users, users_msg, name, password], api_name="admin_add_user")
         deactivate.click(partial_active(self, False), [who], [users, users_msg], api_name="admin_deactivate_user")
         activate.click(partial_active(self, True), [who], [users, users_msg], api_name="admin_activate_user")
-        refresh_jobs.click(self._jobs, None, jobs, api_name="admin_jobs")
-        timer.tick(self._jobs, None, jobs, api_visibility="private", show_progress="hidden")
         compute.click(self._agreement, [task], [summary, counts, pairs, ai], api_name="admin_agreement")
-        self.load_outputs = [users, jobs, task, timer]
+        self.load_outputs = [users, task]
 
     def page_load(self, user) -> tuple:
         """Values for ``load_outputs`` when the page opens: filled for admins, empty for everyone else."""
         if user is None or not user.is_admin:
-            return pd.DataFrame(), pd.DataFrame(), gr.update(choices=[]), gr.Timer(active=False)
+            return pd.DataFrame(), gr.update(choices=[])
         names = ann.task_names(self.db)
-        return (users_table(self.db), jobs_table(self.db), gr.update(choices=names, value=names[0] if names else None),
-                gr.Timer(active=True))
+        return users_table(self.db), gr.update(choices=names, value=task_with_data(self.db, names))
 
 
 def partial_active(tab: AdminTab, active: bool):

@@ -139,7 +139,7 @@ class AnnotateTab:
             state,
             item.lease_id if has else None,
             gr.update(visible=has),  # panel
-            gr.update(visible=not has),  # empty state
+            gr.update(visible=not has, value=None if has else self._empty(user, task)),  # empty state
             _progress_md(self.db, user, task),
             meta,
             guidelines or "_No guidelines for this task._",
@@ -151,9 +151,19 @@ class AnnotateTab:
             gr.update(visible=bool(sugg)),
             *buttons,
             gr.update(value="", visible=bool(has and item.allow_free_text) or not has),
-            "", "", "", "",  # critique, revision, judgment, flag reason
+            "", item.response if has else "", "", "",  # critique, revision (starts as the response), judgment, flag
             message,
         )
+
+    def _empty(self, user, task: str | None) -> str:
+        """Why there is nothing to label: done, nothing sampled yet, or a round being sampled or trained."""
+        from alt_engine.reports import empty_queue_message
+
+        try:
+            done = ann.progress(self.db, user, task).done if task else 0
+        except ann.AnnotationError:
+            done = 0
+        return empty_queue_message(self.db, task, done)
 
     def _load(self, task: str | None, request: gr.Request):
         user = self.auth.require_user(request)
@@ -187,6 +197,8 @@ class AnnotateTab:
         user = self.auth.require_user(request)
         if (ignored := self._stale(user, state, shown, task)) is not None:
             return ignored
+        if state and (revision or "").strip() == (state.get("response") or "").strip():
+            revision = None  # the box starts with the response: unchanged is no revision
         sub = ann.Submission(text=free_text, critique=critique, revision=revision, judgment=judgment)
         if accept:
             sugg = state.get("suggestion")

@@ -168,7 +168,9 @@ def _json_safe(x):
 # --------------------------------------------------------------------------- Gradio UI
 
 
-def build_blocks(settings: Settings, auth: Auth) -> gr.Blocks:
+def build_blocks(settings: Settings, auth: Auth, hub=None) -> gr.Blocks:
+    from .console import build_console
+
     annotate = AnnotateTab(settings, auth)
     admin = AdminTab(settings, auth)
     keys = KeysTab(settings, auth)
@@ -180,7 +182,8 @@ def build_blocks(settings: Settings, auth: Auth) -> gr.Blocks:
             with gr.Tab("Annotate", id="annotate"):
                 annotate.build_ui()
             with gr.Tab("Admin", id="admin", visible=False, elem_id="alt-admin-tab") as admin_tab:
-                admin.build_ui()
+                console = build_console(settings, auth, hub)  # Tasks, Data, Rounds, Training, Jobs, Models
+                admin.build_ui()  # Users, Agreement
             with gr.Tab("API keys", id="keys", elem_id="alt-keys-tab") as keys_tab:
                 keys.build_ui()
         keys_tab.select(keys._list, None, [keys.table], api_visibility="private")
@@ -194,6 +197,16 @@ def build_blocks(settings: Settings, auth: Auth) -> gr.Blocks:
             return (who, gr.update(visible=user.is_admin), *admin.page_load(user))
 
         blocks.load(page_load, None, [header, admin_tab, *admin.load_outputs], api_visibility="private")
+
+        console_outputs = [c for tab in console for c in tab.load_outputs]
+
+        def console_load(request: gr.Request):
+            user = auth.require_user(request)
+            if not user.is_admin:  # nothing of the console reaches an annotator's page
+                return {c: gr.update() for c in console_outputs}
+            return {k: v for tab in console for k, v in tab.page_load().items()}
+
+        blocks.load(console_load, None, console_outputs, api_visibility="private")
         annotate.on_load(blocks)
     return blocks
 
@@ -212,10 +225,11 @@ def create_app(settings: Settings) -> FastAPI:
     add_annotation_api(api, settings, auth)
     add_key_routes(api, settings, auth)
     add_openai_routes(api, settings)
-    blocks = build_blocks(settings, auth)
+    blocks = build_blocks(settings, auth, getattr(api.state, "model_hub", None))
     blocks.queue(default_concurrency_limit=8)
     api.add_middleware(AdminOnlyPaths, auth=auth)
     # no schema, no monitoring dashboard; uploads size-limited (and admins only: AdminOnlyPaths)
+    api.state.blocks = blocks  # tests enumerate every event (tests/test_console_auth.py)
     return gr.mount_gradio_app(api, blocks, path="/", auth_dependency=auth.gradio_dependency, head=SHORTCUTS_JS,
                                css=CSS, footer_links=[], run_history=False, show_error=True, theme=gr.themes.Soft(),
                                enable_monitoring=False, max_file_size=MAX_UPLOAD, app_kwargs={"openapi_url": None})

@@ -8,7 +8,7 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from alt_engine import prompts as prompt_import
-from alt_engine.db import Feedback, Generation, ModelVersion, Prompt, Round, Task, init_db, session_scope
+from alt_engine.db import ModelVersion, Prompt, Task, init_db, session_scope
 from alt_engine.tasks import BUILTIN_TASKS, DEMOS, builtin_prompt_file, get_or_create_task
 from alt_engine.versions import ensure_base_version, list_versions, promote, rollback, served_version
 
@@ -148,30 +148,9 @@ def cmd_sample(args) -> None:
 
 def status_rows(db: str) -> list[dict]:
     """Per round: prompts, generations, generations with human / AI / no feedback, flagged, truncated."""
-    from alt_engine.jobs import refresh
+    from alt_engine.reports import round_rows
 
-    refresh(db)  # a job whose process died reads as failed, with its version and round
-    with session_scope(db) as s:
-        rows = []
-        for rnd, task in s.exec(select(Round, Task).join(Task).order_by(Round.task_id, Round.number)):
-            gens = select(Generation.id).where(Generation.round_id == rnd.id)
-            n_gen = s.exec(select(func.count()).select_from(gens.subquery())).one()
-            human = s.exec(select(func.count(func.distinct(Feedback.generation_id))).where(
-                Feedback.generation_id.in_(gens), Feedback.source.like("human:%"), Feedback.kind != "flag")).one()
-            any_fb = s.exec(select(func.count(func.distinct(Feedback.generation_id))).where(
-                Feedback.generation_id.in_(gens), Feedback.kind != "flag")).one()
-            flagged_only = s.exec(select(func.count(func.distinct(Feedback.generation_id))).where(
-                Feedback.generation_id.in_(gens), Feedback.kind == "flag",
-                Feedback.generation_id.not_in(select(Feedback.generation_id).where(
-                    Feedback.generation_id.in_(gens), Feedback.kind != "flag")))).one()
-            trunc = s.exec(select(func.count()).where(Generation.round_id == rnd.id, Generation.truncated)).one()
-            n_prompts = s.exec(select(func.count(func.distinct(Generation.prompt_id))).where(
-                Generation.round_id == rnd.id)).one()
-            version = s.get(ModelVersion, rnd.model_version_id) if rnd.model_version_id else None
-            rows.append(dict(task=task.name, round=rnd.number, status=rnd.status, model=version.name if version else "",
-                             prompts=n_prompts, generations=n_gen, human=human, ai=any_fb - human,
-                             unlabelled=n_gen - any_fb - flagged_only, flagged=flagged_only, truncated=trunc))
-        return rows
+    return [{k: v for k, v in row.items() if k != "round_id"} for row in round_rows(db)]
 
 
 def cmd_status(args) -> None:

@@ -1,0 +1,162 @@
+"""The admin console's handlers, called in-process as an admin: tasks, data, rounds, training, jobs, models;
+plus the engine reports they show (flagged is not unlabelled, the annotator's empty state)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+from sqlmodel import select
+
+from alt_engine.db import Feedback, Job, ModelVersion, Prompt, Round, Task, session_scope
+from alt_engine.jobs import get_job, run_job_inline
+from alt_engine.settings import Settings
+from alt_engine.users import add_user
+
+ADMIN = SimpleNamespace(username="admin")
+BOB = SimpleNamespace(username="bob")
+
+
+@pytest.fixture
+def console(db, tmp_path, tiny_model_dir, monkeypatch):
+    """The console's tabs on a temp database with a served tiny model; jobs are queued, not started
+    (the test runs them in-process with run_job_inline, the code the worker's child runs)."""
+    from app.auth import Auth
+    from app.console import build_console
+
+    monkeypatch.setattr("alt_engine.jobs.ensure_worker", lambda db: None)
+    add_user(db, "admin", "adminpass1", "admin")
+    add_user(db, "bob", "bobpass12")
+    with session_scope(db) as s:
+        s.add(ModelVersion(name="v0-base", path=tiny_model_dir, status="served"))
+    settings = Settings(db=db, device="cpu", models_dir=str(tmp_path / "models"), secret_key="s" * 32,
+                        model=tiny_model_dir)
+    import gradio as gr
+
+    with gr.Blocks():
+        tabs = build_console(settings, Auth(settings))
+    return {type(t).__name__: t for t in tabs}
+
+
+def test_tasks_save_duplicate_and_safe_guidelines(console, db):
+    tasks = console["TasksTab"]
+    with pytest.raises(Exception, match="at least two categories"):
+        tasks._save("t1", "Only one", "", True, True, True, 1, "", "system", "Feedback: {feedback}", ADMIN)
+    with pytest.raises(Exception, match="admin"):
+        tasks._save("t1", "Good\nBad", "", True, True, True, 2, "", "system", "Feedback: {feedback}", BOB)
+    guidelines = 'Be kind <img src=x onerror=alert(1)> ![x](http://evil.example/a.png) $$\\rule{9px}{9px}$$'
+    table, msg, preview, _ = tasks._save("t1", "Good\nBad", "", False, True, False, 2, guidelines, "user",
+                                         "Label: {feedback}", ADMIN)
+    assert "t1" in list(table["name"]) and "Saved" in msg
+    assert "<img" not in preview and "http://evil" not in preview and "\\$" in preview
+    with session_scope(db) as s:
+        t = s.exec(select(Task).where(Task.name == "t1")).one()
+        assert t.categories == ["Good", "Bad"] and t.annotations_per_item == 2 and not t.allow_free_text
+        assert t.conditioning["placement"] == "user" and not t.allow_judgment
+    tasks._duplicate("dialogue", "my-dialogue", ADMIN)
+    with session_scope(db) as s:
+        assert s.exec(select(Task).where(Task.name == "my-dialogue")).one().categories[0] == \
+            "Harmless and very helpful"
+    with pytest.raises(Exception, match="exists already"):
+        tasks._duplicate("dialogue", "my-dialogue", ADMIN)
+
+
+def test_upload_bad_file_names_the_line_and_imports_nothing(console, db, tmp_path):
+    data = console["DataTab"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "one"}\n{"prompt": "two"}\n{"prompt": \n{"prompt": "four"}\n')
+    _, error, _ = data._upload(str(bad), "default", "", ADMIN)
+    assert error["visible"] is True and "line 3" in error["value"] and "Nothing imported" in error["value"]
+    with session_scope(db) as s:
+        assert not s.exec(select(Prompt)).all()
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps({"prompt": f"Say hello {i}.", "split": "train"}) + "\n" for i in range(4)))
+    sets, error, msg = data._upload(str(good), "default", "", ADMIN)
+    assert error["visible"] is False and "4" in msg and list(sets["source"]) == ["good.jsonl"]
+    assert len(data._browse("prompts", "default", None, "", "", "", ADMIN)) == 4
+    _, msg = data._delete("default", "good.jsonl", ADMIN)  # no round used it yet
+    assert "Deleted 4" in msg
+
+
+def _sampled(console, db, tmp_path) -> int:
+    good = tmp_path / "p.jsonl"
+    good.write_text("".join(json.dumps({"prompt": f"Say hello {i}.", "split": "train"}) + "\n" for i in range(3)))
+    console["DataTab"]._upload(str(good), "default", "", ADMIN)
+    console["RoundsTab"]._sample("default", None, None, 2, 1.0, 0.9, 6, "auto (exemplar if trained)", "", ADMIN)
+    with session_scope(db) as s:
+        job = s.exec(select(Job)).one()
+    assert job.status == "queued" and job.kind == "sample"
+    assert run_job_inline(db, job.id).status == "succeeded"
+    return get_job(db, job.id).round_id
+
+
+def test_rounds_sample_feedback_counts_close(console, db, tmp_path):
+    rounds = console["RoundsTab"]
+    round_id = _sampled(console, db, tmp_path)
+    table = rounds.table()
+    assert list(table["status"]) == ["labelling"] and list(table["unlabelled"]) == [6]
+    with session_scope(db) as s:  # a person labels one, flags another
+        from alt_engine.db import Generation
+
+        g = s.exec(select(Generation).order_by(Generation.id)).all()
+        s.add(Feedback(generation_id=g[0].id, source="human:bob", category="Excellent"))
+        s.add(Feedback(generation_id=g[1].id, source="human:bob", kind="flag", text="garbled"))
+    rounds._feedback(round_id, "rule:concise:3", ADMIN)
+    with session_scope(db) as s:
+        fb_job = s.exec(select(Job).where(Job.kind == "feedback")).one()
+    assert run_job_inline(db, fb_job.id).status == "succeeded"
+    row = rounds.table().iloc[0]
+    # the AI labels only what nobody labelled; a flagged item is not "unlabelled" (and the AI leaves it alone)
+    assert (row["human"], row["ai"], row["flagged"], row["unlabelled"]) == (1, 4, 1, 0), row.to_dict()
+    _, msg, _ = rounds._close(round_id, ADMIN)
+    assert "Closed" in msg and rounds.table().iloc[0]["status"] == "closed"
+
+
+def test_training_jobs_models(console, db, tmp_path):
+    round_id = _sampled(console, db, tmp_path)
+    console["RoundsTab"]._feedback(round_id, "rule:concise:3", ADMIN)
+    with session_scope(db) as s:
+        run_job_inline(db, s.exec(select(Job).where(Job.kind == "feedback")).one().id)
+    training = console["TrainingTab"]
+    with pytest.raises(Exception, match="choose the round"):
+        training._train([], 1, 1e-3, None, 0.06, False, 2, 4, 2, "flush", "last", ADMIN)
+    msg = training._train([round_id], 1, 1e-3, None, 0.06, False, 2, 4, 2, "flush", "last", ADMIN)
+    assert "Queued training job" in msg
+    with session_scope(db) as s:
+        job = s.exec(select(Job).where(Job.kind == "train")).one()
+    bars, table = console["JobsTab"].views()
+    assert f'data-job="{job.id}"' in bars and "queued" in list(table["status"])
+    assert run_job_inline(db, job.id).status == "succeeded"
+    models = console["ModelsTab"]
+    table = models.table()
+    new = table[table["name"] != "v0-base"].iloc[0]
+    assert new["parent"] == "v0-base" and new["status"] == "ready" and int(new["job"]) == job.id
+    assert new["round"] == 1
+    _, msg = models._promote(int(new["id"]), ADMIN)
+    assert "Now serving" in msg
+    with session_scope(db) as s:
+        assert s.get(Round, round_id).status == "closed"  # served: the round it was trained on is done
+    _, msg = models._rollback(ADMIN)
+    assert "v0-base" in msg
+    logs = console["JobsTab"]._logs(job.id, ADMIN)
+    assert "stage: training" in logs
+    with pytest.raises(Exception, match="already succeeded"):
+        console["JobsTab"]._cancel(job.id, ADMIN)
+
+
+def test_empty_queue_says_why(db):
+    from alt_engine.reports import empty_queue_message
+    from alt_engine.tasks import get_or_create_task
+
+    with session_scope(db) as s:
+        t = get_or_create_task(s, "default")
+        tid = t.id
+    assert "Nothing sampled yet" in empty_queue_message(db, "default")
+    with session_scope(db) as s:
+        s.add(Round(task_id=tid, number=1, status="training"))
+    assert "being trained" in empty_queue_message(db, "default")
+    with session_scope(db) as s:
+        s.add(Round(task_id=tid, number=2, status="labelling"))
+        s.exec(select(Round).where(Round.number == 1)).one().status = "trained"
+    assert "You are done" in empty_queue_message(db, "default", done_by_user=3)
