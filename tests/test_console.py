@@ -115,7 +115,12 @@ def test_rounds_sample_feedback_counts_close(console, db, tmp_path):
 
 def test_training_jobs_models(console, db, tmp_path):
     round_id = _sampled(console, db, tmp_path)
-    console["RoundsTab"]._feedback(round_id, "rule:concise:3", ADMIN)
+    with session_scope(db) as s:  # a person's label, then AI labels with thresholds from the round's lengths
+        from alt_engine.db import Generation
+
+        first = s.exec(select(Generation).order_by(Generation.id)).first()
+        s.add(Feedback(generation_id=first.id, source="human:bob", category="Horrible"))
+    console["RoundsTab"]._feedback(round_id, "rule:concise:auto", ADMIN)
     with session_scope(db) as s:
         run_job_inline(db, s.exec(select(Job).where(Job.kind == "feedback")).one().id)
     training = console["TrainingTab"]
