@@ -93,7 +93,7 @@ def seed(db: str, n: int, k: int, users: list[str], password: str) -> None:
 
 
 def start_server(db: str, workdir: Path, name: str = "server", workers: int = 1,
-                 lease_seconds: int = 300) -> tuple[subprocess.Popen, str]:
+                 lease_seconds: int = 300, wait: float = 120) -> tuple[subprocess.Popen, str]:
     from alt_engine.tiny import save_tiny
 
     model = workdir / "model"
@@ -110,7 +110,7 @@ def start_server(db: str, workdir: Path, name: str = "server", workers: int = 1,
     proc = subprocess.Popen([*cli, "serve", "--db", db, "--model", str(model), "--port", str(port),
                              "--workers", str(workers)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
+    deadline = time.time() + wait
     while time.time() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"server exited: {log_path.read_text()}")
@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--users", default=None, help="comma-separated existing users (with --url)")
     ap.add_argument("--password", default="loadtest123")
     ap.add_argument("--target-ms", type=float, default=100.0)
+    ap.add_argument("--start-timeout", type=float, default=120, help="seconds to wait for the started server")
     ap.add_argument("--harsh", action="store_true", help="2 s leases, think 1 s, triple submits, late submits, undo")
     ap.add_argument("--lease-seconds", type=int, default=None, help="lease length of the started server "
                                                                      "(default 300; --harsh: 2)")
@@ -256,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         seed(db, args.generations, args.overlap, names, args.password)
         urls = []
         for i in range(args.servers):
-            proc, url = start_server(db, tmp, f"server{i}", args.workers, lease_seconds)
+            proc, url = start_server(db, tmp, f"server{i}", args.workers, lease_seconds, args.start_timeout)
             procs.append(proc)
             urls.append(url)
     url = ", ".join(urls)
