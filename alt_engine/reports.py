@@ -7,11 +7,13 @@ round) wherever it is looked at.
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from sqlalchemy import func
 from sqlmodel import select
 
+from .agreement import cohen_kappa, labels_by_rater
 from .db import Feedback, Generation, Job, ModelVersion, Prompt, Round, RoundStatus, Task, session_scope
 from .jobs import refresh
 
@@ -298,3 +300,101 @@ def empty_queue_message(db: str, task: str | None, done_by_user: int = 0) -> str
         return "### Nothing left for you right now\nThe remaining items are being labelled by others."
     return ("### No open round\nThe last round is closed. An admin samples the next one in **Admin → Rounds**; "
             "then press **Refresh**.")
+
+
+# --------------------------------------------------------------------------- the dashboard (alignment per round)
+# round_metrics: one row per evaluated version at its round (the base version at round 0): category shares with
+# intervals, exemplar share, steerability gap, mean reward, perplexity, dist-1/2/3, length, % truncated;
+# throughput: human labels per annotator and round; agreement_by_round: human (majority) vs each AI source.
+
+SCALARS = ("exemplar_share", "steerability_gap", "mean_score", "perplexity", "dist1", "dist2", "dist3",
+           "mean_words", "mean_length", "pct_truncated")
+
+
+def _task_named(session, name: str) -> Task:
+    task = session.exec(select(Task).where(Task.name == name)).first()
+    if task is None:
+        raise ValueError(f"no task {name!r}")
+    return task
+
+
+def _version_rounds(session, task: Task) -> dict[int, int]:
+    """version id → the number of the round it was trained on (its ``metrics["round"]`` or training record)."""
+    rounds = {r.id: r.number for r in session.exec(select(Round).where(Round.task_id == task.id))}
+    out = {}
+    for v in session.exec(select(ModelVersion)):
+        number = ((v.metrics or {}).get("round") or {}).get("number")
+        round_id = (v.hyperparameters or {}).get("round_id")
+        if round_id in rounds:
+            out[v.id] = rounds[round_id]
+        elif number is not None and round_id is None and v.objective != "base":
+            out[v.id] = number
+        elif v.objective == "base" and v.parent_id is None:
+            out[v.id] = 0
+    return out
+
+
+def round_metrics(db: str, task: str) -> list[dict]:
+    """One row per version of ``task`` with evaluation metrics, by round (base = 0), then version id."""
+    with session_scope(db) as s:
+        t = _task_named(s, task)
+        at = _version_rounds(s, t)
+        versions = [v for v in s.exec(select(ModelVersion).order_by(ModelVersion.id)) if v.id in at]
+        rows = []
+        for v in versions:
+            m = v.metrics or {}
+            if not any(k in m for k in SCALARS + ("category_share",)):
+                continue  # never evaluated
+            row = {"round": at[v.id], "version": v.name, "status": v.status,
+                   "provider": (m.get("eval") or {}).get("provider")}
+            for k in SCALARS:
+                row[k] = m.get(k)
+                ci = m.get(f"{k}_ci")
+                row[f"{k}_low"], row[f"{k}_high"] = (ci[0], ci[1]) if ci else (None, None)
+            cis = m.get("category_share_ci") or {}
+            for c in t.categories:
+                row[f"share:{c}"] = (m.get("category_share") or {}).get(c)
+                low, high = cis.get(c) or (None, None)
+                row[f"share:{c}_low"], row[f"share:{c}_high"] = low, high
+            rows.append(row)
+    return sorted(rows, key=lambda r: (r["round"], r["version"]))
+
+
+def throughput(db: str, task: str) -> list[dict]:
+    """Human labels (flags and undone ones excluded) per annotator and round: {round, annotator, labels}."""
+    with session_scope(db) as s:
+        t = _task_named(s, task)
+        q = (select(Round.number, Feedback.source).join(Generation, Generation.id == Feedback.generation_id)
+             .join(Prompt, Prompt.id == Generation.prompt_id).join(Round, Round.id == Generation.round_id)
+             .where(Prompt.task_id == t.id, Feedback.source.like("human:%"), Feedback.kind != "flag"))
+        counts = Counter((number, source.removeprefix("human:")) for number, source in s.exec(q))
+    return [{"round": r, "annotator": a, "labels": n} for (r, a), n in sorted(counts.items())]
+
+
+def agreement_by_round(db: str, task: str) -> list[dict]:
+    """Per round and AI source: items with both labels, share agreeing, Cohen's κ (human side: the majority)."""
+    _, by_rater = labels_by_rater(db, task)
+    with session_scope(db) as s:
+        t = _task_named(s, task)
+        round_of = {g: n for g, n in s.exec(select(Generation.id, Round.number)
+                                             .join(Round, Round.id == Generation.round_id)
+                                             .where(Round.task_id == t.id)).all()}
+    human: dict[int, list[str]] = defaultdict(list)
+    for src, labels in by_rater.items():
+        if src.startswith("human:"):
+            for g, c in labels.items():
+                human[g].append(c)
+    majority = {g: Counter(reversed(v)).most_common(1)[0][0] for g, v in human.items()}
+    rows = []
+    for src, labels in sorted(by_rater.items()):
+        if src.startswith("human:"):
+            continue
+        per_round: dict[int, list[int]] = defaultdict(list)
+        for g in labels.keys() & majority.keys():
+            if g in round_of:
+                per_round[round_of[g]].append(g)
+        for r, gens in sorted(per_round.items()):
+            a, b = [majority[g] for g in gens], [labels[g] for g in gens]
+            rows.append({"round": r, "ai_source": src, "items": len(gens),
+                         "agreement": sum(x == y for x, y in zip(a, b)) / len(gens), "kappa": cohen_kappa(a, b)})
+    return rows

@@ -90,6 +90,8 @@ class Settings:
     serve_max_pending: int = field(default=8, metadata={
         "help": "/v1: requests one user (or the admin key) may have waiting or running at once; more get 429"})
     lease_seconds: int = field(default=300, metadata={"help": "annotation lease length"})
+    dashboard_for_annotators: int = field(default=0, metadata={
+        "help": "1: annotators see the Dashboard tab too (read-only); 0: admins only"})
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:

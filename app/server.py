@@ -8,7 +8,7 @@ Routes:
   /api/admin/...               users, jobs, agreement (admins)
   /api/keys                    your own API keys for /v1 (signed in; app/keys.py)
   /v1/...                      OpenAI-compatible, API key instead of sign-in (app/openai_api.py)
-  /                            the Gradio app (Annotate, Admin tabs), sign-in required
+  /                            the Gradio app (Annotate, Playground, Dashboard, Admin tabs), sign-in required
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ from alt_engine.versions import served_version
 from .admin import AdminTab, jobs_table
 from .annotate import CSS, SHORTCUTS_JS, AnnotateTab
 from .auth import Auth, add_auth_routes
+from .dashboard import DashboardTab
 from .keys import KeysTab, add_key_routes
 from .openai_api import add_openai_routes
+from .playground import PlaygroundTab
 
 # --------------------------------------------------------------------------- JSON API
 
@@ -174,6 +176,8 @@ def build_blocks(settings: Settings, auth: Auth, hub=None) -> gr.Blocks:
     annotate = AnnotateTab(settings, auth)
     admin = AdminTab(settings, auth)
     keys = KeysTab(settings, auth)
+    playground = PlaygroundTab(settings, auth)
+    dashboard = DashboardTab(settings, auth)
     with gr.Blocks(title="ALT Studio", delete_cache=(3600, 3600)) as blocks:  # uploaded files go after an hour
         with gr.Row():
             gr.Markdown("## ALT Studio")
@@ -181,6 +185,10 @@ def build_blocks(settings: Settings, auth: Auth, hub=None) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Annotate", id="annotate"):
                 annotate.build_ui()
+            with gr.Tab("Playground", id="playground", elem_id="alt-playground-tab"):
+                playground.build_ui()
+            with gr.Tab("Dashboard", id="dashboard", visible=False, elem_id="alt-dashboard-tab") as dashboard_tab:
+                dashboard.build_ui()
             with gr.Tab("Admin", id="admin", visible=False, elem_id="alt-admin-tab") as admin_tab:
                 console = build_console(settings, auth, hub)  # Tasks, Data, Rounds, Training, Jobs, Models
                 admin.build_ui()  # Users, Agreement
@@ -194,9 +202,11 @@ def build_blocks(settings: Settings, auth: Auth, hub=None) -> gr.Blocks:
                 served = served_version(s)
             who = (f"Signed in as **{user.name}** ({user.role}) · model `{served.name if served else 'none'}` · "
                    "[Sign out](/logout)")
-            return (who, gr.update(visible=user.is_admin), *admin.page_load(user))
+            return (who, gr.update(visible=user.is_admin), *admin.page_load(user), *playground.page_load(user),
+                    gr.update(visible=dashboard.allowed(user)), *dashboard.page_load(user))
 
-        blocks.load(page_load, None, [header, admin_tab, *admin.load_outputs], api_visibility="private")
+        blocks.load(page_load, None, [header, admin_tab, *admin.load_outputs, *playground.load_outputs,
+                                      dashboard_tab, *dashboard.load_outputs], api_visibility="private")
 
         console_outputs = [c for tab in console for c in tab.load_outputs]
 
