@@ -7,7 +7,8 @@ import json
 
 import pytest
 from conftest import LiveServer
-from test_browser import _login, browser  # noqa: F401 - the shared browser fixture
+from test_browser import browser  # noqa: F401 - the shared browser fixture
+from test_browser_playground import open_tab
 
 from alt_engine import reports
 from alt_engine.users import add_user
@@ -45,10 +46,7 @@ def two_rounds(tmp_path_factory, tiny_model_dir):
 def test_dashboard_plots_one_point_per_round(two_rounds, browser):  # noqa: F811
     rows = reports.round_metrics(two_rounds.db, "default")
     assert [r["round"] for r in rows] == [0, 1, 2]  # the base version (round 0), then one version per round
-    page = browser.new_page(viewport={"width": 1400, "height": 1200})
-    _login(page, two_rounds.url, "admin", "adminpass1")
-    page.wait_for_selector("#alt-whoami", timeout=30_000)
-    page.get_by_role("tab", name="Dashboard").click()
+    page = open_tab(browser, two_rounds.url, "admin", "adminpass1", "Dashboard")
     page.wait_for_function("document.querySelector('#dash-plot .js-plotly-plot') && "
                            "document.querySelector('#dash-plot .js-plotly-plot').data", timeout=60_000)
     traces = page.evaluate("Array.from(document.querySelector('#dash-plot .js-plotly-plot').data)"
@@ -63,8 +61,6 @@ def test_dashboard_plots_one_point_per_round(two_rounds, browser):  # noqa: F811
     page.screenshot(path=str(two_rounds.log.with_name("dashboard.png")), full_page=True)
     page.close()
 
-    page = browser.new_page()
-    _login(page, two_rounds.url, "alice", "alicepass1")
-    page.wait_for_selector("#alt-whoami", timeout=30_000)
+    page = open_tab(browser, two_rounds.url, "alice", "alicepass1", "")
     assert page.get_by_role("tab", name="Dashboard").count() == 0  # admins only unless opened to annotators
     page.close()

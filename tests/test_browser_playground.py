@@ -70,16 +70,23 @@ def _wait_done(page) -> str:
     return page.inner_text("#pg-status")
 
 
+def open_tab(chromium, url: str, user: str, password: str, tab: str):
+    """A new page signed in as ``user`` with ``tab`` open."""
+    page = chromium.new_page(viewport={"width": 1400, "height": 1200})
+    _login(page, url, user, password)
+    page.wait_for_selector("#alt-whoami", timeout=30_000)
+    if tab:
+        page.get_by_role("tab", name=tab).click()
+    return page
+
+
 def _expected_input(model_dir: str, fmt: conditioning.Format, message: str, feedback: str) -> str:
     tok = load_tokenizer(model_dir)
     return tok.decode(conditioning.build_input(tok, [{"role": "user", "content": message}], feedback, fmt).input_ids)
 
 
 def test_side_by_side_streaming_versions_and_regenerate(pg_server, browser):  # noqa: F811
-    page = browser.new_page(viewport={"width": 1400, "height": 1200})
-    _login(page, pg_server.url, "admin", "adminpass1")
-    page.wait_for_selector("#alt-whoami", timeout=30_000)
-    page.get_by_role("tab", name="Playground").click()
+    page = open_tab(browser, pg_server.url, "admin", "adminpass1", "Playground")
     page.wait_for_function("document.querySelector('#pg-version-a input') && "
                            "document.querySelector('#pg-version-a input').value === 'v1-alt'", timeout=30_000)
     _choose(page, "pg-feedback-a", "Excellent")
@@ -145,10 +152,7 @@ def test_side_by_side_streaming_versions_and_regenerate(pg_server, browser):  # 
 
 
 def test_annotator_uses_the_playground_but_cannot_send_to_the_queue(pg_server, browser):  # noqa: F811
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    _login(page, pg_server.url, "alice", "alicepass1")
-    page.wait_for_selector("#alt-whoami", timeout=30_000)
-    page.get_by_role("tab", name="Playground").click()
+    page = open_tab(browser, pg_server.url, "alice", "alicepass1", "Playground")
     page.wait_for_function("document.querySelector('#pg-version-a input').value === 'v1-alt'", timeout=30_000)
     page.locator("#pg-side input").uncheck()
     page.fill("#pg-message textarea", "Hello")

@@ -118,49 +118,42 @@ def test_dpo_and_kto_rows(seeded):
     assert (one[1]["chosen_category"], one[1]["rejected_category"]) == ("Excellent", "Horrible")
 
 
-def _tiny_trainer_kit(path):
-    """The tiny model as TRL loads it from a path (the DPO reference model is loaded from the same path)."""
+def _one_trl_step(rows: list[dict], model_dir: str, out, config_cls, trainer_cls, batch: int):
+    """Write ``rows`` as JSONL, load them with ``datasets``, let TRL's trainer prepare them and train one step on
+    the tiny model (loaded from its path, as TRL loads the DPO reference model). Returns (trainer, weights before)."""
+    from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    path = out / "rows.jsonl"
+    export.write_rows(rows, path)
+    ds = load_dataset("json", data_files=str(path), split="train")
+    model, tok = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    args = config_cls(output_dir=str(out / "run"), max_steps=1, per_device_train_batch_size=batch, report_to=[],
+                      use_cpu=True, logging_steps=1, save_strategy="no", max_length=128)
+    trainer = trainer_cls(model=model, args=args, train_dataset=ds, processing_class=tok)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.train()
+    assert any("loss" in e for e in trainer.state.log_history)
+    return trainer, before
 
 
 @pytest.mark.slow
 def test_dpo_export_trains_one_step_with_trl(seeded, tmp_path, tiny_model_dir):
-    from datasets import load_dataset
     from trl import DPOConfig, DPOTrainer
 
     db, _ = seeded
-    path = tmp_path / "dpo.jsonl"
-    export.write_rows(export.dpo_rows(db, "default"), path)
-    ds = load_dataset("json", data_files=str(path), split="train")
-    model, tok = _tiny_trainer_kit(tiny_model_dir)
-    args = DPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=1, per_device_train_batch_size=2, report_to=[],
-                     use_cpu=True, logging_steps=1, save_strategy="no", max_length=128)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    trainer, before = _one_trl_step(export.dpo_rows(db, "default"), tiny_model_dir, tmp_path, DPOConfig, DPOTrainer, 2)
     assert {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(trainer.train_dataset.column_names)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer.train()
-    assert any("loss" in e for e in trainer.state.log_history)
-    assert any(not (p.detach() == before[n]).all() for n, p in model.named_parameters())
+    assert any(not (p.detach() == before[n]).all() for n, p in trainer.model.named_parameters())
 
 
 @pytest.mark.slow
 def test_kto_export_trains_one_step_with_trl(seeded, tmp_path, tiny_model_dir):
-    from datasets import load_dataset
     from trl import KTOConfig, KTOTrainer
 
     db, _ = seeded
-    path = tmp_path / "kto.jsonl"
-    export.write_rows(export.kto_rows(db, "default"), path)
-    ds = load_dataset("json", data_files=str(path), split="train")
-    model, tok = _tiny_trainer_kit(tiny_model_dir)
-    args = KTOConfig(output_dir=str(tmp_path / "kto"), max_steps=1, per_device_train_batch_size=4, report_to=[],
-                     use_cpu=True, logging_steps=1, save_strategy="no", max_length=128)
-    trainer = KTOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    trainer, _ = _one_trl_step(export.kto_rows(db, "default"), tiny_model_dir, tmp_path, KTOConfig, KTOTrainer, 4)
     assert {"prompt_ids", "completion_ids", "label"} <= set(trainer.train_dataset.column_names)
-    trainer.train()
-    assert any("loss" in e for e in trainer.state.log_history)
 
 
 def test_cli_exports_and_round_snapshot(seeded, tmp_path, tiny_model_dir, capsys):

@@ -7,23 +7,15 @@ import time
 
 import openai
 import pytest
-import torch
 
 from alt_engine.db import ModelVersion, session_scope
 from alt_engine.sampling import TransformersBackend
 from alt_engine.serving import ModelServer
 from alt_engine.settings import Settings
 from alt_engine.tiny import save_tiny, tiny_model, tiny_tokenizer
+from tests.test_openai_api import live, one_torch_thread  # noqa: F401 - one torch thread for tiny models (autouse)
 
 KEY = "sk-test"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +51,6 @@ def test_model_input_shows_the_feedback_where_the_format_puts_it(server):
 
 
 def test_openai_client_streams_chat_completions(server, tmp_path):
-    from tests.test_openai_api import live
-
     settings = Settings(db=str(tmp_path / "x.db"), serve_api_key=KEY, model="tiny")
     chat = [{"role": "user", "content": "Tell me a story"}]
     whole, usage = server.chat(chat, feedback="Horrible", max_new_tokens=60)
