@@ -9,11 +9,16 @@ loaded from there afterwards.
 
 from __future__ import annotations
 
+import functools
+import gc
 import importlib.util
 import logging
 import os
 import shutil
 import tempfile
+import threading
+import time
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -103,3 +108,152 @@ def load(model: str, cache_dir: str | os.PathLike, device: str = "auto"):
 def set_threads(threads: int) -> None:
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+def _linear_rate(dtype: torch.dtype, rows: int = 64, size: int = 1024, out: int | None = None,
+                 seconds: float = 0.1) -> float:
+    """Multiply-adds per second of a [rows, size] x [size, out or size] product (one measurement)."""
+    a, w = torch.randn(rows, size, dtype=dtype), torch.randn(out or size, size, dtype=dtype)
+    torch.nn.functional.linear(a, w)
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.nn.functional.linear(a, w)
+        reps += 1
+    return rows * size * (out or size) * reps / (time.perf_counter() - start)
+
+
+@functools.cache
+def fastest_dtype(device: str = "cpu", hidden: int = 1024) -> torch.dtype:
+    """The dtype to sample a model of width ``hidden`` in: bfloat16 on a GPU; on a CPU where it is ≥ 1.5x faster.
+
+    CPUs with AMX or AVX512-BF16 (Sapphire Rapids and later) multiply bfloat16 several times faster
+    than float32 (here, 2 cores: ~1,000-1,400 vs ~300 GFLOP/s at 64-128 rows); elsewhere bfloat16 is
+    emulated and slower, and so it is for small products. Measured once per process and width (~0.6 s)
+    on [64, hidden] x [hidden, 2 hidden], alternating the two so that load from other processes hits
+    both. Models narrower than 256 (the tiny test models) stay in float32 without measuring.
+    """
+    if pick_device(device) != "cpu":
+        return torch.bfloat16
+    if hidden < 256:
+        return torch.float32
+    fp32, bf16 = [], []
+    for _ in range(3):
+        fp32.append(_linear_rate(torch.float32, size=hidden, out=2 * hidden))
+        bf16.append(_linear_rate(torch.bfloat16, size=hidden, out=2 * hidden))
+    return torch.bfloat16 if max(bf16) >= 1.5 * max(fp32) else torch.float32
+
+
+def _small_ops_rate(seconds: float = 0.1) -> float:
+    """Repetitions per second of a decoder-step-like chain of small operators (one measurement)."""
+    x, w = torch.randn(64, 576), torch.randn(576, 576)
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(10):
+            y = torch.nn.functional.linear(x, w)
+            y = torch.nn.functional.silu(y) * y + x
+            x = y / y.norm(dim=-1, keepdim=True)
+        reps += 1
+    return reps / (time.perf_counter() - start)
+
+
+_THREADS: tuple[float, int] | None = None  # (when measured, choice)
+
+
+def choose_threads(max_age: float = 60.0) -> int:
+    """torch threads for decoding: all cores, or 1 where the cores are busy with other work.
+
+    A decoder step is hundreds of small operators; each one with several threads ends at a barrier, and
+    on a loaded machine one thread is descheduled while the others wait. Measured on this machine with
+    2 cores and ~8 busy processes: 2 threads decoded at 7 tokens/s, 1 thread at 97. On an idle machine
+    all cores win. Measured on a decoder-like chain of small operators (~0.5 s), again after ``max_age`` s.
+    """
+    global _THREADS
+    cores = os.cpu_count() or 1
+    if cores == 1:
+        return 1
+    if _THREADS and time.monotonic() - _THREADS[0] < max_age:
+        return _THREADS[1]
+    old, rates = torch.get_num_threads(), {1: 0.0, cores: 0.0}
+    try:
+        for threads in (1, cores, 1, cores):
+            torch.set_num_threads(threads)
+            rates[threads] = max(rates[threads], _small_ops_rate())
+            if threads == cores and rates[cores] < rates[1]:  # clearly losing (and slow to measure): stop
+                break
+    finally:
+        torch.set_num_threads(old)
+    _THREADS = (time.monotonic(), cores if rates[cores] >= 1.2 * rates[1] else 1)
+    return _THREADS[1]
+
+
+@functools.cache
+def auto_batch_size(dtype: torch.dtype = torch.float32, device: str = "cpu") -> int:
+    """Rows to decode together: the fewest at which a layer-sized product runs at ≥ 85% of its best rate.
+
+    Throughput per row rises with the rows of each matrix product until the hardware is saturated (on
+    this 2-core AMX CPU: bfloat16 ~16 rows → 400 GFLOP/s, 128 → 1400); beyond that more rows only add
+    KV-cache memory. Measured once per process (~1 s). A GPU gets 256.
+    """
+    if pick_device(device) != "cpu":
+        return 256
+    sizes = (16, 32, 64, 128)
+    rates = dict.fromkeys(sizes, 0.0)
+    for rows in sizes + sizes:  # twice, the best of both: load from other processes comes and goes
+        rates[rows] = max(rates[rows], _linear_rate(dtype, rows=rows, seconds=0.05))
+    best = max(rates.values())
+    return next(rows for rows in sizes if rates[rows] >= 0.85 * best)
+
+
+# One model load per round: sampling, evaluation and perplexity share loaded weights through this cache.
+_CACHE: OrderedDict[tuple, object] = OrderedDict()
+_CACHE_LOCK = threading.RLock()  # cached_backend builds inside, calling cached_model
+CACHE_SIZE = int(os.environ.get("ALT_MODEL_CACHE", "2"))  # models kept; the least recently used goes first
+
+
+def _cached(key: tuple, build):
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+        value = build()
+        _CACHE[key] = value
+        while len(_CACHE) > max(CACHE_SIZE, 1):
+            _CACHE.popitem(last=False)
+        return value
+
+
+def cached_model(path: str, device: str = "auto") -> PreTrainedModel:
+    """``load_model(path, device)``, loaded once per process and shared: for inference only, never train it.
+
+    Keeps the ``CACHE_SIZE`` (``ALT_MODEL_CACHE``, default 2: the sampled model and the reference)
+    most recently used models; ``release()`` frees them.
+    """
+    return _cached(("model", str(path), pick_device(device)), lambda: load_model(path, device))
+
+
+def cached_backend(path: str, device: str = "auto", dtype: torch.dtype | str | None = "auto"):
+    """A ``TransformersBackend`` on ``cached_model(path, device)``, built once per process.
+
+    ``dtype="auto"``: ``fastest_dtype`` (bfloat16 on AMX CPUs: a converted copy, the cached float32
+    weights stay for perplexity); ``None``: the model's own. Threads (unless ``ALT_THREADS`` is set) and
+    batch size are chosen by measurement (``choose_threads``, ``auto_batch_size``).
+    """
+    from .sampling import TransformersBackend
+
+    device = pick_device(device)
+
+    def build():
+        model = cached_model(path, device)
+        chosen = fastest_dtype(device, model.config.get_text_config().hidden_size) if dtype == "auto" else dtype
+        threads = int(os.environ.get("ALT_THREADS", "0")) or "auto"  # the user's setting wins
+        return TransformersBackend(model, load_tokenizer(path), dtype=chosen, threads=threads)
+
+    return _cached(("backend", str(path), device, str(dtype)), build)
+
+
+def release(path: str | None = None) -> None:
+    """Drop cached models and backends (of ``path``, or all) so their memory can be freed."""
+    with _CACHE_LOCK:
+        for key in [k for k in _CACHE if path is None or k[1] == str(path)]:
+            del _CACHE[key]
+    gc.collect()

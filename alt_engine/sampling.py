@@ -8,18 +8,24 @@ generations to the database in one transaction.
 
 from __future__ import annotations
 
+import copy
+import inspect
 import threading
+import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
+from transformers.cache_utils import Cache, CacheLayerMixin
 
 from . import conditioning
 from .db import Generation, Prompt, session_scope
 
-Progress = Callable[[int, int], None]  # (done, total)
+# progress(done, total) or progress(done, total, info): info has tokens, tokens_per_s, elapsed_s, eta_s
+Progress = Callable[..., None]
 OnStep = Callable[[list[tuple[int, int]], list[int]], None]  # (rows as (input, sample), one new token per row)
 
 
@@ -32,11 +38,11 @@ class SamplingParams:
     top_p: float = 0.9
     max_new_tokens: int = 160  # a small chat model's answers run long; the pool's truncation policy handles the rest
     seed: int = 0
-    batch_size: int = 16  # sequences per forward pass
+    batch_size: int = 0  # sequences decoded together; 0: the backend's choice (measured: modeling.auto_batch_size)
 
     def __post_init__(self):
-        if self.n < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError("n, max_new_tokens and batch_size must be >= 1")
+        if self.n < 1 or self.max_new_tokens < 1 or self.batch_size < 0:
+            raise ValueError("n and max_new_tokens must be >= 1, batch_size >= 0 (0 = automatic)")
         if not 0 < self.top_p <= 1 or self.temperature < 0:
             raise ValueError("need 0 < top_p <= 1 and temperature >= 0")
 
@@ -68,81 +74,353 @@ def _stop_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-class _StepStreamer:
-    """Hands each decoding step's new tokens (one per row) to ``on_step(rows, tokens)`` (streaming)."""
+def report(progress, done: int, total: int, info: dict) -> None:
+    """Call ``progress(done, total, info)``, or ``progress(done, total)`` for a two-argument callback."""
+    if progress is None:
+        return
+    try:
+        params = inspect.signature(progress).parameters.values()
+        takes_info = any(p.kind == p.VAR_POSITIONAL for p in params) or len(
+            [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) >= 3
+    except (TypeError, ValueError):  # a builtin without a signature
+        takes_info = False
+    progress(done, total, info) if takes_info else progress(done, total)
 
-    def __init__(self, on_step: OnStep, rows: list[tuple[int, int]]):
-        self.on_step, self.rows, self.prompt_seen = on_step, rows, False
 
-    def put(self, value) -> None:
-        if not self.prompt_seen:  # generate's first call carries the prompts
-            self.prompt_seen = True
-            return
-        self.on_step(self.rows, value.reshape(-1).tolist())
+class Throughput:
+    """Generated tokens/s and an ETA, for progress reports: ``info(done, total)`` → a dict."""
 
-    def end(self) -> None:
-        pass
+    def __init__(self):
+        self.start, self.tokens = time.perf_counter(), 0
+
+    def info(self, done: int, total: int) -> dict:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        rate = self.tokens / elapsed
+        per_seq = self.tokens / done if done else None
+        eta = (total - done) * per_seq / rate if per_seq and rate > 0 else None
+        return {"tokens": self.tokens, "tokens_per_s": round(rate, 1), "elapsed_s": round(elapsed, 1),
+                "eta_s": None if eta is None else round(eta, 1)}
+
+
+def sequence_seed(seed: int, i: int, j: int) -> int:
+    """The seed of sample ``j`` of input ``i``: a 63-bit mix of ``seed + i`` and ``j``.
+
+    ``seed + i``, so a caller that splits its inputs into calls with ``seed + offset`` (``sample_prompts``)
+    gets the same samples however it splits them.
+    """
+    x = ((seed + i) * 0x9E3779B97F4A7C15 + j * 0x94D049BB133111EB + 1) & (2**64 - 1)
+    for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):  # splitmix64 finaliser
+        x = ((x ^ (x >> shift)) * mult) & (2**64 - 1)
+    return (x ^ (x >> 31)) >> 1
+
+
+def next_tokens(logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor) -> torch.Tensor:
+    """One token per row from ``logits`` [rows, vocab]: greedy, or temperature + nucleus (top-p) sampling.
+
+    Sampling inverts the nucleus's CDF at one uniform per row (``uniforms`` [rows]), so a row's token
+    depends only on its own logits and its own random stream, not on its batch-mates. The nucleus is
+    transformers' ``TopPLogitsWarper``'s (the most likely tokens whose probability before them is < top_p),
+    found among the top 64 (then 512, 4096, all) candidates instead of sorting the whole vocabulary.
+    """
+    logits = logits.float()
+    if params.temperature == 0:
+        return logits.max(-1).indices
+    logits = logits / params.temperature
+    rows, vocab = logits.shape
+    if params.top_p >= 1:  # the whole distribution, in vocabulary order
+        cum = torch.softmax(logits, -1).cumsum(-1)
+        return torch.searchsorted(cum, (uniforms * cum[:, -1]).unsqueeze(-1)).squeeze(-1).clamp_(max=vocab - 1)
+    log_z = torch.logsumexp(logits, -1, keepdim=True)
+    out = torch.empty(rows, dtype=torch.long)
+    todo = torch.arange(rows)
+    k = min(64, vocab)
+    while len(todo):
+        top, idx = logits[todo].topk(k, -1)  # [r, k], most likely first
+        p = (top - log_z[todo]).exp()
+        cum = p.cumsum(-1)
+        found = (cum[:, -1] >= params.top_p) if k < vocab else torch.ones(len(todo), dtype=torch.bool)
+        p = p.masked_fill((cum - p) >= params.top_p, 0.0)[found]  # outside the nucleus
+        kept = p.cumsum(-1)
+        pick = (kept < (uniforms[todo[found]] * kept[:, -1]).unsqueeze(-1)).sum(-1).clamp_(max=k - 1)
+        out[todo[found]] = idx[found].gather(-1, pick.unsqueeze(-1)).squeeze(-1)
+        todo, k = todo[~found], min(vocab, k * 8)
+    return out
+
+
+class _Slots(CacheLayerMixin):
+    """One layer's keys and values for the rows being decoded: [rows, heads, capacity, head_dim] buffers.
+
+    ``update`` writes the new positions in place and returns views up to the current length (no
+    ``torch.cat`` per step, unlike ``DynamicLayer``). Rows are right-aligned (left padding): a row's real
+    positions are the last ones; the columns before them are masked out.
+    """
+
+    is_sliding = False
+
+    def __init__(self):
+        super().__init__()
+        self.length = 0
+
+    def lazy_initialization(self, key_states, value_states) -> None:  # first update (prefill)
+        rows, heads, n, dim = key_states.shape
+        self.keys = key_states.new_zeros(rows, heads, n + _HEADROOM, dim)
+        self.values = value_states.new_zeros(rows, value_states.shape[1], n + _HEADROOM, value_states.shape[-1])
+        self.length, self.is_initialized = 0, True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = key_states.shape[-2]
+        if self.length + n > self.keys.shape[-2]:
+            self.resize(self.keys.shape[-2] + n + _HEADROOM)
+        self.keys[:, :, self.length:self.length + n] = key_states
+        self.values[:, :, self.length:self.length + n] = value_states
+        self.length += n
+        return self.keys[:, :, :self.length], self.values[:, :, :self.length]
+
+    def resize(self, capacity: int) -> None:
+        grow = capacity - self.keys.shape[-2]
+        self.keys = torch.nn.functional.pad(self.keys, (0, 0, 0, grow))
+        self.values = torch.nn.functional.pad(self.values, (0, 0, 0, grow))
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return -1
+
+
+_HEADROOM = 64  # columns allocated ahead, so a buffer grows (one copy) every 64 steps at most
+
+
+def _merge(parts: list[tuple[_Slots, torch.Tensor, int]], width: int) -> _Slots:
+    """One layer holding chosen rows of other layers, right-aligned in ``width`` columns.
+
+    ``parts``: (layer, row indices, columns in use at its end); earlier columns of a row are padding.
+    """
+    first = parts[0][0]
+    rows = sum(len(idx) for _, idx, _ in parts)
+    merged = _Slots()
+    merged.keys = first.keys.new_zeros(rows, first.keys.shape[1], width + _HEADROOM, first.keys.shape[-1])
+    merged.values = first.values.new_zeros(rows, first.values.shape[1], width + _HEADROOM, first.values.shape[-1])
+    merged.length, merged.is_initialized = width, True
+    at = 0
+    for layer, idx, cols in parts:
+        src = slice(layer.length - cols, layer.length)
+        merged.keys[at:at + len(idx), :, width - cols:width] = layer.keys[idx, :, src]
+        merged.values[at:at + len(idx), :, width - cols:width] = layer.values[idx, :, src]
+        at += len(idx)
+    return merged
+
+
+@dataclass
+class _Row:
+    """One sequence being decoded. ``length``: its tokens so far; all but the last are in the KV cache."""
+
+    i: int  # input index
+    j: int  # sample index
+    seed: int
+    generator: torch.Generator
+    length: int
+    tokens: list[int]  # generated
+    done: bool = False
+
+
+@dataclass
+class _Batch:
+    """The rows decoding together: their cache, attention mask [rows, capacity] and last tokens [rows, 1]."""
+
+    rows: list[_Row]
+    cache: Cache
+    mask: torch.Tensor
+    last: torch.Tensor
+    width: int  # columns of the cache in use
 
 
 class TransformersBackend:
-    """``model.generate`` on left-padded batches with the KV cache; inputs sorted by length.
+    """A decode loop over the model's forward pass with a KV cache whose rows come and go.
 
-    ``on_step(rows, tokens)``, when given, is called after every decoding step with the chunk's (input,
-    sample) pairs and the token each just produced (rows that already stopped get padding): streaming.
+    Sequences are taken longest prompt first (similar lengths share a batch: little padding). Up to
+    ``batch_size`` rows decode together; rows that stopped (EOS or ``max_new_tokens``) leave the batch and
+    waiting sequences are prefilled into it, so short answers do not wait for long ones. The KV cache
+    lives in preallocated buffers (``_Slots``) written in place.
+
+    Each sample draws from its own random stream (``sequence_seed(params.seed, i, j)``) and its token is
+    picked from its own logits, so for a fixed seed a sample is the same whatever the batch size or the
+    other inputs of the call — up to float rounding, which can differ with the batch's shape.
+
+    ``dtype``: the weights to sample with (``None``: the model's). Another dtype keeps a converted copy of
+    the model for sampling; bfloat16 on a CPU with AMX multiplies several times faster than float32
+    (``modeling.fastest_dtype`` measures it); its samples are statistically equivalent, not identical.
+    ``threads``: torch threads while generating (0: leave as is; ``"auto"``: ``modeling.choose_threads``).
+    ``batch_size``: rows when ``params.batch_size`` is 0 (``None``: ``modeling.auto_batch_size``).
+
+    ``on_step(rows, tokens)``, when given, is called after every decoding step with the (input, sample)
+    pairs of the rows that produced a token and those tokens (a row's stop token included): streaming.
     """
 
     name = "transformers"
 
-    def __init__(self, model, tokenizer):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, tokenizer, dtype: torch.dtype | None = None, threads: int | str = 0,
+                 batch_size: int | None = None):
+        if dtype is not None and dtype != model.dtype:
+            model = copy.deepcopy(model).to(dtype)
+        self.model, self.tokenizer, self.threads = model, tokenizer, threads
+        self.batch_size = batch_size
+        self.dtype = model.dtype
         self.stop_ids = _stop_ids(model, tokenizer)
+        self.layers = model.config.get_text_config().num_hidden_layers
         self.lock = threading.Lock()  # one generate at a time on the shared model
 
     @torch.inference_mode()
     def generate(self, inputs, params, progress=None, on_step: OnStep | None = None):
-        jobs = [(i, j) for i in range(len(inputs)) for j in range(params.n)]
-        jobs.sort(key=lambda ij: -len(inputs[ij[0]]))  # similar lengths together: less padding
+        jobs = sorted(((i, j) for i in range(len(inputs)) for j in range(params.n)),
+                      key=lambda ij: -len(inputs[ij[0]]))  # longest first: similar lengths together
+        pending = jobs[::-1]  # pop() takes the next
         out: list[list[Sample | None]] = [[None] * params.n for _ in inputs]
-        device = self.model.device
-        pad = self.tokenizer.pad_token_id
-        for b, start in enumerate(range(0, len(jobs), params.batch_size)):
-            chunk = jobs[start:start + params.batch_size]
-            width = max(len(inputs[i]) for i, _ in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, (i, _) in enumerate(chunk):  # left padding
-                ids[row, width - len(inputs[i]):] = torch.tensor(inputs[i])
-                mask[row, width - len(inputs[i]):] = 1
-            seed = params.seed + b
-            sampling = params.temperature > 0
-            with self.lock:  # seeding inside the lock: concurrent callers (a server's requests) stay reproducible
-                torch.manual_seed(seed)
-                gen = self.model.generate(
-                    input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=params.max_new_tokens,
-                    do_sample=sampling, temperature=params.temperature if sampling else None,
-                    top_p=params.top_p if sampling else None, top_k=None, pad_token_id=pad,
-                    eos_token_id=sorted(self.stop_ids), use_cache=True,
-                    streamer=_StepStreamer(on_step, chunk) if on_step else None,
-                )[:, width:].tolist()
-            for row, (i, j) in enumerate(chunk):
-                tokens = gen[row]
-                stop = next((k for k, t in enumerate(tokens) if t in self.stop_ids), None)
-                kept = tokens if stop is None else tokens[:stop]
-                out[i][j] = Sample(kept, self.tokenizer.decode(kept, skip_special_tokens=True), stop is None and
-                                   len(tokens) >= params.max_new_tokens, len(inputs[i]), seed)
-            if progress:
-                progress(min(start + params.batch_size, len(jobs)), len(jobs))
+        meter, done, reported = Throughput(), 0, 0.0
+        batch: _Batch | None = None
+        size = params.batch_size or self.auto_batch_size()
+        refill = max(1, size // 8)  # prefill when this many slots are free: fewer, larger prefills
+        threads = self.threads
+        if threads == "auto":
+            from .modeling import choose_threads
+
+            threads = choose_threads()
+        with self.lock, _threads(threads):
+            while pending or batch:
+                alive = sum(not r.done for r in batch.rows) if batch else 0
+                dead = len(batch.rows) - alive if batch else 0
+                free = size - alive
+                if (pending and free >= min(refill, len(pending))) or (not pending and dead >= max(1, alive // 4)):
+                    admitted = [pending.pop() for _ in range(min(free, len(pending)))]
+                    batch = self._rebuild(batch, inputs, params, admitted, meter, on_step)
+                else:
+                    self._step(batch, params, meter, on_step)
+                done += self._finish(batch, inputs, params, out) if batch else 0
+                now = time.perf_counter()
+                if progress and now - reported > 1.0 and done < len(jobs):
+                    reported = now
+                    report(progress, done, len(jobs), meter.info(done, len(jobs)))
+        report(progress, len(jobs), len(jobs), meter.info(len(jobs), len(jobs)))
         return out  # type: ignore[return-value]
+
+    def auto_batch_size(self) -> int:
+        if self.batch_size is None:
+            from .modeling import auto_batch_size
+
+            self.batch_size = auto_batch_size(self.dtype, self.model.device.type)
+        return self.batch_size
+
+    def _step(self, batch: _Batch, params, meter, on_step) -> None:
+        """One decoding step for every row of the batch."""
+        if batch.mask.shape[1] <= batch.width:
+            batch.mask = torch.nn.functional.pad(batch.mask, (0, _HEADROOM))
+        batch.mask[:, batch.width] = 1
+        batch.width += 1
+        positions = torch.tensor([[r.length - 1] for r in batch.rows], device=self.model.device)
+        logits = self.model(input_ids=batch.last, attention_mask=batch.mask[:, :batch.width],
+                            position_ids=positions, cache=batch.cache, use_cache=True).logits[:, -1]
+        batch.last = self._sample(logits, batch.rows, params, meter, on_step)
+
+    def _rebuild(self, batch, inputs, params, admitted, meter, on_step) -> _Batch | None:
+        """The batch without its finished rows, with ``admitted`` (i, j) jobs prefilled into it."""
+        sources, rows, last = [], [], []  # sources: (cache, row indices, columns in use)
+        if batch and (alive := [k for k, r in enumerate(batch.rows) if not r.done]):
+            keep = torch.tensor(alive)
+            rows += [batch.rows[k] for k in alive]
+            sources.append((batch.cache, keep, max(batch.rows[k].length for k in alive) - 1))
+            last.append(batch.last[keep])
+        if admitted:
+            cache, fresh, first = self._prefill(inputs, params, admitted, meter, on_step)
+            rows += fresh
+            sources.append((cache, torch.arange(len(fresh)), cache.layers[0].length))
+            last.append(first)
+        if not rows:
+            return None
+        width = max(cols for _, _, cols in sources)
+        cache = Cache(layers=[_merge([(c.layers[k], idx, cols) for c, idx, cols in sources], width)
+                              for k in range(self.layers)])
+        mask = torch.zeros(len(rows), width + _HEADROOM, dtype=torch.long, device=self.model.device)
+        for k, row in enumerate(rows):
+            mask[k, width - (row.length - 1):width] = 1
+        return _Batch(rows, cache, mask, torch.cat(last), width)
+
+    def _prefill(self, inputs, params, admitted, meter, on_step) -> tuple[Cache, list[_Row], torch.Tensor]:
+        """The prompts of ``admitted`` (i, j) jobs through the model: their cache, rows and first tokens."""
+        device = self.model.device
+        lengths = [len(inputs[i]) for i, _ in admitted]
+        width = max(lengths)
+        ids = torch.full((len(admitted), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(admitted), width), dtype=torch.long)
+        for k, (i, _) in enumerate(admitted):  # left padding
+            ids[k, width - lengths[k]:] = torch.tensor(inputs[i])
+            mask[k, width - lengths[k]:] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = Cache(layers=[_Slots() for _ in range(self.layers)])
+        logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                            cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        rows = []
+        for (i, j), n in zip(admitted, lengths):
+            seed = sequence_seed(params.seed, i, j)
+            rows.append(_Row(i, j, seed, torch.Generator().manual_seed(seed), n, []))
+        return cache, rows, self._sample(logits, rows, params, meter, on_step)
+
+    def _sample(self, logits, rows, params, meter, on_step=None) -> torch.Tensor:
+        """Each row's next token, appended to its tokens; returned as the next input [rows, 1]."""
+        uniforms = torch.cat([torch.rand(1, generator=r.generator) for r in rows])
+        chosen = next_tokens(logits.cpu(), params, uniforms)
+        live = []
+        for row, token in zip(rows, chosen.tolist()):
+            if not row.done:
+                row.tokens.append(token)
+                row.length += 1
+                meter.tokens += 1
+                live.append(row)
+        if on_step and live:
+            on_step([(r.i, r.j) for r in live], [r.tokens[-1] for r in live])
+        return chosen.unsqueeze(-1).to(self.model.device)
+
+    def _finish(self, batch, inputs, params, out) -> int:
+        """Mark the rows that stopped and store their samples; returns how many stopped now."""
+        finished = 0
+        for row in batch.rows:
+            if row.done:
+                continue
+            stopped = row.tokens[-1] in self.stop_ids
+            if stopped or len(row.tokens) >= params.max_new_tokens:
+                row.done, finished = True, finished + 1
+                kept = row.tokens[:-1] if stopped else row.tokens
+                out[row.i][row.j] = Sample(kept, self.tokenizer.decode(kept, skip_special_tokens=True),
+                                           not stopped, len(inputs[row.i]), row.seed)
+        return finished
+
+
+@contextmanager
+def _threads(threads: int):
+    """torch's intra-op threads set to ``threads`` (0: unchanged) for the block."""
+    old = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def make_backend(name: str, model_path: str, device: str = "auto", *, settings=None, served_name: str | None = None,
                  **kw) -> Backend:
     """The sampling backend called ``name`` for the model at ``model_path``.
 
+    ``transformers`` is ``modeling.cached_backend``: loaded once per process and shared (its float32
+    weights with ``modeling.cached_model``, e.g. for perplexity); ``modeling.release()`` frees it.
     ``openai`` samples on the server ``settings.sampling_base_url`` from the model it serves as ``served_name``
     (default ``settings.sampling_model``); ``model_path`` then only gives the tokenizer that builds the inputs.
     """
-    from .modeling import load_model, load_tokenizer
+    from .modeling import cached_backend, load_tokenizer
 
     if name == "vllm":
         from .vllm_backend import VLLMBackend
@@ -159,8 +437,7 @@ def make_backend(name: str, model_path: str, device: str = "auto", *, settings=N
                              max_retries=settings.llm_max_retries, **kw)
     if name != "transformers":
         raise ValueError(f"unknown backend {name!r} (transformers | vllm | openai)")
-
-    return TransformersBackend(load_model(model_path, device), load_tokenizer(model_path))
+    return cached_backend(model_path, device, **kw)
 
 
 def sample_prompts(db: str, backend: Backend, prompts: Sequence[Prompt], params: SamplingParams, *,
@@ -174,17 +451,30 @@ def sample_prompts(db: str, backend: Backend, prompts: Sequence[Prompt], params:
     """
     if isinstance(conditioning_text, str) or conditioning_text is None:
         conditioning_text = [conditioning_text] * len(prompts)
-    per_batch = max(1, params.batch_size // params.n) * 4  # prompts per database write
-    bar = tqdm(total=len(prompts) * params.n, desc="sampling", unit="seq", disable=not show_progress)
+    rows_per_pass = params.batch_size or getattr(backend, "auto_batch_size", lambda: 16)()
+    per_batch = max(1, rows_per_pass // params.n) * 4  # prompts per generate call and database write
+    total = len(prompts) * params.n
+    bar = tqdm(total=total, desc="sampling", unit="seq", disable=not show_progress)
     ids: list[int] = []
     meta = {k: v for k, v in asdict(params).items() if k != "batch_size"} | {"backend": backend.name}
+    if getattr(backend, "dtype", None) is not None:
+        meta["dtype"] = str(backend.dtype).removeprefix("torch.")
+    meter, tokens_before = Throughput(), 0
+
+    def chunk_progress(done: int, _total: int, info: dict | None = None) -> None:  # one call → the whole run
+        meter.tokens = tokens_before + (info or {}).get("tokens", 0)
+        info = meter.info(len(ids) + done, total)
+        bar.set_postfix_str(f"{info['tokens_per_s']:.0f} tokens/s", refresh=False)
+        bar.update(len(ids) + done - bar.n)
+        report(progress, len(ids) + done, total, info)
+
     for start in range(0, len(prompts), per_batch):
         chunk = prompts[start:start + per_batch]
         conds = conditioning_text[start:start + per_batch]
         inputs = [conditioning.build_input(backend.tokenizer, conditioning.prompt_of(p), c, fmt)
                   for p, c in zip(chunk, conds)]
         chunk_params = SamplingParams(**{**asdict(params), "seed": params.seed + start})
-        samples = backend.generate([x.input_ids for x in inputs], chunk_params)
+        samples = backend.generate([x.input_ids for x in inputs], chunk_params, chunk_progress)
         rows = [Generation(prompt_id=p.id, round_id=round_id, model_version_id=model_version_id, conditioning=c,
                            response=s.text, prompt_tokens=len(x.prompt_ids), response_tokens=len(s.token_ids),
                            truncated=s.truncated, sampling_params=meta, seed=s.seed)
@@ -193,9 +483,10 @@ def sample_prompts(db: str, backend: Backend, prompts: Sequence[Prompt], params:
             session.add_all(rows)
             session.flush()
             ids.extend(r.id for r in rows)
-        bar.update(len(rows))
-        if progress:
-            progress(len(ids), len(prompts) * params.n)
+        tokens_before += sum(len(s.token_ids) for ss in samples for s in ss)
+        meter.tokens = tokens_before
+        bar.update(len(ids) - bar.n)
+        report(progress, len(ids), total, meter.info(len(ids), total))
     bar.close()
     return ids
 

@@ -1,13 +1,14 @@
-"""Batched sampling: counts, parameters, truncation flags, determinism, conditioning."""
+"""Batched sampling: counts, parameters, truncation flags, determinism, conditioning, the model cache."""
 
 import pytest
 import torch
 from sqlmodel import select
 
+from alt_engine import modeling
 from alt_engine.conditioning import build_input
 from alt_engine.db import Generation, Prompt, session_scope
 from alt_engine.modeling import load_model, load_tokenizer
-from alt_engine.sampling import SamplingParams, TransformersBackend, sample_prompts
+from alt_engine.sampling import SamplingParams, TransformersBackend, next_tokens, sample_prompts
 from alt_engine.tasks import get_or_create_task
 
 
@@ -55,7 +56,7 @@ def test_n4_on_8_prompts_writes_32_with_parameters(db, backend):
     assert all(sum(g.prompt_id == p.id for g in gens) == 4 for p in prompts)
     for g in gens:
         assert g.sampling_params == {"n": 4, "temperature": 0.9, "top_p": 0.9, "max_new_tokens": 16, "seed": 7,
-                                     "backend": "transformers"}
+                                     "backend": "transformers", "dtype": "float32"}
         assert g.seed is not None and g.conditioning is None
         assert g.truncated == (g.response_tokens == 16)  # stopped at the limit without EOS
     flags = {g.truncated for g in gens}
@@ -98,6 +99,92 @@ def test_conditioned_on_exemplar(db, backend):
     conds = {p.id: build_input(tok, p.messages or p.text, "Excellent") for p in prompts}
     assert all(g.prompt_tokens == len(conds[g.prompt_id].input_ids) - conds[g.prompt_id].n_condition
                for g in gens)  # the feedback segment is not counted
+
+
+def test_a_sample_does_not_depend_on_its_batch(backend):
+    """Rows leave and join the batch (EOS-prone model): each sample still equals the one drawn alone."""
+    tok = backend.tokenizer
+    inputs = [build_input(tok, p).input_ids for p in ("Hi", "A much longer prompt here, ok?", "Yes", "Tell me")]
+    params = SamplingParams(n=3, temperature=1.0, top_p=0.9, max_new_tokens=12, seed=5)
+    runs = [backend.generate(inputs, SamplingParams(**{**params.__dict__, "batch_size": b})) for b in (1, 4, 16)]
+    ids = [[[s.token_ids for s in per] for per in run] for run in runs]
+    assert ids[0] == ids[1] == ids[2]
+    lengths = {len(t) for per in ids[0] for t in per}
+    assert len(lengths) > 1, "expected samples of different lengths (rows retiring early)"
+    # input 2 alone with seed + 2 is the same sample: sample_prompts may split inputs into calls as it likes
+    alone = backend.generate([inputs[2]], SamplingParams(**{**params.__dict__, "seed": 7, "batch_size": 2}))
+    assert [s.token_ids for s in alone[0]] == ids[0][2]
+    assert [s.seed for s in alone[0]] == [s.seed for s in runs[0][2]]
+
+
+def test_greedy_with_rows_joining_matches_generate(tiny_model_dir):
+    """Greedy decoding through the slot cache (batch 2, rows finishing and refilled) = transformers' generate."""
+    backend = eos_prone_backend(tiny_model_dir, eos_bias=2.5)
+    tok, model = backend.tokenizer, backend.model
+    prompts = ("Hi", "A much longer prompt here, ok?", "Yes", "The quick brown fox", "Be concise and helpful.")
+    inputs = [build_input(tok, p).input_ids for p in prompts]
+    ours = backend.generate(inputs, SamplingParams(n=1, temperature=0, max_new_tokens=10, batch_size=2))
+    for x, (sample,) in zip(inputs, ours):
+        ref = model.generate(torch.tensor([x]), max_new_tokens=10, do_sample=False, pad_token_id=tok.pad_token_id,
+                             eos_token_id=sorted(backend.stop_ids))[0, len(x):].tolist()
+        ref = ref[:ref.index(tok.eos_token_id)] if tok.eos_token_id in ref else ref
+        assert sample.token_ids == ref
+        assert sample.truncated == (len(ref) == 10)
+    assert {len(s.token_ids) for (s,) in ours} != {10}, "expected some answers to stop early"
+
+
+def test_nucleus_sampling_matches_top_p_warper():
+    """Tokens drawn are transformers' top-p nucleus, each with its renormalised probability."""
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 600) * torch.tensor([[0.3], [4.0]])  # flat: nucleus beyond the top 64; peaked
+    params = SamplingParams(temperature=0.7, top_p=0.8)
+    warped = TopPLogitsWarper(0.8)(None, logits / 0.7)
+    draws = 4000
+    u = (torch.arange(draws) + 0.5) / draws  # a grid of uniforms: counts follow the CDF exactly
+    for row in range(2):
+        picks = next_tokens(logits[row].repeat(draws, 1), params, u)
+        probs = torch.softmax(warped[row], -1)
+        counts = torch.bincount(picks, minlength=600) / draws
+        assert set(picks.tolist()) <= set(torch.nonzero(probs).flatten().tolist())
+        assert (counts - probs).abs().max() < 2 / draws
+    greedy = next_tokens(logits, SamplingParams(temperature=0), u[:2])
+    assert greedy.tolist() == logits.argmax(-1).tolist()
+
+
+def test_progress_reports_tokens_per_second_and_eta(backend):
+    inputs = [build_input(backend.tokenizer, "Hi").input_ids]
+    with_info, plain = [], []
+    backend.generate(inputs, SamplingParams(n=3, max_new_tokens=6), lambda d, t, info: with_info.append((d, t, info)))
+    backend.generate(inputs, SamplingParams(n=3, max_new_tokens=6), lambda d, t: plain.append((d, t)))
+    assert with_info[-1][:2] == (3, 3) and plain[-1] == (3, 3)
+    info = with_info[-1][2]
+    assert info["tokens"] > 0 and info["tokens_per_s"] > 0 and info["eta_s"] == 0
+
+
+def test_bfloat16_backend_keeps_the_float32_model(tiny_model_dir):
+    model = load_model(tiny_model_dir, "cpu")
+    backend = TransformersBackend(model, load_tokenizer(tiny_model_dir), dtype=torch.bfloat16)
+    out = backend.generate([build_input(backend.tokenizer, "Hi").input_ids], SamplingParams(n=2, max_new_tokens=5))
+    assert backend.dtype == torch.bfloat16 and model.dtype == torch.float32
+    assert all(len(s.token_ids) <= 5 for s in out[0])
+
+
+def test_model_cache_loads_once_and_releases(tiny_model_dir, tmp_path, monkeypatch):
+    from alt_engine.tiny import save_tiny
+
+    modeling.release()
+    monkeypatch.setattr(modeling, "CACHE_SIZE", 2)
+    model = modeling.cached_model(tiny_model_dir, "cpu")
+    backend = modeling.cached_backend(tiny_model_dir, "cpu", dtype=None)
+    assert modeling.cached_model(tiny_model_dir, "cpu") is model  # one load: the backend samples with it
+    assert backend.model is model and modeling.cached_backend(tiny_model_dir, "cpu", dtype=None) is backend
+    other = save_tiny(tmp_path / "other")
+    modeling.cached_model(other, "cpu")  # a third entry: the least recently used (the model) goes
+    assert modeling.cached_model(tiny_model_dir, "cpu") is not model
+    modeling.release()
+    assert not modeling._CACHE
 
 
 def test_bad_params():

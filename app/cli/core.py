@@ -43,7 +43,7 @@ def register(sub, common, selected: str | None = None) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=0, help="sequences decoded together (0: measured)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--condition", default=None, help="feedback text to condition on")
     p.add_argument("--exemplar", action="store_true", help="condition on the task's exemplar category")

@@ -116,7 +116,7 @@ def _round_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: SamplingParams' (enough that few "
                                                                       "answers of a small chat model truncate)")
-    p.add_argument("--sample-batch-size", type=int, default=16)
+    p.add_argument("--sample-batch-size", type=int, default=0, help="sequences decoded together (0: measured)")
     p.add_argument("--sample-seed", type=int, default=0)
     p.add_argument("--promote", choices=PROMOTE_CHOICES, default="unless-worse",
                    help="if-better: the new version's 95%% CI beats the parent's; unless-worse: promote unless it is "
