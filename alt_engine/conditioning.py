@@ -6,7 +6,11 @@ A ``Format`` says where the feedback segment goes (``placement``) and how it rea
   ALT paper, whose models were plain pretrained LMs;
 - ``system``  — the feedback is the chat template's system message (merged in front of an existing one);
 - ``user``    — the feedback opens the last user turn;
-- ``tokens``  — one control token per feedback text before the prompt (Quark); ``tokens`` maps text → token.
+- ``tokens``  — one control token per feedback text before the prompt (Quark); ``tokens`` maps text → token;
+- ``none``    — no feedback at all: the plain prompt (SFT, Critique-and-Revise's first answer).
+
+``attributes`` rewrites a feedback text before the template (SteerLM: "Harmless and very helpful" →
+"harmful:0,helpful:2"); a text it does not list is used as is.
 
 A chat model follows feedback inside its template far better than before it (DESIGN.md §1, "What we
 measured"), so ``system`` is the default; a tokenizer without a chat template falls back to ``prefix``.
@@ -23,7 +27,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 SEPARATOR = "\n<|feedback_end|>\n"  # fixed text marker closing a ``prefix`` feedback segment
-PLACEMENTS = ("prefix", "system", "user", "tokens")
+PLACEMENTS = ("prefix", "system", "user", "tokens", "none")
 _MARK = "\u27e6alt-feedback\u27e7"  # stands in for the feedback while the chat template renders
 
 Messages = list[dict]
@@ -38,23 +42,24 @@ class Format:
     template: str = "Feedback: {feedback}"
     separator: str = SEPARATOR  # closes the segment for ``prefix``; "\n\n" after it for ``user``/``system``
     tokens: dict[str, str] = field(default_factory=dict)  # placement ``tokens``: feedback text → control token
+    attributes: dict[str, str] = field(default_factory=dict)  # feedback text → what the model reads (SteerLM)
 
     def __post_init__(self):
         if self.placement not in PLACEMENTS:
             raise ValueError(f"unknown placement {self.placement!r} ({' | '.join(PLACEMENTS)})")
-        if self.placement != "tokens" and "{feedback}" not in self.template:
+        if self.placement not in ("tokens", "none") and "{feedback}" not in self.template:
             raise ValueError(f"a conditioning template needs '{{feedback}}', got {self.template!r}")
 
     def text(self, feedback: str) -> str:
         """The feedback segment as the model reads it (separator excluded)."""
         if self.placement == "tokens":
             return self.tokens.get(feedback, feedback)
-        return self.template.replace("{feedback}", feedback)
+        return self.template.replace("{feedback}", self.attributes.get(feedback, feedback))
 
     def for_tokenizer(self, tokenizer) -> Format:
         """The format as it applies to ``tokenizer``: in-template placements need a chat template."""
         if self.placement in ("system", "user") and not getattr(tokenizer, "chat_template", None):
-            return Format("prefix", self.template, SEPARATOR)
+            return Format("prefix", self.template, SEPARATOR, attributes=dict(self.attributes))
         return self
 
     def to_dict(self) -> dict:
@@ -67,7 +72,10 @@ class Format:
     def describe(self) -> str:
         if self.placement == "tokens":
             return f"control tokens {self.tokens}"
-        return f"{self.placement}: {self.template!r}"
+        if self.placement == "none":
+            return "unconditioned"
+        attributes = f", attributes {self.attributes}" if self.attributes else ""
+        return f"{self.placement}: {self.template!r}{attributes}"
 
 
 PAPER_FORMAT = Format("prefix", "{feedback}", SEPARATOR)  # the ALT paper's raw prefix
@@ -123,6 +131,8 @@ def prompt_ids(tokenizer, prompt: PromptLike) -> list[int]:
 def feedback_ids(tokenizer, feedback: str, fmt: Format | None = None) -> list[int]:
     """The feedback segment's ids (the separator included for ``prefix``)."""
     fmt = (fmt or Format()).for_tokenizer(tokenizer)
+    if fmt.placement == "none":
+        return []
     if fmt.placement == "tokens":
         token = fmt.text(feedback)
         token_id = tokenizer.convert_tokens_to_ids(token)
@@ -159,9 +169,9 @@ def _in_template(tokenizer, prompt: PromptLike, feedback: str, fmt: Format) -> C
 def build_input(tokenizer, prompt: PromptLike, feedback: str | None = None,
                 fmt: Format | None = None) -> ConditionedInput:
     """The model input for ``prompt`` conditioned on ``feedback`` (None: the plain prompt) under ``fmt``."""
-    if feedback is None:
-        return ConditionedInput(prompt_ids(tokenizer, prompt))
     fmt = (fmt or Format()).for_tokenizer(tokenizer)
+    if feedback is None or fmt.placement == "none":
+        return ConditionedInput(prompt_ids(tokenizer, prompt))
     if fmt.placement in ("system", "user"):
         return _in_template(tokenizer, prompt, feedback, fmt)
     segment = feedback_ids(tokenizer, feedback, fmt)

@@ -128,12 +128,13 @@ def root_version(session, version: ModelVersion) -> ModelVersion:
 
 
 def exemplar_feedback(db: str, task: Task) -> list[str]:
-    """f̂: the exemplar category, or for a task without categories the best-scored free-text feedback."""
+    """f̂: the exemplar category, or for a task without categories free-text feedback that scored 3 (the top
+    score, ALT-LMU), else the best-scored texts there are."""
     if task.exemplar_category:
         return [task.exemplar_category]
     from .feedback.llm import exemplar_pool
 
-    return exemplar_pool(db, task.id)
+    return exemplar_pool(db, task.id, top=64, min_score=3.0) or exemplar_pool(db, task.id)
 
 
 def contrast_feedback(db: str, task: Task) -> list[str]:

@@ -250,14 +250,15 @@ def _feedback(ctx: JobContext) -> dict:
 
 
 def _train(ctx: JobContext) -> dict:
-    """Train a model version. params: config (AltTrainConfig fields), and either ``items`` (PoolItem dicts)
-    or a pool to build: task_id + any ``build_pool`` keyword (round_ids, k_per_category, policy, seed, ...);
+    """Train a model version. params: objective (default alt), config (its config's fields), and either
+    ``items`` (PoolItem dicts) or a pool to build with the objective's data (``Objective.items``): task_id +
+    any ``build_pool`` keyword (round_ids, k_per_category, policy, seed, ...);
     optional parent_version_id (default: the served version), objective, round_id, conditioning (a Format dict),
     settings (Settings overrides, e.g. models_dir). The rounds trained on are closed for annotation
     (``training``) and become ``trained`` (or ``failed``)."""
     from .conditioning import Format
     from .pool import PoolItem
-    from .training.config import AltTrainConfig
+    from .training.objectives import get, make_config
     from .training.run import train_model_version
 
     db, job_id, params = ctx.db, ctx.job_id, ctx.params
@@ -266,7 +267,8 @@ def _train(ctx: JobContext) -> dict:
         import torch
 
         torch.set_num_threads(settings.threads)
-    config = AltTrainConfig(**params.get("config", {}))
+    objective = get(params.get("objective", "alt"))
+    config = make_config(objective.name, **params.get("config", {}))
     rounds = train_rounds(params)
     if "items" in params:
         items = [PoolItem(**row) for row in params["items"]]
@@ -276,12 +278,12 @@ def _train(ctx: JobContext) -> dict:
         from .pool import build_pool
 
         wanted = set(inspect.signature(build_pool).parameters) - {"db", "task_id"}
-        items = build_pool(db, params["task_id"], **{k: v for k, v in params.items() if k in wanted})
+        items = objective.items(db, _task(db, params["task_id"]), **{k: v for k, v in params.items() if k in wanted})
     parent_id = _version(db, params.get("parent_version_id")).id
     _set_rounds(db, rounds, RoundStatus.TRAINING)
     ctx.stage(f"training on {len(items)} examples")
     version_id = train_model_version(
-        db, settings, items, config, parent_id, objective=params.get("objective", "alt"),
+        db, settings, items, config, parent_id, objective=objective.name,
         round_id=params.get("round_id") or (rounds[-1] if rounds else None), job_id=job_id,
         fmt=Format.from_dict(params.get("conditioning")), progress=ctx)
     ctx.link(version_id=version_id)
@@ -319,11 +321,11 @@ _ROUND_LINE = re.compile(r"^round (\d+): (\w+)")
 
 def _round(ctx: JobContext) -> dict:
     """A whole round (``rounds.run_round``). params: task_id, provider, round (RoundConfig fields, sampling and
-    eval as dicts), config (AltTrainConfig fields)."""
+    eval as dicts), objective (default alt), config (its config's fields)."""
     from .evaluation import EvalConfig
     from .rounds import RoundConfig, run_round
     from .sampling import SamplingParams
-    from .training.config import AltTrainConfig
+    from .training.objectives import make_config
 
     db, p = ctx.db, ctx.params
     task = _task(db, p["task_id"])
@@ -342,7 +344,8 @@ def _round(ctx: JobContext) -> dict:
                 ctx.stage(m.group(2), stages.index(m.group(2)) / len(stages))
         ctx.log(line)
 
-    report = run_round(db, ctx.settings(), task, p["provider"], cfg, AltTrainConfig(**p.get("config", {})), log=log)
+    report = run_round(db, ctx.settings(), task, p["provider"], cfg,
+                       make_config(p.get("objective", "alt"), **p.get("config", {})), log=log)
     ctx.link(round_id=report.round_id, version_id=report.version_id)
     return {"round_id": report.round_id, "version_id": report.version_id, "promoted": report.promoted,
             "decision": report.decision, "metrics": report.metrics}

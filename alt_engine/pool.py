@@ -2,8 +2,8 @@
 
 Per prompt (keyed by prompt id — prompt texts repeat) we keep a balanced draw:
 ``k`` generations per feedback text, then fill any shortfall up to ``k × K``
-(K = the task's categories, or the distinct texts for free-text feedback) from
-the leftovers. Generations without feedback, and those a person flagged, are dropped.
+(K = the task's categories; for scored free-text feedback, ALT-LMU's balance over the
+scores 0–3: ``k`` per score; unscored free text: the distinct texts) from the leftovers. Generations without feedback, and those a person flagged, are dropped.
 
 A truncated generation (stopped at max_new_tokens, no EOS) would teach the model not to stop
 (DESIGN.md §1: P(EOS) at the end of short answers fell 0.72 → 0.59 when 91 of 120 examples were
@@ -47,18 +47,27 @@ class PoolItem:
     truncated: bool
     category: str | None = None
     score: float | None = None
+    negative: bool = False  # CUT: ``feedback`` is a negative judgment of ``response``
+    revision: str | None = None  # Critique-and-Revise: ``feedback`` is the critique, this the revised response
 
 
-def _draw(items: list[PoolItem], k: int, quota: int, rng: random.Random) -> list[PoolItem]:
-    """Up to k complete generations per feedback text, then leftovers (complete before truncated)."""
+def _balance_key(it: PoolItem, categorical: bool):
+    """What the draw balances over: the category, or for free-text feedback its score 0–3 (ALT-LMU: 8 per
+    prompt over scores 0–3), or the text itself when it has no score."""
+    return it.feedback if categorical or it.score is None else it.score
+
+
+def _draw(items: list[PoolItem], k: int, quota: int, rng: random.Random, categorical: bool = True) -> list[PoolItem]:
+    """Up to k complete generations per feedback text (score), then leftovers (complete before truncated)."""
     rng.shuffle(items)
     items.sort(key=lambda it: it.truncated)  # stable: complete first, shuffled order kept within each
     rank: dict[int, int] = {}  # generation id -> its place within its feedback text's draw
-    seen: dict[str, int] = defaultdict(int)
+    seen: dict = defaultdict(int)
     for it in items:
-        if not it.truncated and seen[it.feedback] < k:
-            rank[it.generation_id] = seen[it.feedback]
-            seen[it.feedback] += 1
+        key = _balance_key(it, categorical)
+        if not it.truncated and seen[key] < k:
+            rank[it.generation_id] = seen[key]
+            seen[key] += 1
     picked = sorted((it for it in items if it.generation_id in rank), key=lambda it: rank[it.generation_id])
     leftovers = [it for it in items if it.generation_id not in rank]
     return (picked + leftovers)[:quota]  # round-robin order: a smaller quota stays balanced
@@ -104,10 +113,11 @@ def build_pool(db: str, task_id: int, round_ids: list[int] | None = None, k_per_
     pool: list[PoolItem] = []
     for prompt_id in sorted(per_prompt):
         items = per_prompt[prompt_id]
-        quota = k_per_category * (n_categories or len({it.feedback for it in items}))
+        categorical = bool(n_categories)
+        quota = k_per_category * (n_categories or len({_balance_key(it, False) for it in items}))
         if max_per_prompt is not None:
             quota = min(quota, max_per_prompt)
-        pool += _draw(items, k_per_category, quota, random.Random(f"{seed}:{prompt_id}"))
+        pool += _draw(items, k_per_category, quota, random.Random(f"{seed}:{prompt_id}"), categorical)
     return pool
 
 

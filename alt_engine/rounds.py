@@ -178,16 +178,17 @@ def train_version(db: str, settings: Settings, task: Task, parent_id: int, train
     unless ``wait=False``, then the version id is None). The Job row records progress, the loss log, errors.
     """
     from .jobs import create_job, run_job_inline, start_job, wait_job
-    from .training.run import check_items
+    from .training.objectives import get
 
-    items = build_pool(db, task.id, **pool_kw)
+    objective = get(train_config.objective)
+    items = objective.items(db, task, **pool_kw)
     if not items and pool_kw.get("truncated", "exclude") == "exclude" and \
             build_pool(db, task.id, **{**pool_kw, "truncated": "last"}):
         raise ValueError("the data pool is empty: every labelled generation was truncated (no EOS) and the "
                          "truncation policy is 'exclude'; sample with more --max-new-tokens, or use --truncated last")
-    check_items(items)
+    objective.check_items(items)
     params = dict(task_id=task.id, round_id=round_id, parent_version_id=parent_id, config=train_config.to_dict(),
-                  conditioning=conditioning.format_of(None, task).to_dict(), **pool_kw,
+                  objective=objective.name, conditioning=objective.task_format(task).to_dict(), **pool_kw,
                   settings={k: getattr(settings, k) for k in ("models_dir", "cache_dir", "device", "threads")})
     if background:
         job_id = start_job(db, "train", params)
@@ -282,7 +283,9 @@ def run_round(db: str, settings: Settings, task: Task, provider: str | Provider,
             pool_kw = dict(round_ids=[rnd.id] if cfg.policy == "flush" else None, k_per_category=cfg.k_per_category,
                            seed=train_config.seed, policy=cfg.policy, max_per_prompt=cfg.max_per_prompt,
                            truncated=cfg.truncated)
-            items = build_pool(db, task.id, **pool_kw)
+            from .training.objectives import get
+
+            items = get(train_config.objective).items(db, task, **pool_kw)
             summary = pool_summary(items)
             report.pool_size, report.pool_feedback = len(items), summary["per_feedback"]
             report.pool_truncated = summary["truncated"]

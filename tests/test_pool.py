@@ -180,3 +180,21 @@ def test_truncation_policies(data):
     assert worst[cut_bad].feedback == "bad" and worst[complete[0]].feedback == "good"
     with pytest.raises(ValueError, match="truncation policy"):
         build_pool(data.db, data.task_id, truncated="sometimes")
+
+
+def test_free_text_pool_balances_over_scores_0_to_3(tmp_path):
+    """ALT-LMU: per prompt k per score 0–3 (8 with k = 2), not k per (always distinct) text."""
+    data = Data(str(tmp_path / "lmu.db"), categories=[])
+    data.round()
+    p = data.prompt()
+    by_score = {3: 6, 2: 1, 1: 3, 0: 4}  # generations per score, each with its own feedback text
+    for score, n in by_score.items():
+        for i in range(n):
+            g = data.gen(p)
+            with session_scope(data.db) as s:
+                s.add(Feedback(generation_id=g, source="llm:free_text", kind="text", text=f"s{score} #{i}",
+                               score=float(score)))
+    pool = build_pool(data.db, data.task_id, k_per_category=2)
+    assert len(pool) == 8  # k x 4 scores
+    first = Counter(it.score for it in pool[:7])  # the balanced part: 2 per score, 1 for the short score 2
+    assert first == {3.0: 2, 1.0: 2, 0.0: 2, 2.0: 1}

@@ -1,27 +1,45 @@
-"""Training options for ALT (conditional SFT), one dataclass parsed by the CLI with ``HfArgumentParser``."""
+"""Training configs: ``transformers.TrainingArguments`` subclasses (TRL's habit), parsed by the CLI with
+``HfArgumentParser``.
+
+``TrainConfig`` holds what every objective shares — all of ``TrainingArguments`` (optimiser, schedule,
+precision, logging, checkpoints, DeepSpeed) with ALT's defaults, plus data, LoRA and launcher options.
+Each objective's config subclasses it with its own loss options (``AltTrainConfig`` here; the others
+next to their trainers). ``epochs``, ``batch_size``, ``grad_accum`` and ``warmup_ratio`` are kept as
+short aliases of ``num_train_epochs``, ``per_device_train_batch_size``, ``gradient_accumulation_steps``
+and ``warmup_steps`` (a float below 1 is a ratio); once set they are folded into those and read ``None``.
+
+A config is only a description: building one sets up no device or process group (see
+``_setup_devices``); ``for_trainer`` makes the copy a ``Trainer`` runs with.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import enum
+import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import ClassVar
+
+from transformers import TrainingArguments
 
 DEFAULT_BETA_PRETRAINED = 0.05  # DESIGN §1: KL weight when starting from a plain pretrained model
+_FOR_TRAINER = contextvars.ContextVar("alt_config_for_trainer", default=False)
+_ALIASES = {"epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
+            "grad_accum": "gradient_accumulation_steps", "warmup_ratio": "warmup_steps"}
 
 
 @dataclass
-class AltTrainConfig:
-    """Configuration of one ALT training run (defaults follow the paper, DESIGN.md §1).
+class TrainConfig(TrainingArguments):
+    """Options every objective shares (defaults follow the ALT paper, DESIGN.md §1).
 
-    Loss (``L = NLL(y|f,x) + beta * KL(p_ref(.|x) || p(.|f,x)) - alpha * H(p(.|f,x))``):
-        alpha: entropy bonus weight.
-        beta: KL weight against the frozen reference model seeing the prompt without feedback.
-            ``None`` = auto: 0 for a chat/instruct model (tokenizer has a chat template),
-            0.05 for a plain pretrained model. 0 means no reference model is loaded at all.
-    Optimisation:
-        learning_rate, epochs, warmup_ratio, lr_scheduler_type, weight_decay, max_grad_norm,
-        batch_size (per device), grad_accum, max_steps (overrides epochs when > 0), seed, bf16,
-        gradient_checkpointing.
+    Optimisation (``TrainingArguments``' own fields, ALT's defaults): learning_rate 5e-5, num_train_epochs 2
+    (alias ``epochs``), warmup_steps 0.05 (a ratio; alias ``warmup_ratio``), lr_scheduler_type linear,
+    weight_decay 0, max_grad_norm 1, per_device_train_batch_size 8 (alias ``batch_size``),
+    gradient_accumulation_steps 1 (alias ``grad_accum``), max_steps -1 (overrides epochs when > 0), seed 0,
+    bf16, gradient_checkpointing.
     Data:
         max_prompt_tokens: the prompt is cut from the left to this many tokens (the feedback segment is kept whole).
         max_response_tokens: the response is cut to this many tokens (no EOS then: it counts as truncated).
@@ -40,29 +58,32 @@ class AltTrainConfig:
         hostfile: DeepSpeed hostfile (``host slots=N`` lines); its runner starts the ranks on every host.
     Checkpoints and logging:
         resume: continue from the newest checkpoint in the output directory if there is one.
-        logging_steps, save_steps (0 = a checkpoint per epoch), report_to (TensorBoard by default).
+        logging_steps 1, save_steps (0 = a checkpoint per epoch), report_to (TensorBoard by default).
     """
 
-    # loss
-    alpha: float = field(default=0.06, metadata={"help": "entropy bonus weight (alpha)"})
-    beta: float | None = field(default=None, metadata={
-        "help": "KL weight (beta) against the unconditioned reference; unset = auto (0 for instruct models, "
-                "0.05 for plain pretrained); 0 loads no reference model"})
-    # optimisation
+    objective: ClassVar[str] = "sft"
+
+    # TrainingArguments fields with our defaults
     learning_rate: float = field(default=5e-5, metadata={
         "help": "peak learning rate; 5e-5 full fine-tuning steers a 135M chat model within a few rounds (DESIGN.md "
                 "§1 placement experiment); the paper used 1e-5 to 2e-5 on larger models"})
-    epochs: float = field(default=2.0, metadata={"help": "passes over the data pool per round"})
-    warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps with linear warm-up"})
-    lr_scheduler_type: str = field(default="linear", metadata={"help": "transformers scheduler name"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
-    batch_size: int = field(default=8, metadata={"help": "examples per device per step"})
-    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
-    max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (-1 = use epochs)"})
+    num_train_epochs: float = field(default=2.0, metadata={"help": "passes over the data pool per round"})
+    warmup_steps: float = field(default=0.05, metadata={"help": "warm-up steps, or a share of all steps if < 1"})
     seed: int = field(default=0, metadata={"help": "random seed (data order, initialisation of LoRA)"})
-    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for activation memory"})
+    logging_steps: float = field(default=1, metadata={"help": "log every N optimizer steps"})
+    save_steps: float = field(default=0, metadata={"help": "checkpoint every N steps (0 = every epoch)"})
+    save_total_limit: int | None = field(default=1, metadata={"help": "checkpoints kept"})
+    report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "tensorboard | none"})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "our collators need every column"})
+    disable_tqdm: bool | None = field(default=True, metadata={"help": "progress goes to the job row, not a bar"})
+    deepspeed: dict | str | None = field(default=None, metadata={
+        "help": "DeepSpeed config JSON path, or 'zero2' for the shipped ZeRO-2 config"})
+    # short aliases (folded into the fields above)
+    epochs: float | None = field(default=None, metadata={"help": "alias of --num_train_epochs"})
+    batch_size: int | None = field(default=None, metadata={"help": "alias of --per_device_train_batch_size"})
+    grad_accum: int | None = field(default=None, metadata={"help": "alias of --gradient_accumulation_steps"})
+    warmup_ratio: float | None = field(default=None, metadata={"help": "share of steps with linear warm-up "
+                                                                       "(alias of --warmup_steps < 1)"})
     # data
     max_prompt_tokens: int = field(default=512, metadata={"help": "prompt tokens kept (cut from the left)"})
     max_response_tokens: int = field(default=256, metadata={"help": "response tokens kept (cut from the right)"})
@@ -75,8 +96,6 @@ class AltTrainConfig:
         "help": "modules to adapt: 'all-linear' or a comma-separated list (e.g. q_proj,v_proj)"})
     merge_lora: bool = field(default=False, metadata={"help": "save the merged model instead of the adapter"})
     # distributed
-    deepspeed: str | None = field(default=None, metadata={
-        "help": "DeepSpeed config JSON path, or 'zero2' for the shipped ZeRO-2 config"})
     num_procs: int = field(default=1, metadata={"help": "ranks per machine (CPU: gloo backend)"})
     launcher: str = field(default="deepspeed", metadata={"help": "deepspeed | accelerate (accelerate launch)"})
     accelerate_config: str | None = field(default=None, metadata={
@@ -86,23 +105,37 @@ class AltTrainConfig:
     main_process_ip: str = field(default="127.0.0.1", metadata={"help": "address of machine rank 0"})
     main_process_port: int = field(default=0, metadata={"help": "rendezvous port (0 = free port / 29500)"})
     hostfile: str | None = field(default=None, metadata={"help": "DeepSpeed hostfile for several machines"})
-    # checkpoints and logging
+    # checkpoints
     resume: bool = field(default=False, metadata={"help": "resume from the newest checkpoint if one exists"})
-    logging_steps: int = field(default=1, metadata={"help": "log every N optimizer steps"})
-    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = every epoch)"})
-    report_to: str = field(default="tensorboard", metadata={"help": "tensorboard | none"})
 
     def __post_init__(self):
-        if self.alpha < 0 or (self.beta is not None and self.beta < 0):
-            raise ValueError("alpha and beta must be >= 0")
-        if self.batch_size < 1 or self.grad_accum < 1 or self.num_procs < 1:
+        for alias, name in _ALIASES.items():
+            if getattr(self, alias) is not None:
+                setattr(self, name, getattr(self, alias))
+                setattr(self, alias, None)
+        if self.data_seed is None:
+            self.data_seed = self.seed
+        if not self.save_steps and str(getattr(self.save_strategy, "value", self.save_strategy)) == "steps":
+            self.save_strategy = "epoch"  # save_steps 0 = a checkpoint per epoch
+        self._check()
+        if self.deepspeed == "zero2":
+            from . import ZERO2_CONFIG
+
+            self.deepspeed = str(ZERO2_CONFIG)
+        if isinstance(self.deepspeed, str) and not self.deepspeed.startswith("{") and \
+                not Path(self.deepspeed).is_file():
+            raise ValueError(f"DeepSpeed config {self.deepspeed!r} not found (use 'zero2' for the shipped ZeRO-2 one)")
+        super().__post_init__()
+
+    def _check(self) -> None:
+        if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1 or self.num_procs < 1:
             raise ValueError("batch_size, grad_accum and num_procs must be >= 1")
-        if self.learning_rate <= 0 or (self.epochs <= 0 and self.max_steps <= 0):
+        if self.learning_rate <= 0 or (self.num_train_epochs <= 0 and self.max_steps <= 0):
             raise ValueError("need learning_rate > 0 and epochs > 0 (or max_steps > 0)")
         if self.max_prompt_tokens < 1 or self.max_response_tokens < 1:
             raise ValueError("max_prompt_tokens and max_response_tokens must be >= 1")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError("warmup_ratio must be in [0, 1)")
+        if self.warmup_steps < 0:
+            raise ValueError("warmup_ratio / warmup_steps must be >= 0")
         if self.merge_lora and not self.lora:
             raise ValueError("merge_lora needs lora")
         if self.launcher not in ("deepspeed", "accelerate"):
@@ -117,15 +150,29 @@ class AltTrainConfig:
             raise ValueError(f"hostfile {self.hostfile!r} not found")
         if self.accelerate_config and not Path(self.accelerate_config).is_file():
             raise ValueError(f"accelerate config {self.accelerate_config!r} not found")
-        if (self.distributed and not self.deepspeed and not self.accelerate_config):
+        if self.distributed and not self.deepspeed and not self.accelerate_config:
             raise ValueError("a multi-rank run needs a DeepSpeed config (e.g. --deepspeed zero2) or, with "
                              "--launcher accelerate, your own --accelerate_config (FSDP)")
-        if self.deepspeed == "zero2":
-            from . import ZERO2_CONFIG
 
-            self.deepspeed = str(ZERO2_CONFIG)
-        if self.deepspeed and not Path(self.deepspeed).is_file():
-            raise ValueError(f"DeepSpeed config {self.deepspeed!r} not found (use 'zero2' for the shipped ZeRO-2 one)")
+    @cached_property
+    def _setup_devices(self):
+        """Devices (and a process group under a launcher) are set up only for the copy a Trainer runs with
+        (``for_trainer``): a config built in the CLI, a job worker or on a rank before its backend is
+        ready stays a plain description."""
+        if _FOR_TRAINER.get():
+            return TrainingArguments._setup_devices.func(self)
+        import torch
+
+        self.distributed_state, self._n_gpu = None, 0
+        return torch.device("cpu")
+
+    def for_trainer(self, **changes) -> TrainConfig:
+        """The copy a ``Trainer`` runs with (e.g. ``output_dir``), devices set up."""
+        token = _FOR_TRAINER.set(True)
+        try:
+            return dataclasses.replace(self, **changes)
+        finally:
+            _FOR_TRAINER.reset(token)
 
     @property
     def distributed(self) -> bool:
@@ -133,15 +180,73 @@ class AltTrainConfig:
         return bool(self.deepspeed or self.accelerate_config or self.hostfile or self.num_procs > 1
                     or self.num_machines > 1 or self.launcher == "accelerate")
 
-    def resolved(self, chat_model: bool) -> AltTrainConfig:
-        """A copy with ``beta`` decided (instruct/chat start → 0, plain pretrained → 0.05)."""
-        beta = self.beta if self.beta is not None else (0.0 if chat_model else DEFAULT_BETA_PRETRAINED)
-        return dataclasses.replace(self, beta=beta)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
     @property
     def target_modules(self) -> str | list[str]:
         mods = self.lora_target_modules
         return mods if mods == "all-linear" else [m.strip() for m in mods.split(",") if m.strip()]
+
+    def resolved(self, chat_model: bool) -> TrainConfig:
+        """A copy with options that depend on the model decided (see ``AltTrainConfig``)."""
+        return self
+
+    def to_dict(self) -> dict:
+        """The options that differ from this config's defaults, JSON-ready; ``type(self)(**d)`` rebuilds it."""
+        mine, default = _plain(self), _plain(_defaults(type(self)))
+        return {k: v for k, v in mine.items() if v != default.get(k) and k != "output_dir"}
+
+    def full_dict(self) -> dict:
+        """Every option (the exact record saved with a model version)."""
+        return _plain(self)
+
+
+def _defaults(cls: type) -> TrainConfig:
+    return cls()
+
+
+def _plain(config: TrainingArguments) -> dict:
+    out = {}
+    for f in dataclasses.fields(config):
+        if not f.init or f.name.endswith("_token"):
+            continue
+        value = getattr(config, f.name)
+        if isinstance(value, enum.Enum):
+            value = value.value
+        elif isinstance(value, list):
+            value = [v.value if isinstance(v, enum.Enum) else v for v in value]
+        elif hasattr(value, "to_dict"):
+            value = value.to_dict()
+        try:
+            json.dumps(value)
+        except TypeError:
+            value = str(value)
+        out[f.name] = value
+    return out
+
+
+@dataclass
+class AltTrainConfig(TrainConfig):
+    """ALT (conditional SFT): ``L = NLL(y|f,x) + beta * KL(p_ref(.|x) || p(.|f,x)) - alpha * H(p(.|f,x))``.
+
+        alpha: entropy bonus weight.
+        beta: KL weight against the frozen reference model seeing the prompt without feedback.
+            ``None`` = auto: 0 for a chat/instruct model (tokenizer has a chat template),
+            0.05 for a plain pretrained model. 0 means no reference model is loaded at all.
+    Everything else: ``TrainConfig``.
+    """
+
+    objective: ClassVar[str] = "alt"
+
+    alpha: float = field(default=0.06, metadata={"help": "entropy bonus weight (alpha)"})
+    beta: float | None = field(default=None, metadata={
+        "help": "KL weight (beta) against the unconditioned reference; unset = auto (0 for instruct models, "
+                "0.05 for plain pretrained); 0 loads no reference model"})
+
+    def __post_init__(self):
+        if self.alpha < 0 or (self.beta is not None and self.beta < 0):
+            raise ValueError("alpha and beta must be >= 0")
+        super().__post_init__()
+
+    def resolved(self, chat_model: bool) -> AltTrainConfig:
+        """A copy with ``beta`` decided (instruct/chat start → 0, plain pretrained → 0.05)."""
+        beta = self.beta if self.beta is not None else (0.0 if chat_model else DEFAULT_BETA_PRETRAINED)
+        return dataclasses.replace(self, beta=beta)

@@ -3,7 +3,7 @@
 As a command (what ``launch`` runs on every rank, and what a user can run by hand)::
 
     python -m alt_engine.training.launch --model PATH --items items.json --output DIR \\
-        --deepspeed zero2 --num_procs 2 [any AltTrainConfig option]
+        --deepspeed zero2 --num_procs 2 [--objective NAME] [any option of its config]
 
 ``items.json`` is a list of PoolItem dicts. Started outside a launcher the command starts the
 launcher itself, which runs ``-m alt_engine.training.launch ...`` on every rank:
@@ -37,7 +37,7 @@ from pathlib import Path
 
 from ..conditioning import Format
 from ..pool import PoolItem
-from .config import AltTrainConfig
+from .config import TrainConfig
 
 PROGRESS_MARK = "ALT_PROGRESS "
 ITEMS_FILE = "train_items.json"
@@ -51,6 +51,7 @@ class LaunchArgs:
     items: str = field(metadata={"help": "JSON file with a list of PoolItem dicts"})
     output: str = field(metadata={"help": "output directory (model, config, metrics, TensorBoard logs)"})
     conditioning: str = field(default="{}", metadata={"help": "the conditioning.Format as JSON"})
+    objective: str = field(default="alt", metadata={"help": "training objective (see training.objectives)"})
 
 
 def _free_port() -> int:
@@ -59,13 +60,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def config_args(config: AltTrainConfig) -> list[str]:
-    """``config`` as command-line options HfArgumentParser reads back."""
-    args = []
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if value is not None:
-            args += [f"--{f.name}", str(value)]
+def config_args(config: TrainConfig) -> list[str]:
+    """``config`` (its options that differ from the defaults) as command-line options HfArgumentParser reads back."""
+    args = ["--objective", config.objective]
+    for name, value in config.to_dict().items():
+        if name == "report_to" and isinstance(value, list):
+            value = value[0] if len(value) == 1 else "none" if not value else json.dumps(value)
+        if isinstance(value, list):
+            args += [f"--{name}", *map(str, value)]
+        elif isinstance(value, dict):
+            args += [f"--{name}", json.dumps(value)]
+        elif value is not None:
+            args += [f"--{name}", str(value)]
     return args
 
 
@@ -77,13 +83,13 @@ def _die_with_parent() -> None:
         pass
 
 
-def _port(config: AltTrainConfig) -> int:
+def _port(config: TrainConfig) -> int:
     if config.main_process_port:
         return config.main_process_port
     return _free_port() if config.num_machines == 1 and not config.hostfile else 29500  # machines must agree
 
 
-def accelerate_config(config: AltTrainConfig, port: int) -> dict:
+def accelerate_config(config: TrainConfig, port: int) -> dict:
     """An ``accelerate launch`` config for ``config``: DeepSpeed (our config file) on every machine."""
     import torch
 
@@ -102,7 +108,7 @@ def accelerate_config(config: AltTrainConfig, port: int) -> dict:
     }
 
 
-def launcher_command(config: AltTrainConfig, out: Path, module_args: list[str]) -> list[str]:
+def launcher_command(config: TrainConfig, out: Path, module_args: list[str]) -> list[str]:
     """The launcher command line that runs ``-m alt_engine.training.launch MODULE_ARGS`` on every rank."""
     port = _port(config)
     if config.launcher == "accelerate":
@@ -118,7 +124,7 @@ def launcher_command(config: AltTrainConfig, out: Path, module_args: list[str]) 
             "--no_local_rank", "--module", "alt_engine.training.launch", *module_args]
 
 
-def launch(model_path: str, items: list[PoolItem], config: AltTrainConfig, output_dir: str,
+def launch(model_path: str, items: list[PoolItem], config: TrainConfig, output_dir: str,
            fmt: Format | None = None, progress=None) -> dict:
     """Run ``train`` on every rank through ``config.launcher``; returns global rank 0's metrics.
 
@@ -157,9 +163,12 @@ def launch(model_path: str, items: list[PoolItem], config: AltTrainConfig, outpu
 def main(argv: list[str] | None = None) -> None:
     from transformers import HfArgumentParser
 
+    from .objectives import get
     from .run import train
 
-    args, config = HfArgumentParser((LaunchArgs, AltTrainConfig)).parse_args_into_dataclasses(args=argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    head, _ = HfArgumentParser(LaunchArgs).parse_known_args(argv)
+    args, config = HfArgumentParser((LaunchArgs, get(head.objective).config)).parse_args_into_dataclasses(args=argv)
     items = [PoolItem(**row) for row in json.loads(Path(args.items).read_text())]
     on_rank = "LOCAL_RANK" in os.environ
 

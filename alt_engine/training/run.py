@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, TrainerCallback, TrainingArguments, set_seed
+from transformers import AutoModelForCausalLM, TrainerCallback, set_seed
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
@@ -26,9 +26,7 @@ from ..db import ModelVersion, TrainingExample, select, session_scope
 from ..modeling import load_model, load_tokenizer, resolve_model
 from ..pool import PoolItem
 from ..settings import Settings
-from .collator import AltCollator
-from .config import AltTrainConfig
-from .trainer import AltTrainer
+from .config import TrainConfig
 
 Progress = Callable[[float, dict], None]  # (fraction done, latest logs)
 CONFIG_FILE, FEEDBACK_FILE, METRICS_FILE = "alt_config.json", "feedback_ids.json", "metrics.json"
@@ -44,7 +42,7 @@ def check_items(items: list[PoolItem]) -> None:
                          "learn a contrast; give feedback that tells better and worse generations apart")
 
 
-def build_examples(tokenizer, items: list[PoolItem], config: AltTrainConfig,
+def build_examples(tokenizer, items: list[PoolItem], config: TrainConfig,
                    fmt: conditioning.Format | None = None) -> list[dict]:
     """Collator-ready dicts; a long prompt loses its oldest tokens, the feedback segment stays whole."""
     rows = []
@@ -65,13 +63,34 @@ class _ProgressCallback(TrainerCallback):
             self.progress(state.global_step / max(state.max_steps, 1), {**(logs or {}), "step": state.global_step})
 
 
-def _load_policy(model_path: str, config: AltTrainConfig):
+def grow_embeddings(model, tokenizer, seed: int = 0) -> int:
+    """Resize ``model``'s vocabulary to ``tokenizer``'s; each new embedding row is drawn from N(mean, std) of
+    the existing rows, per dimension (Quark). Returns how many rows were added."""
+    emb = model.get_input_embeddings().weight
+    old, new = emb.shape[0], len(tokenizer)
+    if new <= old:
+        return 0
+    with torch.no_grad():
+        mean, std = emb.mean(0), emb.std(0)  # (H,), over the existing rows
+        model.resize_token_embeddings(new, mean_resizing=False)
+        gen = torch.Generator().manual_seed(seed)
+        rows = mean + std * torch.randn(new - old, emb.shape[1], generator=gen)  # (new - old, H)
+        model.get_input_embeddings().weight[old:] = rows.to(emb.dtype)
+        out = model.get_output_embeddings()
+        if out is not None and out.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
+            out.weight[old:] = rows.to(out.weight.dtype)
+    return new - old
+
+
+def _load_policy(model_path: str, config: TrainConfig, tokenizer=None):
     if (Path(model_path) / "adapter_config.json").exists():  # parent version is a LoRA adapter
         from peft import AutoPeftModelForCausalLM
 
         model = AutoPeftModelForCausalLM.from_pretrained(model_path, is_trainable=config.lora)
         return model if config.lora else model.merge_and_unload().requires_grad_(True)  # full fine-tuning
     model = AutoModelForCausalLM.from_pretrained(model_path)
+    if tokenizer is not None:
+        grow_embeddings(model, tokenizer, config.seed)
     if not config.lora:
         return model
     from peft import LoraConfig, get_peft_model
@@ -102,10 +121,17 @@ def _cpu_ranks_state() -> dict | None:
     return {"use_configured_state": True}
 
 
-def train(model_path: str, items: list[PoolItem], config: AltTrainConfig, output_dir: str,
+def train(model_path: str, items: list[PoolItem], config: TrainConfig, output_dir: str,
           fmt: conditioning.Format | None = None, progress: Progress | None = None) -> dict:
-    """Fine-tune ``model_path`` on ``items`` into ``output_dir``; returns the run's metrics."""
-    check_items(items)
+    """Fine-tune ``model_path`` on ``items`` into ``output_dir`` with ``config``'s objective; returns the metrics.
+
+    The objective (``objectives.get(config.objective)``) supplies the conditioning format, the examples,
+    the collator and the trainer; everything else (launchers, checkpoints, saving) is shared.
+    """
+    from .objectives import get
+
+    objective = get(config.objective)
+    objective.check_items(items)
     if config.distributed and not _in_launched_run():  # a launcher starts the ranks (DeepSpeed: even one)
         from .launch import launch
 
@@ -114,27 +140,17 @@ def train(model_path: str, items: list[PoolItem], config: AltTrainConfig, output
     set_seed(config.seed)
     tokenizer = load_tokenizer(model_path)
     config = config.resolved(chat_model=bool(getattr(tokenizer, "chat_template", None)))
-    fmt = (fmt or conditioning.Format()).for_tokenizer(tokenizer)
-    dataset = _dataset(build_examples(tokenizer, items, config, fmt))
-    model = _load_policy(model_path, config)
-    ref_model = load_model(model_path, device="cpu") if config.beta > 0 and not config.lora else None
-    args = TrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum, learning_rate=config.learning_rate,
-        num_train_epochs=config.epochs, max_steps=config.max_steps, warmup_steps=config.warmup_ratio,
-        lr_scheduler_type=config.lr_scheduler_type, weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm, seed=config.seed, data_seed=config.seed, bf16=config.bf16,
-        activation_checkpointing=config.gradient_checkpointing, deepspeed=config.deepspeed,
-        logging_steps=config.logging_steps, save_strategy="steps" if config.save_steps else "epoch",
-        save_steps=config.save_steps or 500, save_total_limit=1, report_to=config.report_to,
-        remove_unused_columns=False, include_num_input_tokens_seen="non_padding", disable_tqdm=True,
-        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
-        accelerator_config=_cpu_ranks_state() if config.deepspeed else None,
-    )
-    trainer = AltTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         data_collator=AltCollator(tokenizer.pad_token_id, with_reference=config.beta > 0),
-                         alpha=config.alpha, beta=config.beta, ref_model=ref_model,
-                         callbacks=[_ProgressCallback(progress)] if progress else None)
+    fmt = objective.format(tokenizer, items, config, (fmt or conditioning.Format()).for_tokenizer(tokenizer))
+    dataset = _dataset(objective.build_examples(tokenizer, items, config, fmt))
+    model = _load_policy(model_path, config, tokenizer)
+    args = config.for_trainer(
+        output_dir=str(out), include_num_input_tokens_seen="non_padding",
+        dataloader_pin_memory=torch.cuda.is_available(),
+        accelerator_config=_cpu_ranks_state() if config.deepspeed else None)
+    trainer = objective.trainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                data_collator=objective.collator(tokenizer, config),
+                                callbacks=[_ProgressCallback(progress)] if progress else None,
+                                **objective.trainer_kwargs(config, lambda: _load_reference(model_path, tokenizer)))
     trainer.remove_callback(PrinterCallback)  # progress goes to the job row and the CLI, not raw dicts on stdout
     for cb in trainer.callback_handler.callbacks:
         if isinstance(cb, TensorBoardCallback):
@@ -146,13 +162,20 @@ def train(model_path: str, items: list[PoolItem], config: AltTrainConfig, output
     return metrics
 
 
+def _load_reference(model_path: str, tokenizer):
+    """The frozen start model, its vocabulary grown like the policy's (new control tokens)."""
+    ref = load_model(model_path, device="cpu")
+    grow_embeddings(ref, tokenizer)
+    return ref
+
+
 def _dataset(rows: list[dict]):
     from datasets import Dataset
 
     return Dataset.from_list(rows)
 
 
-def _metrics(trainer, result, config: AltTrainConfig, resumed_from: str | None) -> dict:
+def _metrics(trainer, result, config: TrainConfig, resumed_from: str | None) -> dict:
     runtime = result.metrics.get("train_runtime", 0.0)
     tokens = int(trainer.state.num_input_tokens_seen)
     last = next((h for h in reversed(trainer.state.log_history) if "nll" in h), {})
@@ -163,7 +186,7 @@ def _metrics(trainer, result, config: AltTrainConfig, resumed_from: str | None) 
             "resumed_from": resumed_from, "config": config.to_dict()}  # + "conditioning" (train)
 
 
-def _save(trainer, config: AltTrainConfig, items: list[PoolItem], out: Path, model_path: str,
+def _save(trainer, config: TrainConfig, items: list[PoolItem], out: Path, model_path: str,
           fmt: conditioning.Format, metrics: dict) -> None:
     """Model/adapter + tokenizer + exact config + data ids + metrics; checkpoints removed once done."""
     if config.lora and config.merge_lora:
@@ -174,7 +197,8 @@ def _save(trainer, config: AltTrainConfig, items: list[PoolItem], out: Path, mod
         trainer.save_model(str(out))  # every rank calls it (DeepSpeed); rank 0 writes
     if not trainer.is_world_process_zero():
         return
-    (out / CONFIG_FILE).write_text(json.dumps({**config.to_dict(), "base_model": model_path,
+    (out / CONFIG_FILE).write_text(json.dumps({**config.full_dict(), "objective": config.objective,
+                                                "base_model": model_path,
                                                 "conditioning": fmt.to_dict()}, indent=2))
     (out / FEEDBACK_FILE).write_text(json.dumps([item.feedback_id for item in items]))
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))
@@ -199,17 +223,20 @@ def _resumable(session, parent_id: int, objective: str, round_id: int | None, fe
     return None
 
 
-def train_model_version(db: str, settings: Settings, items: list[PoolItem], config: AltTrainConfig,
-                        parent_version_id: int, objective: str = "alt", round_id: int | None = None,
+def train_model_version(db: str, settings: Settings, items: list[PoolItem], config: TrainConfig,
+                        parent_version_id: int, objective: str | None = None, round_id: int | None = None,
                         job_id: int | None = None, fmt: conditioning.Format | None = None,
                         progress: Progress | None = None) -> int:
     """Train a child of ``parent_version_id`` as a new ModelVersion; returns its id. Never changes serving.
 
     The row is "training" while it runs, then "ready" with metrics, or "failed" (the error re-raised).
     With ``config.resume``, a failed run of the same parent, round and data continues from its newest
-    checkpoint, in its own version row and directory.
+    checkpoint, in its own version row and directory. ``objective`` names the version (default: the config's).
     """
-    check_items(items)
+    from .objectives import get
+
+    get(config.objective).check_items(items)
+    objective = objective or config.objective
     feedback_ids = sorted(item.feedback_id for item in items)
     with session_scope(db) as session:
         parent = session.get(ModelVersion, parent_version_id)

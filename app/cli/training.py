@@ -1,8 +1,9 @@
 """``alt feedback | train | eval | round``: thin commands over the engine (feedback, pool, jobs, evaluation, rounds).
 
-Training options (``--learning_rate``, ``--epochs``, ``--lora`` ...) come from
-``AltTrainConfig`` through ``transformers.HfArgumentParser``; our own options
-use dashes (``--k-per-category``) so the two never collide.
+Training options (``--learning_rate``, ``--epochs``, ``--lora`` ...) come from the objectives' configs
+(``TrainingArguments`` subclasses, ``alt_engine.training.objectives``) through
+``transformers.HfArgumentParser``; ``--objective`` picks the config, and an option of another objective
+is refused. Our own options use dashes (``--k-per-category``) so the two never collide.
 """
 
 from __future__ import annotations
@@ -25,14 +26,26 @@ PROMOTE_CHOICES = ("always", "if-better", "unless-worse", "never")
 def _train_options() -> list[argparse.ArgumentParser]:
     from transformers import HfArgumentParser
 
-    from alt_engine.training.config import AltTrainConfig
+    from alt_engine.training.objectives import options_dataclass
 
-    return [HfArgumentParser(AltTrainConfig, add_help=False)]
+    return [HfArgumentParser(options_dataclass(), add_help=False)]
+
+
+def _objective_option(p: argparse.ArgumentParser, full: bool) -> None:
+    """``--objective``; its choices (the registry, which imports torch) only when this command runs."""
+    choices = None
+    if full:
+        from alt_engine.training.objectives import names
+
+        choices = names()
+    p.add_argument("--objective", choices=choices, default="alt",
+                   help="training objective; its config's options apply (see README, Objectives)")
 
 
 def _pool_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k-per-category", type=int, default=2, help="pool: generations per category per prompt")
-    p.add_argument("--policy", choices=POLICIES, default="flush", help="pool: latest round (ALT) or all (Quark)")
+    p.add_argument("--policy", choices=POLICIES, default=None,
+                   help="pool: latest round (flush, ALT) or all (accumulate, Quark); default: the objective's")
     p.add_argument("--max-per-prompt", type=int, default=None, help="pool: cap per prompt")
     p.add_argument("--truncated", choices=TRUNCATION, default=None,
                    help="pool: truncated generations (no EOS) — exclude them, use them last, or as the worst category "
@@ -60,10 +73,13 @@ def register(sub, common, selected: str | None = None) -> None:
     p.add_argument("--background", action="store_true", help="queue a job, print its id and return")
     p.set_defaults(func=cmd_feedback)
 
-    # AltTrainConfig's options import transformers: built only when train or round is the command
-    train_parents = [common, *_train_options()] if selected in (None, "train", "round", "experiment") else [common]
+    # the objectives' options import transformers: built only when train or round is the command
+    full = selected in (None, "train", "round", "experiment")
+    train_parents = [common, *_train_options()] if full else [common]
     p = sub.add_parser("train", parents=train_parents, help=command_help("train"),
-                       description="Training options are AltTrainConfig's fields (e.g. --learning_rate 1e-5 --lora).")
+                       description="Training options are the objective's config fields (e.g. --learning_rate 1e-5 "
+                                   "--lora); TrainingArguments' own options work too.")
+    _objective_option(p, full)
     p.add_argument("--task", default="default")
     p.add_argument("--round", type=int, action="append", default=None,
                    help="round number(s) whose generations form the pool (default: per --policy)")
@@ -86,7 +102,9 @@ def register(sub, common, selected: str | None = None) -> None:
 
     p = sub.add_parser("round", parents=train_parents,
                        help=command_help("round"),
-                       description="Training options are AltTrainConfig's fields (e.g. --learning_rate 1e-5 --lora).")
+                       description="Training options are the objective's config fields (e.g. --learning_rate 1e-5 "
+                                   "--lora).")
+    _objective_option(p, full)
     p.add_argument("--provider", default=None, help="feedback provider spec (as for `alt feedback`; default for a "
                                                     "demo task: its own, e.g. rule:concise:auto for concise)")
     p.add_argument("--task", default="default")
@@ -147,11 +165,27 @@ def _round(session, task: Task, number: int | None) -> Round:
     return rnd
 
 
-def _train_config(args):
-    from alt_engine.training.config import AltTrainConfig
+def _train_config(args, objective: str | None = None):
+    from alt_engine.training.objectives import config_from_options
 
-    return AltTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AltTrainConfig)
-                             if hasattr(args, f.name)})
+    try:
+        return config_from_options(objective or getattr(args, "objective", None) or "alt", vars(args))
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _experiment_options(args) -> dict:
+    """The training options given (every objective of the comparison takes those its config has)."""
+    from alt_engine.training.objectives import changed_options
+
+    return json.loads(json.dumps(changed_options(vars(args)), default=str))
+
+
+def _policy(args) -> str:
+    from alt_engine.training.objectives import get
+
+    objective = getattr(args, "objective", None)
+    return args.policy or get(objective if isinstance(objective, str) else "alt").pool_policy
 
 
 def _eval_config(args):
@@ -220,9 +254,9 @@ def cmd_train(args) -> int:
         if args.round:
             round_ids = [_round(s, task, n).id for n in args.round]
         else:  # flush: the latest round (recorded as the version's round); accumulate: every round
-            round_ids = [_round(s, task, None).id] if args.policy == "flush" else None
+            round_ids = [_round(s, task, None).id] if _policy(args) == "flush" else None
         parent = _served(s)
-    pool_kw = dict(round_ids=round_ids, k_per_category=args.k_per_category, seed=config.seed, policy=args.policy,
+    pool_kw = dict(round_ids=round_ids, k_per_category=args.k_per_category, seed=config.seed, policy=_policy(args),
                    max_per_prompt=args.max_per_prompt, truncated=_truncation(args))
     job_id, version_id = train_version(settings.db, settings, task, parent.id, config, pool_kw,
                                        round_id=round_ids[-1] if round_ids else None, background=args.background,
@@ -267,7 +301,7 @@ def _round_config(args):
         sampling=SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p,
                                 max_new_tokens=args.max_new_tokens or SamplingParams.max_new_tokens,
                                 seed=args.sample_seed, batch_size=args.sample_batch_size),
-        limit=args.limit or None, k_per_category=args.k_per_category, policy=args.policy,
+        limit=args.limit or None, k_per_category=args.k_per_category, policy=_policy(args),
         max_per_prompt=args.max_per_prompt, truncated=_truncation(args), promote=args.promote.replace("-", "_"),
         metric=args.metric, eval=_eval_config(args))
 
@@ -300,7 +334,7 @@ def cmd_experiment(args) -> None:
     set_threads(settings.threads)
     cfg = ExperimentConfig(task=args.task, provider=args.provider, prompts=args.prompts, rounds=args.rounds,
                            objectives=args.objective or ["alt"], out=args.out,
-                           round=dataclasses.asdict(_round_config(args)), train=_train_config(args).to_dict())
+                           round=dataclasses.asdict(_round_config(args)), train=_experiment_options(args))
     run_experiment(cfg, settings)
 
 
@@ -321,7 +355,7 @@ def cmd_round(args) -> None:
     provider = args.provider or _demo_provider(task.name)
     make_provider(provider, settings, task)  # an unknown provider is refused before a job exists
     params = dict(task_id=task.id, provider=provider, round=dataclasses.asdict(config),
-                  config=_train_config(args).to_dict())
+                  objective=args.objective, config=_train_config(args).to_dict())
     for _ in range(args.rounds):
         job = run_job(settings, "round", params, args.background)
         if args.background:

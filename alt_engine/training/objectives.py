@@ -1,0 +1,216 @@
+"""The objectives: name → config, data, conditioning format, example builder, collator and trainer.
+
+Every objective trains on the same studio data through the same ``run.train`` (launchers, checkpoints,
+saving, model versions); what differs is listed in its ``Objective`` entry, and its own code lives in
+its own module next to this one (``quark.py``, ``steerlm.py``, ``cut.py``, ``cnr.py``). Adding an
+objective = its module + one line in ``OBJECTIVES``.
+
+=========  ==============================================================================================
+alt        conditional SFT on (feedback, prompt) → response, entropy bonus, optional KL (``AltTrainConfig``)
+quark      ALT's loss with one control token per reward quantile instead of text; the pool accumulates
+steerlm    ALT's loss with the category as a linearised attribute string (the task's mapping)
+sft        plain SFT on the best category's samples, unconditioned — the baseline
+cut        MLE on y | (x, judgment) + token-level unlikelihood on y | x where the judgment raised p (``cut.py``)
+cnr        SFT from (prompt, response) to critique + revision; iterative revision at inference (``cnr.py``)
+=========  ==============================================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import conditioning
+from ..pool import PoolItem, build_pool
+from .collator import AltCollator
+from .config import AltTrainConfig, TrainConfig
+from .run import build_examples, check_items
+from .trainer import AltTrainer
+
+Items = list[PoolItem]
+
+
+def _alt_collator(tokenizer, config) -> AltCollator:
+    return AltCollator(tokenizer.pad_token_id, with_reference=getattr(config, "beta", 0) > 0)
+
+
+def _alt_trainer_kwargs(config, load_reference: Callable[[], Any]) -> dict:
+    """ALT's loss terms; a full-weights run with beta > 0 loads the frozen start model as the reference."""
+    beta = config.beta or 0.0
+    return {"alpha": config.alpha, "beta": beta,
+            "ref_model": load_reference() if beta > 0 and not config.lora else None}
+
+
+def _same_format(tokenizer, items: Items, config, fmt: conditioning.Format) -> conditioning.Format:
+    return fmt
+
+
+def feedback_items(db: str, task, **pool_kw) -> Items:
+    """The balanced pool of (prompt, feedback, response) triples (``pool.build_pool``)."""
+    return build_pool(db, task.id, **pool_kw)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What one training objective brings; ``run.train`` does the rest."""
+
+    name: str
+    config: type[TrainConfig]
+    summary: str
+    trainer: type = AltTrainer
+    collator: Callable[[Any, TrainConfig], Callable] = _alt_collator  # (tokenizer, config) → collator
+    trainer_kwargs: Callable[[TrainConfig, Callable[[], Any]], dict] = _alt_trainer_kwargs
+    build_examples: Callable[[Any, Items, TrainConfig, conditioning.Format], list[dict]] = build_examples
+    # (tokenizer, items, config, fmt) → the format this run trains with (e.g. new control tokens added)
+    format: Callable[[Any, Items, TrainConfig, conditioning.Format], conditioning.Format] = _same_format
+    # the task's format for this objective (stored on the version; sampling, playground, evaluation use it)
+    task_format: Callable[[Any], conditioning.Format] = lambda task: conditioning.format_of(None, task)
+    items: Callable[..., Items] = feedback_items  # (db, task, **pool options) → training items
+    check_items: Callable[[Items], None] = check_items
+    pool_policy: str = "flush"  # flush (ALT) | accumulate (Quark)
+    extra: dict = field(default_factory=dict)
+
+
+def _sft_format(task) -> conditioning.Format:
+    return conditioning.Format("none")
+
+
+def _sft_items(db: str, task, **pool_kw) -> Items:
+    """Only the best category's samples (the task's exemplar), trained on without feedback."""
+    best = task.exemplar_category
+    return [it for it in build_pool(db, task.id, **pool_kw) if (it.category or it.feedback) == best]
+
+
+def _sft_check(items: Items) -> None:
+    if not items:
+        raise ValueError("no samples of the best category in the pool: SFT has nothing to train on")
+
+
+def _sft_examples(tokenizer, items: Items, config, fmt) -> list[dict]:
+    return build_examples(tokenizer, items, config, conditioning.Format("none"))
+
+
+def _sft_kwargs(config, load_reference) -> dict:
+    return {"alpha": 0.0, "beta": 0.0}
+
+
+@dataclass
+class SFTTrainConfig(TrainConfig):
+    """Plain SFT (the baseline): NLL of the best category's responses given the plain prompt. ``TrainConfig``'s
+    options, nothing else."""
+
+
+def _registry() -> dict[str, Objective]:
+    from . import cnr, cut, quark, steerlm
+
+    objectives = [
+        Objective("alt", AltTrainConfig, "conditional SFT on the feedback text (ALT)"),
+        quark.OBJECTIVE,
+        steerlm.OBJECTIVE,
+        Objective("sft", SFTTrainConfig, "plain SFT on the best category's samples (baseline)",
+                  collator=lambda tokenizer, config: AltCollator(tokenizer.pad_token_id),
+                  trainer_kwargs=_sft_kwargs, build_examples=_sft_examples, task_format=_sft_format,
+                  format=lambda tokenizer, items, config, fmt: conditioning.Format("none"),
+                  items=_sft_items, check_items=_sft_check),
+        cut.OBJECTIVE,
+        cnr.OBJECTIVE,
+    ]
+    return {o.name: o for o in objectives}
+
+
+_OBJECTIVES: dict[str, Objective] = {}
+
+
+def objectives() -> dict[str, Objective]:
+    """Every objective by name (built on first use: the modules import each other)."""
+    if not _OBJECTIVES:
+        _OBJECTIVES.update(_registry())
+    return _OBJECTIVES
+
+
+def names() -> list[str]:
+    return list(objectives())
+
+
+def get(name: str) -> Objective:
+    found = objectives().get(name)
+    if found is None:
+        raise ValueError(f"unknown objective {name!r} ({' | '.join(objectives())})")
+    return found
+
+
+def train_objective(db: str, settings, task, name: str, parent_version_id: int, config: TrainConfig | None = None,
+                    pool: dict | None = None, round_id: int | None = None, progress=None) -> int:
+    """Train one objective in this process on the task's data; returns the new version's id (not served).
+
+    ``pool``: ``build_pool`` options (round_ids, k_per_category, policy, truncated, ...); the policy
+    defaults to the objective's (Quark accumulates). For the comparison (``alt experiment``) per objective.
+    """
+    from .run import train_model_version
+
+    objective = get(name)
+    config = config if config is not None else objective.config()
+    if config.objective != name:
+        raise ValueError(f"a {type(config).__name__} is for objective {config.objective!r}, not {name!r}")
+    items = objective.items(db, task, **{"policy": objective.pool_policy, **(pool or {})})
+    objective.check_items(items)
+    return train_model_version(db, settings, items, config, parent_version_id, name, round_id,
+                               fmt=objective.task_format(task), progress=progress)
+
+
+# --------------------------------------------------------------------------- options (CLI, jobs, experiment)
+
+
+def _configs() -> list[type[TrainConfig]]:
+    """Each objective's config class, a subclass before its parents (a consistent MRO for the union)."""
+    classes = list(dict.fromkeys(o.config for o in objectives().values()))
+    leaves = [c for c in classes if not any(o is not c and issubclass(o, c) for o in classes)]
+    return sorted(leaves, key=lambda c: -len(c.__mro__))
+
+
+_UNION: list[type] = []
+
+
+def options_dataclass() -> type:
+    """One dataclass with every objective's options (each once), for one ``HfArgumentParser``; never built."""
+    if not _UNION:
+        _UNION.append(dataclasses.dataclass(type("TrainOptions", tuple(_configs()), {"__annotations__": {}})))
+    return _UNION[0]
+
+
+def _defaults_of(cls: type) -> dict:
+    return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(cls) if f.init and (f.default is not dataclasses.MISSING
+                                                          or f.default_factory is not dataclasses.MISSING)}
+
+
+def changed_options(options: dict) -> dict:
+    """The training options in ``options`` (e.g. ``vars(args)``) that differ from their defaults."""
+    defaults = _defaults_of(options_dataclass())
+    return {k: options[k] for k in defaults if k in options and options[k] != defaults[k]}
+
+
+def config_from_options(name: str, options: dict) -> TrainConfig:
+    """``name``'s config from parsed options; a changed option ``name``'s config does not have is refused."""
+    cls = get(name).config
+    mine = {f.name for f in dataclasses.fields(cls) if f.init}
+    changed = changed_options(options)
+    foreign = sorted(set(changed) - mine)
+    if foreign:
+        raise ValueError(f"objective {name!r} has no option {', '.join('--' + f for f in foreign)}")
+    return cls(**{k: v for k, v in changed.items() if k in mine})
+
+
+def make_config(name: str, **options) -> TrainConfig:
+    """``name``'s config from keyword options (``TrainConfig.to_dict()`` round-trips through here). Options
+    of other objectives' configs (e.g. ALT's alpha for ``sft`` in a comparison) are left out; unknown ones
+    raise ``TypeError``."""
+    cls = get(name).config
+    mine = {f.name for f in dataclasses.fields(cls) if f.init}
+    known = {f.name for f in dataclasses.fields(options_dataclass()) if f.init}
+    unknown = set(options) - known
+    if unknown:
+        raise TypeError(f"unknown training option(s) {', '.join(sorted(unknown))}")
+    return cls(**{k: v for k, v in options.items() if k in mine})

@@ -1,0 +1,68 @@
+"""Quark: one control token per reward quantile, prepended instead of feedback text; the pool accumulates.
+
+``control_tokens`` names one new token per category (best → worst: ``<|quantile_0|>`` …); ``add_control_tokens``
+puts them into the tokenizer, and ``run.grow_embeddings`` gives each new embedding row a draw from the
+per-dimension mean/std of the existing rows. The version's ``Format`` (placement ``tokens``) stores the
+category → token mapping, so sampling, the playground and evaluation condition on the same tokens. The
+loss is ALT's (``AltTrainer``: NLL + KL to the reference + entropy bonus), as in Quark's own code.
+Quantiles over the pool come from the reward provider's ``pool`` mode (``feedback/reward.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from .. import conditioning
+from .config import AltTrainConfig
+
+TOKEN = "<|quantile_{i}|>"
+
+
+@dataclass
+class QuarkTrainConfig(AltTrainConfig):
+    """Quark = ALT's loss (alpha, beta: ``AltTrainConfig``) on control tokens.
+
+        token_template: the control tokens' names, ``{i}`` = the quantile's rank (0 = best).
+    """
+
+    objective: ClassVar[str] = "quark"
+
+    token_template: str = field(default=TOKEN, metadata={"help": "control token names ({i} = rank, 0 = best)"})
+
+
+def control_tokens(categories: list[str], template: str = TOKEN) -> dict[str, str]:
+    """Category (best → worst) → its control token."""
+    return {c: template.replace("{i}", str(i)) for i, c in enumerate(categories)}
+
+
+def add_control_tokens(tokenizer, tokens: dict[str, str]) -> int:
+    """Add the control tokens the tokenizer lacks (as special tokens: never split, skipped when decoding)."""
+    missing = [t for t in tokens.values() if t not in tokenizer.get_vocab()]
+    return tokenizer.add_tokens(missing, special_tokens=True) if missing else 0
+
+
+def quark_format(task) -> conditioning.Format:
+    if not task.categories:
+        raise ValueError(f"quark needs a task with categories (reward quantiles, e.g. the reward provider's "
+                         f"pool mode); task {task.name!r} has none")
+    return conditioning.Format("tokens", tokens=control_tokens(task.categories))
+
+
+def with_tokens(tokenizer, items, config, fmt: conditioning.Format) -> conditioning.Format:
+    """The tokens format (a category → token mapping from the items if ``fmt`` has none), tokens added."""
+    if fmt.placement != "tokens" or not fmt.tokens:
+        seen = list(dict.fromkeys(it.feedback for it in items))
+        fmt = conditioning.Format("tokens", tokens=control_tokens(seen, config.token_template))
+    add_control_tokens(tokenizer, fmt.tokens)
+    return fmt
+
+
+def _objective():
+    from .objectives import Objective
+
+    return Objective("quark", QuarkTrainConfig, "control token per reward quantile (Quark), pool accumulated",
+                     format=with_tokens, task_format=quark_format, pool_policy="accumulate")
+
+
+OBJECTIVE = _objective()

@@ -1,0 +1,129 @@
+"""On the tiny synthetic task (UPPERCASE = best, lowercase = the flaw) every objective learns.
+
+quark / steerlm: conditioned on the best feedback ≥ 90% UPPERCASE (and the worst ≤ 10%); sft: ≥ 90%
+UPPERCASE with no feedback; cut: from a model that writes lowercase half the time, the judged flaw's rate
+falls by at least half; cnr: its revision pass (``revise.revise``) turns ≥ 90% of lowercase answers
+UPPERCASE. The real path: ``run.train`` with the objective's config → saved model → sampling.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from test_learning import PHRASES, PROMPTS, STYLE, pool, share_upper, style
+
+from alt_engine import conditioning
+from alt_engine.modeling import load_model, load_tokenizer
+from alt_engine.pool import PoolItem
+from alt_engine.sampling import SamplingParams, TransformersBackend
+from alt_engine.tiny import tiny_model, tiny_tokenizer
+from alt_engine.training.objectives import make_config
+from alt_engine.training.run import train
+
+JUDGMENT = "It is in lowercase."
+FAST = dict(learning_rate=1e-2, epochs=10, batch_size=8, save_steps=100000, report_to="none", logging_steps=10)
+
+
+@pytest.fixture
+def base(tmp_path) -> str:
+    tokenizer = tiny_tokenizer(PHRASES + [p.upper() for p in PHRASES] + PROMPTS +
+                               ["Critique: It is in lowercase.\nRevision:", "Critique your answer, then revise it."])
+    path = str(tmp_path / "base")
+    tiny_model(tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def share_lower_unconditioned(path: str) -> float:
+    tokenizer = load_tokenizer(path)
+    backend = TransformersBackend(load_model(path, device="cpu"), tokenizer)
+    inputs = [conditioning.prompt_ids(tokenizer, p) for p in PROMPTS[:8]]
+    texts = [s.text for row in backend.generate(inputs, SamplingParams(n=4, max_new_tokens=12, seed=1)) for s in row]
+    return sum(style(t) == "lower" for t in texts) / len(texts)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["quark", "steerlm"])
+def test_conditioned_objectives_learn_the_best_style(tmp_path, base, name):
+    from alt_engine.training.quark import control_tokens
+    from alt_engine.training.steerlm import default_attributes
+
+    cats = list(STYLE)  # Excellent (upper), Horrible (lower)
+    fmt = conditioning.Format("tokens", tokens=control_tokens(cats)) if name == "quark" else \
+        conditioning.Format("system", attributes=default_attributes(cats))
+    # SteerLM's strings differ in one digit ("quality:1" / "quality:0"): it needs more passes than a token
+    epochs = 10 if name == "quark" else 20
+    metrics = train(base, pool(), make_config(name, **{**FAST, "epochs": epochs}), str(tmp_path / "out"), fmt)
+    stored = conditioning.Format.from_dict(metrics["conditioning"])
+    assert stored == fmt and metrics["nll"] < 0.5
+    out = str(tmp_path / "out")
+    assert share_upper(out, "Excellent", stored) >= 0.9
+    assert share_upper(out, "Horrible", stored) <= 0.1
+
+
+@pytest.mark.slow
+def test_sft_learns_the_best_style_without_feedback(tmp_path, base):
+    best = [it for it in pool() if it.feedback == "Excellent"]  # what objectives' sft pool keeps
+    metrics = train(base, best, make_config("sft", **FAST), str(tmp_path / "out"))
+    assert metrics["conditioning"]["placement"] == "none"
+    assert 1 - share_lower_unconditioned(str(tmp_path / "out")) >= 0.9
+
+
+def mixed() -> list[PoolItem]:
+    """Each prompt answered twice in each case, no feedback in the input."""
+    rng, items = random.Random(1), []
+    for prompt_id, prompt in enumerate(PROMPTS):
+        for upper in (True, False, True, False):
+            phrase = rng.choice(PHRASES)
+            n = len(items)
+            items.append(PoolItem(n, n, prompt_id, prompt, "Excellent", phrase.upper() if upper else phrase, False))
+    return items
+
+
+@pytest.mark.slow
+def test_cut_halves_the_judged_flaw(tmp_path, base):
+    from alt_engine.training.cut import JUDGMENT_FORMAT
+
+    # the start: writes lowercase about half the time, and (like an LLM) reads a judgment — lowercase follows
+    # "Judgment: It is in lowercase." in the system message, where CUT's (x, j) view puts it
+    judged = [PoolItem(it.generation_id + 1000, 0, it.prompt_id,
+                       [{"role": "system", "content": JUDGMENT_FORMAT.text(JUDGMENT)},
+                        {"role": "user", "content": it.prompt}], "", it.response, False)
+              for it in mixed() if not it.response.isupper()]
+    start = str(tmp_path / "start")
+    train(base, mixed() + judged, make_config("sft", **{**FAST, "epochs": 4}), start)
+    before = share_lower_unconditioned(start)
+    assert 0.25 <= before <= 0.75
+    items = [PoolItem(it.generation_id, it.feedback_id, it.prompt_id, it.prompt,
+                      "Excellent" if it.response.isupper() else JUDGMENT, it.response, False,
+                      negative=not it.response.isupper()) for it in mixed()]
+    config = make_config("cut", **{**FAST, "epochs": 4, "learning_rate": 3e-3}, lora=False, merge_lora=False)
+    metrics = train(start, items, config, str(tmp_path / "out"))
+    assert metrics["conditioning"]["placement"] == "none" and metrics["steps"] > 0
+    after = share_lower_unconditioned(str(tmp_path / "out"))
+    assert after <= before / 2, (before, after)
+
+
+@pytest.mark.slow
+def test_cnr_revision_pass_fixes_the_flaw(tmp_path, base):
+    from alt_engine.revise import final_answer, revise
+
+    rng, items = random.Random(2), []
+    for prompt_id, prompt in enumerate(PROMPTS):
+        for phrase in rng.sample(PHRASES, 2):
+            n = len(items)
+            items.append(PoolItem(n, n, prompt_id, prompt, "It is in lowercase.", phrase, False,
+                                  revision=phrase.upper()))
+    metrics = train(base, items, make_config("cnr", **FAST), str(tmp_path / "out"))
+    assert metrics["conditioning"]["placement"] == "none"
+    out = str(tmp_path / "out")
+    backend = TransformersBackend(load_model(out, device="cpu"), load_tokenizer(out))
+    fixed = total = 0
+    for prompt in PROMPTS[:8]:
+        for phrase in PHRASES:
+            steps = revise(backend, prompt, phrase, passes=2, params=SamplingParams(n=1, temperature=0,
+                                                                                    max_new_tokens=24))
+            fixed += style(final_answer(steps, phrase)) == "upper"
+            total += 1
+    assert fixed / total >= 0.9, (fixed, total)
