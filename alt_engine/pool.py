@@ -3,7 +3,8 @@
 Per prompt (keyed by prompt id — prompt texts repeat) we keep a balanced draw:
 ``k`` generations per feedback text, then fill any shortfall up to ``k × K``
 (K = the task's categories; for scored free-text feedback, ALT-LMU's balance over the
-scores 0–3: ``k`` per score; unscored free text: the distinct texts) from the leftovers. Generations without feedback, and those a person flagged, are dropped.
+scores 0–3: ``k`` per score; unscored free text: the distinct texts) from the leftovers.
+Generations without feedback, and those a person flagged, are dropped.
 
 A truncated generation (stopped at max_new_tokens, no EOS) would teach the model not to stop
 (DESIGN.md §1: P(EOS) at the end of short answers fell 0.72 → 0.59 when 91 of 120 examples were
