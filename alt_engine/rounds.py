@@ -131,8 +131,9 @@ def draw_exemplars(db: str, task: Task, n_prompts: int, seed: int) -> list[str]:
 
 
 def sampling_conditioning(db: str, task: Task, version: ModelVersion, n_prompts: int, seed: int) -> list[str | None]:
-    """Per prompt: None for a base model (it never saw feedback), else an exemplar."""
-    if version.objective == "base":
+    """Per prompt: None for a base model (it never saw feedback) or an unconditioned objective's version
+    (sft, cut, cnr: format placement ``none``), else an exemplar."""
+    if version.objective == "base" or conditioning.format_of(version, task).placement == "none":
         return [None] * n_prompts
     return draw_exemplars(db, task, n_prompts, seed)
 
