@@ -186,10 +186,19 @@ def _defaults_of(cls: type) -> dict:
                                                           or f.default_factory is not dataclasses.MISSING)}
 
 
+_PARSED_DEFAULTS: list[dict] = []
+
+
 def changed_options(options: dict) -> dict:
-    """The training options in ``options`` (e.g. ``vars(args)``) that differ from their defaults."""
-    defaults = _defaults_of(options_dataclass())
-    return {k: options[k] for k in defaults if k in options and options[k] != defaults[k]}
+    """The training options in ``options`` (e.g. ``vars(args)``) that differ from their defaults (as the
+    dataclass and as ``HfArgumentParser`` gives them: it parses some defaults, e.g. "no" → False)."""
+    from transformers import HfArgumentParser
+
+    if not _PARSED_DEFAULTS:
+        _PARSED_DEFAULTS.append(vars(HfArgumentParser(options_dataclass()).parse_args([])))
+    defaults, parsed = _defaults_of(options_dataclass()), _PARSED_DEFAULTS[0]
+    return {k: options[k] for k in defaults
+            if k in options and options[k] != defaults[k] and options[k] != parsed.get(k, defaults[k])}
 
 
 def config_from_options(name: str, options: dict) -> TrainConfig:
