@@ -58,7 +58,7 @@ class EvalConfig:
     temperature: float = 1.0
     top_p: float = 0.9
     seed: int = 0
-    batch_size: int = 16
+    batch_size: int = 0  # 0: the sampler's measured choice
     limit: int | None = None  # at most this many probe prompts
     conditions: list[str] | None = None  # [main, contrast] feedback texts; None: best and worst category
     steer: bool = True  # also sample the contrast conditioning (steerability)
@@ -162,17 +162,12 @@ def eval_max_new_tokens(db: str, task: Task, cfg: EvalConfig) -> int:
         DEFAULT_MAX_NEW_TOKENS
 
 
-_REFERENCE: dict[str, tuple] = {}  # path -> (model, tokenizer): the reference is loaded once per process
-
-
 def reference_model(path: str, settings: Settings):
-    from .modeling import load_model, load_tokenizer, resolve_model
+    """The reference (the version chain's root) for perplexity: loaded once per process, shared with samplers."""
+    from .modeling import cached_model, load_tokenizer, resolve_model
 
-    if path not in _REFERENCE:
-        _REFERENCE.clear()
-        resolved = resolve_model(path, settings.cache_dir)
-        _REFERENCE[path] = (load_model(resolved, settings.device), load_tokenizer(resolved))
-    return _REFERENCE[path]
+    resolved = resolve_model(path, settings.cache_dir)
+    return cached_model(resolved, settings.device), load_tokenizer(resolved)
 
 
 def _label(provider: Provider, task: Task, db: str, gens: list[Generation], prompts: dict) -> list:
@@ -326,17 +321,16 @@ def evaluate_version(db: str, settings: Settings, version_id: int, task: Task, p
             metrics["steerability_gap_ci"] = steer[primary]["gap_ci"]
             metrics["steerability_attribute"] = primary
 
-    ref_model, ref_tok = (backend.model, backend.tokenizer) if ref_path == version.path and hasattr(
-        backend, "model") else reference_model(ref_path, settings)
+    ref_model, ref_tok = reference_model(ref_path, settings)  # fp32, loaded once (the sampler may run bf16)
     nll, tokens = response_nll(ref_model, ref_tok, [conditioning.prompt_of(by_id[g.prompt_id]) for g in gens],
                                [g.response for g in gens], [g.truncated for g in gens])
     metrics["perplexity"] = math.exp(nll / tokens) if tokens else None
 
-    if provider is not None and cfg.conditioned and hasattr(backend, "model"):
+    if provider is not None and cfg.conditioned and settings.backend == "transformers":
         examples = _diagnostic_set(db, task, root.id, provider.name, cfg.diagnostic_size)
         if examples:
-            metrics["label_learned"] = label_diagnostic(backend.model, backend.tokenizer,
-                                                        fmt.for_tokenizer(backend.tokenizer), examples)
+            model, tok = reference_model(version.path, settings)  # the version's own fp32 weights, cached
+            metrics["label_learned"] = label_diagnostic(model, tok, fmt.for_tokenizer(tok), examples)
     metrics["per_prompt"] = {k: {str(p): v for p, v in attrs[k].items()}
                              for k in ("exemplar_share", "mean_score", "mean_words") if k in attrs}
     metrics["eval"] = {**cfg.key(), "max_new_tokens": max_new, "provider": provider.name if provider else None,
