@@ -64,7 +64,13 @@ def test_prompt_and_model_text_is_shown_as_written(app_db):
     for elem_id in ("alt-prompt", "alt-guidelines", "alt-meta", "alt-status", "alt-progress"):
         assert by_id[elem_id].latex_delimiters == [], elem_id  # "$$\\color{white}{…}$$" stays text
     assert by_id["alt-prompt"].render_markdown is False
+    console = [i for i in by_id
+               if isinstance(i, str) and i.startswith("console-") and i.endswith(("message", "preview"))]
+    assert all(by_id[i].latex_delimiters == [] for i in console), console  # the admin console too
     md = guidelines_markdown('Be fair. ![tracker](http://evil.example/p.png) ![ref][r] <img src="http://x/y.png">'
                              "\n\n[r]: http://evil.example/q.png")
     assert "![" not in md and "<img" not in md  # links at most: nothing is fetched when the page shows it
     assert "Be fair." in md and "http://evil.example/p.png" in md  # the text itself is kept
+    from app.console.tasks import safe_markdown
+
+    assert safe_markdown("![ref][r]\n\n[r]: http://evil.example/q.png").count("![") == 0  # one helper for both

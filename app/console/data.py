@@ -72,7 +72,7 @@ class DataTab(ConsoleTab):
                 upload = gr.Button("Import", variant="primary", elem_id="console-upload")
         errors = gr.Textbox(label="Import error", visible=False, interactive=False, lines=3,
                             elem_id="console-upload-error")
-        message = gr.Markdown(elem_id="console-upload-message")
+        message = gr.Markdown(elem_id="console-upload-message", latex_delimiters=[])
         sets = gr.Dataframe(label="Prompt sets", interactive=False, elem_id="console-prompt-sets")
         with gr.Row():
             del_task = gr.Dropdown(label="Task", choices=[])

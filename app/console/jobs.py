@@ -95,7 +95,7 @@ class JobsTab(ConsoleTab):
             logs = gr.Button("Logs", size="sm", elem_id="console-job-logs")
             cancel = gr.Button("Cancel", size="sm", variant="stop", elem_id="console-job-cancel")
             retry = gr.Button("Retry", size="sm", elem_id="console-job-retry")
-        message = gr.Markdown(elem_id="console-job-message")
+        message = gr.Markdown(elem_id="console-job-message", latex_delimiters=[])
         log = gr.Textbox(label="Log", lines=14, max_lines=30, interactive=False, elem_id="console-job-log")
         self.timer = gr.Timer(2, active=False)  # switched on for admins by page_load
 

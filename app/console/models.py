@@ -68,7 +68,7 @@ class ModelsTab(ConsoleTab):
             prom = gr.Button("Promote", variant="primary", elem_id="console-promote")
             back = gr.Button("Roll back", elem_id="console-rollback")
             refresh = gr.Button("Refresh", size="sm", elem_id="console-models-refresh")
-        message = gr.Markdown(elem_id="console-models-message")
+        message = gr.Markdown(elem_id="console-models-message", latex_delimiters=[])
         job_log = gr.Textbox(label="The job that made it", lines=8, interactive=False, elem_id="console-model-job")
         prom.click(self._promote, [version], [table, message], api_name="admin_promote")
         back.click(self._rollback, None, [table, message], api_name="admin_rollback")

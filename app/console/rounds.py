@@ -117,7 +117,7 @@ class RoundsTab(ConsoleTab):
             run = gr.Button("Run provider", elem_id="console-run-provider")
             close = gr.Button("Close round", variant="stop", elem_id="console-close-round")
         gr.Markdown(self.budget())
-        message = gr.Markdown(elem_id="console-rounds-message")
+        message = gr.Markdown(elem_id="console-rounds-message", latex_delimiters=[])
 
         sample.click(self._sample, [task, version, limit, n, temperature, top_p, max_tokens, condition,
                                     condition_text], [table, message, rnd], api_name="admin_start_sampling")

@@ -17,12 +17,11 @@ COLUMNS = ["name", "categories", "exemplar", "overlap_k", "free_text", "critique
 
 
 def safe_markdown(text: str) -> str:
-    """Guidelines for display: Markdown without raw HTML, images or math (gr.Markdown renders the rest)."""
-    import re
+    """Guidelines for display, as the Annotate tab shows them (raw HTML escaped, images as links; the Markdown
+    components showing them have math off)."""
+    from ..annotate import guidelines_markdown
 
-    text = re.sub(r"<[^>]*>", "", text or "")  # no raw HTML
-    text = re.sub(r"!\[([^\]]*)\]\([^)]*\)", r"[image: \1]", text)  # no remote images
-    return text.replace("$", "\\$")  # no math
+    return guidelines_markdown(text)
 
 
 class TasksTab(ConsoleTab):
@@ -99,9 +98,9 @@ class TasksTab(ConsoleTab):
             template = gr.Textbox(label="Conditioning template", value="Feedback: {feedback}")
         with gr.Row():
             guidelines = gr.Textbox(label="Guidelines (Markdown; no HTML, images or math)", lines=6, scale=1)
-            preview = gr.Markdown(label="Preview", elem_id="console-task-preview")
+            preview = gr.Markdown(label="Preview", elem_id="console-task-preview", latex_delimiters=[])
         save = gr.Button("Save task", variant="primary", elem_id="console-task-save")
-        message = gr.Markdown(elem_id="console-task-message")
+        message = gr.Markdown(elem_id="console-task-message", latex_delimiters=[])
         with gr.Row():
             source = gr.Dropdown(label="Duplicate", choices=sorted(BUILTIN_TASKS), value="default")
             new_name = gr.Textbox(label="as", elem_id="console-task-dup-name")

@@ -87,7 +87,7 @@ class TrainingTab(ConsoleTab):
             policy = gr.Dropdown(label="Pool policy", choices=list(POLICIES), value="flush")
             truncated = gr.Dropdown(label="Truncated generations", choices=list(TRUNCATION), value=TRUNCATION[0])
         start = gr.Button("Start training", variant="primary", elem_id="console-train")
-        message = gr.Markdown(elem_id="console-train-message")
+        message = gr.Markdown(elem_id="console-train-message", latex_delimiters=[])
         start.click(self._train, [rounds, epochs, lr, beta, alpha, lora, max_steps, batch_size, k, policy, truncated],
                     [message], api_name="admin_start_training")
         refresh.click(self._rounds, None, [rounds], api_name="admin_training_rounds")
