@@ -534,7 +534,12 @@ def run_job_inline(db: str, job_id: int, lock: bool = True) -> Job:
         print(f"job {job_id}: waiting for the running job to finish …", file=sys.stderr, flush=True)
 
     with model_lock(db, waiting) if lock else contextlib.nullcontext():
-        return _run(db, job_id)
+        with session_scope(db) as session:
+            status = _job(session, job_id).status
+        if status == JobStatus.QUEUED:
+            return _run(db, job_id)
+    # a standing worker took the job while this process waited for the lock: its outcome is this run's
+    return wait_job(db, job_id, timeout=None)
 
 
 def _run(db: str, job_id: int) -> Job:

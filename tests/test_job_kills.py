@@ -20,8 +20,9 @@ from app.cli import main
 
 PROMPTS = [("Hello, how are you?", "train"), ("Write a short answer.", "train"), ("Be concise and helpful.", "train"),
            ("The quick brown fox?", "train"), ("Harmless and helpful?", "probe")]
+# a random tiny model never stops within 8 tokens: its truncated samples must enter the pool (--truncated last)
 FOREVER = ("--epochs", "100000", "--batch_size", "4", "--logging_steps", "1", "--report_to", "none",
-           "--save_steps", "100000")
+           "--save_steps", "100000", "--truncated", "last")
 ALT = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 pytestmark = pytest.mark.slow  # each starts a Python process that imports torch: ~10-20 s on 2 busy cores
@@ -85,7 +86,8 @@ def _served(db) -> int:
 
 
 def _new_job_runs(run, db) -> None:
-    assert run("train", "--max_steps", "1", "--batch_size", "4", "--report_to", "none", "--round", "1") == 0
+    assert run("train", "--max_steps", "1", "--batch_size", "4", "--report_to", "none", "--truncated", "last",
+               "--round", "1") == 0
     with session_scope(db) as s:
         assert s.exec(select(Job).order_by(Job.id.desc())).first().status == "succeeded"
 
