@@ -108,7 +108,7 @@ def test_train_in_the_foreground_and_in_the_background(cli, capsys):
 
     assert run("sample", "--n", "4", "--max-new-tokens", "8") == 0
     assert round_status() == "labelling"
-    assert run("feedback", "--provider", "rule:concise:3") == 0
+    assert run("feedback", "--provider", "rule:concise:2") == 0  # 8 tokens: 2-3 words
     assert run("train", "--lora", "--max_steps", "2", *TRAIN) == 0
     assert "not served yet" in capsys.readouterr().out
     assert round_status() == "trained"  # closed for annotation from the moment training started
