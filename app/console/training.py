@@ -54,7 +54,7 @@ class TrainingTab(ConsoleTab):
             check_items(build_pool(self.db, task.id, **pool_kw))  # no feedback / one category: refused now
         except ValueError as e:
             raise self.error(e) from e
-        params = dict(task_id=task.id, round_ids=ids, round_id=ids[-1], parent_version_id=served.id,
+        params = dict(task_id=task.id, round_id=ids[-1], parent_version_id=served.id,
                       config=config.to_dict(), conditioning=format_of(None, task).to_dict(), **pool_kw,
                       settings=job_settings(self.settings))
         job_id = start_job(self.db, "train", params)
