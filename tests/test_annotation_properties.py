@@ -120,4 +120,4 @@ def test_never_more_than_k_labels_under_random_interleavings(tmp_path, monkeypat
             _play(db, users, clock, rng, k=rng.choice([1, 1, 2, 3]))
         except AssertionError as e:
             raise AssertionError(f"seed {seed}: {e}") from None
-    assert time.perf_counter() - start < 60  # "thousands of interleavings in seconds", even on a busy machine
+    assert time.perf_counter() - start < 120  # "thousands of interleavings in seconds" (~10 s idle), generous for CI
