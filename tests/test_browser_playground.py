@@ -127,7 +127,9 @@ def test_side_by_side_streaming_versions_and_regenerate(pg_server, browser):  # 
     assert shown_a == _expected_input(pg_server.models["v0-base"], conditioning.Format(), message, "Excellent")
     assert shown_a.startswith("<|im_start|>system\nFeedback: Excellent<|im_end|>")
     new_a, new_b = _value(page, "#pg-out-a"), _value(page, "#pg-out-b")
-    assert new_a != a and new_b != b  # regenerated (A on another model; B with a new seed)
+    # regenerated: B with a new seed gives a new reply; A runs another model on another input (asserted above) —
+    # a random tiny model may still emit the same bytes for both, so its text is not compared
+    assert new_b != b and new_a.startswith("You: ")
     assert new_a.count("Model:") == 1  # the old reply was replaced, not appended
 
     # a second turn carries the conversation; model and user text are shown as text
