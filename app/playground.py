@@ -43,7 +43,8 @@ class PlaygroundTab:
     def _run(self, state, panels, settings, show_input):
         """Stream every panel's next reply; yields output dicts (transcripts, inputs, status, state)."""
         temperature, top_p, max_tokens, seed = settings
-        seed = int(seed or 0) + state["turn"]  # regenerate draws anew, reproducibly
+        # regenerate draws anew, reproducibly; a stride, since a batch gives request i the seed + i stream
+        seed = int(seed or 0) + 1000 * state["turn"]
         out_text = {k: "" for k, _ in panels}
         try:
             inputs = {k: pg.model_input(pg.server_for(self.hub, p.version), p.messages, p.feedback)
