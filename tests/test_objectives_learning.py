@@ -35,12 +35,17 @@ def base(tmp_path) -> str:
     return path
 
 
-def share_lower_unconditioned(path: str) -> float:
+def share_unconditioned(path: str, kind: str = "lower") -> float:
+    """Share of generations on the plain prompt whose style is ``kind`` ("upper" | "lower")."""
     tokenizer = load_tokenizer(path)
     backend = TransformersBackend(load_model(path, device="cpu"), tokenizer)
     inputs = [conditioning.prompt_ids(tokenizer, p) for p in PROMPTS[:8]]
     texts = [s.text for row in backend.generate(inputs, SamplingParams(n=4, max_new_tokens=12, seed=1)) for s in row]
-    return sum(style(t) == "lower" for t in texts) / len(texts)
+    return sum(style(t) == kind for t in texts) / len(texts)
+
+
+def share_lower_unconditioned(path: str) -> float:
+    return share_unconditioned(path, "lower")
 
 
 @pytest.mark.slow
@@ -65,9 +70,10 @@ def test_conditioned_objectives_learn_the_best_style(tmp_path, base, name):
 @pytest.mark.slow
 def test_sft_learns_the_best_style_without_feedback(tmp_path, base):
     best = [it for it in pool() if it.feedback == "Excellent"]  # what objectives' sft pool keeps
+    assert share_unconditioned(base, "upper") < 0.5  # untrained: not the best style
     metrics = train(base, best, make_config("sft", **FAST), str(tmp_path / "out"))
     assert metrics["conditioning"]["placement"] == "none"
-    assert 1 - share_lower_unconditioned(str(tmp_path / "out")) >= 0.9
+    assert share_unconditioned(str(tmp_path / "out"), "upper") >= 0.9  # the best style itself, not "not lower"
 
 
 def mixed() -> list[PoolItem]:
