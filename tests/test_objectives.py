@@ -153,19 +153,18 @@ def p(row, token):
 
 
 def cut_by_hand(threshold: float, weight: float) -> tuple[float, list[bool]]:
-    mle_cond, x_part, selected = [], [], []
+    """(likelihood over every row's first view + the negative's x → y part) / 2, as the published code."""
+    likelihood, x_part, selected = [], [], []
     for b, negative in ((0, True), (1, False)):
         for pos, target in ((1, LABELS[b][2]), (2, LABELS[b][3])):
-            px = p(UNCOND[b][pos], target)
+            first = p(COND[b][pos], target)  # (x, j) for the negative, x for the positive
+            likelihood.append(-math.log(first))
             if negative:
-                pxj = p(COND[b][pos], target)
-                mle_cond.append(-math.log(pxj))
-                hit = pxj / px > threshold
+                px = p(UNCOND[b][pos], target)
+                hit = first / px > threshold
                 selected.append(hit)
                 x_part.append(-weight * math.log(1 - px) if hit else -math.log(px))
-            else:
-                x_part.append(-math.log(px))
-    return (sum(mle_cond) / len(mle_cond) + sum(x_part) / len(x_part)) / 2, selected
+    return (sum(likelihood) / len(likelihood) + sum(x_part) / len(x_part)) / 2, selected
 
 
 def run_cut(threshold=1.1, weight=1.0, cond=COND):
@@ -194,22 +193,42 @@ def test_cut_unlikelihood_term_and_weight():
     loss1, m, _ = run_cut(weight=1.0)
     loss2, _, _ = run_cut(weight=0.5)
     assert m["ul"] == pytest.approx(-math.log(1 - px), abs=1e-5)
-    # the UL token is one of 4 in the x → y mean, which is half the loss: halving w removes a quarter of it / 2
-    assert loss1.item() - loss2.item() == pytest.approx(0.5 * -math.log(1 - px) / 4 / 2, abs=1e-5)
+    # the UL token is one of the negative's 2 tokens in the x → y mean, which is half the loss
+    assert loss1.item() - loss2.item() == pytest.approx(0.5 * -math.log(1 - px) / 2 / 2, abs=1e-5)
     assert loss2.item() == pytest.approx(cut_by_hand(1.1, 0.5)[0], abs=1e-5)
 
 
-def test_cut_gradient_reaches_the_judged_view_only_through_its_mle():
+def test_cut_gradient_reaches_the_first_views_only_through_their_mle():
     loss, _, logits = run_cut()
     loss.backward()
     cond_grad = logits.grad.clone()
-    # by hand: d/dlogits of (mean NLL over the negative's 2 tokens) / 2 = (softmax - onehot) / 4 per token
-    for pos, target in ((1, 1), (2, 2)):
-        probs = torch.tensor(COND[0][pos]).softmax(-1)
-        onehot = torch.nn.functional.one_hot(torch.tensor(target), V).float()
-        assert torch.allclose(cond_grad[0, pos], (probs - onehot) / 4, atol=1e-6)
-    assert torch.count_nonzero(cond_grad[1]) == 0  # the positive's (x, j) view plays no part
-    assert torch.count_nonzero(cond_grad[0, [0, 3]]) == 0  # nor prompt positions / the last one
+    # by hand: d/dlogits of (mean NLL over the 4 first-view tokens) / 2 = (softmax - onehot) / 8 per token —
+    # the negative's (x, j) view and the positive's x view alike; no gradient through the ratio
+    for b in (0, 1):
+        for pos, target in ((1, LABELS[b][2]), (2, LABELS[b][3])):
+            probs = torch.tensor(COND[b][pos]).softmax(-1)
+            onehot = torch.nn.functional.one_hot(torch.tensor(target), V).float()
+            assert torch.allclose(cond_grad[b, pos], (probs - onehot) / 8, atol=1e-6)
+    assert torch.count_nonzero(cond_grad[:, [0, 3]]) == 0  # nor prompt positions / the last one
+
+
+def test_cut_unlikelihood_part_sees_the_negatives_x_view_only():
+    from alt_engine.training.cut import cut_loss
+
+    uncond = torch.tensor(UNCOND, requires_grad=True)
+    loss, m = cut_loss(torch.tensor(COND), uncond, torch.tensor(LABELS), torch.tensor([True, False]))
+    loss.backward()
+    assert torch.count_nonzero(uncond.grad[1]) == 0  # the positive's x view: already its first view
+    # the selected token (y = 1): d/dz_k -log(1 - p_1) = p_1 (onehot_1 - p)_k / (1 - p_1), / 2 tokens / 2 parts
+    px = torch.tensor(UNCOND[0][1]).softmax(-1)
+    expected = px[1] * (torch.nn.functional.one_hot(torch.tensor(1), V) - px) / (1 - px[1]) / 4
+    assert torch.allclose(uncond.grad[0, 1], expected, atol=1e-6)
+    assert uncond.grad[0, 1, 1] > 0  # descending the gradient lowers p(y_t | x) of the blamed token
+    # a batch of positives only: plain MLE on y | x
+    only_pos, m_pos = cut_loss(torch.tensor(COND), torch.tensor(UNCOND), torch.tensor(LABELS),
+                               torch.tensor([False, False]))
+    by_hand = -sum(math.log(p(COND[b][pos], LABELS[b][pos + 1])) for b in (0, 1) for pos in (1, 2)) / 4
+    assert only_pos.item() == pytest.approx(by_hand, abs=1e-5) and "ul_share" not in m_pos
 
 
 def test_cut_examples_split_views_and_downsample_positives(tiny_tokenizer):

@@ -35,11 +35,11 @@ def base(tmp_path) -> str:
     return path
 
 
-def share_unconditioned(path: str, kind: str = "lower") -> float:
-    """Share of generations on the plain prompt whose style is ``kind`` ("upper" | "lower")."""
+def share_unconditioned(path: str, kind: str = "lower", prompt=lambda p: p) -> float:
+    """Share of generations on the plain prompt (or ``prompt(p)``) whose style is ``kind`` ("upper" | "lower")."""
     tokenizer = load_tokenizer(path)
     backend = TransformersBackend(load_model(path, device="cpu"), tokenizer)
-    inputs = [conditioning.prompt_ids(tokenizer, p) for p in PROMPTS[:8]]
+    inputs = [conditioning.prompt_ids(tokenizer, prompt(p)) for p in PROMPTS[:8]]
     texts = [s.text for row in backend.generate(inputs, SamplingParams(n=4, max_new_tokens=12, seed=1)) for s in row]
     return sum(style(t) == kind for t in texts) / len(texts)
 
@@ -87,30 +87,38 @@ def mixed() -> list[PoolItem]:
     return items
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(reason="open (issue 11): on the tiny task CUT has not yet been shown to halve the judged flaw "
-                          "(seen: 0.72 → 0.75); the loss itself is tested against hand computations", strict=False)
-def test_cut_halves_the_judged_flaw(tmp_path, base):
+def judged(prompt: str) -> list[dict]:
+    """``prompt`` with the judgment where CUT's (x, j) view puts it (the system message)."""
     from alt_engine.training.cut import JUDGMENT_FORMAT
 
-    # the start: writes lowercase about half the time, and (like an LLM) reads a judgment — lowercase follows
-    # "Judgment: It is in lowercase." in the system message, where CUT's (x, j) view puts it
-    judged = [PoolItem(it.generation_id + 1000, 0, it.prompt_id,
-                       [{"role": "system", "content": JUDGMENT_FORMAT.text(JUDGMENT)},
-                        {"role": "user", "content": it.prompt}], "", it.response, False)
-              for it in mixed() if not it.response.isupper()]
+    return [{"role": "system", "content": JUDGMENT_FORMAT.text(JUDGMENT)}, {"role": "user", "content": prompt}]
+
+
+@pytest.mark.slow
+def test_cut_halves_the_judged_flaw(tmp_path, base):
+    # the start: writes lowercase about half the time and, like an LLM, reads a judgment — lowercase follows
+    # "Judgment: It is in lowercase." in the system message, where CUT's (x, j) view puts it. CUT's contrast
+    # needs that: a start that barely reads j (4 epochs here: p(lowercase opening | x, j) 0.75 vs 0.59 | x)
+    # gives a ratio near 1, and the MLE on y | x, j and on the negatives' other tokens outweighs the UL.
+    reads_j = [PoolItem(it.generation_id + 1000, 0, it.prompt_id, judged(it.prompt), "", it.response, False)
+               for it in mixed() if not it.response.isupper()]
     start = str(tmp_path / "start")
-    train(base, mixed() + judged, make_config("sft", **{**FAST, "epochs": 4}), start)
+    train(base, mixed() + reads_j, make_config("sft", **FAST), start)
     before = share_lower_unconditioned(start)
     assert 0.25 <= before <= 0.75
+    assert share_unconditioned(start, "lower", judged) >= 0.9  # the judgment is readable
     items = [PoolItem(it.generation_id, it.feedback_id, it.prompt_id, it.prompt,
                       "Excellent" if it.response.isupper() else JUDGMENT, it.response, False,
                       negative=not it.response.isupper()) for it in mixed()]
-    config = make_config("cut", **{**FAST, "epochs": 4, "learning_rate": 3e-3}, lora=False, merge_lora=False)
-    metrics = train(start, items, config, str(tmp_path / "out"))
+    options = {**FAST, "epochs": 4, "learning_rate": 3e-3, "lora": False, "merge_lora": False}
+    metrics = train(start, items, make_config("cut", **options), str(tmp_path / "out"))
     assert metrics["conditioning"]["placement"] == "none" and metrics["steps"] > 0
     after = share_lower_unconditioned(str(tmp_path / "out"))
     assert after <= before / 2, (before, after)
+    # the control: no token passes the ratio threshold, so the negatives get MLE — the flaw does not fall
+    control = make_config("cut", **options, ul_threshold=1e6)
+    train(start, items, control, str(tmp_path / "control"))
+    assert share_lower_unconditioned(str(tmp_path / "control")) > before / 2
 
 
 @pytest.mark.slow

@@ -9,8 +9,9 @@ response in the same columns of both):
   ``-w · log(1 - p(y_t | x))``; every other token gets MLE ``-log p(y_t | x)``.
 
 A positive (best category, no judgment) gets plain MLE on x → y, positives down-sampled to about
-``positive_ratio`` × the negatives. ``L = (mean over negatives' tokens of NLL(y|x,j) + mean over all
-tokens of the x → y part) / 2`` (only the second part when the batch has no negative).
+``positive_ratio`` × the negatives. As in the method's published code, ``L = (likelihood + unlikelihood) / 2``:
+likelihood = mean NLL over all rows' first view (negatives y | x, j; positives y | x), unlikelihood = mean over
+the negatives' tokens of the x → y part (the likelihood part alone when the batch has no negative).
 
 Defaults from the method's published code (online): threshold 1.1, weight 1.0 (offline 1.2, 0.5), LoRA
 r = 16 on the MLP projections merged after each round, lr 4e-4 cosine, 1 epoch. Judgments are the
@@ -70,29 +71,27 @@ class CutTrainConfig(TrainConfig):
 def cut_loss(logits: torch.Tensor, uncond_logits: torch.Tensor, labels: torch.Tensor, negative: torch.Tensor,
              threshold: float = 1.1, weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
     """(loss, metrics). ``logits`` (B, T, V) see (x, j) — for a positive, x alone —, ``uncond_logits`` (B, T, V)
-    see x; ``labels`` (B, T) the response in the same columns of both; ``negative`` (B,) bool."""
+    see x; ``labels`` (B, T) the response in the same columns of both; ``negative`` (B,) bool.
+
+    As the method's published code groups it: ``L = (likelihood + unlikelihood) / 2`` where likelihood = mean
+    NLL over every row's first view (negatives: y | x, j; positives: y | x) and unlikelihood = mean over the
+    negatives' tokens of their x → y view (UL where the ratio passes the threshold, MLE elsewhere); a batch
+    without a negative is the likelihood part alone."""
     labels = labels[:, 1:]  # (B, T-1) the token each position predicts
     scored = labels != IGNORE  # (B, T-1)
     neg = negative[:, None].expand_as(scored)[scored]  # (N,) token belongs to a negative
     target = labels[scored][:, None]  # (N, 1)
-    logp_x = uncond_logits[:, :-1][scored].float().log_softmax(-1).gather(-1, target).squeeze(-1)  # (N,) log p(y_t|x)
-    metrics = {"response_tokens": int(scored.sum()), "negatives": int(negative.sum())}
-    per_token = -logp_x  # (N,) MLE unless selected for UL
-    parts = []
+    logp = logits[:, :-1][scored].float().log_softmax(-1).gather(-1, target).squeeze(-1)  # (N,) first view
+    metrics = {"response_tokens": int(scored.sum()), "negatives": int(negative.sum()), "nll": -logp.mean().item()}
+    loss = -logp.mean()  # likelihood: y | x, j for a negative, y | x for a positive
     if neg.any():
-        logp_xj = logits[:, :-1][scored][neg].float().log_softmax(-1).gather(-1, target[neg]).squeeze(-1)  # (Nn,)
-        parts.append(-logp_xj.mean())  # MLE on y | x, j
-        ratio = (logp_xj.detach() - logp_x[neg].detach()).exp()  # (Nn,) p(y|x,j) / p(y|x), no gradient
-        selected = ratio > threshold  # (Nn,)
-        p_x = logp_x[neg].exp().clamp(max=1 - 1e-6)
-        ul = -weight * torch.log1p(-p_x)  # (Nn,) -w log(1 - p(y|x))
-        per_token = per_token.clone()
-        per_token[neg] = torch.where(selected, ul, -logp_x[neg])
-        metrics |= {"nll_judged": parts[0].item(), "ul_share": selected.float().mean().item(),
+        logp_x = uncond_logits[:, :-1][scored][neg].float().log_softmax(-1).gather(-1, target[neg]).squeeze(-1)  # (Nn,)
+        ratio = (logp[neg].detach() - logp_x.detach()).exp()  # (Nn,) p(y|x,j) / p(y|x), no gradient
+        selected = ratio > threshold  # (Nn,) the tokens the judgment blames
+        ul = -weight * torch.log1p(-logp_x.exp().clamp(max=1 - 1e-6))  # (Nn,) -w log(1 - p(y|x))
+        loss = (loss + torch.where(selected, ul, -logp_x).mean()) / 2  # unlikelihood part: UL there, MLE elsewhere
+        metrics |= {"nll_x": (-logp_x).mean().item(), "ul_share": selected.float().mean().item(),
                     "ul": (ul[selected].mean().item() if selected.any() else 0.0)}
-    parts.append(per_token.mean())  # x → y: UL on the selected tokens, MLE on the rest (positives: all MLE)
-    loss = sum(parts) / len(parts)
-    metrics["nll"] = (-logp_x).mean().item()
     return loss, metrics
 
 
