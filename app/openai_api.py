@@ -12,10 +12,10 @@ Limits (settings ``serve_*``), each refused with a clear 4xx before the model is
 a body over 2 MiB (413); a chat longer than 8 characters per allowed token or a prompt
 over ``serve_max_prompt_tokens`` tokens (400, code ``context_length_exceeded``);
 ``max_tokens`` over ``serve_max_tokens`` (400). Fairness: one user (all their keys; or the
-admin key) may have at most ``serve_max_pending`` requests waiting or running (429
-beyond); the model server batches requests in arrival order and ``serve_max_pending`` is
-at most its batch size, so anyone else's request runs in the next batch at the latest,
-and the token caps bound how long a batch runs.
+admin key) may have at most ``serve_max_pending`` requests waiting or running — a streamed
+one until its last event is sent or its client leaves (429 beyond); the model server batches
+requests in arrival order and ``serve_max_pending`` is at most its batch size, so anyone else's
+request runs in the next batch at the latest, and the token caps bound how long a batch runs.
 
 Model names: the served version's name (``GET /v1/models``), its path, or any other version's name; an
 unknown name is a 404, so provenance (``llm:<model>``) names what really answered. Point the judge at it with
@@ -36,19 +36,19 @@ Bad requests get 400 with an OpenAI-style ``{"error": {...}}`` body.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import json
 import random
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from alt_engine.apikeys import user_for_key
@@ -135,34 +135,79 @@ class Gate:
                                      "'Authorization: Bearer <key>'.", code="invalid_api_key")
         return None
 
-    @contextlib.asynccontextmanager
-    async def admitted(self, request: Request) -> AsyncIterator[JSONResponse | None]:
-        """Yields None when the request may go on (its slot is held until the block ends), else the refusal."""
+    async def admit(self, request: Request) -> tuple[JSONResponse | None, Callable[[], None]]:
+        """(None, release) when the request may go on — its slot is held until ``release()`` (idempotent) —
+        else (the refusal, a no-op)."""
         caller = await run_in_threadpool(self.caller, request)
         if caller is None:
-            yield self.unauthorized(request)
-            return
+            return self.unauthorized(request), _nothing
         cap = max(1, self.settings.serve_max_pending)
         with self.lock:
             held = self.pending.get(caller, 0)
             if held >= cap:
-                refused = True
-            else:
-                refused, self.pending[caller] = False, held + 1
-        if refused:
-            yield openai_error(429, f"you have {held} requests waiting or running (at most {cap} at once): wait "
-                                    "for one to finish", type_="rate_limit_error", code="rate_limit_exceeded")
-            return
-        try:
-            if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
-                yield _too_large()
-            else:
-                yield None
-        finally:
+                return openai_error(429, f"you have {held} requests waiting or running (at most {cap} at once): "
+                                         "wait for one to finish", type_="rate_limit_error",
+                                    code="rate_limit_exceeded"), _nothing
+            self.pending[caller] = held + 1
+        released = threading.Event()
+
+        def release() -> None:
             with self.lock:
+                if released.is_set():
+                    return
+                released.set()
                 self.pending[caller] -= 1
                 if not self.pending[caller]:
                     del self.pending[caller]
+
+        if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
+            release()
+            return _too_large(), _nothing
+        return None, release
+
+    async def gated(self, request: Request, handle: Callable[[], Awaitable[Response | dict]]) -> Response | dict:
+        """Run ``handle`` inside the caller's slot: held until the answer is complete — for a streamed answer,
+        until its last event is sent or the client leaves, not merely until the response object exists."""
+        denied, release = await self.admit(request)
+        if denied is not None:
+            return denied
+        try:
+            response = await handle()
+        except BaseException:
+            release()
+            raise
+        if isinstance(response, StreamingResponse):
+            _release_after_stream(response, release)
+        else:
+            release()
+        return response
+
+
+def _nothing() -> None:
+    pass
+
+
+def _release_after_stream(response: StreamingResponse, release: Callable[[], None]) -> None:
+    """Call ``release`` when ``response``'s body is done: its iterator ends, fails or is closed (client gone), or
+    — should it never start — when Starlette runs the response's background task."""
+    inner = response.body_iterator
+
+    async def body():
+        try:
+            async for chunk in inner:
+                yield chunk
+        finally:
+            release()
+
+    response.body_iterator = body()
+    previous = response.background
+
+    async def after() -> None:
+        release()
+        if previous is not None:
+            await previous()
+
+    response.background = BackgroundTask(after)
 
 
 def _too_large() -> JSONResponse:
@@ -210,9 +255,7 @@ def add_openai_routes(api: FastAPI, settings: Settings, server: ModelServer | No
 
     @api.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        async with gate.admitted(request) as denied:
-            if denied is not None:
-                return denied
+        async def handle():
             try:
                 body = await _json_body(request)
             except OverflowError:
@@ -220,6 +263,8 @@ def add_openai_routes(api: FastAPI, settings: Settings, server: ModelServer | No
             except ValueError:
                 return openai_error(400, "the request body is not valid JSON")
             return await _complete(server, settings, body, request, getattr(api.state, "model_hub", None))
+
+        return await gate.gated(request, handle)
 
     add_completions_route(api, server, gate, settings)
     return server
@@ -309,8 +354,6 @@ async def _stream(server: ModelServer, req: ChatRequest, messages: list[dict], m
                   request: Request):
     """``stream: true``: ``chat.completion.chunk`` events (role, content pieces as they are generated, the
     finish reason, usage if ``stream_options.include_usage``), then ``data: [DONE]``."""
-    from fastapi.responses import StreamingResponse
-
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue = asyncio.Queue()
     try:
@@ -388,10 +431,7 @@ def add_completions_route(api: FastAPI, server: ModelServer, gate: Gate, setting
 
     @api.post("/v1/completions")
     async def completions(request: Request):
-        async with gate.admitted(request) as denied:
-            if denied is not None:
-                return denied
-            return await _completions(request, server, settings)
+        return await gate.gated(request, lambda: _completions(request, server, settings))
 
 
 async def _completions(request: Request, server: ModelServer, settings: Settings):

@@ -149,3 +149,39 @@ def test_one_user_cannot_fill_the_queue(db, tiny_backend):
     assert sorted(flood) == [200, 200, 429, 429, 429, 429]  # anna: two at a time
     assert other == 200  # ben is not starved by anna's flood
     server.close()
+
+
+def test_a_streamed_request_holds_its_slot_until_the_stream_ends(db, tiny_backend):
+    """The cap counts a streamed answer until its last event, not only until its response object exists."""
+    from alt_engine.apikeys import create_key
+
+    key = create_key(db, add_user(db, "cleo", "cleopass1"))
+    api, server = _app(db, tiny_backend, serve_max_pending=1)
+    gate = threading.Event()
+    real = tiny_backend.generate
+
+    def held(*args, **kw):
+        gate.wait(30)
+        return real(*args, **kw)
+
+    server.backend = type("Held", (), {"generate": staticmethod(held), "tokenizer": tiny_backend.tokenizer,
+                                       "stop_ids": tiny_backend.stop_ids})()
+    bearer = {"Authorization": f"Bearer {key}"}
+
+    async def run():
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app", timeout=60) as c:
+            streamed = asyncio.ensure_future(c.post("/v1/chat/completions", headers=bearer,
+                                                    json=_chat(stream=True)))
+            await asyncio.sleep(0.5)  # the stream's response has started; its tokens wait for the model
+            second = await c.post("/v1/chat/completions", headers=bearer, json=_chat())
+            gate.set()
+            first = await streamed
+            third = await c.post("/v1/chat/completions", headers=bearer, json=_chat(stream=True))
+            return first, second, third
+
+    first, second, third = asyncio.run(run())
+    assert second.status_code == 429 and second.json()["error"]["code"] == "rate_limit_exceeded"
+    assert first.status_code == 200 and first.text.rstrip().endswith("data: [DONE]")
+    assert third.status_code == 200  # the slot came back when the stream ended
+    server.close()
