@@ -244,3 +244,42 @@ def test_job_lock_is_seen_by_other_processes(db):
     while not _lock_free(db) and time.time() < deadline:  # the lock goes with its process
         time.sleep(0.2)
     assert _lock_free(db)
+
+
+def test_alt_worker_forever_takes_jobs_as_they_are_queued(db, tmp_path):
+    """`alt worker --forever` (the top-level alias of `alt jobs worker`): a standing worker process that runs a job
+    queued after it started, and keeps running."""
+    import subprocess
+    import sys
+
+    from alt_engine.jobs import create_job
+
+    with session_scope(db) as s:
+        task = get_or_create_task(s, "default")
+        rnd = Round(task_id=task.id, number=1, status="labelling")
+        s.add(rnd)
+        s.flush()
+        prompt = Prompt(task_id=task.id, text="Say hello.")
+        s.add(prompt)
+        s.flush()
+        s.add_all([Generation(prompt_id=prompt.id, round_id=rnd.id, response=r) for r in ("hi", "hello " * 30)])
+        round_id = rnd.id
+    env = {**os.environ, "ALT_CACHE_DIR": str(tmp_path / "cache")}
+    worker = subprocess.Popen([sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())",
+                               "worker", "--forever", "--poll", "0.3", "--db", db], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(1.0)
+        job_id = create_job(db, "feedback", dict(round_id=round_id, provider="rule:concise:5,10,20"))  # no worker
+        deadline = time.monotonic() + 60
+        while (job := get_job(db, job_id)).status in ("queued", "running"):  # get_job starts no worker of its own
+            assert time.monotonic() < deadline and worker.poll() is None, "the standing worker did not run the job"
+            time.sleep(0.3)
+        assert job.status == "succeeded", job.error
+        assert worker.poll() is None  # still standing, waiting for the next job
+        with session_scope(db) as s:
+            assert len(s.exec(select(Feedback).where(Feedback.source.startswith("rule:"))).all()) == 2
+    finally:
+        worker.terminate()
+        out = worker.communicate(timeout=30)[0]
+    assert f"job {job_id}" in out

@@ -68,6 +68,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "round": ("training", "run full rounds: sample → feedback → train → eval → promote"),
     "experiment": ("training", "R rounds from the same start on a task; JSON record + HTML report with charts"),
     "jobs": ("jobs", "jobs: list | logs ID | cancel ID | retry ID | worker"),
+    "worker": ("jobs", "run queued jobs (= alt jobs worker); --forever: a standing worker process or machine"),
     "export": ("export", "annotations (csv/jsonl/parquet/datasets), TRL SFT / DPO / KTO datasets, a round's snapshot"),
     "users": ("users", "web app users: add | list | passwd | deactivate | activate"),
 }

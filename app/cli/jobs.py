@@ -1,4 +1,7 @@
-"""``alt jobs list | logs ID | cancel ID | retry ID | worker``: the job queue every stage runs through."""
+"""``alt jobs list | logs ID | cancel ID | retry ID | worker``: the job queue every stage runs through.
+
+``alt worker [--forever]`` is ``alt jobs worker``: the job worker in its own process (or on its own machine, against
+the same PostgreSQL database as the app processes)."""
 
 from __future__ import annotations
 
@@ -16,7 +19,12 @@ def register(sub, common, selected: str | None = None) -> None:
         q = jsub.add_parser(name, parents=[common], help=help_)
         q.add_argument("job", type=int)
         q.set_defaults(func=func)
-    w = jsub.add_parser("worker", parents=[common], help="run queued jobs now (the app starts one by itself)")
+    _worker_options(jsub.add_parser("worker", parents=[common], help="run queued jobs now (the app starts one by "
+                                                                     "itself)"))
+    _worker_options(sub.add_parser("worker", parents=[common], help=command_help("worker")))
+
+
+def _worker_options(w) -> None:
     w.add_argument("--forever", action="store_true",
                    help="keep running and take jobs as they are queued (a standing worker process or machine)")
     w.add_argument("--poll", type=float, default=2.0, help="seconds between looks at the queue (--forever)")
