@@ -12,6 +12,10 @@
   desirable, the worse half undesirable (the middle one of an odd count is left out).
 - ``round_snapshot``: a folder with a round's rows, its pool as SFT rows, the training config and the
   parent version, so the round can be reproduced.
+- ``push_to_hub``: any of them also pushed to a Hugging Face Hub dataset repo (``Dataset.push_to_hub``; a snapshot
+  folder with ``HfApi.upload_folder``), with the token from the settings (``ALT_HUB_TOKEN``, else ``HF_TOKEN`` or a
+  saved login). The file is written first; a Hub that cannot be reached (offline mode, no network, a refused token)
+  is a ``HubError`` that says so and where the local copy is.
 
 Every export is a list of plain dicts first (testable), then written by ``write_rows``.
 """
@@ -121,24 +125,66 @@ def format_of_path(path: str | Path, fmt: str | None = None) -> str:
     raise ValueError(f"cannot tell the format of {path!r} from its suffix: give --format ({' | '.join(FORMATS)})")
 
 
+class HubError(RuntimeError):
+    """The Hub cannot be reached or refused the push (the local export is written all the same)."""
+
+
+def check_hub(token: str | None, written: str | Path) -> str:
+    """The token to push with, after checking the Hub answers to it (``whoami``); else a ``HubError`` naming why
+    and ``written`` (the local copy, to push later)."""
+    from huggingface_hub import HfApi, constants, get_token
+    from huggingface_hub.errors import HfHubHTTPError
+
+    later = f"The export was written to {written}; push it once the Hub can be reached."
+    if constants.HF_HUB_OFFLINE:
+        raise HubError(f"cannot push to the Hub: offline mode is on (HF_HUB_OFFLINE). {later}")
+    token = token or get_token()
+    if not token:
+        raise HubError(f"cannot push to the Hub: no token (set ALT_HUB_TOKEN or HF_TOKEN, or run `hf auth login`). "
+                       f"{later}")
+    try:
+        HfApi(endpoint=constants.ENDPOINT, token=token).whoami()
+    except HfHubHTTPError as e:
+        status = getattr(e.response, "status_code", None)
+        why = "the token was refused" if status in (401, 403) else f"it answered {status}"
+        raise HubError(f"cannot push to the Hub at {constants.ENDPOINT}: {why}. {later}") from e
+    except Exception as e:  # no network, DNS, refused connection, timeout
+        raise HubError(f"the Hub at {constants.ENDPOINT} cannot be reached ({type(e).__name__}: {e}). {later}") from e
+    return token
+
+
+def push_folder(folder: str | Path, repo: str, token: str | None) -> None:
+    """A folder (a round's snapshot) into the dataset repo ``repo``, after ``check_hub``."""
+    from huggingface_hub import HfApi, constants
+
+    token = check_hub(token, folder)
+    api = HfApi(endpoint=constants.ENDPOINT, token=token)
+    try:
+        api.create_repo(repo, repo_type="dataset", exist_ok=True)
+        api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type="dataset",
+                          commit_message="ALT Studio round snapshot")
+    except Exception as e:
+        raise HubError(f"pushing {folder} to {repo} failed ({type(e).__name__}: {e})") from e
+
+
 def write_rows(rows: list[dict], path: str | Path, fmt: str | None = None, columns: list[str] | None = None,
-               push_to_hub: str | None = None) -> str:
+               push_to_hub: str | None = None, token: str | None = None) -> str:
     """Write ``rows`` to ``path`` as jsonl | csv | parquet | datasets (``save_to_disk``); returns the format.
 
-    ``push_to_hub``: also ``Dataset.push_to_hub(repo)`` (needs a reachable hub and a token).
+    ``push_to_hub``: then also ``Dataset.push_to_hub(repo, token=token)`` (``check_hub`` first: a clear
+    ``HubError`` when the Hub cannot be reached; the file at ``path`` is written either way).
     """
     import pandas as pd
 
     fmt = format_of_path(path, fmt)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(rows, columns=columns or (list(rows[0]) if rows else None))
     if fmt == "jsonl":
         with path.open("w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        return fmt
-    frame = pd.DataFrame(rows, columns=columns or (list(rows[0]) if rows else None))
-    if fmt == "csv":
+    elif fmt == "csv":
         frame.to_csv(path, index=False)
     elif fmt == "parquet":
         frame.to_parquet(path, index=False)
@@ -149,7 +195,12 @@ def write_rows(rows: list[dict], path: str | Path, fmt: str | None = None, colum
         if fmt == "datasets":
             ds.save_to_disk(str(path))
         if push_to_hub:
-            ds.push_to_hub(push_to_hub)
+            token = check_hub(token, path)
+            try:
+                ds.push_to_hub(push_to_hub, token=token, commit_message="ALT Studio export")
+            except Exception as e:
+                raise HubError(f"pushing to {push_to_hub} failed ({type(e).__name__}: {e}); the export was "
+                               f"written to {path}") from e
     return fmt
 
 
@@ -187,9 +238,10 @@ def read_annotations(path: str | Path, fmt: str | None = None) -> list[dict]:
 
 
 def export_annotations(db: str, path: str | Path, fmt: str | None = None, task: str | None = None,
-                       rounds: list[int] | None = None, push_to_hub: str | None = None) -> int:
+                       rounds: list[int] | None = None, push_to_hub: str | None = None,
+                       token: str | None = None) -> int:
     rows = annotation_rows(db, task, rounds)
-    write_rows(rows, path, fmt, columns=list(ANNOTATION_COLUMNS), push_to_hub=push_to_hub)
+    write_rows(rows, path, fmt, columns=list(ANNOTATION_COLUMNS), push_to_hub=push_to_hub, token=token)
     return len(rows)
 
 
@@ -373,11 +425,20 @@ def _version_and_tokenizer(db: str, settings, version: str | None):
 
 def export_to(settings, kind: str, out: str | Path, fmt: str | None = None, task: str | None = None,
               rounds: list[int] | None = None, version: str | None = None, push_to_hub: str | None = None) -> str:
-    """Write one export of ``kind`` (annotations | sft | dpo | kto | snapshot) to ``out``; returns a summary line."""
+    """Write one export of ``kind`` (annotations | sft | dpo | kto | snapshot) to ``out``; returns a summary line.
+
+    ``push_to_hub``: a dataset repo id to push it to as well ("" = ``settings.hub_repo``), with ``settings.hub_token``.
+    """
     db = settings.db
+    if push_to_hub == "":
+        push_to_hub = settings.hub_repo or None
+        if not push_to_hub:
+            raise ValueError("no Hub repo: give one (e.g. me/alt-annotations) or set ALT_HUB_REPO")
+    token = settings.hub_token or None
+    pushed = f"; pushed to the Hub as {push_to_hub}" if push_to_hub else ""
     if kind == "annotations":
-        n = export_annotations(db, out, fmt, task, rounds, push_to_hub)
-        return f"{n} annotation rows → {out} ({format_of_path(out, fmt)})"
+        n = export_annotations(db, out, fmt, task, rounds, push_to_hub, token)
+        return f"{n} annotation rows → {out} ({format_of_path(out, fmt)}){pushed}"
     if kind == "snapshot":
         if not rounds or len(rounds) != 1:
             raise ValueError("a snapshot is of one round: give --round N")
@@ -388,8 +449,10 @@ def export_to(settings, kind: str, out: str | Path, fmt: str | None = None, task
                                               for v in s.exec(select(ModelVersion)))
         tokenizer = _version_and_tokenizer(db, settings, version)[1] if trained else None
         manifest = round_snapshot(db, out, rounds[0], t.name, tokenizer)
+        if push_to_hub:
+            push_folder(out, push_to_hub, token)
         files = ", ".join(f"{k} ({v} rows)" for k, v in manifest["files"].items())
-        return f"round {rounds[0]} snapshot → {out}: {files}, snapshot.json"
+        return f"round {rounds[0]} snapshot → {out}: {files}, snapshot.json{pushed}"
     if kind == "sft":
         row, tokenizer = _version_and_tokenizer(db, settings, version)
         t = _load_task(db, task)
@@ -402,5 +465,5 @@ def export_to(settings, kind: str, out: str | Path, fmt: str | None = None, task
         raise ValueError(f"unknown export {kind!r} ({' | '.join(KINDS)})")
     if not rows:
         raise ValueError(f"nothing to export: no labelled generations make {kind} rows (label some first)")
-    written = write_rows(rows, out, fmt, push_to_hub=push_to_hub)
-    return f"{len(rows)} {kind} rows → {out} ({written})"
+    written = write_rows(rows, out, fmt, push_to_hub=push_to_hub, token=token)
+    return f"{len(rows)} {kind} rows → {out} ({written}){pushed}"

@@ -63,7 +63,7 @@ HEARTBEAT_S = 2.0  # the running process refreshes heartbeat_at this often
 STALE_S = 30.0  # a running job without a heartbeat for this long is dead (e.g. on another host)
 HOST = socket.gethostname()
 # settings a job must not carry in its params (the worker inherits them from the environment)
-_SECRET_SETTINGS = ("llm_api_key", "secret_key", "sampling_api_key")
+_SECRET_SETTINGS = ("llm_api_key", "secret_key", "sampling_api_key", "serve_api_key", "hub_token")
 
 
 class JobCancelled(Exception):

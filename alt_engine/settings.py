@@ -42,6 +42,8 @@ class Settings:
     LLM judge (any OpenAI-compatible endpoint):
         llm_base_url, llm_model, llm_api_key, llm_timeout, llm_max_retries,
         llm_concurrency, llm_max_requests, llm_max_tokens.
+    Exports:
+        hub_repo (the default Hugging Face Hub dataset repo to push exports to), hub_token.
     Web app:
         host, port, workers (app processes on the port), secret_key, lease_seconds.
     The app's OpenAI-compatible /v1 routes:
@@ -77,6 +79,10 @@ class Settings:
     llm_concurrency: int = field(default=8, metadata={"help": "parallel judge requests"})
     llm_max_requests: int = field(default=0, metadata={"help": "request budget per run (0 = unlimited)"})
     llm_max_tokens: int = field(default=0, metadata={"help": "token budget per run (0 = unlimited)"})
+    hub_repo: str = field(default="", metadata={
+        "help": "Hugging Face Hub dataset repo exports are pushed to by default, e.g. me/alt-annotations"})
+    hub_token: str = field(default="", metadata={"help": "Hub token for pushing exports (default: HF_TOKEN or a saved "
+                                                         "`hf auth login`)"})
     host: str = field(default="127.0.0.1", metadata={"help": "web app host"})
     port: int = field(default=7860, metadata={"help": "web app port"})
     workers: int = field(default=1, metadata={
@@ -113,7 +119,7 @@ class Settings:
         rows = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in ("llm_api_key", "secret_key", "sampling_api_key", "serve_api_key") and value:
+            if f.name in ("llm_api_key", "secret_key", "sampling_api_key", "serve_api_key", "hub_token") and value:
                 value = "***"
             elif f.name in ("db", "database_url") and "://" in str(value):  # a URL's password
                 from sqlalchemy.engine import make_url

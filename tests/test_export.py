@@ -190,3 +190,63 @@ def test_cli_exports_and_round_snapshot(seeded, tmp_path, tiny_model_dir, capsys
     assert len(export.read_annotations(tmp_path / "snap" / "annotations.jsonl")) == 13
     assert main(["export", "dpo", str(tmp_path / "d.jsonl"), "--task", "nope", *base_args]) == 1
     assert "no task 'nope'" in capsys.readouterr().err
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """The Hub client pointed at ``ENDPOINT`` (set by the test), offline mode off."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    return lambda endpoint: monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+
+
+def test_push_to_hub_says_clearly_when_the_hub_cannot_be_reached(seeded, tmp_path, hub, monkeypatch):
+    """The export is written, then the push fails with a message naming the cause and the local copy."""
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from alt_engine.settings import Settings
+
+    db, _ = seeded
+    settings = Settings(db=db, hub_token="hf_test_token", hub_repo="me/alt-annotations")
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    hub(f"http://127.0.0.1:{closed}")
+    out = tmp_path / "a.jsonl"
+    with pytest.raises(export.HubError, match=r"cannot be reached.*written to .*a\.jsonl"):
+        export.export_to(settings, "annotations", out, push_to_hub="")  # "": the settings' repo
+    assert export.read_annotations(out) == export.annotation_rows(db)  # the local export is complete
+
+    class Refuses(BaseHTTPRequestHandler):  # a Hub that answers, but not to this token
+        def do_GET(self):
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"error": "Invalid credentials"}')
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Refuses)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hub(f"http://127.0.0.1:{server.server_port}")
+        with pytest.raises(export.HubError, match="token was refused"):
+            export.export_to(settings, "dpo", tmp_path / "d.parquet", push_to_hub="me/dpo")
+        assert len(export.read_rows(tmp_path / "d.parquet")) == len(export.dpo_rows(db))
+    finally:
+        server.shutdown()
+
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    with pytest.raises(export.HubError, match="no token"):
+        export.export_to(Settings(db=db), "kto", tmp_path / "k.jsonl", push_to_hub="me/kto")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(export.HubError, match="offline mode"):
+        export.export_to(settings, "annotations", tmp_path / "b.csv", push_to_hub="me/x")
+    with pytest.raises(ValueError, match="no Hub repo"):
+        export.export_to(Settings(db=db), "annotations", tmp_path / "c.csv", push_to_hub="")

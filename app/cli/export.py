@@ -22,7 +22,10 @@ def register(sub, common, selected: str | None = None) -> None:
     p.add_argument("--version", default=None,
                    help="sft/snapshot: the version whose tokenizer and conditioning format build the prompt "
                         "(default: the served one)")
-    p.add_argument("--push-to-hub", default=None, metavar="REPO", help="also push the dataset to the Hub")
+    p.add_argument("--push-to-hub", nargs="?", const="", default=None, metavar="REPO",
+                   help="also push it to this Hugging Face Hub dataset repo (no REPO: ALT_HUB_REPO), with "
+                        "ALT_HUB_TOKEN (else HF_TOKEN or a saved login); the file is written even if the Hub "
+                        "cannot be reached")
     p.set_defaults(func=cmd_export)
 
 
