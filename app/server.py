@@ -190,7 +190,7 @@ def build_blocks(settings: Settings, auth: Auth, hub=None) -> gr.Blocks:
             with gr.Tab("Dashboard", id="dashboard", visible=False, elem_id="alt-dashboard-tab") as dashboard_tab:
                 dashboard.build_ui()
             with gr.Tab("Admin", id="admin", visible=False, elem_id="alt-admin-tab") as admin_tab:
-                console = build_console(settings, auth, hub)  # Tasks, Data, Rounds, Training, Jobs, Models
+                console = build_console(settings, auth, hub)  # Tasks, Data, Rounds, Training, Jobs, Models, Export
                 admin.build_ui()  # Users, Agreement
             with gr.Tab("API keys", id="keys", elem_id="alt-keys-tab") as keys_tab:
                 keys.build_ui()

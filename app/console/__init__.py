@@ -1,5 +1,5 @@
 """The admin console: the loop run from the browser. One module per tab (Tasks, Data, Rounds, Training,
-Jobs, Models), each a class with ``build_ui()`` and handlers that call ``alt_engine``.
+Jobs, Models, Export), each a class with ``build_ui()`` and handlers that call ``alt_engine``.
 
 Every handler checks the role on the server first (``self.auth.require_admin(request)``): Gradio exposes
 each event as an HTTP endpoint, and tests/test_console_auth.py calls every one as an annotator and as an
@@ -54,6 +54,7 @@ def text_block(text: str) -> str:
 def build_console(settings: Settings, auth: Auth, hub=None) -> list:
     """Lay out the console's tabs (inside the Admin tab); returns the components ``page_load`` fills."""
     from .data import DataTab
+    from .export import ExportTab
     from .jobs import JobsTab
     from .models import ModelsTab
     from .rounds import RoundsTab
@@ -61,7 +62,8 @@ def build_console(settings: Settings, auth: Auth, hub=None) -> list:
     from .training import TrainingTab
 
     tabs = [TasksTab(settings, auth, hub), DataTab(settings, auth, hub), RoundsTab(settings, auth, hub),
-            TrainingTab(settings, auth, hub), JobsTab(settings, auth, hub), ModelsTab(settings, auth, hub)]
+            TrainingTab(settings, auth, hub), JobsTab(settings, auth, hub), ModelsTab(settings, auth, hub),
+            ExportTab(settings, auth, hub)]
     for tab in tabs:
         with gr.Tab(tab.title, elem_id=f"console-{tab.title.lower()}"):
             tab.build_ui()
