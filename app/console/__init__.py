@@ -40,6 +40,12 @@ class ConsoleTab:
 
     load_outputs: list = []  # the components ``page_load`` fills (set by ``build_ui``)
 
+    def job_settings(self) -> dict:
+        """The settings a job started here runs with: the app's, with what an admin stored in the console."""
+        from alt_engine.jobs import job_settings
+
+        return job_settings(self.settings.with_stored())
+
     def task_names(self) -> list[str]:
         from alt_engine.annotation import task_names
 

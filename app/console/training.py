@@ -8,7 +8,7 @@ import dataclasses
 import gradio as gr
 
 from alt_engine.db import Round, Task, session_scope
-from alt_engine.jobs import job_settings, start_job
+from alt_engine.jobs import start_job
 from alt_engine.pool import POLICIES, TRUNCATION
 
 from . import ConsoleTab
@@ -56,7 +56,7 @@ class TrainingTab(ConsoleTab):
             raise self.error(e) from e
         params = dict(task_id=task.id, round_id=ids[-1], parent_version_id=served.id,
                       config=config.to_dict(), conditioning=format_of(None, task).to_dict(), **pool_kw,
-                      settings=job_settings(self.settings))
+                      settings=self.job_settings())
         job_id = start_job(self.db, "train", params)
         return (f"Queued training job {job_id} on {len(ids)} round(s) of **{task.name}** from {served.name}: "
                 "the rounds are closed for annotation; watch it in **Jobs**.")
