@@ -144,6 +144,13 @@ def feedback_ids(tokenizer, feedback: str, fmt: Format | None = None) -> list[in
     return _ids(tokenizer, fmt.text(feedback))
 
 
+def control_token_ids(tokenizer, fmt: Format | None) -> list[int]:
+    """The ids of ``fmt``'s control tokens (placement ``tokens``; none for other placements)."""
+    if fmt is None or fmt.placement != "tokens":
+        return []
+    return sorted({feedback_ids(tokenizer, text, fmt)[0] for text in fmt.tokens})
+
+
 def _in_template(tokenizer, prompt: PromptLike, feedback: str, fmt: Format) -> ConditionedInput:
     """Render the chat with a marker where the feedback goes, then tokenize around it in three parts."""
     messages = as_messages(prompt)

@@ -64,10 +64,13 @@ class EvalConfig:
     steer: bool = True  # also sample the contrast conditioning (steerability)
     diagnostic_size: int = 64  # held-out responses for the label-learned diagnostic (0 = skip)
     conditioned: bool = True  # False: the plain prompt (what a user of the untuned model gets)
+    mask_control_tokens: bool = False  # Quark: no control token is ever sampled (SamplingParams')
 
     def key(self) -> dict:
-        """What must match for two evaluations to be comparable."""
-        return {k: v for k, v in asdict(self).items() if k != "batch_size"}
+        """What must match for two evaluations to be comparable (an option at its default is left out, so
+        evaluations stored before it existed stay comparable)."""
+        return {k: v for k, v in asdict(self).items()
+                if k != "batch_size" and not (k == "mask_control_tokens" and not v)}
 
 
 def distinct_n(texts_per_prompt: Sequence[Sequence[str]], n: int) -> float:
@@ -272,7 +275,7 @@ def evaluate_version(db: str, settings: Settings, version_id: int, task: Task, p
             conds = conds[:1]
     max_new = eval_max_new_tokens(db, task, cfg)
     params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=max_new,
-                            seed=cfg.seed, batch_size=cfg.batch_size)
+                            seed=cfg.seed, batch_size=cfg.batch_size, mask_control_tokens=cfg.mask_control_tokens)
     backend = backend or load_sampler(settings, version)
     by_id = {p.id: p for p in prompts}
     per_cond: list[tuple[list[Generation], dict]] = []

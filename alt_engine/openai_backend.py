@@ -56,6 +56,7 @@ class OpenAIBackend:
         raw = self.client.completions.with_raw_response.create(
             model=self.model, prompt=list(ids), n=params.n, seed=seed, temperature=params.temperature,
             top_p=1.0 if greedy else params.top_p, max_tokens=params.max_new_tokens,
+            **({"logit_bias": {str(t): -100 for t in params.suppress_tokens}} if params.suppress_tokens else {}),
             extra_body={"return_token_ids": True})  # vLLM (and the studio's own /v1) send the sampled ids back
         self.retries += raw.retries_taken
         completion = raw.parse()

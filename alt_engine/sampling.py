@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
 import torch
@@ -39,6 +39,10 @@ class SamplingParams:
     max_new_tokens: int = 160  # a small chat model's answers run long; the pool's truncation policy handles the rest
     seed: int = 0
     batch_size: int = 0  # sequences decoded together; 0: the backend's choice (measured: modeling.auto_batch_size)
+    suppress_tokens: list[int] = field(default_factory=list)  # token ids never sampled (their logits masked)
+    # Quark: mask every control token of the input's format (the conditioning token's siblings and itself) —
+    # resolved to ``suppress_tokens`` where the format is known (``sample_prompts``, the playground)
+    mask_control_tokens: bool = False
 
     def __post_init__(self):
         if self.n < 1 or self.max_new_tokens < 1 or self.batch_size < 0:
@@ -371,6 +375,8 @@ class TransformersBackend:
 
     def _sample(self, logits, rows, params, meter, on_step=None) -> torch.Tensor:
         """Each row's next token, appended to its tokens; returned as the next input [rows, 1]."""
+        if params.suppress_tokens:
+            logits = logits.index_fill(-1, torch.tensor(params.suppress_tokens, device=logits.device), float("-inf"))
         uniforms = torch.cat([torch.rand(1, generator=r.generator) for r in rows])
         chosen = next_tokens(logits.cpu(), params, uniforms)
         live = []
@@ -440,6 +446,14 @@ def make_backend(name: str, model_path: str, device: str = "auto", *, settings=N
     return cached_backend(model_path, device, **kw)
 
 
+def with_masks(params: SamplingParams, tokenizer, fmt: conditioning.Format | None) -> SamplingParams:
+    """``params`` with ``mask_control_tokens`` resolved: the format's control tokens added to ``suppress_tokens``."""
+    if not params.mask_control_tokens:
+        return params
+    ids = conditioning.control_token_ids(tokenizer, fmt)
+    return replace(params, suppress_tokens=sorted(set(params.suppress_tokens) | set(ids)))
+
+
 def sample_prompts(db: str, backend: Backend, prompts: Sequence[Prompt], params: SamplingParams, *,
                    conditioning_text: str | None | Sequence[str | None] = None, fmt: conditioning.Format | None = None,
                    round_id: int | None = None, model_version_id: int | None = None,
@@ -451,12 +465,15 @@ def sample_prompts(db: str, backend: Backend, prompts: Sequence[Prompt], params:
     """
     if isinstance(conditioning_text, str) or conditioning_text is None:
         conditioning_text = [conditioning_text] * len(prompts)
+    params = with_masks(params, backend.tokenizer, fmt)
     rows_per_pass = params.batch_size or getattr(backend, "auto_batch_size", lambda: 16)()
     per_batch = max(1, rows_per_pass // params.n) * 4  # prompts per generate call and database write
     total = len(prompts) * params.n
     bar = tqdm(total=total, desc="sampling", unit="seq", disable=not show_progress)
     ids: list[int] = []
-    meta = {k: v for k, v in asdict(params).items() if k != "batch_size"} | {"backend": backend.name}
+    meta = {k: v for k, v in asdict(params).items()  # the masks only when set (older rows have no such keys)
+            if k != "batch_size" and (v or k not in ("suppress_tokens", "mask_control_tokens"))}
+    meta["backend"] = backend.name
     if getattr(backend, "dtype", None) is not None:
         meta["dtype"] = str(backend.dtype).removeprefix("torch.")
     meter, tokens_before = Throughput(), 0

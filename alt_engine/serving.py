@@ -204,6 +204,8 @@ class ModelServer:
             if not ids or any(not 0 <= t < vocab for t in ids):
                 raise ValueError(f"a prompt must be a non-empty list of token ids in [0, {vocab})")
             self._check_length(ids)
+        if any(not 0 <= t < vocab for t in params.suppress_tokens):
+            raise ValueError(f"logit_bias: token ids must be in [0, {vocab})")
         samples = backend.generate(inputs, params)
         self.answered += len(inputs)
         return inputs, samples

@@ -22,8 +22,9 @@ class VLLMBackend:
         from vllm import SamplingParams as VParams
         from vllm.inputs import TokensPrompt
 
+        banned = {"logit_bias": {t: -100.0 for t in params.suppress_tokens}} if params.suppress_tokens else {}
         vparams = VParams(n=params.n, temperature=params.temperature, top_p=params.top_p if params.temperature else 1.0,
-                          max_tokens=params.max_new_tokens, seed=params.seed)
+                          max_tokens=params.max_new_tokens, seed=params.seed, **banned)
         results = self.llm.generate([TokensPrompt(prompt_token_ids=list(x)) for x in inputs], vparams,
                                     use_tqdm=progress is None)
         out = []

@@ -403,13 +403,15 @@ class CompletionRequest(BaseModel):
     The prompt is used as given (no chat template, no conditioning: the caller — the studio's ``openai``
     sampling backend — built it with ``conditioning.build_input``). ``n`` samples per prompt, drawn with
     ``seed`` (reproducible); ``finish_reason`` is ``length`` when a sample stopped at ``max_tokens``.
-    ``return_token_ids`` (vLLM's extra field) adds each choice's sampled ``token_ids``.
+    ``return_token_ids`` (vLLM's extra field) adds each choice's sampled ``token_ids``. ``logit_bias``
+    bans tokens (``{"id": -100}``, e.g. Quark's control tokens); other biases are refused.
     """
 
     model_config = ConfigDict(extra="ignore")
 
     model: str
     prompt: str | list[int] | list[str] | list[list[int]]
+    logit_bias: dict[int, float] | None = None
     n: int = Field(1, ge=1, le=64)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -452,9 +454,12 @@ async def _completions(request: Request, server: ModelServer, settings: Settings
     prompts = req.prompts()
     if not prompts:
         return openai_error(400, "prompt: empty", param="prompt")
+    bias = req.logit_bias or {}
+    if any(v != -100 for v in bias.values()):
+        return openai_error(400, "logit_bias: only -100 (never sample the token) is supported", param="logit_bias")
     params = SamplingParams(n=req.n, temperature=req.temperature, top_p=req.top_p, max_new_tokens=req.max_tokens,
                             seed=req.seed if req.seed is not None else random.randrange(2**31),
-                            batch_size=min(16, req.n * len(prompts)))
+                            batch_size=min(16, req.n * len(prompts)), suppress_tokens=sorted(bias))
     try:
         inputs, samples = await run_in_threadpool(server.complete, prompts, params)
     except PromptTooLong as e:

@@ -118,6 +118,51 @@ def test_quark_conditions_on_one_control_token(tiny_model_dir):
     assert tokenizer.decode(best.input_ids, skip_special_tokens=True).count("quantile") == 0  # never shown
 
 
+def test_quark_samples_on_the_best_token_with_its_siblings_masked(tiny_model_dir, db):
+    from sqlmodel import select
+
+    from alt_engine.db import Generation, Prompt, session_scope
+    from alt_engine.modeling import load_model, load_tokenizer
+    from alt_engine.sampling import SamplingParams, TransformersBackend, sample_prompts
+    from alt_engine.tasks import get_or_create_task
+    from alt_engine.training.quark import add_control_tokens, control_tokens
+    from alt_engine.training.run import grow_embeddings
+
+    tokenizer, model = load_tokenizer(tiny_model_dir), load_model(tiny_model_dir, device="cpu")
+    fmt = conditioning.Format("tokens", tokens=control_tokens(["Excellent", "Good", "Horrible"]))
+    add_control_tokens(tokenizer, fmt.tokens)
+    grow_embeddings(model, tokenizer)
+    ids = conditioning.control_token_ids(tokenizer, fmt)
+    assert ids == sorted(tokenizer.convert_tokens_to_ids(t) for t in fmt.tokens.values())
+    siblings = ids[1:]  # the best token's siblings: a model that wants to write them
+    model.lm_head.register_forward_hook(lambda module, inputs, out: out.index_add(
+        -1, torch.tensor(siblings), torch.full((*out.shape[:-1], len(siblings)), 8.0)))
+    backend = TransformersBackend(model, tokenizer)
+    with session_scope(db) as s:
+        task = get_or_create_task(s, "default")
+        s.add_all(Prompt(task_id=task.id, text=f"Question {i}?") for i in range(3))
+    with session_scope(db) as s:
+        prompts = list(s.exec(select(Prompt)))
+
+    def sampled(mask: bool) -> list[list[int]]:
+        """Sample through the stage (stored), and return the token ids the same params produce."""
+        params = SamplingParams(n=4, max_new_tokens=6, seed=3, mask_control_tokens=mask)
+        gen_ids = sample_prompts(db, backend, prompts, params, conditioning_text="Excellent", fmt=fmt,
+                                 show_progress=False)
+        with session_scope(db) as s:
+            stored = [g.sampling_params for g in s.exec(select(Generation).where(Generation.id.in_(gen_ids)))]
+        assert all(sp.get("suppress_tokens", []) == (ids if mask else []) for sp in stored)  # from the format
+        inputs = [conditioning.build_input(tokenizer, p.text, "Excellent", fmt).input_ids for p in prompts]
+        assert all(x[0] == ids[0] for x in inputs)  # conditioned on the best token
+        resolved = SamplingParams(**{k: v for k, v in stored[0].items() if k in SamplingParams.__dataclass_fields__})
+        return [x.token_ids for row in backend.generate(inputs, resolved) for x in row]
+
+    free = sampled(mask=False)
+    assert sum(t in siblings for seq in free for t in seq) > len(free)  # unmasked: the siblings come out
+    masked = sampled(mask=True)
+    assert not any(t in ids for seq in masked for t in seq)  # masked: never a control token
+
+
 # --------------------------------------------------------------------------- SteerLM
 
 

@@ -91,6 +91,23 @@ def test_completions_endpoint_honours_n_seed_and_finish_reason(api):
         openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).completions.create(model="v0-tiny", prompt=[5])
 
 
+def test_suppressed_tokens_never_come_back_from_the_server(api, transformers_backend):
+    url, _, _ = api
+    backend = OpenAIBackend(transformers_backend.tokenizer, url, "v0-tiny", api_key=KEY)
+    params = SamplingParams(n=4, temperature=1.0, top_p=1.0, max_new_tokens=6, seed=1)
+    free = backend.generate([[5, 6, 7, 8]], params)[0]
+    banned = sorted({t for s in free for t in s.token_ids})  # what the model writes unhindered
+    assert banned
+    masked = backend.generate([[5, 6, 7, 8]], SamplingParams(**{**params.__dict__, "suppress_tokens": banned}))[0]
+    assert [s.token_ids for s in masked] != [s.token_ids for s in free]  # sent as logit_bias -100, honoured:
+    assert not {t for s in masked for t in s.token_ids} & set(banned)  # none of the banned tokens
+    c = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="logit_bias"):
+        c.completions.create(model="v0-tiny", prompt=[5, 6], max_tokens=2, logit_bias={"5": 3})
+    with pytest.raises(openai.BadRequestError, match="logit_bias"):
+        c.completions.create(model="v0-tiny", prompt=[5, 6], max_tokens=2, logit_bias={str(10**6): -100})
+
+
 @pytest.mark.parametrize("temperature", [0.0, 0.9])
 def test_same_prompts_same_counts_flags_and_parameters_as_transformers(api, transformers_backend, tmp_path,
                                                                        temperature):

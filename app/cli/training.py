@@ -96,6 +96,7 @@ def register(sub, common, selected: str | None = None) -> None:
                    help="feedback text to condition on instead of the best category; give it twice for a "
                         "steerability gap between two texts")
     p.add_argument("--unconditioned", action="store_true", help="evaluate on the plain prompt (no feedback)")
+    _mask_option(p)
     _eval_options(p)
     p.add_argument("--background", action="store_true", help="queue a job, print its id and return")
     p.set_defaults(func=cmd_eval)
@@ -126,6 +127,11 @@ def register(sub, common, selected: str | None = None) -> None:
     p.set_defaults(func=cmd_experiment)
 
 
+def _mask_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mask-control-tokens", action="store_true",
+                   help="Quark: mask every control token's logit while sampling (the conditioning token's siblings)")
+
+
 def _round_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=4, help="samples per prompt")
     p.add_argument("--limit", type=int, default=32, help="train prompts sampled per round; successive rounds take "
@@ -136,6 +142,7 @@ def _round_options(p: argparse.ArgumentParser) -> None:
                                                                       "answers of a small chat model truncate)")
     p.add_argument("--sample-batch-size", type=int, default=0, help="sequences decoded together (0: measured)")
     p.add_argument("--sample-seed", type=int, default=0)
+    _mask_option(p)
     p.add_argument("--promote", choices=PROMOTE_CHOICES, default="unless-worse",
                    help="if-better: the new version's 95%% CI beats the parent's; unless-worse: promote unless it is "
                         "worse beyond chance (the loop goes on from the newest model, as in the paper)")
@@ -193,7 +200,8 @@ def _eval_config(args):
 
     return EvalConfig(n=args.eval_n, max_new_tokens=args.eval_max_new_tokens, seed=args.eval_seed,
                       limit=args.eval_limit, steer=args.eval_steer, conditions=getattr(args, "condition", None),
-                      conditioned=not getattr(args, "unconditioned", False))
+                      conditioned=not getattr(args, "unconditioned", False),
+                      mask_control_tokens=getattr(args, "mask_control_tokens", False))
 
 
 def _served(session) -> ModelVersion:
@@ -300,7 +308,8 @@ def _round_config(args):
     return RoundConfig(
         sampling=SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p,
                                 max_new_tokens=args.max_new_tokens or SamplingParams.max_new_tokens,
-                                seed=args.sample_seed, batch_size=args.sample_batch_size),
+                                seed=args.sample_seed, batch_size=args.sample_batch_size,
+                                mask_control_tokens=args.mask_control_tokens),
         limit=args.limit or None, k_per_category=args.k_per_category, policy=_policy(args),
         max_per_prompt=args.max_per_prompt, truncated=_truncation(args), promote=args.promote.replace("-", "_"),
         metric=args.metric, eval=_eval_config(args))
