@@ -276,6 +276,50 @@ def test_free_text_feedback_is_parsed_strictly(db, stub):
     assert "Feedback:" in stub.requests[0]["messages"][0]["content"]
 
 
+# ----------------------------------------------------------------------------- judgments (CUT)
+
+
+def test_judgment_mode_writes_judgments_cut_trains_on(db, stub):
+    from alt_engine.feedback.llm import parse_judgment
+    from alt_engine.training.cut import judgment_items
+
+    assert parse_judgment("**Judgment:** It says six legs.\nVerdict: Bad.") == ("It says six legs.", "bad")
+    for bad in ("Verdict: bad", "Judgment: x\nVerdict: maybe", "Judgment: " + "w " * 61 + "\nVerdict: bad"):
+        with pytest.raises(ParseError):
+            parse_judgment(bad)
+    task, gens = make_round(db, [
+        "[[reply:Judgment: It claims spiders have six legs; they have eight.\\nVerdict: bad]]",
+        "[[reply:Judgment: Correct and direct.\\nVerdict: good]]",
+        "[[reply:It is wrong.]]",  # malformed every time
+        "[[bad-then:1:Judgment: The second sentence rambles about trees.\\nVerdict: bad]]",
+    ])
+    with session_scope(db) as s:  # a round, so CUT finds the generations
+        from alt_engine.db import Round
+
+        rnd = Round(task_id=task.id, number=1)
+        s.add(rnd)
+        s.flush()
+        for g in s.exec(select(Generation).where(Generation.id.in_(gens))):
+            g.round_id = rnd.id
+    provider, report = judge(db, settings_for(db, stub), task, gens, mode="judgment")
+    assert provider.name == "llm:stub-judge" and provider.kind == "judgment"
+    rows = feedback_rows(db)
+    assert set(rows) == {gens[0], gens[1], gens[3]}
+    first = rows[gens[0]]  # the judgment field, as an annotator's judgment
+    assert (first.kind, first.text, first.score) == ("judgment", "It claims spiders have six legs; they have eight.", 0)
+    assert rows[gens[1]].score == 1.0 and rows[gens[3]].text == "The second sentence rambles about trees."
+    assert "two labelled lines" in dict(report.skipped)[gens[2]]
+    assert stub.chat_calls == 1 + 1 + 3 + 2  # re-asked as the other modes are
+    system = stub.requests[0]["messages"][0]["content"]
+    assert "Judgment:" in system and "Verdict:" in system and stub.requests[0]["temperature"] == 0
+    assert "spiders have six legs; they have eight" in str(stub.requests[0]["messages"])  # few-shot example
+    items = {it.generation_id: it for it in judgment_items(db, task)}
+    assert items[gens[0]].negative and items[gens[0]].feedback.startswith("It claims spiders")
+    assert not items[gens[1]].negative and gens[2] not in items  # a "good" verdict: a positive; none: left out
+    again, _ = judge(db, settings_for(db, stub), task, [gens[0]], mode="judgment")
+    assert again.stats.requests == 0  # already judged by this source and kind: nothing asked
+
+
 def test_exemplar_pool_returns_best_scored_texts_of_the_task(db):
     task, gens = make_round(db, ["a", "b", "c", "d", "e"])
     other, other_gens = make_round(db, ["x"], task_name="dialogue")

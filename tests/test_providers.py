@@ -222,3 +222,56 @@ def test_non_offensive_scorer_ranks_insults_below_calm_text():
     assert provider.name == "reward:alt_engine.feedback.scorers:non_offensive"
     out = provider(items([rude, calm]), TASK)
     assert [r.category for r in out] == ["Horrible", "Excellent"]
+
+
+def test_critique_rule_writes_judgments_and_revisions_offline(tmp_path):
+    from alt_engine.feedback.rule import shorten
+    from alt_engine.training.cnr import critique_items
+    from alt_engine.training.cut import judgment_items
+
+    assert shorten("One two three. Four five six seven. Eight.", 5) == "One two three."
+    assert shorten("One two three four five six seven.", 4) == "One two three four."
+    db = str(tmp_path / "c.db")
+    task, ids = _task_with_rounds(db, {1: [10, 20, 30, 40, 50, 60, 70, 80]})
+    with session_scope(db) as s:  # the long answers are sentences, so the revision keeps whole ones
+        for g in s.exec(select(Generation)):
+            n = len(g.response.split())
+            g.response = "Short answer here. " + words(n - 3) + "." if n > 20 else g.response
+    provider = make_provider("rule:critique:concise:auto", Settings(db=db), task)
+    assert provider.name == "rule:critique:concise:20,40,60"  # the inner rule's resolution is the provenance
+    report = label_generations(db, provider, task, ids[1], show_progress=False)
+    assert report.stored == 8 and report.source == provider.name
+    with session_scope(db) as s:
+        rows = list(s.exec(select(Feedback).order_by(Feedback.id)))
+    by_kind = {k: {f.generation_id: f for f in rows if f.kind == k} for k in ("category", "judgment", "critique")}
+    assert [by_kind["category"][i].category for i in ids[1]] == ["A", "A", "B", "B", "C", "C", "D", "D"]
+    worse = ids[1][2:]  # below the best: a judgment and a critique + revision each; the best get none
+    assert set(by_kind["judgment"]) == set(by_kind["critique"]) == set(worse)
+    assert by_kind["judgment"][worse[0]].text == "Too long (30 words): keep to the point in at most 20 words."
+    assert all(by_kind["judgment"][i].score == 0 for i in worse)
+    assert all(by_kind["critique"][i].revision == "Short answer here." for i in worse)
+    assert {f.source for f in rows} == {"rule:critique:concise:20,40,60"}
+    # CUT: negatives with the rule's judgment, positives = the best category; CnR: the critique records
+    cut = {it.generation_id: it for it in judgment_items(db, task, round_ids=None)}
+    assert {i for i, it in cut.items() if it.negative} == set(worse)
+    assert cut[worse[0]].feedback.startswith("Too long") and not cut[ids[1][0]].negative
+    cnr = critique_items(db, task)
+    assert sorted(it.generation_id for it in cnr) == sorted(worse) and cnr[0].revision == "Short answer here."
+    # a person's judgment outranks the rule's
+    with session_scope(db) as s:
+        s.add(Feedback(generation_id=worse[0], source="human:ann", kind="judgment", text="Rambles."))
+    assert {it.generation_id: it for it in judgment_items(db, task)}[worse[0]].feedback == "Rambles."
+
+
+def test_critique_rule_on_word_lists():
+    banned = make_provider("rule:critique:banned_words:idiot", Settings(), TASK)
+    (bad, good) = banned(items(["You are an idiot , really.", "Fine."]), TASK)
+    assert bad.category == "Horrible" and good.category == "Excellent" and not good.extra
+    judgment, critique = bad.extra
+    assert judgment.kind == "judgment" and judgment.text == "It uses the word 'idiot'."
+    assert critique.kind == "critique" and critique.revision == "You are an, really."
+    keyword = make_provider("rule:critique:keyword:thanks", Settings(), TASK)
+    (missing,) = keyword(items(["no"]), TASK)
+    assert [x.kind for x in missing.extra] == ["judgment"]  # nothing a rule can mend: no revision
+    with pytest.raises(ValueError, match="wraps another rule"):
+        make_provider("rule:critique:critique:concise", Settings(), TASK)

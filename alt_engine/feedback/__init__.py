@@ -2,7 +2,7 @@
 
 Specs: ``rule:<name>[:<arg>]`` (see ``rule.py``), ``reward:<model path or hub id>`` or
 ``reward:<module>:<function>`` (see ``reward.py``; ``scorers.py`` ships
-``reward:alt_engine.feedback.scorers:non_offensive``), ``llm:categorical``, ``llm:free_text``.
+``reward:alt_engine.feedback.scorers:non_offensive``), ``llm:categorical``, ``llm:free_text``, ``llm:judgment``.
 A provider's ``name`` is its provenance and keeps its arguments (``rule:concise:40,77,97,105``).
 ``label_generations`` runs a provider over stored generations and stores what it says.
 """
@@ -33,13 +33,14 @@ def make_provider(spec: str, settings, task, db: str | None = None) -> Provider:
         per_prompt = getattr(settings, "reward_quantiles", "prompt") != "pool"
         return make_reward(arg, pick_device(getattr(settings, "device", "cpu")), per_prompt=per_prompt)
     if kind == "llm":
-        if arg not in ("categorical", "free_text"):
-            raise ValueError(f"unknown llm mode {arg!r}: use llm:categorical or llm:free_text")
+        if arg not in ("categorical", "free_text", "judgment"):
+            raise ValueError(f"unknown llm mode {arg!r}: use llm:categorical, llm:free_text or llm:judgment")
         from .llm import make_llm_provider
 
         return make_llm_provider(arg, settings, task)
-    raise ValueError(f"unknown feedback provider {spec!r}: use rule:<name> (concise, length, banned_words, keyword), "
-                     "reward:<model path | module:function>, llm:categorical or llm:free_text")
+    raise ValueError(f"unknown feedback provider {spec!r}: use rule:<name> (concise, length, banned_words, keyword, "
+                     "critique:<rule>), "
+                     "reward:<model path | module:function>, llm:categorical, llm:free_text or llm:judgment")
 
 
 __all__ = ["FeedbackItem", "FeedbackResult", "LabelReport", "PROVIDER_KINDS", "Provider", "effective_feedback",

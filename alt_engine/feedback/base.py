@@ -8,7 +8,7 @@ category, a text and/or a score — or nothing, with the reason.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..conditioning import PromptLike
@@ -38,6 +38,8 @@ class FeedbackResult:
     revision: str | None = None
     raw: str | None = None  # the provider's raw reply, for audit
     reason: str | None = None  # why there is no feedback
+    # more rows on the same generation from the same source (e.g. a rule's category + judgment + critique)
+    extra: list[FeedbackResult] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -2,7 +2,8 @@
 
 Categorical mode asks for exactly one of the task's labels; free-text mode asks
 for three labelled parts (analysis, a feedback sentence of at most 10 words,
-a score 0-3). Examples whose label is not one of a task's categories are left
+a score 0-3); judgment mode (CUT) for two: a judgment of what is wrong (at most
+60 words) and a verdict, good or bad. Examples whose label is not one of a task's categories are left
 out, so a task with custom categories gets a zero-shot prompt listing them.
 Bump the ``*_VERSION`` when a template changes: it is part of the cache key.
 """
@@ -16,7 +17,9 @@ from ..db import Task
 
 CATEGORICAL_VERSION = "categorical-v1"
 FREE_TEXT_VERSION = "free_text-v1"
+JUDGMENT_VERSION = "judgment-v1"
 MAX_FEEDBACK_WORDS = 10
+MAX_JUDGMENT_WORDS = 60
 
 
 @dataclass(frozen=True)
@@ -27,17 +30,26 @@ class Example:
     analysis: str = ""  # free-text answer: analysis, feedback sentence, score
     feedback: str = ""
     score: int = 0
+    judgment: str = ""  # judgment answer (CUT): what is wrong with the response, or why it is good
+
+    @property
+    def verdict(self) -> str:
+        return "good" if self.score >= 3 else "bad"
 
 
 _GENERAL = [
     Example("What is the capital of France?", "The capital of France is Paris.", "Excellent",
-            "Correct, direct and complete.", "Correct and concise answer, nothing missing.", 3),
+            "Correct, direct and complete.", "Correct and concise answer, nothing missing.", 3,
+            "The answer is correct, direct and complete; nothing needs to change."),
     Example("Explain photosynthesis in one sentence.",
             "Plants use light to turn water and carbon dioxide into sugar and oxygen, and also they are green and "
             "some are trees and grow in many places around the world.", "Mediocre",
-            "The first half is right; the rest rambles off topic.", "Correct core idea but rambling and unfocused.", 1),
+            "The first half is right; the rest rambles off topic.", "Correct core idea but rambling and unfocused.", 1,
+            "After the correct first half it rambles about colour, trees and places, which the question did not "
+            "ask for."),
     Example("How many legs does a spider have?", "Spiders have six legs.", "Bad",
-            "Factually wrong: spiders have eight legs.", "Confident but factually wrong answer.", 0),
+            "Factually wrong: spiders have eight legs.", "Confident but factually wrong answer.", 0,
+            "It states that spiders have six legs; they have eight."),
 ]
 
 FEW_SHOT: dict[str, list[Example]] = {
@@ -135,3 +147,27 @@ def free_text_messages(task: Task, prompt: PromptLike, response: str) -> list[di
 def free_text_reask(problem: str) -> str:
     return (f"Your answer could not be used: {problem}. Answer again in exactly three lines: 'Analysis: ...', "
             f"'Feedback: <at most {MAX_FEEDBACK_WORDS} words>', 'Score: <0-3>'.")
+
+
+def judgment_answer(judgment: str, verdict: str) -> str:
+    return f"Judgment: {judgment}\nVerdict: {verdict}"
+
+
+def judgment_messages(task: Task, prompt: PromptLike, response: str) -> list[dict]:
+    """Ask for a judgment in CUT's sense: what is wrong with the response, pointed at its parts."""
+    system = (f"You are a careful annotator. {task.description}\n{task.guidelines}\n\n"
+              "Judge the response to the prompt. Answer in exactly two labelled lines:\n"
+              f"Judgment: <at most {MAX_JUDGMENT_WORDS} words: what is wrong with the response and where, "
+              "quoting or naming the faulty part; if nothing is wrong, say what makes it good>\n"
+              "Verdict: <good or bad>").replace("\n\n\n", "\n\n")
+    messages = [{"role": "system", "content": system}]
+    for e in _GENERAL:
+        messages += [{"role": "user", "content": _item(e.prompt, e.response)},
+                     {"role": "assistant", "content": judgment_answer(e.judgment, e.verdict)}]
+    messages.append({"role": "user", "content": _item(prompt, response)})
+    return messages
+
+
+def judgment_reask(problem: str) -> str:
+    return (f"Your answer could not be used: {problem}. Answer again in exactly two lines: "
+            f"'Judgment: <at most {MAX_JUDGMENT_WORDS} words>', 'Verdict: <good or bad>'.")

@@ -1,7 +1,9 @@
 """The LLM judge: feedback from any OpenAI-compatible endpoint, categorical or free text.
 
 ``make_llm_provider(mode, settings, task)`` builds the provider (``llm:categorical``
-/ ``llm:free_text``). It calls the real ``openai`` client (base URL, model, key,
+/ ``llm:free_text`` / ``llm:judgment`` — a written judgment of what is wrong, CUT's data, stored as a
+``judgment`` row like an annotator's, its verdict as the score: 0 bad, 1 good).
+It calls the real ``openai`` client (base URL, model, key,
 timeout and ``max_retries`` from Settings; the client itself retries 429/5xx/
 timeouts with exponential backoff) at temperature 0, ``llm_concurrency``
 requests at a time. A reply that does not parse is re-asked a bounded number
@@ -38,11 +40,12 @@ from . import judge_prompts as jp
 from .base import FeedbackItem, FeedbackResult
 
 log = logging.getLogger(__name__)
-MODES = ("categorical", "free_text")
+MODES = ("categorical", "free_text", "judgment")
 BUDGET_EXHAUSTED = "budget exhausted"
 REQUEST_FAILED = "request failed"
 MAX_REPLY_CHARS = 4000  # a longer reply is cut here (stored, parsed and re-asked truncated) and the cut recorded
-MAX_REPLY_TOKENS = {"categorical": 64, "free_text": 512}  # asked of the endpoint, so replies stay short at source
+# asked of the endpoint, so replies stay short at source
+MAX_REPLY_TOKENS = {"categorical": 64, "free_text": 512, "judgment": 256}
 FATAL_ERRORS = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
 
 
@@ -98,6 +101,26 @@ def parse_free_text(reply: str) -> tuple[str, str, int]:
     if score is None:
         raise ParseError(f"score {m['score'].strip()[:20]!r} is not an integer from 0 to 3")
     return m["analysis"].strip(), feedback, int(score[1])
+
+
+_JUDGMENT = re.compile(r"\**judgment\**\s*:\**\s*(?P<judgment>.+?)\s*\n"
+                       r"\s*\**verdict\**\s*:\**\s*(?P<verdict>[^\n]+?)\s*", re.I | re.S)
+
+
+def parse_judgment(reply: str) -> tuple[str, str]:
+    """(judgment, verdict "good" | "bad") from a two-part reply, else ParseError saying why."""
+    m = _JUDGMENT.fullmatch((reply or "").strip())
+    if m is None:
+        raise ParseError("expected exactly two labelled lines 'Judgment:', 'Verdict:' in that order")
+    judgment = " ".join(m["judgment"].strip(_STRIP).split())
+    if not judgment:
+        raise ParseError("the judgment is empty")
+    if len(judgment.split()) > jp.MAX_JUDGMENT_WORDS:
+        raise ParseError(f"the judgment has {len(judgment.split())} words (at most {jp.MAX_JUDGMENT_WORDS})")
+    verdict = normalise(m["verdict"])
+    if verdict not in ("good", "bad"):
+        raise ParseError(f"verdict {m['verdict'].strip()[:20]!r} is not 'good' or 'bad'")
+    return judgment, verdict
 
 
 # --------------------------------------------------------------------------- budget and stats
@@ -169,6 +192,9 @@ def _result_from(parsed: dict, reply: str | None) -> FeedbackResult:
         return FeedbackResult(reason=parsed["reason"], raw=reply)
     if "category" in parsed:
         return FeedbackResult(category=parsed["category"], kind="category", raw=reply)
+    if "judgment" in parsed:  # score 1 = a "good" verdict (a positive for CUT), 0 = "bad" (a negative)
+        return FeedbackResult(text=parsed["judgment"], score=1.0 if parsed["verdict"] == "good" else 0.0,
+                              kind="judgment", raw=reply)
     return FeedbackResult(text=parsed["feedback"], score=float(parsed["score"]), kind="text", raw=reply)
 
 
@@ -178,13 +204,14 @@ class LLMJudge:
     def __init__(self, mode: str, settings: Settings, *, client: openai.OpenAI | None = None, reasks: int = 2,
                  use_cache: bool = True, show_progress: bool = True):
         if mode not in MODES:
-            raise ValueError(f"unknown LLM judge mode {mode!r} (categorical | free_text)")
+            raise ValueError(f"unknown LLM judge mode {mode!r} (categorical | free_text | judgment)")
         self.mode, self.settings, self.reasks = mode, settings, reasks
         self.use_cache, self.show_progress = use_cache, show_progress
         self.model = settings.llm_model
         self.name = f"llm:{self.model}"  # provenance; both modes share it, ``kind`` tells their rows apart
-        self.kind = "category" if mode == "categorical" else "text"
-        self.prompt_version = jp.CATEGORICAL_VERSION if mode == "categorical" else jp.FREE_TEXT_VERSION
+        self.kind = {"categorical": "category", "free_text": "text", "judgment": "judgment"}[mode]
+        self.prompt_version = {"categorical": jp.CATEGORICAL_VERSION, "free_text": jp.FREE_TEXT_VERSION,
+                               "judgment": jp.JUDGMENT_VERSION}[mode]
         self.client = client or openai.OpenAI(base_url=settings.llm_base_url, api_key=settings.llm_api_key or "none",
                                               timeout=settings.llm_timeout, max_retries=settings.llm_max_retries)
         self.budget = Budget(settings.llm_max_requests, settings.llm_max_tokens)
@@ -207,6 +234,9 @@ class LLMJudge:
     def _parse(self, reply: str, task: Task) -> dict:
         if self.mode == "categorical":
             return {"category": parse_label(reply, task.categories)}
+        if self.mode == "judgment":
+            judgment, verdict = parse_judgment(reply)
+            return {"judgment": judgment, "verdict": verdict}
         analysis, feedback, score = parse_free_text(reply)
         return {"analysis": analysis, "feedback": feedback, "score": score}
 
@@ -242,9 +272,8 @@ class LLMJudge:
                 except ParseError as e:
                     if attempt < self.reasks:
                         record(reply=reply, error=f"{cut}unparsed: {e}")
-                        messages = messages + [{"role": "assistant", "content": reply}, {"role": "user", "content": (
-                            jp.categorical_reask(reply, task) if self.mode == "categorical" else jp.free_text_reask(
-                                str(e)))}]
+                        messages = messages + [{"role": "assistant", "content": reply},
+                                               {"role": "user", "content": self._reask(reply, task, str(e))}]
                         with self.budget.lock:
                             self.stats.reasks += 1
                         continue
@@ -262,10 +291,16 @@ class LLMJudge:
         assert result is not None
         return result
 
+    def _reask(self, reply: str, task: Task, problem: str) -> str:
+        if self.mode == "categorical":
+            return jp.categorical_reask(reply, task)
+        return jp.judgment_reask(problem) if self.mode == "judgment" else jp.free_text_reask(problem)
+
     # a batch ----------------------------------------------------------------
 
     def _messages(self, item: FeedbackItem, task: Task) -> list[dict]:
-        build = jp.categorical_messages if self.mode == "categorical" else jp.free_text_messages
+        build = {"categorical": jp.categorical_messages, "free_text": jp.free_text_messages,
+                 "judgment": jp.judgment_messages}[self.mode]
         return build(task, item.prompt, item.response)
 
     def _cached(self, keys: list[str]) -> dict[str, FeedbackResult]:
@@ -342,7 +377,7 @@ class LLMJudge:
 
 
 def make_llm_provider(mode: str, settings: Settings, task: Task | None = None, **kw) -> LLMJudge:
-    """The ``llm:categorical`` / ``llm:free_text`` provider (``free-text`` accepted too)."""
+    """The ``llm:categorical`` / ``llm:free_text`` / ``llm:judgment`` provider (``free-text`` accepted too)."""
     mode = mode.replace("-", "_")
     if mode == "categorical" and task is not None and not task.categories:
         raise ValueError(f"task {task.name!r} has no categories for the categorical judge")

@@ -21,6 +21,12 @@ feedback and evaluations under different thresholds never look comparable.
 - ``rule:banned_words[:w1,w2,...]`` — a response containing a banned word
   (whole word, case-insensitive) gets the worst category, others the best.
 - ``rule:keyword:w1[,w2,...]`` — a response containing a keyword gets the best category, others the worst.
+- ``rule:critique:<rule>`` — any rule above, plus what an annotator would write offline on a response it
+  rates below the best: the rule's reason as a judgment (``kind="judgment"``, CUT's negatives) and, where
+  the rule can mend the response, a critique + revision (``kind="critique"``, Critique-and-Revise's
+  records): ``concise`` cuts the answer to its first sentences within the best bucket's word count,
+  ``banned_words`` deletes the words; ``length`` and ``keyword`` write a judgment only. Its categories are
+  the inner rule's, so ALT, Quark, SteerLM and SFT train on the same labels in a comparison.
 """
 
 from __future__ import annotations
@@ -67,6 +73,25 @@ def quantile_thresholds(word_counts: list[int], k: int) -> tuple[int, ...]:
                          f"cut into {k} categories; give thresholds explicitly, e.g. rule:concise:20,40")
     cuts = [counts[math.ceil(i * n / k) - 1] for i in range(1, k)]
     return tuple(sorted({c if c < counts[-1] else below_max[-1] for c in cuts}))
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to its first sentences within ``limit`` words (else its first ``limit`` words, closed by a
+    full stop): a rule's revision of a too-long answer."""
+    kept = ""
+    for sentence in re.split(r"(?<=[.!?])\s+", text.strip()):
+        longer = f"{kept} {sentence}".strip()
+        if count_words(longer) > limit:
+            break
+        kept = longer
+    if kept:
+        return kept
+    words: list[str] = []
+    for token in text.split():
+        if count_words(" ".join(words + [token])) > limit:
+            break
+        words.append(token)
+    return " ".join(words).rstrip(",;:-") + "." if words else ""
 
 
 def first_round_word_counts(db: str, task: Task) -> list[int]:
@@ -136,6 +161,15 @@ class LengthRule:
             out.append(FeedbackResult(category=cats[self.bucket(words, len(cats))], score=None, raw=f"words={words}"))
         return out
 
+    def explain(self, response: str, task: Task) -> tuple[str, str | None]:
+        """(judgment, revision or None) for a response rated below the best."""
+        words, k = count_words(response), len(_categories(task, self.name))
+        cuts = self.thresholds or tuple(10 * (i + 1) for i in range(k - 1))
+        if self.shorter_is_better:
+            revision = shorten(response, cuts[0])
+            return f"Too long ({words} words): keep to the point in at most {cuts[0]} words.", revision or None
+        return f"Too short ({words} words): give more detail, over {cuts[-1]} words.", None
+
 
 @dataclass
 class WordListRule:
@@ -157,6 +191,44 @@ class WordListRule:
             bad = (hit is not None) == self.present_is_bad
             out.append(FeedbackResult(category=cats[-1] if bad else cats[0], raw=f"match={hit}"))
         return out
+
+    def explain(self, response: str, task: Task) -> tuple[str, str | None]:
+        """(judgment, revision or None) for a response rated below the best."""
+        if not self.present_is_bad:
+            return f"It does not mention {' or '.join(map(repr, self.words))}.", None
+        hit = _contains_any(response, self.words)
+        revision = response
+        for w in self.words:
+            revision = re.sub(rf"(?<!\w){re.escape(w)}(?!\w)", "", revision, flags=re.IGNORECASE)
+        revision = re.sub(r"\s+([,.!?;:])", r"\1", " ".join(revision.split()))
+        return f"It uses the word {hit!r}.", revision or None
+
+
+@dataclass
+class CritiqueRule:
+    """``rule:critique:<rule>``: the inner rule's categories, and on a response below the best its judgment and,
+    where the rule can mend it, a critique + revision (extra rows of the same source)."""
+
+    inner: LengthRule | WordListRule
+
+    @property
+    def name(self) -> str:  # follows the inner rule's resolution (``…:auto`` → its thresholds)
+        return "rule:critique:" + self.inner.name.removeprefix("rule:")
+
+    @property
+    def chunk_size(self) -> int | None:
+        return self.inner.chunk_size
+
+    def __call__(self, items: list[FeedbackItem], task: Task) -> list[FeedbackResult]:
+        results = self.inner(items, task)
+        best = _categories(task, self.name)[0]
+        for item, r in zip(items, results):
+            if r.ok and r.category != best:
+                judgment, revision = self.inner.explain(item.response, task)
+                r.extra.append(FeedbackResult(kind="judgment", text=judgment, score=0.0))
+                if revision:
+                    r.extra.append(FeedbackResult(kind="critique", critique=judgment, revision=revision))
+        return results
 
 
 def _categories(task: Task, name: str) -> list[str]:
@@ -205,8 +277,12 @@ def make_rule(spec: str, task: Task | None = None, db: str | None = None):
     from the task's number of categories; ``auto`` from its round-1 generations in ``db``).
     """
     name, _, arg = spec.partition(":")
+    if name == "critique":
+        if arg.partition(":")[0] in ("critique", ""):
+            raise ValueError("rule:critique wraps another rule: rule:critique:concise:auto, rule:critique:banned_words")
+        return CritiqueRule(make_rule(arg, task, db))
     if name not in RULES:
-        raise ValueError(f"unknown rule {name!r}; known rules: {', '.join(RULES)}")
+        raise ValueError(f"unknown rule {name!r}; known rules: {', '.join(RULES)}, critique:<rule>")
     if name == "keyword" and not _words(arg):
         raise ValueError("rule:keyword needs its words: rule:keyword:word1,word2")
     rule = RULES[name](arg, db)

@@ -19,13 +19,14 @@ FEEDBACK_KINDS = ("category", "text", "critique", "judgment")
 
 def store_results(db: str, source: str, items: list[FeedbackItem], results: list[FeedbackResult],
                   categories: list[str] | None = None) -> tuple[int, list[tuple[int, str]]]:
-    """Store the ok results in one transaction; returns (stored, [(generation_id, reason), ...]).
+    """Store the ok results (each with its ``extra`` rows) in one transaction; returns (items stored,
+    [(generation_id, reason), ...]).
 
     A category not in ``categories`` is refused (never stored as a category).
     """
     if len(items) != len(results):
         raise ValueError(f"provider {source} returned {len(results)} results for {len(items)} items")
-    rows, skipped = [], []
+    rows, skipped, stored = [], [], 0
     for item, r in zip(items, results):
         if not r.ok:
             skipped.append((item.generation_id, r.reason or "no feedback"))
@@ -33,11 +34,13 @@ def store_results(db: str, source: str, items: list[FeedbackItem], results: list
         if r.category is not None and categories is not None and r.category not in categories:
             skipped.append((item.generation_id, f"category {r.category!r} is not one of the task's"))
             continue
-        rows.append(Feedback(generation_id=item.generation_id, source=source, kind=r.kind, category=r.category,
-                             text=r.text, score=r.score, critique=r.critique, revision=r.revision, raw=r.raw))
+        rows.extend(Feedback(generation_id=item.generation_id, source=source, kind=x.kind, category=x.category,
+                             text=x.text, score=x.score, critique=x.critique, revision=x.revision, raw=x.raw)
+                    for x in [r, *r.extra] if x.ok)
+        stored += 1
     with session_scope(db) as s:
         s.add_all(rows)
-    return len(rows), skipped
+    return stored, skipped
 
 
 def effective_feedback(session: Session, generation_ids: Iterable[int] | None = None,

@@ -15,8 +15,9 @@ the negatives' tokens of the x → y part (the likelihood part alone when the ba
 
 Defaults from the method's published code (online): threshold 1.1, weight 1.0 (offline 1.2, 0.5), LoRA
 r = 16 on the MLP projections merged after each round, lr 4e-4 cosine, 1 epoch. Judgments are the
-annotators' (``Feedback.kind == "judgment"``); a generation with a category worse than the task's best and
-no written judgment is judged by its category text (an offline rule). The model samples unconditioned.
+annotators' (``Feedback.kind == "judgment"``), an LLM judge's (``llm:judgment``) or a rule's
+(``rule:critique:<rule>``); a generation with a category worse than the task's best and no written judgment
+is judged by its category text. The model samples unconditioned.
 """
 
 from __future__ import annotations
@@ -145,8 +146,10 @@ def build_cut_examples(tokenizer, items: list[PoolItem], config: CutTrainConfig,
 
 
 def judgment_items(db: str, task, round_ids: list[int] | None = None, policy: str = "flush", **_) -> list[PoolItem]:
-    """Negatives: generations with an annotator's judgment (else a category worse than the best: its text);
-    positives: the best category, not judged. Flagged and truncated generations are left out."""
+    """Negatives: generations with a written judgment (an annotator's outranks an AI's: ``effective_feedback``),
+    else a category worse than the best (its text as the judgment); positives: the best category, or with no
+    category an LLM judge's "good" verdict (a judgment with score 1). Flagged and truncated generations are
+    left out."""
     with session_scope(db) as s:
         if round_ids is None:
             rounds = list(s.exec(select(Round.id).where(Round.task_id == task.id).order_by(Round.number)))
@@ -156,9 +159,7 @@ def judgment_items(db: str, task, round_ids: list[int] | None = None, policy: st
             .order_by(Generation.id)).all()
         ids = [g.id for g, _ in rows]
         categories = effective_feedback(s, ids, kinds=("category",))
-        judgments = {f.generation_id: f for f in s.exec(select(Feedback).where(
-            Feedback.generation_id.in_(ids), Feedback.kind == "judgment", Feedback.text.is_not(None))
-            .order_by(Feedback.id))}
+        judgments = {g: f for g, f in effective_feedback(s, ids, kinds=("judgment",)).items() if (f.text or "").strip()}
         flagged = set(s.exec(select(Feedback.generation_id).where(
             Feedback.generation_id.in_(ids), Feedback.kind == "flag", Feedback.source.like("human:%"))))
         best = task.exemplar_category
@@ -168,7 +169,7 @@ def judgment_items(db: str, task, round_ids: list[int] | None = None, policy: st
                 continue
             fb, cat = judgments.get(g.id), categories.get(g.id)
             category = cat.category if cat else None
-            if fb is not None:
+            if fb is not None and (fb.score is None or fb.score < 1):
                 items.append(PoolItem(g.id, fb.id, p.id, conditioning.prompt_of(p), fb.text, g.response, False,
                                       category, None, negative=True))
             elif cat is not None and category == best:
@@ -177,6 +178,9 @@ def judgment_items(db: str, task, round_ids: list[int] | None = None, policy: st
             elif cat is not None and category:
                 items.append(PoolItem(g.id, cat.id, p.id, conditioning.prompt_of(p), category, g.response, False,
                                       category, cat.score, negative=True))
+            elif fb is not None:  # a "good" verdict and no category: a positive
+                items.append(PoolItem(g.id, fb.id, p.id, conditioning.prompt_of(p), fb.text, g.response, False,
+                                      None, fb.score))
     return items
 
 
