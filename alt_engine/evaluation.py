@@ -65,12 +65,13 @@ class EvalConfig:
     diagnostic_size: int = 64  # held-out responses for the label-learned diagnostic (0 = skip)
     conditioned: bool = True  # False: the plain prompt (what a user of the untuned model gets)
     mask_control_tokens: bool = False  # Quark: no control token is ever sampled (SamplingParams')
+    revision_passes: int = 0  # Critique-and-Revise versions: each answer revised this many times before scoring
 
     def key(self) -> dict:
         """What must match for two evaluations to be comparable (an option at its default is left out, so
         evaluations stored before it existed stay comparable)."""
         return {k: v for k, v in asdict(self).items()
-                if k != "batch_size" and not (k == "mask_control_tokens" and not v)}
+                if k != "batch_size" and not (k in ("mask_control_tokens", "revision_passes") and not v)}
 
 
 def distinct_n(texts_per_prompt: Sequence[Sequence[str]], n: int) -> float:
@@ -242,6 +243,23 @@ def _diagnostic_set(db: str, task: Task, root_id: int, provider_name: str, size:
     return out[::step][:size]  # spread over prompts, deterministic
 
 
+def _revise_answers(backend, gens: list[Generation], prompts: dict, passes: int, max_new: int, log) -> None:
+    """Critique-and-Revise at evaluation: each answer replaced by its revision after ``passes`` greedy passes
+    (the first answer and the passes made kept in ``sampling_params``); the caller's session stores it."""
+    from .revise import final_answer, revise_many
+
+    if log:
+        log(f"  revise {len(gens)} answers, up to {passes} pass(es)")
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=2 * max_new)  # critique + revision
+    steps = revise_many(backend, [conditioning.prompt_of(prompts[g.prompt_id]) for g in gens],
+                        [g.response for g in gens], passes, params)
+    for g, st in zip(gens, steps):
+        final = final_answer(st, g.response)
+        g.sampling_params = {**g.sampling_params, "first_answer": g.response,
+                             "revision_passes": sum(1 for x in st if x.revision)}
+        g.response = final
+
+
 def evaluate_version(db: str, settings: Settings, version_id: int, task: Task, provider: Provider | None = None,
                      config: EvalConfig | None = None, reference: str | None = None,
                      conditioned: bool | None = None, show_progress: bool = False, backend=None,
@@ -288,6 +306,8 @@ def evaluate_version(db: str, settings: Settings, version_id: int, task: Task, p
             gens = list(s.exec(select(Generation).where(Generation.id.in_(gen_ids)).order_by(Generation.id)))
             for g in gens:
                 g.sampling_params = {**g.sampling_params, "purpose": "eval"}
+            if cfg.revision_passes and version.objective == "cnr":
+                _revise_answers(backend, gens, by_id, cfg.revision_passes, max_new, log)
         results = _label(provider, task, db, gens, by_id) if provider is not None else None
         per_cond.append((gens, _attributes(task, gens, results)))
 

@@ -37,6 +37,7 @@ class ExperimentConfig:
     out: str = "runs/experiment"
     round: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
+    objective_policy: bool = True  # each arm's pool policy is its objective's own (Quark accumulates), not round's
 
 
 def _prepare(db: str, settings: Settings, cfg: ExperimentConfig, log: Log):
@@ -97,11 +98,17 @@ def run_experiment(cfg: ExperimentConfig, settings: Settings, log: Log = print) 
         log(f"== {objective}: {cfg.rounds} round(s) on task {cfg.task!r} → {db}")
         task, provider = _prepare(db, arm_settings, cfg, log)
         train_config = _train_config(objective, dict(cfg.train))
-        arm: dict = {"provider": provider, "train_config": train_config.to_dict(), "rounds": []}
+        arm_round = round_config
+        if cfg.objective_policy:
+            from .training.objectives import get
+
+            arm_round = dataclasses.replace(round_config, policy=get(objective).pool_policy)
+        arm: dict = {"provider": provider, "train_config": train_config.to_dict(), "policy": arm_round.policy,
+                     "rounds": []}
         record["arms"][objective] = arm
         t0 = time.perf_counter()
         for _ in range(cfg.rounds):
-            report = run_round(db, arm_settings, task, provider, round_config, train_config, log=log)
+            report = run_round(db, arm_settings, task, provider, arm_round, train_config, log=log)
             if not arm["rounds"]:
                 arm["rounds"].append({"round": 0, "version": "base", "metrics": _slim(report.parent_metrics)})
             arm["rounds"].append({

@@ -14,7 +14,8 @@ from .conditioning import PromptLike
 from .sampling import SamplingParams
 from .training.cnr import REQUEST, parse_revision, revision_input
 
-MAX_PASSES = 5  # the paper's win rate rose with up to 5 passes
+MAX_PASSES = 5  # the paper's win rate rose with up to 5 passes (the playground's and the API's limit)
+MAX_PASSES_LIMIT = 20  # what the engine accepts
 
 
 @dataclass
@@ -30,19 +31,31 @@ def revise(backend, prompt: PromptLike, response: str, passes: int = 1, params: 
            request: str = REQUEST) -> list[RevisionStep]:
     """Revise ``response`` to ``prompt`` up to ``passes`` times with ``backend`` (any ``sampling.Backend``);
     greedy by default. The final answer is the last step's revision (or ``response`` if there is none)."""
-    if not 1 <= passes <= 20:
-        raise ValueError("passes must be between 1 and 20")
-    params = params or SamplingParams(n=1, temperature=0.0, max_new_tokens=256)
-    steps: list[RevisionStep] = []
-    answer = response
+    return revise_many(backend, [prompt], [response], passes, params, request)[0]
+
+
+def revise_many(backend, prompts: list[PromptLike], responses: list[str], passes: int = 1,
+                params: SamplingParams | None = None, request: str = REQUEST) -> list[list[RevisionStep]]:
+    """``revise`` for many answers at once: each pass is one batched ``generate`` over the answers still being
+    revised (an answer whose reply has no revision stops there)."""
+    if not 1 <= passes <= MAX_PASSES_LIMIT:
+        raise ValueError(f"passes must be between 1 and {MAX_PASSES_LIMIT}")
+    params = SamplingParams(**{**(params or SamplingParams(temperature=0.0, max_new_tokens=256)).__dict__, "n": 1})
+    steps: list[list[RevisionStep]] = [[] for _ in responses]
+    answers, live = list(responses), list(range(len(responses)))
     for _ in range(passes):
-        ids = revision_input(backend.tokenizer, prompt, answer, request)
-        text = backend.generate([ids], SamplingParams(**{**params.__dict__, "n": 1}))[0][0].text
-        critique, revision = parse_revision(text)
-        steps.append(RevisionStep(answer, critique, revision))
-        if not revision:
+        if not live:
             break
-        answer = revision
+        ids = [revision_input(backend.tokenizer, prompts[i], answers[i], request) for i in live]
+        texts = [row[0].text for row in backend.generate(ids, params)]
+        still = []
+        for i, text in zip(live, texts):
+            critique, revision = parse_revision(text)
+            steps[i].append(RevisionStep(answers[i], critique, revision))
+            if revision:
+                answers[i] = revision
+                still.append(i)
+        live = still
     return steps
 
 

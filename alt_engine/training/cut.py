@@ -145,18 +145,22 @@ def build_cut_examples(tokenizer, items: list[PoolItem], config: CutTrainConfig,
     return rows
 
 
-def judgment_items(db: str, task, round_ids: list[int] | None = None, policy: str = "flush", **_) -> list[PoolItem]:
+def judgment_items(db: str, task, round_ids: list[int] | None = None, policy: str = "flush", truncated: str = "exclude",
+                   **_) -> list[PoolItem]:
     """Negatives: generations with a written judgment (an annotator's outranks an AI's: ``effective_feedback``),
     else a category worse than the best (its text as the judgment); positives: the best category, or with no
-    category an LLM judge's "good" verdict (a judgment with score 1). Flagged and truncated generations are
-    left out."""
+    category an LLM judge's "good" verdict (a judgment with score 1). Flagged generations are left out, and
+    truncated ones (no EOS) unless the pool's truncation policy keeps them (``last`` / ``worst``: they come in
+    with their own feedback, trained without an EOS)."""
     with session_scope(db) as s:
         if round_ids is None:
             rounds = list(s.exec(select(Round.id).where(Round.task_id == task.id).order_by(Round.number)))
             round_ids = rounds[-1:] if policy == "flush" else rounds
-        rows = s.exec(select(Generation, Prompt).join(Prompt, Generation.prompt_id == Prompt.id).where(
-            Prompt.task_id == task.id, Generation.round_id.in_(round_ids), Generation.truncated == False)  # noqa: E712
-            .order_by(Generation.id)).all()
+        query = select(Generation, Prompt).join(Prompt, Generation.prompt_id == Prompt.id).where(
+            Prompt.task_id == task.id, Generation.round_id.in_(round_ids))
+        if truncated == "exclude":
+            query = query.where(Generation.truncated == False)  # noqa: E712
+        rows = s.exec(query.order_by(Generation.id)).all()
         ids = [g.id for g, _ in rows]
         categories = effective_feedback(s, ids, kinds=("category",))
         judgments = {g: f for g, f in effective_feedback(s, ids, kinds=("judgment",)).items() if (f.text or "").strip()}
@@ -169,17 +173,19 @@ def judgment_items(db: str, task, round_ids: list[int] | None = None, policy: st
                 continue
             fb, cat = judgments.get(g.id), categories.get(g.id)
             category = cat.category if cat else None
+            if g.truncated and truncated == "worst" and cat is not None and task.categories:
+                category = task.categories[-1]  # as the pool does: a cut-off answer is the worst category
             if fb is not None and (fb.score is None or fb.score < 1):
-                items.append(PoolItem(g.id, fb.id, p.id, conditioning.prompt_of(p), fb.text, g.response, False,
+                items.append(PoolItem(g.id, fb.id, p.id, conditioning.prompt_of(p), fb.text, g.response, g.truncated,
                                       category, None, negative=True))
             elif cat is not None and category == best:
-                items.append(PoolItem(g.id, cat.id, p.id, conditioning.prompt_of(p), category, g.response, False,
+                items.append(PoolItem(g.id, cat.id, p.id, conditioning.prompt_of(p), category, g.response, g.truncated,
                                       category, cat.score))
             elif cat is not None and category:
-                items.append(PoolItem(g.id, cat.id, p.id, conditioning.prompt_of(p), category, g.response, False,
+                items.append(PoolItem(g.id, cat.id, p.id, conditioning.prompt_of(p), category, g.response, g.truncated,
                                       category, cat.score, negative=True))
             elif fb is not None:  # a "good" verdict and no category: a positive
-                items.append(PoolItem(g.id, fb.id, p.id, conditioning.prompt_of(p), fb.text, g.response, False,
+                items.append(PoolItem(g.id, fb.id, p.id, conditioning.prompt_of(p), fb.text, g.response, g.truncated,
                                       None, fb.score))
     return items
 

@@ -62,6 +62,9 @@ def _eval_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
                    help="at most this many probe prompts (default: all)")
     p.add_argument(f"--{prefix}no-steer", dest="eval_steer", action="store_false",
                    help="skip the worst-feedback samples (no steerability gap)")
+    p.add_argument(f"--{prefix}revision-passes", dest="eval_revision_passes", type=int, default=0,
+                   help="Critique-and-Revise versions: score each answer after this many revision passes (0 = the "
+                        "first answer)")
 
 
 def register(sub, common, selected: str | None = None) -> None:
@@ -201,7 +204,8 @@ def _eval_config(args):
     return EvalConfig(n=args.eval_n, max_new_tokens=args.eval_max_new_tokens, seed=args.eval_seed,
                       limit=args.eval_limit, steer=args.eval_steer, conditions=getattr(args, "condition", None),
                       conditioned=not getattr(args, "unconditioned", False),
-                      mask_control_tokens=getattr(args, "mask_control_tokens", False))
+                      mask_control_tokens=getattr(args, "mask_control_tokens", False),
+                      revision_passes=args.eval_revision_passes)
 
 
 def _served(session) -> ModelVersion:
@@ -343,7 +347,8 @@ def cmd_experiment(args) -> None:
     set_threads(settings.threads)
     cfg = ExperimentConfig(task=args.task, provider=args.provider, prompts=args.prompts, rounds=args.rounds,
                            objectives=args.objective or ["alt"], out=args.out,
-                           round=dataclasses.asdict(_round_config(args)), train=_experiment_options(args))
+                           round=dataclasses.asdict(_round_config(args)), train=_experiment_options(args),
+                           objective_policy=args.policy is None)
     run_experiment(cfg, settings)
 
 
