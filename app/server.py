@@ -276,11 +276,10 @@ def serve(settings: Settings) -> None:
         users_svc.add_user(settings.db, "admin", password, "admin")
         print(f"created the first admin — user: admin  password: {password}  "
               "(change it with `alt users passwd admin`; add people with `alt users add NAME`)", flush=True)
-    if settings.workers > 1:  # N processes on one port: each builds the app from the same settings (env)
-        for f in dataclasses.fields(settings):
-            os.environ[f"ALT_{f.name.upper()}"] = str(getattr(settings, f.name))
-        uvicorn.run("app.server:app_from_env", factory=True, workers=settings.workers, host=settings.host,
-                    port=settings.port, log_level="warning")
+    if settings.workers > 1:  # N processes behind one port, each session kept on one (app/proxy.py)
+        from .proxy import serve_workers
+
+        serve_workers(settings, settings.host, settings.port, settings.workers)
         return
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
 
@@ -292,6 +291,7 @@ def app_from_env() -> FastAPI:
     Every process shares the database and nothing else: sign-in throttling, the cookie key (when
     ``ALT_SECRET_KEY`` is unset), leases and jobs live in the database; each process loads its own
     copy of the served model. The JSON API and ``/v1`` work across processes as they are; Gradio's
-    browser UI keeps per-process queue state, so put a proxy with sticky sessions in front of it.
+    browser UI keeps per-process queue state: ``alt serve --workers N`` puts a sticky front before the
+    processes (``app/proxy.py``); with another ASGI server put a proxy with sticky sessions in front.
     """
     return create_app(Settings.from_env())

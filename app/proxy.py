@@ -1,0 +1,212 @@
+"""``alt serve --workers N``: N app processes behind one port, each user's requests kept on one process.
+
+Gradio keeps a browser session's state in the process that serves it (its event queue: ``queue/join`` and the
+``queue/data`` stream must meet in one process; ``gr.State``), so N processes that merely share a socket break
+the browser UI (measured: 9 of 12 Gradio calls got "session not found" under uvicorn's own ``--workers 2``).
+Here the port belongs to a small front process that forwards each request, streamed both ways (server-sent
+events included), to the worker chosen by the request's session cookie — else its API key, else its client
+address — so one person's page always talks to one process, while people, annotators and ``/v1`` callers
+spread over all of them. Everything else the processes share lives in the database (sessions, the sign-in
+throttle, leases, jobs).
+
+The front replaces ``X-Forwarded-For`` with the peer it sees and the workers trust it from 127.0.0.1 only,
+so the sign-in throttle counts real client addresses, not the front's. Behind another proxy, use an ASGI
+server's own workers with sticky sessions there instead (README). A worker that dies is restarted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import AsyncIterator
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+              "transfer-encoding", "upgrade", "host", "content-length", "x-forwarded-for", "x-forwarded-proto",
+              "x-forwarded-host"}
+
+
+def sticky_key(headers: dict[str, str], client: str) -> str:
+    """What keeps a user on one worker: the session cookie, else the API key, else the client address."""
+    for part in headers.get("cookie", "").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == "alt_session" and value:
+            return "s:" + value
+    return "k:" + headers["authorization"] if headers.get("authorization") else "a:" + client
+
+
+class StickyProxy:
+    """An ASGI app forwarding every HTTP request to ``backends[hash(sticky_key) % N]``, streaming both ways."""
+
+    def __init__(self, backends: list[str]):
+        self.backends = backends
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0), follow_redirects=False,
+                                        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+
+    def index(self, headers: dict[str, str], client: str) -> int:
+        """The worker for a request (the same for every request of one session)."""
+        return zlib.crc32(sticky_key(headers, client).encode()) % len(self.backends)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await self.client.aclose()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":  # the app uses no websockets
+            await send({"type": "websocket.close", "code": 1003})
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        peer = scope["client"][0] if scope.get("client") else "unknown"
+        index = self.index(headers, peer)
+        target = self.backends[index]
+        forward = [(k, v) for k, v in headers.items() if k not in HOP_BY_HOP]
+        forward += [("x-forwarded-for", peer), ("x-forwarded-proto", scope.get("scheme", "http")),
+                    ("host", headers.get("host", "")), ("x-forwarded-host", headers.get("host", ""))]
+        query = scope.get("query_string", b"").decode("latin-1")
+        url = target + scope.get("raw_path", scope["path"].encode()).decode("latin-1") + (f"?{query}" if query else "")
+
+        async def body() -> AsyncIterator[bytes]:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                yield message.get("body", b"")
+                if not message.get("more_body"):
+                    return
+
+        has_body = "content-length" in headers or "transfer-encoding" in headers
+        request = self.client.build_request(scope["method"], url, headers=forward,
+                                            content=body() if has_body else None)
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.HTTPError as e:
+            log.warning("worker %s did not answer: %s", target, e)
+            await _plain(send, 502, f"the app worker did not answer ({type(e).__name__}); try again")
+            return
+        try:
+            await send({"type": "http.response.start", "status": response.status_code,
+                        "headers": [*((k, v) for k, v in response.headers.raw
+                                      if k.decode("latin-1").lower() not in ("connection", "keep-alive",
+                                                                             "transfer-encoding")),
+                                    (b"x-alt-worker", str(index).encode())]})
+            async for chunk in response.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await response.aclose()
+
+
+async def _plain(send, status: int, text: str) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+    await send({"type": "http.response.body", "body": text.encode()})
+
+
+def _die_with_parent() -> None:
+    """In a worker before exec: SIGTERM when the front process dies, even by SIGKILL (Linux; elsewhere nothing)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Workers:
+    """N ``uvicorn --factory app.server:app_from_env`` processes on 127.0.0.1 ports (settings from ``ALT_*``),
+    restarted when one dies."""
+
+    def __init__(self, n: int, env: dict[str, str]):
+        self.env, self.ports = env, [_free_port() for _ in range(n)]
+        self.procs: list[subprocess.Popen | None] = [None] * n
+        self.stopping = threading.Event()
+
+    def _start(self, i: int) -> None:
+        self.procs[i] = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "app.server:app_from_env", "--host", "127.0.0.1",
+             "--port", str(self.ports[i]), "--proxy-headers", "--forwarded-allow-ips", "127.0.0.1",
+             "--log-level", "warning", "--timeout-graceful-shutdown", "5"], env=self.env, preexec_fn=_die_with_parent)
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{p}" for p in self.ports]
+
+    def start(self, wait: float = 300.0) -> None:
+        for i in range(len(self.ports)):
+            self._start(i)
+        deadline = time.monotonic() + wait
+        for i, url in enumerate(self.urls):
+            while True:
+                if self.procs[i].poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"app worker {i} exited with status {self.procs[i].returncode}")
+                try:
+                    if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"app worker {i} did not start within {wait:.0f} s")
+                time.sleep(0.3)
+        threading.Thread(target=self._watch, name="app-workers", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self.stopping.wait(2.0):
+            for i, proc in enumerate(self.procs):
+                if proc is not None and proc.poll() is not None and not self.stopping.is_set():
+                    log.warning("app worker %d exited (%s): restarting it", i, proc.returncode)
+                    print(f"app worker {i} exited ({proc.returncode}): restarting it", file=sys.stderr, flush=True)
+                    self._start(i)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for proc in self.procs:
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            if proc is not None:
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def serve_workers(settings, host: str, port: int, n: int) -> None:
+    """Start ``n`` app workers with ``settings`` (passed as ``ALT_*``), then the sticky front on ``host:port``."""
+    import dataclasses
+
+    import uvicorn
+
+    env = {**os.environ, **{f"ALT_{f.name.upper()}": str(getattr(settings, f.name))
+                            for f in dataclasses.fields(settings)}, "ALT_WORKERS": "1"}
+    workers = Workers(n, env)
+    workers.start()
+    print(f"{n} app workers ready ({', '.join(workers.urls)}); each session stays on one", flush=True)
+    # uvicorn re-raises SIGTERM after its shutdown: with this handler that is a SystemExit, so ``finally`` runs
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        uvicorn.run(StickyProxy(workers.urls), host=host, port=port, log_level="warning", lifespan="on")
+    finally:
+        workers.stop()
