@@ -81,6 +81,31 @@ class Format:
 PAPER_FORMAT = Format("prefix", "{feedback}", SEPARATOR)  # the ALT paper's raw prefix
 
 
+def parse_attributes(text: str, categories: list[str]) -> dict[str, str]:
+    """A SteerLM mapping from ``category = attribute string`` lines (blank lines skipped), e.g.
+    ``Harmless and very helpful = harmful:0,helpful:2``; a category that is not one of ``categories``, a line
+    without ``=``, an empty string or a repeated category raises ``ValueError`` naming the line."""
+    mapping: dict[str, str] = {}
+    for number, line in enumerate((text or "").splitlines(), 1):
+        if not line.strip():
+            continue
+        category, sep, value = line.partition("=")
+        category, value = category.strip(), value.strip()
+        if not sep or not category or not value:
+            raise ValueError(f"attributes line {number}: write 'category = attribute string', got {line.strip()!r}")
+        if category not in categories:
+            raise ValueError(f"attributes line {number}: {category!r} is not one of the task's categories")
+        if category in mapping:
+            raise ValueError(f"attributes line {number}: {category!r} is mapped twice")
+        mapping[category] = value
+    return mapping
+
+
+def attribute_lines(mapping: dict[str, str]) -> str:
+    """``parse_attributes``' inverse: one ``category = attribute string`` line per entry."""
+    return "\n".join(f"{c} = {a}" for c, a in (mapping or {}).items())
+
+
 @dataclass
 class ConditionedInput:
     """Token ids of one model input and where its feedback segment lies (``start == end``: unconditioned)."""

@@ -42,12 +42,12 @@ def console(db, tmp_path, tiny_model_dir, monkeypatch):
 def test_tasks_save_duplicate_and_safe_guidelines(console, db):
     tasks = console["TasksTab"]
     with pytest.raises(Exception, match="at least two categories"):
-        tasks._save("t1", "Only one", "", True, True, True, 1, "", "system", "Feedback: {feedback}", ADMIN)
+        tasks._save("t1", "Only one", "", True, True, True, 1, "", "system", "Feedback: {feedback}", "", ADMIN)
     with pytest.raises(Exception, match="admin"):
-        tasks._save("t1", "Good\nBad", "", True, True, True, 2, "", "system", "Feedback: {feedback}", BOB)
+        tasks._save("t1", "Good\nBad", "", True, True, True, 2, "", "system", "Feedback: {feedback}", "", BOB)
     guidelines = 'Be kind <img src=x onerror=alert(1)> ![x](http://evil.example/a.png) $$\\rule{9px}{9px}$$'
     table, msg, preview, _ = tasks._save("t1", "Good\nBad", "", False, True, False, 2, guidelines, "user",
-                                         "Label: {feedback}", ADMIN)
+                                         "Label: {feedback}", "", ADMIN)
     assert "t1" in list(table["name"]) and "Saved" in msg
     # raw HTML escaped, the remote image only a link (never fetched); math is off in the component itself
     assert "<img" not in preview and "![" not in preview and "&lt;img" in preview
@@ -126,9 +126,9 @@ def test_training_jobs_models(console, db, tmp_path):
         run_job_inline(db, s.exec(select(Job).where(Job.kind == "feedback")).one().id)
     training = console["TrainingTab"]
     with pytest.raises(Exception, match="choose the round"):
-        training._train([], 1, 1e-3, None, 0.06, False, 2, 4, 2, "flush", "last", ADMIN)
-    msg = training._train([round_id], 1, 1e-3, None, 0.06, False, 2, 4, 2, "flush", "last", ADMIN)
-    assert "Queued training job" in msg
+        training._train([], "alt", 1, 1e-3, None, 0.06, False, 2, 4, "", 2, "flush", "last", ADMIN)
+    msg = training._train([round_id], "alt", 1, 1e-3, None, 0.06, False, 2, 4, "", 2, "flush", "last", ADMIN)
+    assert "Queued **alt** training job" in msg
     with session_scope(db) as s:
         job = s.exec(select(Job).where(Job.kind == "train")).one()
     bars, table = console["JobsTab"].views()
@@ -228,3 +228,95 @@ def test_sampling_server_set_in_the_console_is_what_rounds_sample_on(console, db
     finally:
         uv.should_exit = True
         server.close()
+
+
+def test_training_objective_choice_options_and_the_playground_format(console, db, tmp_path):
+    """Quark chosen in the Training form: its options parsed from its config, its version trained by the job,
+    then served in the playground with its own format (a control token), not the task's text format."""
+    from alt_engine import playground as pg
+    from alt_engine.serving import ModelHub
+    from alt_engine.training.quark import control_tokens
+
+    round_id = _sampled(console, db, tmp_path)
+    console["RoundsTab"]._feedback(round_id, "rule:concise:auto", ADMIN)
+    with session_scope(db) as s:
+        run_job_inline(db, s.exec(select(Job).where(Job.kind == "feedback")).one().id)
+    training = console["TrainingTab"]
+    with pytest.raises(Exception, match="admin"):
+        training._objective("cut", BOB)
+    shown = training._objective("cut", ADMIN)  # the objective's own defaults fill the form
+    assert shown[training.lr] == 4e-4 and shown[training.lora] is True and shown[training.epochs] == 1
+    assert shown[training.alpha]["interactive"] is False and "--ul_threshold" in shown[training.help]
+    assert shown[training.policy] == "flush" and training._objective("quark", ADMIN)[training.policy] == "accumulate"
+    form = dict(epochs=1, lr=1e-3, beta=None, alpha=0.06, lora=False, max_steps=2, batch_size=4, k=2,
+                policy="accumulate", truncated="last")
+    args = lambda objective, options: ([round_id], objective, *list(form.values())[:7], options,  # noqa: E731
+                                       *list(form.values())[7:], ADMIN)
+    with pytest.raises(Exception, match="has no option --ul_threshold"):
+        training._train(*args("quark", "--ul_threshold 1.2"))
+    with pytest.raises(Exception, match="invalid float"):
+        training._train(*args("quark", "--alpha lots"))
+    with pytest.raises(Exception, match="admin"):
+        training._train(*args("quark", "")[:-1], BOB)
+    msg = training._train(*args("quark", "--alpha 0.1 --token_template <|q{i}|>"))
+    assert "**quark**" in msg and "control tokens" in msg
+    with session_scope(db) as s:
+        job = s.exec(select(Job).where(Job.kind == "train")).one()
+        assert job.params["objective"] == "quark" and job.params["policy"] == "accumulate"
+        assert job.params["config"]["alpha"] == 0.1 and job.params["config"]["token_template"] == "<|q{i}|>"
+        assert job.params["conditioning"]["placement"] == "tokens"
+    assert run_job_inline(db, job.id).status == "succeeded"
+    with session_scope(db) as s:
+        version = s.exec(select(ModelVersion).where(ModelVersion.objective == "quark")).one()
+        stored, name = version.conditioning, version.name
+    task_cats = console["TasksTab"]._load_task("default", ADMIN)[1].splitlines()
+    assert stored["placement"] == "tokens" and stored["tokens"] == control_tokens(task_cats, "<|q{i}|>")
+    _, msg = console["ModelsTab"]._promote(version.id, ADMIN)
+    hub = ModelHub(console["TrainingTab"].settings)
+    try:  # the playground, on the promoted version: the best category is its control token
+        shown = pg.model_input(pg.server_for(hub, name), [{"role": "user", "content": "Hi"}], task_cats[0])
+        assert shown.feedback_segment == "<|q0|>" and "control tokens" in shown.format
+        usage = [done for _, _, done in pg.stream_panels(
+            hub, [pg.Panel(name, task_cats[0], [{"role": "user", "content": "Hi"}])], 4, 0.0, 1.0, 0) if done]
+        built, _, _ = pg.server_for(hub, name).model_input([{"role": "user", "content": "Hi"}], task_cats[0])
+        assert usage[0].version == name and usage[0].prompt_tokens == len(built.input_ids)  # that input, answered
+    finally:
+        hub.close()
+
+
+def test_steerlm_attributes_edited_in_the_task_editor_reach_training(console, db, tmp_path):
+    from alt_engine.conditioning import Format
+
+    tasks, training = console["TasksTab"], console["TrainingTab"]
+    cats = "Excellent\nGood\nMediocre\nBad\nHorrible"
+    mapping = "Excellent = quality:4,verbosity:0\n\nHorrible = quality:0,verbosity:4"
+    form = ["default", cats, "", True, True, True, 1, "", "system", "Feedback: {feedback}"]
+    with pytest.raises(Exception, match="admin"):
+        tasks._save(*form, mapping, BOB)
+    with pytest.raises(Exception, match="line 1: 'Superb' is not one of the task's categories"):
+        tasks._save(*form, "Superb = quality:9", ADMIN)
+    with pytest.raises(Exception, match="line 2: write 'category = attribute string'"):
+        tasks._save(*form, "Good = quality:3\nBad quality:1", ADMIN)
+    table, msg, _, _ = tasks._save(*form, mapping, ADMIN)
+    assert "Saved" in msg and "Excellent → quality:4,verbosity:0" in table[table["name"] == "default"].iloc[0][
+        "attributes"]
+    with session_scope(db) as s:
+        stored = Format.from_dict(s.exec(select(Task).where(Task.name == "default")).one().conditioning)
+    assert stored.attributes == {"Excellent": "quality:4,verbosity:0", "Horrible": "quality:0,verbosity:4"}
+    loaded = tasks._load_task("default", ADMIN)[10]  # the form shows the mapping back, one line per category
+    assert loaded == "Excellent = quality:4,verbosity:0\nHorrible = quality:0,verbosity:4"
+    # SteerLM trains (and its version serves) on the mapping; ALT keeps the category text as written
+    round_id = _sampled(console, db, tmp_path)
+    console["RoundsTab"]._feedback(round_id, "rule:concise:auto", ADMIN)
+    with session_scope(db) as s:
+        run_job_inline(db, s.exec(select(Job).where(Job.kind == "feedback")).one().id)
+    for objective in ("steerlm", "alt"):
+        training._train([round_id], objective, 1, 1e-3, None, 0.06, False, 2, 4, "", 2, "flush", "last", ADMIN)
+    with session_scope(db) as s:
+        jobs = {j.params["objective"]: j for j in s.exec(select(Job).where(Job.kind == "train"))}
+    assert jobs["steerlm"].params["conditioning"]["attributes"] == stored.attributes
+    assert jobs["alt"].params["conditioning"]["attributes"] == {}
+    assert run_job_inline(db, jobs["steerlm"].id).status == "succeeded"
+    with session_scope(db) as s:
+        version = s.exec(select(ModelVersion).where(ModelVersion.objective == "steerlm")).one()
+        assert Format.from_dict(version.conditioning).text("Excellent") == "Feedback: quality:4,verbosity:0"

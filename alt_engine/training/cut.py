@@ -66,6 +66,8 @@ class CutTrainConfig(TrainConfig):
     def __post_init__(self):
         if self.ul_threshold <= 0 or self.ul_weight < 0:
             raise ValueError("ul_threshold must be > 0 and ul_weight >= 0")
+        if not self.lora:
+            self.merge_lora = False  # merging is the LoRA adapter's; full weights need none
         super().__post_init__()
 
 

@@ -47,6 +47,13 @@ def _same_format(tokenizer, items: Items, config, fmt: conditioning.Format) -> c
     return fmt
 
 
+def _text_format(task) -> conditioning.Format:
+    """The task's format with the feedback text as written: its SteerLM attribute mapping is ``steerlm``'s only."""
+    fmt = conditioning.format_of(None, task)
+    fmt.attributes = {}
+    return fmt
+
+
 def feedback_items(db: str, task, **pool_kw) -> Items:
     """The balanced pool of (prompt, feedback, response) triples (``pool.build_pool``)."""
     return build_pool(db, task.id, **pool_kw)
@@ -66,7 +73,7 @@ class Objective:
     # (tokenizer, items, config, fmt) → the format this run trains with (e.g. new control tokens added)
     format: Callable[[Any, Items, TrainConfig, conditioning.Format], conditioning.Format] = _same_format
     # the task's format for this objective (stored on the version; sampling, playground, evaluation use it)
-    task_format: Callable[[Any], conditioning.Format] = lambda task: conditioning.format_of(None, task)
+    task_format: Callable[[Any], conditioning.Format] = lambda task: _text_format(task)
     items: Callable[..., Items] = feedback_items  # (db, task, **pool options) → training items
     check_items: Callable[[Items], None] = check_items
     pool_policy: str = "flush"  # flush (ALT) | accumulate (Quark)
@@ -223,3 +230,44 @@ def make_config(name: str, **options) -> TrainConfig:
     if unknown:
         raise TypeError(f"unknown training option(s) {', '.join(sorted(unknown))}")
     return cls(**{k: v for k, v in options.items() if k in mine})
+
+
+def defaults(name: str) -> dict:
+    """``name``'s config defaults by field (no config built: a form can show them cheaply)."""
+    return _defaults_of(get(name).config)
+
+
+def own_options(name: str) -> list[dict]:
+    """``name``'s own options, for a form: its config's fields that ``TrainConfig`` lacks, and those whose default
+    it changes (CUT's learning rate): ``{"name", "default", "help"}`` each, in declaration order."""
+    base, out = _defaults_of(TrainConfig), []
+    for key, default in _defaults_of(get(name).config).items():
+        if key not in base or default != base[key]:
+            field_ = get(name).config.__dataclass_fields__[key]
+            out.append({"name": key, "default": default, "help": field_.metadata.get("help", "")})
+    return out
+
+
+def config_from_args(name: str, argv: list[str]) -> TrainConfig:
+    """``name``'s config from command-line style options (``["--learning_rate", "1e-4", "--lora", "true"]``),
+    parsed by ``HfArgumentParser`` from the objective's own config dataclass; an option it does not have, or a
+    bad value, raises ``ValueError`` (the parser's message)."""
+    import contextlib
+    import io
+
+    from transformers import HfArgumentParser
+
+    cls = get(name).config
+    parser = HfArgumentParser(cls)
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            parsed, unknown = parser.parse_known_args(argv)
+            defaults = vars(parser.parse_args([]))
+    except SystemExit:
+        message = errors.getvalue().strip().splitlines()
+        raise ValueError(message[-1].split(": error: ", 1)[-1] if message else "bad training options") from None
+    if unknown:
+        raise ValueError(f"objective {name!r} has no option {' '.join(unknown)}")
+    changed = {k: v for k, v in vars(parsed).items() if v != defaults.get(k)}
+    return cls(**changed)

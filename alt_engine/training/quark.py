@@ -50,10 +50,11 @@ def quark_format(task) -> conditioning.Format:
 
 
 def with_tokens(tokenizer, items, config, fmt: conditioning.Format) -> conditioning.Format:
-    """The tokens format (a category → token mapping from the items if ``fmt`` has none), tokens added."""
-    if fmt.placement != "tokens" or not fmt.tokens:
-        seen = list(dict.fromkeys(it.feedback for it in items))
-        fmt = conditioning.Format("tokens", tokens=control_tokens(seen, config.token_template))
+    """The tokens format named by ``config.token_template`` over ``fmt``'s categories (best → worst; from the
+    items if ``fmt`` has none), tokens added to the tokenizer."""
+    categories = list(fmt.tokens) if fmt.placement == "tokens" and fmt.tokens else \
+        list(dict.fromkeys(it.feedback for it in items))
+    fmt = conditioning.Format("tokens", tokens=control_tokens(categories, config.token_template))
     add_control_tokens(tokenizer, fmt.tokens)
     return fmt
 

@@ -1,19 +1,21 @@
 """Console · Tasks: the feedback schema (ordered categories, exemplar, which fields annotators get),
-guidelines (shown rendered, safely), overlap k, the conditioning format; duplicate a built-in task."""
+guidelines (shown rendered, safely), overlap k, the conditioning format and SteerLM's category → attribute
+string mapping; duplicate a built-in task."""
 
 from __future__ import annotations
 
 import gradio as gr
 from sqlmodel import select
 
-from alt_engine.conditioning import PLACEMENTS, Format
+from alt_engine.conditioning import PLACEMENTS, Format, attribute_lines, parse_attributes
 from alt_engine.db import Task, session_scope
 from alt_engine.reports import TaskSpec, duplicate_task, save_task
 from alt_engine.tasks import BUILTIN_TASKS
 
 from . import ConsoleTab
 
-COLUMNS = ["name", "categories", "exemplar", "overlap_k", "free_text", "critique", "judgment", "conditioning"]
+COLUMNS = ["name", "categories", "exemplar", "overlap_k", "free_text", "critique", "judgment", "conditioning",
+           "attributes"]
 
 
 def safe_markdown(text: str) -> str:
@@ -31,7 +33,9 @@ class TasksTab(ConsoleTab):
         with session_scope(self.db) as s:
             rows = [dict(name=t.name, categories=" > ".join(t.categories), exemplar=t.exemplar_category,
                          overlap_k=t.annotations_per_item, free_text=t.allow_free_text, critique=t.allow_critique,
-                         judgment=t.allow_judgment, conditioning=Format.from_dict(t.conditioning).placement)
+                         judgment=t.allow_judgment, conditioning=Format.from_dict(t.conditioning).placement,
+                         attributes="; ".join(f"{c} → {a}" for c, a in Format.from_dict(t.conditioning)
+                                              .attributes.items()))
                     for t in s.exec(select(Task).order_by(Task.id))]
         return self.frame(rows, COLUMNS)
 
@@ -44,18 +48,19 @@ class TasksTab(ConsoleTab):
         fmt = Format.from_dict(t.conditioning)
         return (t.name, "\n".join(t.categories), t.exemplar or "", t.allow_free_text, t.allow_critique,
                 t.allow_judgment, t.annotations_per_item, t.guidelines, fmt.placement, fmt.template,
-                safe_markdown(t.guidelines))
+                attribute_lines(fmt.attributes), safe_markdown(t.guidelines))
 
     def _save(self, name, categories, exemplar, free_text, critique, judgment, k, guidelines, placement, template,
-              request: gr.Request):
+              attributes, request: gr.Request):
         self.auth.require_admin(request)
-        spec = TaskSpec(name=(name or "").strip(), categories=(categories or "").splitlines(),
-                        exemplar=(exemplar or "").strip() or None, allow_free_text=bool(free_text),
-                        allow_critique=bool(critique), allow_judgment=bool(judgment),
-                        annotations_per_item=int(k or 1), guidelines=guidelines or "",
-                        conditioning=dict(Format(placement or "system", template or "Feedback: {feedback}")
-                                          .to_dict()) if placement != "tokens" else None)
         try:
+            cats = [c.strip() for c in (categories or "").splitlines() if c.strip()]
+            fmt = Format(placement or "system", template or "Feedback: {feedback}",
+                         attributes=parse_attributes(attributes, cats))
+            spec = TaskSpec(name=(name or "").strip(), categories=cats, exemplar=(exemplar or "").strip() or None,
+                            allow_free_text=bool(free_text), allow_critique=bool(critique),
+                            allow_judgment=bool(judgment), annotations_per_item=int(k or 1),
+                            guidelines=guidelines or "", conditioning=fmt.to_dict() if placement != "tokens" else None)
             task = save_task(self.db, spec)
         except ValueError as e:
             raise self.error(e) from e
@@ -96,6 +101,9 @@ class TasksTab(ConsoleTab):
             placement = gr.Dropdown(label="Conditioning placement", choices=[p for p in PLACEMENTS if p != "tokens"],
                                     value="system")
             template = gr.Textbox(label="Conditioning template", value="Feedback: {feedback}")
+        attributes = gr.Textbox(label="SteerLM attributes: 'category = attribute string' per line (e.g. Harmless and "
+                                      "very helpful = harmful:0,helpful:2); empty: quality:K-1 … quality:0",
+                                lines=3, elem_id="console-task-attributes")
         with gr.Row():
             guidelines = gr.Textbox(label="Guidelines (Markdown; no HTML, images or math)", lines=6, scale=1)
             preview = gr.Markdown(label="Preview", elem_id="console-task-preview", latex_delimiters=[])
@@ -106,7 +114,8 @@ class TasksTab(ConsoleTab):
             new_name = gr.Textbox(label="as", elem_id="console-task-dup-name")
             dup = gr.Button("Duplicate", size="sm", elem_id="console-task-dup")
 
-        form = [name, categories, exemplar, free_text, critique, judgment, k, guidelines, placement, template]
+        form = [name, categories, exemplar, free_text, critique, judgment, k, guidelines, placement, template,
+                attributes]
         load.click(self._load_task, [pick], [*form, preview], api_name="admin_task_load")
         save.click(self._save, form, [table, message, preview, pick], api_name="admin_task_save")
         dup.click(self._duplicate, [source, new_name], [table, message, pick], api_name="admin_task_duplicate")
