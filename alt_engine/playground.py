@@ -116,6 +116,22 @@ def stream_panels(hub, panels: list[Panel], max_new_tokens: int, temperature: fl
             f.cancel()
 
 
+def revise_panels(hub, panels: list[Panel], answers: list[str], passes: int, max_new_tokens: int,
+                  seed: int = 0) -> list[list]:
+    """Critique-and-Revise on each panel's new answer (``ModelServer.revise``): the revision steps per panel."""
+    return [server_for(hub, p.version).revise(p.messages, a, passes, 2 * max_new_tokens, seed)
+            for p, a in zip(panels, answers)]
+
+
+def render_revisions(steps: list) -> str:
+    """The passes as plain text: each pass's critique and revision."""
+    lines = []
+    for i, step in enumerate(steps, 1):
+        lines.append(f"Pass {i}\nCritique: {step.critique or '(none)'}\n"
+                     f"Revision: {step.revision if step.revision else '(none: the answer stays)'}")
+    return "\n\n".join(lines)
+
+
 def render(messages: list[dict]) -> str:
     """A conversation as plain text for display."""
     names = {"user": "You", "assistant": "Model", "system": "System"}

@@ -265,6 +265,18 @@ class ModelServer:
         built = conditioning.build_input(backend.tokenizer, messages, feedback, fmt)
         return built, backend.tokenizer.decode(built.input_ids), fmt.for_tokenizer(backend.tokenizer)
 
+    def revise(self, messages: conditioning.PromptLike, answer: str, passes: int, max_new_tokens: int = 256,
+               seed: int = 0) -> list:
+        """Critique-and-Revise at inference (``revise.revise``): ``passes`` greedy revisions of ``answer`` to the
+        chat by this server's model (meaningful for a ``cnr`` version); one ``RevisionStep`` per pass made."""
+        from .revise import MAX_PASSES, revise
+
+        if not 1 <= passes <= MAX_PASSES:
+            raise ValueError(f"revision passes must be between 1 and {MAX_PASSES}")
+        backend, _, _ = self._current()  # its generate holds the model's lock: runs between the chat batches
+        params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens, seed=seed)
+        return revise(backend, messages, answer, passes, params)
+
     def preload(self) -> None:
         """Load the model now (e.g. in a background thread at app start) instead of on the first request."""
         try:

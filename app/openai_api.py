@@ -30,7 +30,9 @@ version (``alt models list``): one that is not served is loaded on demand (an LR
 Extra field ``feedback``: a feedback text to condition the generation on (steering), built by
 ``conditioning.build_input`` with that version's own format, exactly as in training; e.g.
 ``client.chat.completions.create(model="v2-alt", messages=[...], stream=True, extra_body={"feedback": "Concise"})``.
-Bad requests get 400 with an OpenAI-style ``{"error": {...}}`` body.
+Extra field ``revision_passes`` (0-5, not with ``stream``): a Critique-and-Revise version critiques and revises
+its answer that many times (greedy); the answer is the last revision and ``revisions`` lists every pass
+(``answer``, ``critique``, ``revision``). Bad requests get 400 with an OpenAI-style ``{"error": {...}}`` body.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ class ChatRequest(BaseModel):
     stream: bool = False  # server-sent events, as the OpenAI client expects
     stream_options: StreamOptions | None = None
     feedback: str | None = None  # ALT steering: the feedback to condition on
+    revision_passes: int = Field(0, ge=0, le=5)  # Critique-and-Revise: revise the answer this many times
 
 
 def openai_error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
@@ -316,6 +319,9 @@ async def _complete(server: ModelServer, settings: Settings, body: Any, request:
                             code="context_length_exceeded")
     seed = req.seed if req.seed is not None else random.randrange(2**31)
     if req.stream:
+        if req.revision_passes:
+            return openai_error(400, "revision_passes needs stream: false (the answer is revised after it is "
+                                     "complete)", param="revision_passes")
         return await _stream(server, req, messages, max_new, seed, request)
     try:
         # loading the model (first request only) blocks: do it off the event loop
@@ -330,6 +336,13 @@ async def _complete(server: ModelServer, settings: Settings, body: Any, request:
                 future.cancel()
                 return openai_error(499, "client closed the request", type_="client_closed")
         text, usage = waiting.result()
+        revisions = []
+        if req.revision_passes:  # Critique-and-Revise: the final revision is the answer, every pass reported
+            from alt_engine.revise import final_answer
+
+            steps = await run_in_threadpool(server.revise, messages, text, req.revision_passes, 2 * max_new, seed)
+            revisions = [{"answer": st.answer, "critique": st.critique, "revision": st.revision} for st in steps]
+            text = final_answer(steps, text)
     except PromptTooLong as e:
         return openai_error(400, str(e), param="messages", code="context_length_exceeded")
     except ValueError as e:
@@ -343,6 +356,7 @@ async def _complete(server: ModelServer, settings: Settings, body: Any, request:
                      "finish_reason": usage.finish_reason, "logprobs": None}],
         "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
                   "total_tokens": usage.total_tokens},
+        **({"revisions": revisions} if req.revision_passes else {}),
     }
 
 

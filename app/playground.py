@@ -1,8 +1,9 @@
 """The Playground tab (every signed-in user): steer the model by the feedback it is conditioned on.
 
 Two panels side by side — the same conversation under two feedback texts or two versions — stream their
-replies at once; any version (loaded on demand by the model hub); regenerate; sampling settings; "show the
-exact model input" (built by the conditioning module with the version's own format). Model text is shown
+replies at once; any version (loaded on demand by the model hub); regenerate; sampling settings; revision
+passes (a Critique-and-Revise version critiques and revises its answer up to 5 times); "show the exact model
+input" (built by the conditioning module with the version's own format). Model text is shown
 in plain text boxes, never as HTML or Markdown. Admins can send the conversation to the annotation queue.
 Handlers call ``alt_engine.playground``; per-session state lives in ``gr.State``.
 """
@@ -40,9 +41,11 @@ class PlaygroundTab:
         chosen = [("a", va, fa)] + ([("b", vb, fb)] if side_by_side else [])
         return [(k, pg.Panel(v or None, pg.parse_feedback(f), list(state[k]))) for k, v, f in chosen]
 
-    def _run(self, state, panels, settings, show_input):
-        """Stream every panel's next reply; yields output dicts (transcripts, inputs, status, state)."""
+    def _run(self, state, panels, settings, show_input, revision_passes=0):
+        """Stream every panel's next reply (then revise it ``revision_passes`` times: Critique-and-Revise);
+        yields output dicts (transcripts, inputs, revisions, status, state)."""
         temperature, top_p, max_tokens, seed = settings
+        passes = int(revision_passes or 0)
         # regenerate draws anew, reproducibly; a stride, since a batch gives request i the seed + i stream
         seed = int(seed or 0) + 1000 * state["turn"]
         out_text = {k: "" for k, _ in panels}
@@ -70,6 +73,19 @@ class PlaygroundTab:
                     {"role": "assistant", "content": out_text[key]}])}
         except ValueError as e:
             raise gr.Error(str(e)) from e
+        shown_revisions = {self.revisions[k]: gr.update(value="", visible=False) for k, _ in panels}
+        if passes:
+            yield {self.status: f"revising ({passes} pass{'es' if passes > 1 else ''})…"}
+            try:
+                steps = pg.revise_panels(self.hub, [p for _, p in panels], [out_text[k] for k, _ in panels], passes,
+                                         int(max_tokens), seed)
+            except ValueError as e:
+                raise gr.Error(str(e)) from e
+            from alt_engine.revise import final_answer
+
+            for (key, _), st in zip(panels, steps):
+                out_text[key] = final_answer(st, out_text[key])
+                shown_revisions[self.revisions[key]] = gr.update(value=pg.render_revisions(st), visible=True)
         for key, panel in panels:
             state[key] = panel.messages + [{"role": "assistant", "content": out_text[key]}]
         took = time.monotonic() - t0
@@ -77,11 +93,13 @@ class PlaygroundTab:
         status = " · ".join(f"{k.upper()}: {p.version or 'served'} / {p.feedback or 'no feedback'} → "
                             f"{usage[k].completion_tokens if k in usage else 0} tokens" for k, p in panels)
         status += f" · first token {first or 0:.2f} s · {tokens / max(took, 1e-6):.1f} tokens/s"
-        yield {**{self.transcripts[k]: pg.render(state[k]) for k, _ in panels}, self.status: status,
-               self.state: state}
+        if passes:
+            status += f" · {passes} revision pass{'es' if passes > 1 else ''} (Critique-and-Revise)"
+        yield {**{self.transcripts[k]: pg.render(state[k]) for k, _ in panels}, **shown_revisions,
+               self.status: status, self.state: state}
 
     def _send(self, message, state, side_by_side, va, fa, vb, fb, temperature, top_p, max_tokens, seed, show_input,
-              request: gr.Request):
+              revision_passes=0, request: gr.Request = None):
         self.auth.require_user(request)
         message = (message or "").strip()
         if not message:
@@ -93,10 +111,10 @@ class PlaygroundTab:
             state[k] = state[k] + [{"role": "user", "content": message}]
         panels = self._panels(state, side_by_side, va, fa, vb, fb)
         yield {self.message: ""}
-        yield from self._run(state, panels, (temperature, top_p, max_tokens, seed), show_input)
+        yield from self._run(state, panels, (temperature, top_p, max_tokens, seed), show_input, revision_passes)
 
     def _regenerate(self, state, side_by_side, va, fa, vb, fb, temperature, top_p, max_tokens, seed, show_input,
-                    request: gr.Request):
+                    revision_passes=0, request: gr.Request = None):
         self.auth.require_user(request)
         state = dict(state or _empty_state())
         if not state["a"]:
@@ -106,7 +124,7 @@ class PlaygroundTab:
                 state[k] = state[k][:-1]
         state["turn"] += 1
         panels = self._panels(state, side_by_side, va, fa, vb, fb)
-        yield from self._run(state, panels, (temperature, top_p, max_tokens, seed), show_input)
+        yield from self._run(state, panels, (temperature, top_p, max_tokens, seed), show_input, revision_passes)
 
     def _clear(self, request: gr.Request):
         self.auth.require_user(request)
@@ -132,7 +150,10 @@ class PlaygroundTab:
     # ------------------------------------------------------------------ layout
 
     def build_ui(self) -> None:
+        from alt_engine.revise import MAX_PASSES
+
         self.transcripts, self.inputs, self.input_info, self.versions, self.feedback = {}, {}, {}, {}, {}
+        self.revisions = {}
         with gr.Row():
             self.task = gr.Dropdown(label="Task (its categories are the feedback choices)", choices=[],
                                     elem_id="pg-task", scale=2)
@@ -153,6 +174,9 @@ class PlaygroundTab:
                                                     interactive=False, elem_id=f"pg-input-info-{k}")
                     self.inputs[k] = gr.Textbox(label=f"{k.upper()}: exact model input", lines=6, max_lines=20,
                                                 visible=False, interactive=False, elem_id=f"pg-input-{k}")
+                    self.revisions[k] = gr.Textbox(label=f"{k.upper()}: critique & revision passes", lines=4,
+                                                   max_lines=20, visible=False, interactive=False,
+                                                   elem_id=f"pg-revisions-{k}")
                 if k == "b":
                     panel_b = col
         with gr.Accordion("Sampling", open=True):
@@ -162,6 +186,9 @@ class PlaygroundTab:
                 max_tokens = gr.Number(value=128, minimum=1, maximum=self.settings.serve_max_tokens, precision=0,
                                        label="max tokens", elem_id="pg-max-tokens")
                 seed = gr.Number(value=0, precision=0, label="seed", elem_id="pg-seed")
+                passes = gr.Slider(0, MAX_PASSES, value=0, step=1, elem_id="pg-revision-passes",
+                                   label="revision passes (Critique-and-Revise versions: the answer critiqued and "
+                                         "revised, greedy)")
         with gr.Row():
             self.message = gr.Textbox(label="Message", placeholder="Ask something…", scale=4, elem_id="pg-message")
             send = gr.Button("Send", variant="primary", elem_id="pg-send")
@@ -174,9 +201,9 @@ class PlaygroundTab:
         self.state = gr.State(_empty_state())
 
         args = [self.state, self.side_by_side, self.versions["a"], self.feedback["a"], self.versions["b"],
-                self.feedback["b"], temperature, top_p, max_tokens, seed, self.show_input]
+                self.feedback["b"], temperature, top_p, max_tokens, seed, self.show_input, passes]
         outputs = [self.state, self.message, self.status, *self.transcripts.values(), *self.inputs.values(),
-                   *self.input_info.values()]
+                   *self.input_info.values(), *self.revisions.values()]
         send.click(self._send, [self.message, *args], outputs, api_name="playground_send")
         self.message.submit(self._send, [self.message, *args], outputs, api_visibility="private")
         regenerate.click(self._regenerate, args, outputs, api_name="playground_regenerate")
