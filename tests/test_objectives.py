@@ -118,6 +118,24 @@ def test_quark_conditions_on_one_control_token(tiny_model_dir):
     assert tokenizer.decode(best.input_ids, skip_special_tokens=True).count("quantile") == 0  # never shown
 
 
+def test_quark_requantizes_the_accumulated_pool():
+    from alt_engine.training.objectives import get
+    from alt_engine.training.quark import quark_items, requantize
+
+    cats = ["Excellent", "Good", "Horrible"]
+    # two rounds binned on their own (round 1 scores 1-3, round 2 scores 7-9): each has its own "Excellent"
+    r1 = [PoolItem(i, i, i, "Q", cats[2 - i], "a", False, cats[2 - i], float(i + 1)) for i in range(3)]
+    r2 = [PoolItem(10 + i, 10 + i, i, "Q", cats[2 - i], "b", False, cats[2 - i], float(i + 7)) for i in range(3)]
+    pool = requantize(r1 + r2, cats)
+    # by hand over all six scores (1, 2, 3, 7, 8, 9), 2 per bin: 9, 8 best; 7, 3 middle; 2, 1 worst
+    assert {it.score: it.category for it in pool} == {9.0: "Excellent", 8.0: "Excellent", 7.0: "Good",
+                                                      3.0: "Good", 2.0: "Horrible", 1.0: "Horrible"}
+    assert all(it.feedback == it.category for it in pool)  # the control token follows the pool's quantile
+    unscored = [PoolItem(0, 0, 0, "Q", "Good", "a", False, "Good")]  # a rule's labels: left as they are
+    assert requantize(unscored, cats) == unscored
+    assert get("quark").items is quark_items and get("quark").pool_policy == "accumulate"
+
+
 def test_quark_samples_on_the_best_token_with_its_siblings_masked(tiny_model_dir, db):
     from sqlmodel import select
 

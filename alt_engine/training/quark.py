@@ -5,15 +5,20 @@ puts them into the tokenizer, and ``run.grow_embeddings`` gives each new embeddi
 per-dimension mean/std of the existing rows. The version's ``Format`` (placement ``tokens``) stores the
 category → token mapping, so sampling, the playground and evaluation condition on the same tokens. The
 loss is ALT's (``AltTrainer``: NLL + KL to the reference + entropy bonus), as in Quark's own code.
-Quantiles over the pool come from the reward provider's ``pool`` mode (``feedback/reward.py``).
+The pool accumulates across rounds, and the reward quantiles are taken over the whole pool each time it is
+built (``requantize``; scored feedback such as the reward provider's, ``feedback/reward.py``); sampling may
+mask the control tokens (``SamplingParams.mask_control_tokens``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from .. import conditioning
+from ..feedback.reward import quantile_bins
+from ..pool import PoolItem, build_pool
 from .config import AltTrainConfig
 
 TOKEN = "<|quantile_{i}|>"
@@ -59,11 +64,26 @@ def with_tokens(tokenizer, items, config, fmt: conditioning.Format) -> condition
     return fmt
 
 
+def requantize(items: list[PoolItem], categories: list[str]) -> list[PoolItem]:
+    """Quark re-quantizes its whole pool each round: when every item has a reward score and a category, each
+    item's category (so its control token) becomes the quantile of its score over all of ``items`` (the
+    accumulated pool), best first — not the bin it got among its own round's samples. Otherwise as given."""
+    if len(categories) < 2 or not items or any(it.score is None or it.category is None for it in items):
+        return items
+    bins = quantile_bins([it.score for it in items], len(categories))
+    return [dataclasses.replace(it, feedback=categories[b], category=categories[b]) for it, b in zip(items, bins)]
+
+
+def quark_items(db: str, task, **pool_kw) -> list[PoolItem]:
+    """The pool (accumulated over rounds by default) with its reward quantiles taken over the whole pool."""
+    return requantize(build_pool(db, task.id, **pool_kw), list(task.categories))
+
+
 def _objective():
     from .objectives import Objective
 
     return Objective("quark", QuarkTrainConfig, "control token per reward quantile (Quark), pool accumulated",
-                     format=with_tokens, task_format=quark_format, pool_policy="accumulate")
+                     format=with_tokens, task_format=quark_format, pool_policy="accumulate", items=quark_items)
 
 
 OBJECTIVE = _objective()
