@@ -121,3 +121,23 @@ def test_train_in_the_foreground_and_in_the_background(cli, capsys):
     assert lora.hyperparameters["lora"] is True and full.id == job.result["version_id"]
     assert run("models", "promote", str(full.id)) == 0
     assert round_status() == "closed"  # the version trained on it is served: the round's work is done
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["cut", "cnr", "quark"])
+def test_round_with_each_objective_from_the_cli(cli, capsys, objective):
+    """`alt round --objective X`: CUT and CnR on the judgments / critique + revision a rule writes offline,
+    Quark with its control tokens masked while sampling; the version is named, formatted and trained as X."""
+    run, db = cli
+    assert run("round", "--provider", "rule:critique:concise:2,4,6,8", "--objective", objective, "--n", "3",
+               "--max-new-tokens", "10", "--promote", "always", "--eval-max-new-tokens", "8", "--eval-no-steer",
+               "--mask-control-tokens", *TRAIN) == 0
+    base, new = versions(db)
+    assert new.objective == objective and new.name.endswith(f"-{objective}") and new.status == "served"
+    assert new.conditioning["placement"] == ("tokens" if objective == "quark" else "none")
+    assert new.hyperparameters["examples"] > 0 and new.metrics["train_loss"] > 0
+    with session_scope(db) as s:
+        kinds = {f.kind for f in s.exec(select(Feedback))}
+        sampled = [g.sampling_params for g in s.exec(select(Generation).where(Generation.round_id.is_not(None)))]
+    assert {"category", "judgment", "critique"} <= kinds
+    assert all(sp.get("mask_control_tokens") for sp in sampled)  # the round's sampling took the option
