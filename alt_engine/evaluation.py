@@ -90,29 +90,43 @@ def distinct_n(texts_per_prompt: Sequence[Sequence[str]], n: int) -> float:
 
 @torch.inference_mode()
 def response_logprobs(model, examples: Sequence[conditioning.TrainingExample], pad_id: int = 0,
-                      batch_size: int = 8) -> list[list[float]]:
-    """Per example, the log-probability of each response token (+ EOS where the example has it)."""
-    out: list[list[float]] = []
-    for s in range(0, len(examples), batch_size):
-        chunk = examples[s:s + batch_size]
-        width = max(len(e.input_ids) + len(e.response_ids) for e in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)  # right padded
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, e in enumerate(chunk):
-            seq = e.input_ids + e.response_ids
-            ids[row, :len(seq)] = torch.tensor(seq)
-            mask[row, :len(seq)] = 1
-        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], -1)  # (B, T-1, V): position t predicts token t+1
-        picked = logp.gather(-1, ids[:, 1:].unsqueeze(-1).to(logp.device)).squeeze(-1).cpu()  # (B, T-1)
-        for row, e in enumerate(chunk):
-            start = len(e.input_ids) - 1  # the last prompt position predicts the first response token
-            out.append(picked[row, start:start + len(e.response_ids)].tolist())
+                      batch_size: int = 16) -> list[list[float]]:
+    """Per example, the log-probability of each response token (+ EOS where the example has it).
+
+    Examples go longest first, ``batch_size`` at a time, left padded (positions from the mask), so every
+    response ends at the last column: the LM head and the log-softmax over the vocabulary run only on the
+    last (longest response + 1) positions (``logits_to_keep``), not on every prompt token. Threads as the
+    sampler chooses them (``modeling.choose_threads``: 1 on a loaded machine).
+    """
+    from .modeling import choose_threads
+    from .sampling import using_threads
+
+    out: list[list[float]] = [[] for _ in examples]
+    order = sorted(range(len(examples)), key=lambda k: -len(examples[k].input_ids) - len(examples[k].response_ids))
+    with using_threads(choose_threads()):
+        for s in range(0, len(order), batch_size):
+            chunk = order[s:s + batch_size]
+            seqs = [examples[k].input_ids + examples[k].response_ids for k in chunk]
+            width = max(len(q) for q in seqs)
+            keep = min(width, 1 + max(len(examples[k].response_ids) for k in chunk))  # columns scored
+            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)  # left padded
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, seq in enumerate(seqs):
+                ids[row, width - len(seq):] = torch.tensor(seq)
+                mask[row, width - len(seq):] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                           position_ids=positions.to(model.device), logits_to_keep=keep).logits[:, :-1].float()
+            targets = ids[:, width - keep + 1:].unsqueeze(-1).to(logits.device)  # (B, keep-1, 1): what each predicts
+            picked = (logits.gather(-1, targets).squeeze(-1) - torch.logsumexp(logits, -1)).cpu()  # (B, keep-1)
+            for row, k in enumerate(chunk):
+                n = len(examples[k].response_ids)  # its response: the last n targets
+                out[k] = picked[row, keep - 1 - n:].tolist() if n else []
     return out
 
 
 def response_nll(model, tokenizer, prompts: Sequence, responses: Sequence[str], truncated: Sequence[bool],
-                 batch_size: int = 8) -> tuple[float, int]:
+                 batch_size: int = 16) -> tuple[float, int]:
     """(summed NLL, token count) of each response (+ EOS unless truncated) after its unconditioned prompt."""
     examples = [conditioning.build_training_example(tokenizer, p, None, r, t)
                 for p, r, t in zip(prompts, responses, truncated)]
@@ -168,10 +182,10 @@ def eval_max_new_tokens(db: str, task: Task, cfg: EvalConfig) -> int:
 
 def reference_model(path: str, settings: Settings):
     """The reference (the version chain's root) for perplexity: loaded once per process, shared with samplers."""
-    from .modeling import cached_model, load_tokenizer, resolve_model
+    from .modeling import cached_model, cached_tokenizer, resolve_model
 
     resolved = resolve_model(path, settings.cache_dir)
-    return cached_model(resolved, settings.device), load_tokenizer(resolved)
+    return cached_model(resolved, settings.device), cached_tokenizer(resolved)
 
 
 def _label(provider: Provider, task: Task, db: str, gens: list[Generation], prompts: dict) -> list:
@@ -204,7 +218,7 @@ def _estimate(values: dict[int, list[float]], seed: int) -> Estimate:
     return per_prompt_ci(values, seed=seed)
 
 
-def label_diagnostic(model, tokenizer, fmt: conditioning.Format, examples: list[tuple], batch_size: int = 8) -> dict:
+def label_diagnostic(model, tokenizer, fmt: conditioning.Format, examples: list[tuple], batch_size: int = 16) -> dict:
     """``examples``: (prompt, response, truncated, own label, opposite label). Mean gaps own − opposite, with CIs.
 
     ``ll_gap``: summed log-likelihood of the response (+ EOS); ``eos_gap``: log p(EOS) at the end of a
@@ -212,8 +226,8 @@ def label_diagnostic(model, tokenizer, fmt: conditioning.Format, examples: list[
     """
     own = [conditioning.build_training_example(tokenizer, p, f, r, t, fmt) for p, r, t, f, _ in examples]
     swap = [conditioning.build_training_example(tokenizer, p, f, r, t, fmt) for p, r, t, _, f in examples]
-    lp_own = response_logprobs(model, own, _pad(tokenizer), batch_size)
-    lp_swap = response_logprobs(model, swap, _pad(tokenizer), batch_size)
+    lps = response_logprobs(model, own + swap, _pad(tokenizer), batch_size)  # one pass: similar lengths batch
+    lp_own, lp_swap = lps[:len(own)], lps[len(own):]
     ll = {i: [sum(a) - sum(b)] for i, (a, b) in enumerate(zip(lp_own, lp_swap))}
     eos = {i: [a[-1] - b[-1]] for i, (a, b, ex) in enumerate(zip(lp_own, lp_swap, examples)) if not ex[2] and a}
     ll_ci, eos_ci = per_prompt_ci(ll), per_prompt_ci(eos)

@@ -205,30 +205,44 @@ def auto_batch_size(dtype: torch.dtype = torch.float32, device: str = "cpu") -> 
 
 
 # One model load per round: sampling, evaluation and perplexity share loaded weights through this cache.
-_CACHE: OrderedDict[tuple, object] = OrderedDict()
+# path → {what: loaded}: a model's float32 weights, its sampling backend and its tokenizer are one entry.
+_CACHE: OrderedDict[str, dict[tuple, object]] = OrderedDict()
 _CACHE_LOCK = threading.RLock()  # cached_backend builds inside, calling cached_model
 CACHE_SIZE = int(os.environ.get("ALT_MODEL_CACHE", "2"))  # models kept; the least recently used goes first
 
 
-def _cached(key: tuple, build):
+def _cached(path: str, what: tuple, build):
+    """``build()`` once per (path, what); the ``CACHE_SIZE`` most recently used paths are kept."""
+    key = str(path)
     with _CACHE_LOCK:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            return _CACHE[key]
-        value = build()
-        _CACHE[key] = value
+        entry = _CACHE.setdefault(key, {})
+        _CACHE.move_to_end(key)
+        if what not in entry:
+            try:
+                entry[what] = build()
+            finally:
+                if not entry:
+                    _CACHE.pop(key, None)
         while len(_CACHE) > max(CACHE_SIZE, 1):
             _CACHE.popitem(last=False)
-        return value
+        return entry[what]
 
 
 def cached_model(path: str, device: str = "auto") -> PreTrainedModel:
     """``load_model(path, device)``, loaded once per process and shared: for inference only, never train it.
 
-    Keeps the ``CACHE_SIZE`` (``ALT_MODEL_CACHE``, default 2: the sampled model and the reference)
-    most recently used models; ``release()`` frees them.
+    Keeps the ``CACHE_SIZE`` (``ALT_MODEL_CACHE``, default 2: the sampled model and the reference) most
+    recently used models, each with its backend and tokenizer (one entry); ``release()`` frees them.
     """
-    return _cached(("model", str(path), pick_device(device)), lambda: load_model(path, device))
+    device = pick_device(device)
+    return _cached(path, ("model", device), lambda: load_model(path, device))
+
+
+def cached_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    """``load_tokenizer(path)``, once per process, for inference (sampling, scoring): never change it.
+
+    Training and exports load their own (they may add tokens)."""
+    return _cached(path, ("tokenizer",), lambda: load_tokenizer(path))
 
 
 def cached_backend(path: str, device: str = "auto", dtype: torch.dtype | str | None = "auto"):
@@ -246,14 +260,14 @@ def cached_backend(path: str, device: str = "auto", dtype: torch.dtype | str | N
         model = cached_model(path, device)
         chosen = fastest_dtype(device, model.config.get_text_config().hidden_size) if dtype == "auto" else dtype
         threads = int(os.environ.get("ALT_THREADS", "0")) or "auto"  # the user's setting wins
-        return TransformersBackend(model, load_tokenizer(path), dtype=chosen, threads=threads)
+        return TransformersBackend(model, cached_tokenizer(path), dtype=chosen, threads=threads)
 
-    return _cached(("backend", str(path), device, str(dtype)), build)
+    return _cached(path, ("backend", device, str(dtype)), build)
 
 
 def release(path: str | None = None) -> None:
-    """Drop cached models and backends (of ``path``, or all) so their memory can be freed."""
+    """Drop cached models, backends and tokenizers (of ``path``, or all) so their memory can be freed."""
     with _CACHE_LOCK:
-        for key in [k for k in _CACHE if path is None or k[1] == str(path)]:
+        for key in [k for k in _CACHE if path is None or k == str(path)]:
             del _CACHE[key]
     gc.collect()

@@ -279,6 +279,10 @@ def run_round(db: str, settings: Settings, task: Task, provider: str | Provider,
                 parent_metrics = evaluate_version(db, settings, served.id, task, provider, cfg.eval, backend=sampler,
                                                   log=log)
         del sampler
+        if served.parent_id is not None:  # sampled and evaluated: free it (the root stays, the reference)
+            from .modeling import release, resolve_model
+
+            release(resolve_model(served.path, settings.cache_dir))
         report.parent_metrics = parent_metrics
         with stage("pool", RoundStatus.TRAINING):
             pool_kw = dict(round_ids=[rnd.id] if cfg.policy == "flush" else None, k_per_category=cfg.k_per_category,

@@ -294,7 +294,7 @@ class TransformersBackend:
             from .modeling import choose_threads
 
             threads = choose_threads()
-        with self.lock, _threads(threads):
+        with self.lock, using_threads(threads):
             while pending or batch:
                 alive = sum(not r.done for r in batch.rows) if batch else 0
                 dead = len(batch.rows) - alive if batch else 0
@@ -406,7 +406,7 @@ class TransformersBackend:
 
 
 @contextmanager
-def _threads(threads: int):
+def using_threads(threads: int):
     """torch's intra-op threads set to ``threads`` (0: unchanged) for the block."""
     old = torch.get_num_threads()
     if threads > 0:

@@ -42,8 +42,14 @@ TRAIN = ("--epochs", "1", "--batch_size", "4", "--report_to", "none", "--truncat
 
 
 @pytest.mark.slow  # ~10 s on an idle machine, ~25 s when the 2 cores are shared
-def test_two_rounds_make_two_versions_with_metrics(cli, capsys):
+def test_two_rounds_make_two_versions_with_metrics(cli, capsys, monkeypatch):
+    from alt_engine import modeling
+
     run, db = cli
+    loads = []
+    modeling.release()
+    monkeypatch.setattr(modeling, "load_model", lambda path, *a, _load=modeling.load_model, **k:
+                        loads.append(path) or _load(path, *a, **k))
     assert run("round", "--provider", "rule:concise:2,4,6,8", "--n", "3", "--max-new-tokens", "10", "--rounds", "2",
                "--promote", "always", "--eval-max-new-tokens", "8", *TRAIN) == 0
     out = capsys.readouterr().out
@@ -55,6 +61,11 @@ def test_two_rounds_make_two_versions_with_metrics(cli, capsys):
         assert v.metrics["perplexity"] > 1 and 0 <= v.metrics["dist2"] <= 1 and "category_share" in v.metrics
     assert v1.metrics["train_loss"] > 0 and v1.metrics["round"]["number"] == 1
     assert set(v2.metrics["round"]["wall_s"]) >= {"sample", "feedback", "pool", "train", "evaluate", "total"}
+    # the parent is evaluated once: round 1 evaluated the base, round 2 reuses round 1's evaluation of v1
+    assert "evaluate_parent" in v1.metrics["round"]["wall_s"] and "evaluate_parent" not in v2.metrics["round"]["wall_s"]
+    # one load per model: sampling, both conditionings, the parent's evaluation, perplexity and the diagnostic
+    # share it (training loads its own trainable copy)
+    assert sorted(loads) == sorted([base.path, v1.path, v2.path])
     with session_scope(db) as s:
         rounds = list(s.exec(select(Round).order_by(Round.number)))
         assert [r.status for r in rounds] == ["closed", "closed"]  # trained on, then promoted

@@ -180,9 +180,14 @@ def test_model_cache_loads_once_and_releases(tiny_model_dir, tmp_path, monkeypat
     backend = modeling.cached_backend(tiny_model_dir, "cpu", dtype=None)
     assert modeling.cached_model(tiny_model_dir, "cpu") is model  # one load: the backend samples with it
     assert backend.model is model and modeling.cached_backend(tiny_model_dir, "cpu", dtype=None) is backend
-    other = save_tiny(tmp_path / "other")
-    modeling.cached_model(other, "cpu")  # a third entry: the least recently used (the model) goes
-    assert modeling.cached_model(tiny_model_dir, "cpu") is not model
+    assert modeling.cached_tokenizer(tiny_model_dir) is backend.tokenizer  # perplexity reuses it too
+    other, third = save_tiny(tmp_path / "other"), save_tiny(tmp_path / "third")
+    other_model = modeling.cached_model(other, "cpu")  # a second model: the first with its backend stays
+    assert modeling.cached_model(tiny_model_dir, "cpu") is model
+    assert modeling.cached_backend(tiny_model_dir, "cpu", dtype=None) is backend
+    modeling.cached_model(third, "cpu")  # a third model: the least recently used one (other) goes
+    assert modeling.cached_model(tiny_model_dir, "cpu") is model
+    assert modeling.cached_model(other, "cpu") is not other_model
     modeling.release()
     assert not modeling._CACHE
 
