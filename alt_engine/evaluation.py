@@ -38,7 +38,7 @@ from .db import Feedback, Generation, ModelVersion, Prompt, Round, Task, session
 from .feedback import FeedbackItem, Provider, store_results
 from .feedback.rule import count_words
 from .prompts import task_prompts
-from .sampling import SamplingParams, load_sampler, sample_prompts
+from .sampling import SamplingParams, load_sampler, sample_prompts, takes_seed_index
 from .settings import Settings
 from .stats import Estimate, gap_ci, per_prompt_ci
 
@@ -274,6 +274,28 @@ def _revise_answers(backend, gens: list[Generation], prompts: dict, passes: int,
         g.response = final
 
 
+def _sample_conditionings(db: str, backend, version: ModelVersion, prompts: list[Prompt], params: SamplingParams,
+                          conds: list[str | None], fmt: conditioning.Format, show_progress: bool,
+                          log) -> list[list[int]]:
+    """The probe prompts sampled under each conditioning; generation ids per conditioning.
+
+    A backend that ``takes_seed_index`` samples all conditionings in one pass (fuller batches, one drain at
+    the end instead of one per conditioning), prompt i drawing from the same random streams under each
+    (paired samples, as separate passes with the same seed give).
+    """
+    if log:
+        for c in conds:
+            log(f"  evaluate {version.name}: {len(prompts)} probe prompts × {params.n} conditioned on {c!r}")
+    if len(conds) < 2 or not takes_seed_index(backend):
+        return [sample_prompts(db, backend, prompts, params, conditioning_text=c, fmt=fmt, model_version_id=version.id,
+                               show_progress=show_progress) for c in conds]
+    ids = sample_prompts(db, backend, list(prompts) * len(conds), params,
+                         conditioning_text=[c for c in conds for _ in prompts], fmt=fmt, model_version_id=version.id,
+                         show_progress=show_progress, seed_index=list(range(len(prompts))) * len(conds))
+    per = len(prompts) * params.n  # ids come prompt by prompt, n each
+    return [ids[k * per:(k + 1) * per] for k in range(len(conds))]
+
+
 def evaluate_version(db: str, settings: Settings, version_id: int, task: Task, provider: Provider | None = None,
                      config: EvalConfig | None = None, reference: str | None = None,
                      conditioned: bool | None = None, show_progress: bool = False, backend=None,
@@ -311,11 +333,7 @@ def evaluate_version(db: str, settings: Settings, version_id: int, task: Task, p
     backend = backend or load_sampler(settings, version)
     by_id = {p.id: p for p in prompts}
     per_cond: list[tuple[list[Generation], dict]] = []
-    for c in conds[:2]:
-        if log:
-            log(f"  evaluate {version.name}: {len(prompts)} probe prompts × {cfg.n} conditioned on {c!r}")
-        gen_ids = sample_prompts(db, backend, prompts, params, conditioning_text=c, fmt=fmt,
-                                 model_version_id=version.id, show_progress=show_progress)
+    for gen_ids in _sample_conditionings(db, backend, version, prompts, params, conds[:2], fmt, show_progress, log):
         with session_scope(db) as s:
             gens = list(s.exec(select(Generation).where(Generation.id.in_(gen_ids)).order_by(Generation.id)))
             for g in gens:

@@ -280,7 +280,11 @@ class TransformersBackend:
         self.lock = threading.Lock()  # one generate at a time on the shared model
 
     @torch.inference_mode()
-    def generate(self, inputs, params, progress=None, on_step: OnStep | None = None):
+    def generate(self, inputs, params, progress=None, on_step: OnStep | None = None,
+                 index: Sequence[int] | None = None):
+        """``index``: per input, the input index whose random streams it draws from (default: its own), so
+        inputs may share streams (the same probe prompt under two conditionings: common random numbers)."""
+        index = list(index) if index is not None else range(len(inputs))
         jobs = sorted(((i, j) for i in range(len(inputs)) for j in range(params.n)),
                       key=lambda ij: -len(inputs[ij[0]]))  # longest first: similar lengths together
         pending = jobs[::-1]  # pop() takes the next
@@ -301,7 +305,7 @@ class TransformersBackend:
                 free = size - alive
                 if (pending and free >= min(refill, len(pending))) or (not pending and dead >= max(1, alive // 4)):
                     admitted = [pending.pop() for _ in range(min(free, len(pending)))]
-                    batch = self._rebuild(batch, inputs, params, admitted, meter, on_step)
+                    batch = self._rebuild(batch, inputs, params, admitted, meter, on_step, index)
                 else:
                     self._step(batch, params, meter, on_step)
                 done += self._finish(batch, inputs, params, out) if batch else 0
@@ -330,7 +334,7 @@ class TransformersBackend:
                             position_ids=positions, cache=batch.cache, use_cache=True).logits[:, -1]
         batch.last = self._sample(logits, batch.rows, params, meter, on_step)
 
-    def _rebuild(self, batch, inputs, params, admitted, meter, on_step) -> _Batch | None:
+    def _rebuild(self, batch, inputs, params, admitted, meter, on_step, index) -> _Batch | None:
         """The batch without its finished rows, with ``admitted`` (i, j) jobs prefilled into it."""
         sources, rows, last = [], [], []  # sources: (cache, row indices, columns in use)
         if batch and (alive := [k for k, r in enumerate(batch.rows) if not r.done]):
@@ -339,7 +343,7 @@ class TransformersBackend:
             sources.append((batch.cache, keep, max(batch.rows[k].length for k in alive) - 1))
             last.append(batch.last[keep])
         if admitted:
-            cache, fresh, first = self._prefill(inputs, params, admitted, meter, on_step)
+            cache, fresh, first = self._prefill(inputs, params, admitted, meter, on_step, index)
             rows += fresh
             sources.append((cache, torch.arange(len(fresh)), cache.layers[0].length))
             last.append(first)
@@ -353,7 +357,7 @@ class TransformersBackend:
             mask[k, width - (row.length - 1):width] = 1
         return _Batch(rows, cache, mask, torch.cat(last), width)
 
-    def _prefill(self, inputs, params, admitted, meter, on_step) -> tuple[Cache, list[_Row], torch.Tensor]:
+    def _prefill(self, inputs, params, admitted, meter, on_step, index) -> tuple[Cache, list[_Row], torch.Tensor]:
         """The prompts of ``admitted`` (i, j) jobs through the model: their cache, rows and first tokens."""
         device = self.model.device
         lengths = [len(inputs[i]) for i, _ in admitted]
@@ -369,7 +373,7 @@ class TransformersBackend:
                             cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         rows = []
         for (i, j), n in zip(admitted, lengths):
-            seed = sequence_seed(params.seed, i, j)
+            seed = sequence_seed(params.seed, index[i], j)
             rows.append(_Row(i, j, seed, torch.Generator().manual_seed(seed), n, []))
         return cache, rows, self._sample(logits, rows, params, meter, on_step)
 
@@ -457,10 +461,13 @@ def with_masks(params: SamplingParams, tokenizer, fmt: conditioning.Format | Non
 def sample_prompts(db: str, backend: Backend, prompts: Sequence[Prompt], params: SamplingParams, *,
                    conditioning_text: str | None | Sequence[str | None] = None, fmt: conditioning.Format | None = None,
                    round_id: int | None = None, model_version_id: int | None = None,
-                   progress: Progress | None = None, show_progress: bool = True) -> list[int]:
+                   progress: Progress | None = None, show_progress: bool = True,
+                   seed_index: Sequence[int] | None = None) -> list[int]:
     """Sample ``params.n`` generations per prompt and store them; returns the new generation ids.
 
     ``conditioning_text`` is one feedback text for every prompt, one per prompt, or None.
+    ``seed_index``: per prompt, the position whose random streams it draws from (default: its own); only for
+    a backend that ``takes_seed_index``.
     Each batch of prompts is written in one transaction, so an interrupted run keeps whole batches.
     """
     if isinstance(conditioning_text, str) or conditioning_text is None:
@@ -490,8 +497,12 @@ def sample_prompts(db: str, backend: Backend, prompts: Sequence[Prompt], params:
         conds = conditioning_text[start:start + per_batch]
         inputs = [conditioning.build_input(backend.tokenizer, conditioning.prompt_of(p), c, fmt)
                   for p, c in zip(chunk, conds)]
-        chunk_params = SamplingParams(**{**asdict(params), "seed": params.seed + start})
-        samples = backend.generate([x.input_ids for x in inputs], chunk_params, chunk_progress)
+        if seed_index is None:
+            chunk_params = SamplingParams(**{**asdict(params), "seed": params.seed + start})
+            samples = backend.generate([x.input_ids for x in inputs], chunk_params, chunk_progress)
+        else:
+            samples = backend.generate([x.input_ids for x in inputs], params, chunk_progress,
+                                       index=seed_index[start:start + per_batch])
         rows = [Generation(prompt_id=p.id, round_id=round_id, model_version_id=model_version_id, conditioning=c,
                            response=s.text, prompt_tokens=len(x.prompt_ids), response_tokens=len(s.token_ids),
                            truncated=s.truncated, sampling_params=meta, seed=s.seed)
@@ -506,6 +517,14 @@ def sample_prompts(db: str, backend: Backend, prompts: Sequence[Prompt], params:
         report(progress, len(ids), total, meter.info(len(ids), total))
     bar.close()
     return ids
+
+
+def takes_seed_index(backend) -> bool:
+    """Whether ``backend.generate`` takes ``index`` (inputs sharing random streams)."""
+    try:
+        return "index" in inspect.signature(backend.generate).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def load_sampler(settings, version, backend: str | None = None) -> Backend:

@@ -117,6 +117,24 @@ def test_a_sample_does_not_depend_on_its_batch(backend):
     assert [s.seed for s in alone[0]] == [s.seed for s in runs[0][2]]
 
 
+def test_conditionings_in_one_pass_draw_the_same_streams_as_separate_passes(db, backend):
+    """Evaluation samples both conditionings in one pass (``seed_index``): prompt i keeps its random streams."""
+    prompts = add_prompts(db, 3)
+    params = SamplingParams(n=2, max_new_tokens=6, seed=3)
+    apart = [sample_prompts(db, backend, prompts, params, conditioning_text=c, show_progress=False)
+             for c in ("Excellent", "Horrible")]
+    together = sample_prompts(db, backend, prompts * 2, params, conditioning_text=["Excellent"] * 3 + ["Horrible"] * 3,
+                              show_progress=False, seed_index=[0, 1, 2] * 2)
+    with session_scope(db) as s:
+        def rows(ids):
+            return [(g.prompt_id, g.conditioning, g.seed, g.response) for g in
+                    sorted(s.exec(select(Generation).where(Generation.id.in_(ids))), key=lambda g: ids.index(g.id))]
+
+        assert rows(apart[0] + apart[1]) == rows(together)
+        seeds = [r[2] for r in rows(together)]
+    assert seeds[:6] == seeds[6:] and len(set(seeds[:6])) == 6  # paired across conditionings, distinct within
+
+
 def test_greedy_with_rows_joining_matches_generate(tiny_model_dir):
     """Greedy decoding through the slot cache (batch 2, rows finishing and refilled) = transformers' generate."""
     backend = eos_prone_backend(tiny_model_dir, eos_bias=2.5)
