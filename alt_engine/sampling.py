@@ -264,9 +264,17 @@ class TransformersBackend:
 
     ``on_step(rows, tokens)``, when given, is called after every decoding step with the (input, sample)
     pairs of the rows that produced a token and those tokens (a row's stop token included): streaming.
+
+    For a model server (``serving.ModelServer``), per input: ``limits[i]`` new tokens at most and its own seed
+    ``seeds[i]`` (input i's samples are then what it gets alone with ``seed=seeds[i]``; the default,
+    ``params.seed + i``, is the usual stream); ``on_sample(i, j, sample)`` hears of each sample as its row
+    stops, not when the call ends; ``admit(free)``, asked between steps while fewer than ``batch_size`` rows
+    run, returns up to ``free`` more inputs ``(ids, limit, seed)`` that join the running batch (continuous
+    batching: a request that arrives while others decode starts at the next step, not after them).
     """
 
     name = "transformers"
+    supports_admit = True  # ``generate(..., admit=...)``: requests join a running batch (ModelServer)
 
     def __init__(self, model, tokenizer, dtype: torch.dtype | None = None, threads: int | str = 0,
                  batch_size: int | None = None):
@@ -281,10 +289,17 @@ class TransformersBackend:
 
     @torch.inference_mode()
     def generate(self, inputs, params, progress=None, on_step: OnStep | None = None,
-                 index: Sequence[int] | None = None):
+                 index: Sequence[int] | None = None, *, limits: Sequence[int] | None = None,
+                 seeds: Sequence[int] | None = None,
+                 admit: Callable[[int], list[tuple[list[int], int, int]]] | None = None,
+                 on_sample: Callable[[int, int, Sample], None] | None = None):
         """``index``: per input, the input index whose random streams it draws from (default: its own), so
         inputs may share streams (the same probe prompt under two conditionings: common random numbers)."""
-        index = list(index) if index is not None else range(len(inputs))
+        inputs = list(inputs)  # admitted inputs are appended
+        limits = list(limits) if limits is not None else [params.max_new_tokens] * len(inputs)
+        if seeds is None:  # input i draws sample j from sequence_seed(params.seed, index[i], j)
+            seeds = [params.seed + k for k in (index if index is not None else range(len(inputs)))]
+        seeds = list(seeds)
         jobs = sorted(((i, j) for i in range(len(inputs)) for j in range(params.n)),
                       key=lambda ij: -len(inputs[ij[0]]))  # longest first: similar lengths together
         pending = jobs[::-1]  # pop() takes the next
@@ -299,16 +314,26 @@ class TransformersBackend:
 
             threads = choose_threads()
         with self.lock, using_threads(threads):
-            while pending or batch:
+            while True:
                 alive = sum(not r.done for r in batch.rows) if batch else 0
+                if admit is not None and alive + len(pending) < size:  # newcomers join the running batch
+                    for ids, limit, seed in admit(size - alive - len(pending)):
+                        inputs.append(ids)
+                        limits.append(limit)
+                        seeds.append(seed)
+                        out.append([None] * params.n)
+                        jobs += [(len(inputs) - 1, j) for j in range(params.n)]
+                        pending[:0] = [(len(inputs) - 1, j) for j in reversed(range(params.n))]  # after the waiting
+                if not (pending or batch):
+                    break
                 dead = len(batch.rows) - alive if batch else 0
                 free = size - alive
                 if (pending and free >= min(refill, len(pending))) or (not pending and dead >= max(1, alive // 4)):
                     admitted = [pending.pop() for _ in range(min(free, len(pending)))]
-                    batch = self._rebuild(batch, inputs, params, admitted, meter, on_step, index)
+                    batch = self._rebuild(batch, inputs, params, admitted, meter, on_step, seeds)
                 else:
                     self._step(batch, params, meter, on_step)
-                done += self._finish(batch, inputs, params, out) if batch else 0
+                done += self._finish(batch, inputs, limits, out, on_sample) if batch else 0
                 now = time.perf_counter()
                 if progress and now - reported > 1.0 and done < len(jobs):
                     reported = now
@@ -334,7 +359,7 @@ class TransformersBackend:
                             position_ids=positions, cache=batch.cache, use_cache=True).logits[:, -1]
         batch.last = self._sample(logits, batch.rows, params, meter, on_step)
 
-    def _rebuild(self, batch, inputs, params, admitted, meter, on_step, index) -> _Batch | None:
+    def _rebuild(self, batch, inputs, params, admitted, meter, on_step, seeds) -> _Batch | None:
         """The batch without its finished rows, with ``admitted`` (i, j) jobs prefilled into it."""
         sources, rows, last = [], [], []  # sources: (cache, row indices, columns in use)
         if batch and (alive := [k for k, r in enumerate(batch.rows) if not r.done]):
@@ -343,7 +368,7 @@ class TransformersBackend:
             sources.append((batch.cache, keep, max(batch.rows[k].length for k in alive) - 1))
             last.append(batch.last[keep])
         if admitted:
-            cache, fresh, first = self._prefill(inputs, params, admitted, meter, on_step, index)
+            cache, fresh, first = self._prefill(inputs, params, admitted, meter, on_step, seeds)
             rows += fresh
             sources.append((cache, torch.arange(len(fresh)), cache.layers[0].length))
             last.append(first)
@@ -357,7 +382,7 @@ class TransformersBackend:
             mask[k, width - (row.length - 1):width] = 1
         return _Batch(rows, cache, mask, torch.cat(last), width)
 
-    def _prefill(self, inputs, params, admitted, meter, on_step, index) -> tuple[Cache, list[_Row], torch.Tensor]:
+    def _prefill(self, inputs, params, admitted, meter, on_step, seeds) -> tuple[Cache, list[_Row], torch.Tensor]:
         """The prompts of ``admitted`` (i, j) jobs through the model: their cache, rows and first tokens."""
         device = self.model.device
         lengths = [len(inputs[i]) for i, _ in admitted]
@@ -373,7 +398,7 @@ class TransformersBackend:
                             cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         rows = []
         for (i, j), n in zip(admitted, lengths):
-            seed = sequence_seed(params.seed, index[i], j)
+            seed = sequence_seed(seeds[i], 0, j)  # = sequence_seed(params.seed, index[i], j) by default
             rows.append(_Row(i, j, seed, torch.Generator().manual_seed(seed), n, []))
         return cache, rows, self._sample(logits, rows, params, meter, on_step)
 
@@ -394,18 +419,20 @@ class TransformersBackend:
             on_step([(r.i, r.j) for r in live], [r.tokens[-1] for r in live])
         return chosen.unsqueeze(-1).to(self.model.device)
 
-    def _finish(self, batch, inputs, params, out) -> int:
+    def _finish(self, batch, inputs, limits, out, on_sample=None) -> int:
         """Mark the rows that stopped and store their samples; returns how many stopped now."""
         finished = 0
         for row in batch.rows:
             if row.done:
                 continue
             stopped = row.tokens[-1] in self.stop_ids
-            if stopped or len(row.tokens) >= params.max_new_tokens:
+            if stopped or len(row.tokens) >= limits[row.i]:
                 row.done, finished = True, finished + 1
                 kept = row.tokens[:-1] if stopped else row.tokens
                 out[row.i][row.j] = Sample(kept, self.tokenizer.decode(kept, skip_special_tokens=True),
                                            not stopped, len(inputs[row.i]), row.seed)
+                if on_sample is not None:
+                    on_sample(row.i, row.j, out[row.i][row.j])
         return finished
 
 

@@ -6,10 +6,11 @@ other (up to ``max_batch``) and answers them with one batched
 ``TransformersBackend.generate`` — so 8 concurrent playground or
 ``/v1/chat/completions`` users cost about one batched generate, not 8 in a
 row. Requests are batched with others that share their sampling settings
-(temperature, top_p); a batch runs to the largest ``max_new_tokens`` asked and
-each answer is cut to its own limit (with greedy decoding that is exactly the
-answer it would get alone). A sampled batch draws from one seeded generator,
-so sampling is reproducible only for a request that runs alone.
+(temperature, top_p), and one that arrives while a batch decodes joins it at the
+next step (continuous batching: it does not wait for the others' answers to end).
+Each row stops at its own ``max_new_tokens`` and draws from its own seeded random
+stream, so a request's answer is the one it gets alone with the same seed (up to
+float rounding with the batch's shape), and each is sent as soon as its own row stops.
 Inputs are built by ``conditioning.build_input``: ``feedback`` steers the
 model exactly as in training. ``reload`` switches the served version
 (promote / rollback) without dropping requests; ``follow(db)`` does it by itself
@@ -28,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import conditioning
@@ -97,6 +98,8 @@ class ModelServer:
         self.batches = 0  # batched generate calls so far (for tests and monitoring)
         self.answered = 0  # requests answered so far
         self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._pending: list[_Request] = []  # requests of another sampling group, for a later batch (worker thread)
+        self._joined: list[_Request] = []  # the requests of the batch running now (answered on failure)
         self._load_lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self._closed = False
@@ -298,13 +301,13 @@ class ModelServer:
             self._worker.join(timeout)
 
     def _run(self) -> None:
-        pending: list[_Request] = []  # requests of another sampling group, answered in a later batch
         while True:
+            pending = self._pending
             first = pending.pop(0) if pending else self._queue.get()
             if first is None:
                 return
             batch = [first] + [r for r in pending if r.group == first.group][: self.max_batch - 1]
-            pending = [r for r in pending if r not in batch]
+            self._pending = [r for r in pending if r not in batch]
             deadline = time.monotonic() + self.batch_wait
             while len(batch) < self.max_batch:  # the batching window
                 try:
@@ -314,12 +317,12 @@ class ModelServer:
                 if req is None:  # closing: answer what we have first
                     self._queue.put(None)
                     break
-                (batch if req.group == first.group else pending).append(req)
+                (batch if req.group == first.group else self._pending).append(req)
             try:
                 self._generate(batch)
             except Exception as e:  # answer every caller, keep serving
                 log.exception("generation failed")
-                for r in batch:
+                for r in batch + self._joined:
                     if not r.future.done():
                         r.future.set_exception(e)
 
@@ -330,39 +333,96 @@ class ModelServer:
             return self.backend, self.version_name, self.fmt  # type: ignore[return-value]
 
     def _generate(self, batch: list[_Request]) -> None:
+        """One running batch: ``batch``, then every request of the same sampling group that arrives while it
+        decodes joins it at the next step (``admit``); each answer is sent as soon as its own row stops."""
         backend, version_name, fmt = self._current()  # a batch runs on one model, even if a reload happens meanwhile
-        inputs, ok = [], []
-        for r in batch:  # one malformed chat fails alone, not its batch
+        running: list[_Request] = []  # input index → request
+        inputs: list[list[int]] = []
+        streams: list[_Stream | None] = []
+        self._joined = running
+
+        def prepare(r: _Request) -> list[int] | None:
+            """The request's input ids, or None when it was cancelled or cannot run (its future says why)."""
             if not r.future.set_running_or_notify_cancel():  # the caller gave up while it waited
-                continue
-            try:
+                return None
+            try:  # one malformed chat fails alone, not its batch
                 ids = conditioning.build_input(backend.tokenizer, r.messages, r.feedback, fmt).input_ids
                 self._check_length(ids)
-                inputs.append(ids)
-                ok.append(r)
             except PromptTooLong as e:
                 r.future.set_exception(e)
+                return None
             except Exception as e:
                 r.future.set_exception(ValueError(f"cannot build the model input: {e}"))
-        if not ok:
+                return None
+            running.append(r)
+            inputs.append(ids)
+            streams.append(_Stream(r.on_text, r.max_new_tokens, backend) if r.on_text else None)
+            return ids
+
+        for r in batch:
+            prepare(r)
+        if not running:
             return
-        batch, first = ok, ok[0]
+        group, closing = running[0].group, False
+
+        def admit(free: int) -> list[tuple[list[int], int, int]]:
+            """Up to ``free`` requests of this batch's sampling group that came in meanwhile. None once another
+            group waits (the batch drains, then that group runs: no starvation) or another version is served
+            (a promotion's newcomers go to the new model)."""
+            nonlocal closing
+            new: list[tuple[list[int], int, int]] = []
+            if self.backend is not backend or self.version_name != version_name or any(
+                    r.group != group for r in self._pending):
+                return new
+            keep: list[_Request] = []
+            for r in self._pending:  # same-group requests set aside earlier first
+                if len(new) < free and r.group == group and (ids := prepare(r)) is not None:
+                    new.append((ids, r.max_new_tokens, r.seed))
+                elif len(new) >= free or r.group != group:
+                    keep.append(r)
+            self._pending = keep
+            while len(new) < free and not closing:
+                try:
+                    r = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if r is None:  # closing: finish what runs, admit nothing more
+                    self._queue.put(None)
+                    closing = True
+                elif r.group != group:
+                    self._pending.append(r)
+                    break  # it waits for this batch to drain: admit no more
+                elif (ids := prepare(r)) is not None:
+                    new.append((ids, r.max_new_tokens, r.seed))
+            return new
+
+        def on_step(rows, tokens):  # rows = (input index, 0): one sample per request
+            for (i, _), token in zip(rows, tokens):
+                if streams[i] is not None:
+                    streams[i].add(token)
+
+        def on_sample(i: int, _j: int, s) -> None:  # a request is answered as soon as its own row stops
+            tokens = s.token_ids
+            usage = Usage(len(inputs[i]), len(tokens), truncated=s.truncated, version=version_name)
+            running[i].future.set_result((backend.tokenizer.decode(tokens, skip_special_tokens=True), usage))
+            self.answered += 1
+
+        first = running[0]
         params = SamplingParams(n=1, temperature=first.temperature, top_p=first.top_p, seed=first.seed,
-                                max_new_tokens=max(r.max_new_tokens for r in batch), batch_size=len(batch))
-        streams = [_Stream(r.on_text, r.max_new_tokens, backend) if r.on_text else None for r in batch]
-        on_step = None
-        if any(streams):
-            def on_step(rows, tokens):  # rows = (input index, 0): one sample per request
-                for (i, _), token in zip(rows, tokens):
-                    if streams[i] is not None:
-                        streams[i].add(token)
-        samples = backend.generate(inputs, params, on_step=on_step) if on_step else backend.generate(inputs, params)
-        self.batches += 1
-        self.answered += len(batch)
-        for r, ids, (s,) in zip(batch, inputs, samples):
-            tokens = s.token_ids[: r.max_new_tokens]
-            usage = Usage(len(ids), len(tokens), truncated=len(s.token_ids) >= r.max_new_tokens, version=version_name)
-            r.future.set_result((backend.tokenizer.decode(tokens, skip_special_tokens=True), usage))
+                                max_new_tokens=max(r.max_new_tokens for r in running), batch_size=self.max_batch)
+        self.batches += 1  # counted as it starts: its answers may be out before it returns
+        if getattr(backend, "supports_admit", False):
+            backend.generate(inputs, params, on_step=on_step, limits=[r.max_new_tokens for r in running],
+                             seeds=[r.seed for r in running], admit=admit, on_sample=on_sample)
+        else:  # a backend without joining: the batch as it is, each answer cut to its own limit
+            samples = backend.generate(inputs, params, on_step=on_step) if any(streams) else backend.generate(
+                inputs, params)
+            for i, (s,) in enumerate(samples):
+                limit = running[i].max_new_tokens
+                on_sample(i, 0, replace(s, token_ids=s.token_ids[:limit], truncated=len(s.token_ids) >= limit))
+        for r in running:
+            if not r.future.done():
+                r.future.set_exception(RuntimeError("the model returned no sample"))
 
 
 class _Stream:

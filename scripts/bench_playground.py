@@ -5,7 +5,9 @@
 
 Serves the model with the app's own ModelServer behind the real /v1 route (uvicorn on 127.0.0.1) and streams
 with the real ``openai`` client, each user asking a different question under a feedback text (as the
-playground's panels do). Reports per concurrency: median / worst time to the first streamed token, and
+playground's panels do), and asking the next one as soon as the answer is in (users are not in step, so
+requests arrive while others decode: they join the running batch). Reports per concurrency: median / worst
+time to the first streamed token, and
 generated tokens per second per user and in total. Target: first token < 1 s for one user.
 """
 
@@ -77,17 +79,20 @@ def main() -> None:
     ap.add_argument("--users", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--repeats", type=int, default=2, help="rounds of requests per concurrency level")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument("--late", type=int, default=0, metavar="N",
+                    help="also: a user arriving while another's N-token answer decodes — their first token and "
+                         "whether they waited for the other answer to end")
     args = ap.parse_args()
     url, uv = start(args.model, args.threads)
     client = openai.OpenAI(base_url=url, api_key="sk-bench", max_retries=0, timeout=600)
     one(client, 0, 4)  # warm-up: the first generate pays one-off costs
     print(f"model {args.model}, {args.max_tokens} new tokens, temperature 0.7, feedback-conditioned, streamed")
     for users in args.users:
-        results, t0 = [], time.perf_counter()
-        with ThreadPoolExecutor(users) as pool:
-            for r in range(args.repeats):
-                results += list(pool.map(lambda i: one(client, i, args.max_tokens),
-                                         range(r * users, (r + 1) * users)))
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(users) as pool:  # each user asks again as soon as their answer is in (not in step)
+            asked = pool.map(lambda u, n=users: [one(client, u + r * n, args.max_tokens) for r in range(args.repeats)],
+                             range(users))
+            results = [r for rs in asked for r in rs]
         wall = time.perf_counter() - t0
         firsts = [f for f, _, _ in results]
         per_user = [n / max(total - f, 1e-9) for f, n, total in results]
@@ -95,7 +100,27 @@ def main() -> None:
         print(f"{users} user(s): first token median {statistics.median(firsts):.2f} s, worst {max(firsts):.2f} s; "
               f"{statistics.median(per_user):.1f} tokens/s per user, {total_tokens / wall:.1f} tokens/s in all "
               f"({len(results)} requests, {total_tokens} tokens, {wall:.1f} s)")
+    if args.late:
+        late(client, args.late, args.max_tokens)
     uv.should_exit = True
+
+
+def late(client, long_tokens: int, max_tokens: int) -> None:
+    """A long answer streams; one second in, another user asks: when does their first token come?"""
+    import threading
+
+    long_done: list[float] = []
+    t0 = time.perf_counter()
+    other = threading.Thread(target=lambda: long_done.append(one(client, 100, long_tokens)[2]))
+    other.start()
+    time.sleep(1.0)
+    t1 = time.perf_counter()
+    first, tokens, total = one(client, 101, max_tokens)
+    other.join()
+    waited = t1 + first >= t0 + long_done[0] - 0.05
+    print(f"late user (arrives 1 s into a {long_tokens}-token answer that took {long_done[0]:.1f} s): first token "
+          f"after {first:.2f} s, {tokens} tokens in {total:.1f} s"
+          f"{' — it waited for the long answer to end' if waited else ' — joined the running batch'}")
 
 
 if __name__ == "__main__":

@@ -191,7 +191,7 @@ def test_concurrent_requests_are_micro_batched_with_single_call_answers(tokenize
     server = ModelServer(TransformersBackend(label_model, tokenizer), max_batch=8, batch_wait_ms=50)
     chats = [categorical_messages(TINY, *judge_case(i)) for i in range(100, 108)]
     alone = [server.chat(m, max_new_tokens=6) for m in chats]
-    assert server.batches == 8 and len({t for t, _ in alone}) > 1  # the answers differ between inputs
+    assert len({t for t, _ in alone}) > 1  # the answers differ between inputs
     before = server.batches
     with ThreadPoolExecutor(8) as pool:
         together = list(pool.map(lambda m: server.chat(m, max_new_tokens=6), chats))

@@ -106,3 +106,28 @@ def test_any_version_by_name_streams(db, tiny_model_dir, tmp_path):
         assert plain.choices[0].message.content == expected and plain.model == "v1-alt"
         with pytest.raises(openai.NotFoundError, match="not a model version"):
             c.chat.completions.create(model="v9-nope", messages=chat, max_tokens=2)
+
+
+def test_a_request_joins_a_running_batch_and_is_answered_before_it_ends():
+    """Continuous batching: a request arriving while a long answer decodes starts at the next step and is answered
+    when its own row stops — not after the long one — with the answer it gets alone under the same seed."""
+    import threading
+
+    tok = tiny_tokenizer()
+    server = ModelServer(TransformersBackend(tiny_model(tok, seed=0), tok), version_name="v0-tiny", batch_wait_ms=20)
+
+    chat, short_chat = [{"role": "user", "content": "Tell me a long story"}], [{"role": "user", "content": "Hi"}]
+    sampling = dict(temperature=1.0, top_p=0.9)
+    seed = next(s for s in range(50) if server.chat(chat, max_new_tokens=120, seed=s, **sampling)[1].completion_tokens
+                >= 100)  # a long answer (the tiny model stops at random)
+    short_alone = server.chat(short_chat, max_new_tokens=3, seed=7, **sampling)
+    started, batches = threading.Event(), server.batches
+    long = server.submit(chat, None, 120, seed=seed, on_text=lambda _: started.set(), **sampling)
+    assert started.wait(60)
+    short = server.submit(short_chat, None, 3, seed=7, **sampling)
+    text, usage = short.result(60)
+    assert not long.done()  # answered while the long one still decodes
+    assert (text, usage.completion_tokens) == (short_alone[0], short_alone[1].completion_tokens)
+    assert long.result(120)[1].completion_tokens >= 100
+    assert server.batches - batches <= 1  # no batch of its own for the short one
+    server.close()
