@@ -61,7 +61,7 @@ class RoundConfig:
     k_per_category: int = 2
     policy: str = "flush"  # flush (ALT) | accumulate (Quark)
     truncated: str = "exclude"  # truncated generations in the pool: exclude | last | worst (see pool.py)
-    max_per_prompt: int | None = None
+    max_per_prompt: int | None = 2  # the pool's cap per prompt: the most different pair (README, Efficacy)
     promote: str = "unless_worse"  # always | if_better (CI above the parent) | unless_worse (CI not below) | never
     metric: str = "auto"  # compared for promotion; auto: mean_score for scored feedback, else exemplar_share
     eval: EvalConfig = field(default_factory=EvalConfig)

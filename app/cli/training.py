@@ -46,7 +46,9 @@ def _pool_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k-per-category", type=int, default=2, help="pool: generations per category per prompt")
     p.add_argument("--policy", choices=POLICIES, default=None,
                    help="pool: latest round (flush, ALT) or all (accumulate, Quark); default: the objective's")
-    p.add_argument("--max-per-prompt", type=int, default=None, help="pool: cap per prompt")
+    p.add_argument("--max-per-prompt", type=int, default=2,
+                   help="pool: cap per prompt (default 2: two of different categories where the samples allow, so "
+                        "every prompt contrasts, at half the training cost of n = 4; 0 = no cap)")
     p.add_argument("--truncated", choices=TRUNCATION, default=None,
                    help="pool: truncated generations (no EOS) — exclude them, use them last, or as the worst category "
                         "(default: exclude; a demo task's own, e.g. worst for concise)")
@@ -269,7 +271,7 @@ def cmd_train(args) -> int:
             round_ids = [_round(s, task, None).id] if _policy(args) == "flush" else None
         parent = _served(s)
     pool_kw = dict(round_ids=round_ids, k_per_category=args.k_per_category, seed=config.seed, policy=_policy(args),
-                   max_per_prompt=args.max_per_prompt, truncated=_truncation(args))
+                   max_per_prompt=args.max_per_prompt or None, truncated=_truncation(args))
     job_id, version_id = train_version(settings.db, settings, task, parent.id, config, pool_kw,
                                        round_id=round_ids[-1] if round_ids else None, background=args.background,
                                        wait=not args.background)
@@ -315,7 +317,7 @@ def _round_config(args):
                                 seed=args.sample_seed, batch_size=args.sample_batch_size,
                                 mask_control_tokens=args.mask_control_tokens),
         limit=args.limit or None, k_per_category=args.k_per_category, policy=_policy(args),
-        max_per_prompt=args.max_per_prompt, truncated=_truncation(args), promote=args.promote.replace("-", "_"),
+        max_per_prompt=args.max_per_prompt or None, truncated=_truncation(args), promote=args.promote.replace("-", "_"),
         metric=args.metric, eval=_eval_config(args))
 
 
