@@ -20,12 +20,26 @@ from alt_engine.training.config import AltTrainConfig
 # --------------------------------------------------------------------------- configs and registry
 
 
+def test_bf16_auto_leaves_tiny_models_and_opt_outs_in_float32(tiny_model_dir):
+    from transformers import AutoConfig
+
+    from alt_engine.training.run import _precision
+
+    class Model:  # _precision reads only the width
+        config = AutoConfig.from_pretrained(tiny_model_dir)
+
+    assert Model.config.hidden_size < 256 and _precision(AltTrainConfig(), Model) == {}
+    Model.config.hidden_size = 576  # the default model's width: bf16 only where measured faster, never if opted out
+    assert _precision(AltTrainConfig(bf16_auto=False), Model) == {}
+    assert _precision(AltTrainConfig(deepspeed="zero2", num_procs=2), Model) == {}  # launched ranks keep the precision they are given
+
+
 def test_alt_config_is_training_arguments_with_alt_defaults():
     c = AltTrainConfig()
     assert isinstance(c, TrainingArguments)
     assert (c.learning_rate, c.num_train_epochs, c.warmup_steps, c.lr_scheduler_type.value, c.weight_decay,
             c.max_grad_norm, c.per_device_train_batch_size, c.gradient_accumulation_steps, c.max_steps, c.seed,
-            c.bf16, c.gradient_checkpointing) == (5e-5, 2.0, 0.05, "linear", 0.0, 1.0, 8, 1, -1, 0, False, False)
+            c.bf16, c.gradient_checkpointing) == (5e-5, 4.0, 0.05, "linear", 0.0, 1.0, 8, 1, -1, 0, False, False)
     assert (c.max_prompt_tokens, c.max_response_tokens, c.lora, c.lora_r, c.lora_alpha, c.lora_dropout,
             c.lora_target_modules, c.merge_lora) == (512, 256, False, 16, 32, 0.05, "all-linear", False)
     assert (c.alpha, c.beta, c.logging_steps, c.save_steps, c.report_to, c.resume) == \
