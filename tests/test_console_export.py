@@ -11,9 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from alt_engine import export
+from tests.test_console_auth import REFUSED, client  # client signs admin / bob in
 from tests.test_export import seed
-
-REFUSED = "This needs an admin account."
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +30,6 @@ def app(tmp_path_factory, tiny_model_dir):
     add_user(db, "bob", "bobpass12")
     settings = Settings(db=db, device="cpu", model=tiny_model_dir, secret_key="s" * 32)
     return create_app(settings), db
-
-
-def client(api, user: str | None) -> TestClient:
-    c = TestClient(api, raise_server_exceptions=False)
-    c.__enter__()
-    if user:
-        password = {"admin": "adminpass1", "bob": "bobpass12"}[user]
-        assert c.post("/api/login", json={"username": user, "password": password}).status_code == 200
-    return c
 
 
 def export_call(c: TestClient, api, kind: str, fmt: str = "jsonl", task: str = "", rounds: str = "",
