@@ -31,7 +31,7 @@ def test_bf16_auto_leaves_tiny_models_and_opt_outs_in_float32(tiny_model_dir):
     assert Model.config.hidden_size < 256 and _precision(AltTrainConfig(), Model) == {}
     Model.config.hidden_size = 576  # the default model's width: bf16 only where measured faster, never if opted out
     assert _precision(AltTrainConfig(bf16_auto=False), Model) == {}
-    assert _precision(AltTrainConfig(deepspeed="zero2", num_procs=2), Model) == {}  # launched ranks keep the precision they are given
+    assert _precision(AltTrainConfig(deepspeed="zero2", num_procs=2), Model) == {}  # launched ranks: as given
 
 
 def test_alt_config_is_training_arguments_with_alt_defaults():
