@@ -159,7 +159,7 @@ class LiveServer:
         self._out = open(self.log, "w")
         self.proc = subprocess.Popen([alt, "serve", "--db", db, "--model", model, "--port", str(self.port)],
                                      stdout=self._out, stderr=subprocess.STDOUT, env=full_env, cwd=str(workdir))
-        deadline = time.time() + 90
+        deadline = time.time() + 240  # a shared 2-core machine can take minutes to import gradio and torch
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"alt serve exited: {self.output()}")
