@@ -18,10 +18,15 @@ Rules (the web app's handlers and the JSON API both call these functions):
   transaction. Any submission is refused once others' finished labels reach k; a
   late one (lease expired) also yields to the live leases of others, so whoever
   holds the item now is never robbed of it (then ``Conflict``, nothing saved).
-- ``undo_last`` deletes the user's newest submission (unless a model was
-  already trained on it) and re-opens its lease — only while the item still has
-  room for it (others' labels + live leases < k); ``skip`` gives the item to
-  someone else; ``flag`` stores a ``flag`` row and takes the item out of the queue.
+- ``undo_last`` takes back the user's last action — a submission (its rows are
+  deleted, unless a model was already trained on them, and returned on the item
+  as ``previous`` so no typed text is lost), a flag or a skip — and re-opens its
+  lease, only while the item still has room for it (others' labels + live
+  leases < k). Actions are ordered by ``Lease.acted_at``; ``skip`` gives the item
+  to someone else; ``flag`` stores a ``flag`` row and takes the item out of the queue.
+- A submission on a lease already done with *different* content (a stale second
+  tab) saves nothing and says what is saved (``already_labelled``);
+  ``replace_label`` then swaps the user's rows on that item for the new ones.
 
 SQLite: every write transaction starts with a write statement so SQLite takes its write
 lock before anything is read (no two annotators can read the same free item),
@@ -92,6 +97,9 @@ class Item:
     conditioning: str | None = None  # only when the task shows it
     suggestion: Suggestion | None = None
     round_number: int | None = None
+    allow_critique: bool = True  # the task asks for critique & revision
+    allow_judgment: bool = True  # the task asks for a judgment
+    previous: dict | None = None  # after undo: what the undone submission said (category, text, critique, ...)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,10 +119,11 @@ class Submission:
 
 @dataclass
 class SubmitResult:
-    status: str  # saved | duplicate
+    status: str  # saved | duplicate (the same again: nothing written) | already_labelled (differently: nothing written)
     feedback_ids: list[int] = field(default_factory=list)
     late: bool = False
     message: str = ""
+    existing: dict | None = None  # already_labelled: what is saved (category, text, critique, revision, judgment)
 
 
 @dataclass
@@ -215,6 +224,8 @@ class _TaskRef:
     k: int
     categories: tuple[str, ...] = ()
     allow_free_text: bool = True
+    allow_critique: bool = True
+    allow_judgment: bool = True
 
 
 @dataclass(frozen=True)
@@ -249,7 +260,7 @@ _NEXT_LOCKED = text("SELECT g.id " + _CANDIDATES
 _MINE = text("SELECT 1 FROM lease WHERE generation_id = :g AND user_id = :u")
 _ITEM = text("""
 SELECT g.id, g.response, g.truncated, g.conditioning, p.text, p.messages, t.name, t.categories, t.allow_free_text,
-       t.guidelines, t.show_conditioning, r.number
+       t.guidelines, t.show_conditioning, r.number, t.allow_critique, t.allow_judgment
 FROM generation g JOIN prompt p ON p.id = g.prompt_id JOIN task t ON t.id = p.task_id
 LEFT JOIN round r ON r.id = g.round_id WHERE g.id = :g
 """)
@@ -260,10 +271,11 @@ WHERE generation_id = :g AND kind IN ('category', 'text')
 ORDER BY id DESC LIMIT 1
 """)
 _TASK_OF = text("""
-SELECT t.id, t.name, t.annotations_per_item, t.categories, t.allow_free_text
+SELECT t.id, t.name, t.annotations_per_item, t.categories, t.allow_free_text, t.allow_critique, t.allow_judgment
 FROM task t JOIN prompt p ON p.task_id = t.id JOIN generation g ON g.prompt_id = p.id WHERE g.id = :g
 """)
-_TASKS = text("SELECT id, name, annotations_per_item, categories, allow_free_text FROM task ORDER BY id")
+_TASKS = text("SELECT id, name, annotations_per_item, categories, allow_free_text, allow_critique, allow_judgment "
+              "FROM task ORDER BY id")
 _HELD = text("""
 SELECT l.id, l.generation_id, l.expires_at FROM lease l
 JOIN generation g ON g.id = l.generation_id JOIN round r ON r.id = g.round_id
@@ -277,7 +289,7 @@ def _json_col(value):
 
 def _task_ref(row) -> _TaskRef:
     return _TaskRef(id=row[0], name=row[1], k=max(1, row[2] or 1), categories=tuple(_json_col(row[3]) or ()),
-                    allow_free_text=bool(row[4]))
+                    allow_free_text=bool(row[4]), allow_critique=bool(row[5]), allow_judgment=bool(row[6]))
 
 
 def _dt(value) -> dt.datetime:
@@ -308,19 +320,21 @@ def _task_of(s: Session, generation_id: int) -> _TaskRef:
 
 def _item(s: Session, lease_id: int, generation_id: int, expires_at: dt.datetime) -> Item:
     (gid, response, truncated, conditioning, p_text, p_messages, task, categories, free, guidelines, show,
-     number) = s.connection().execute(_ITEM, {"g": generation_id}).one()
+     number, critique, judgment) = s.connection().execute(_ITEM, {"g": generation_id}).one()
     messages = _json_col(p_messages)
     return Item(lease_id=lease_id, generation_id=gid, task=task, categories=list(_json_col(categories) or []),
                 allow_free_text=bool(free), guidelines=guidelines or "", prompt=messages if messages else p_text,
                 response=response, truncated=bool(truncated), expires_at=_utc(expires_at).isoformat(),
-                conditioning=conditioning if show else None, suggestion=_suggestion(s, gid), round_number=number)
+                conditioning=conditioning if show else None, suggestion=_suggestion(s, gid), round_number=number,
+                allow_critique=bool(critique), allow_judgment=bool(judgment))
 
 
 def _tasks_in_order(s: Session, task: str | int | None) -> list[_TaskRef]:
     one = resolve_task(s, task)
     if one is not None:
         return [_TaskRef(id=one.id, name=one.name, k=max(1, one.annotations_per_item),
-                         categories=tuple(one.categories), allow_free_text=one.allow_free_text)]
+                         categories=tuple(one.categories), allow_free_text=one.allow_free_text,
+                         allow_critique=one.allow_critique, allow_judgment=one.allow_judgment)]
     return [_task_ref(r) for r in s.connection().execute(_TASKS)]
 
 
@@ -464,6 +478,10 @@ def _feedback_rows(task: _TaskRef, lease: _LeaseRef, user: UserInfo, sub: Submis
     critique, revision, judgment = _clean(sub.critique), _clean(sub.revision), _clean(sub.judgment)
     if category is None and free_text and not task.allow_free_text:
         raise AnnotationError(f"task {task.name!r} takes a category, not free text alone")
+    if (critique or revision) and not task.allow_critique:
+        raise AnnotationError(f"task {task.name!r} does not take a critique or revision")
+    if judgment and not task.allow_judgment:
+        raise AnnotationError(f"task {task.name!r} does not take a judgment")
     if category is None and not (free_text or critique or revision or judgment):
         raise AnnotationError("nothing to submit: choose a category or write feedback")
     base = dict(generation_id=lease.generation_id, source=user.source, user_id=user.id)
@@ -483,14 +501,34 @@ def _take_open_lease(s, user: UserInfo, lease_id: int, state: str) -> Lease | No
     """Move this user's open lease to ``state`` (atomically); None if done, else the lease as it stands."""
     _id(lease_id, "lease_id")
     won = s.connection().execute(
-        text("UPDATE lease SET state = :state WHERE id = :id AND user_id = :u AND state = 'open'"),
-        {"state": state, "id": lease_id, "u": user.id}).rowcount
+        text("UPDATE lease SET state = :state, acted_at = :now WHERE id = :id AND user_id = :u AND state = 'open'"),
+        {"state": state, "id": lease_id, "u": user.id, "now": _ts(_now())}).rowcount
     if won:
         return None
     lease = s.get(Lease, lease_id)
     if lease is None or lease.user_id != user.id:
         raise AnnotationError(f"no lease {lease_id} for {user.name}")
     return lease
+
+
+def _saved(rows: list[Feedback]) -> dict:
+    """What a lease's feedback rows say, as the fields of a ``Submission`` (flag: its reason as ``flag``)."""
+    out = dict(category=None, text=None, critique=None, revision=None, judgment=None, flag=None)
+    for r in rows:
+        if r.kind == "critique":
+            out.update(critique=r.critique, revision=r.revision)
+        elif r.kind == "judgment":
+            out["judgment"] = r.text
+        elif r.kind == "flag":
+            out["flag"] = r.text
+        else:
+            out.update(category=r.category, text=r.text)
+    return out
+
+
+def _lease_rows(s: Session, lease_id: int) -> list[Feedback]:
+    return list(s.exec(select(Feedback).where(Feedback.request_key.like(f"lease:{lease_id}:%"))
+                       .order_by(Feedback.id)))
 
 
 def _close_lease(db: str, user: UserInfo, lease_id: int, make_rows) -> SubmitResult:
@@ -501,8 +539,18 @@ def _close_lease(db: str, user: UserInfo, lease_id: int, make_rows) -> SubmitRes
         lease = _take_open_lease(s, user, lease_id, "done")
         if lease is not None:
             if lease.state == "done":
-                ids = s.exec(select(Feedback.id).where(Feedback.request_key.like(f"lease:{lease_id}:%"))).all()
-                return SubmitResult(status="duplicate", feedback_ids=list(ids), message="already saved")
+                rows = _lease_rows(s, lease_id)
+                saved = _saved(rows)
+                try:
+                    wanted = _saved(make_rows(_task_of(s, lease.generation_id),
+                                              _LeaseRef(id=lease.id, generation_id=lease.generation_id), s))
+                except AnnotationError:
+                    wanted = saved
+                ids = [r.id for r in rows]
+                if wanted != saved:  # a stale second tab: say what is saved, write nothing (replace_label swaps)
+                    return SubmitResult(status="already_labelled", feedback_ids=ids, existing=saved,
+                                        message="you already labelled this item; nothing was saved")
+                return SubmitResult(status="duplicate", feedback_ids=ids, message="already saved")
             if lease.state == "expired":
                 raise Conflict("this item got its labels while your lease was expired; nothing was saved")
             raise AnnotationError(f"you skipped this item (lease {lease_id}); nothing was saved")
@@ -542,6 +590,37 @@ def flag(db: str, user: UserInfo, lease_id: int, reason: str = "") -> SubmitResu
         request_key=f"lease:{lease.id}:flag")])
 
 
+def _trained_on(s: Session, rows: list[Feedback]) -> int | None:
+    """The model version trained on any of ``rows``, if one was."""
+    return s.exec(select(TrainingExample.model_version_id).where(
+        TrainingExample.feedback_id.in_([r.id for r in rows]))).first() if rows else None
+
+
+def replace_label(db: str, user: UserInfo, lease_id: int, submission: Submission) -> SubmitResult:
+    """Swap this user's saved feedback on a done lease for ``submission`` (after ``already_labelled``), in one
+    transaction; refused once a model was trained on the old label."""
+    _id(lease_id, "lease_id")
+    with _local_lock(db), session_scope(db) as s:
+        _take_write_lock(s)
+        lease = s.get(Lease, lease_id)
+        if lease is None or lease.user_id != user.id:
+            raise AnnotationError(f"no lease {lease_id} for {user.name}")
+        if lease.state != "done":
+            raise AnnotationError(f"lease {lease_id} is {lease.state}; only a saved label can be replaced")
+        rows = _lease_rows(s, lease_id)
+        if (used := _trained_on(s, rows)) is not None:
+            raise AnnotationError(f"that label was already used to train model version {used}; it stays")
+        ref = _LeaseRef(id=lease.id, generation_id=lease.generation_id)
+        new = _feedback_rows(_task_of(s, lease.generation_id), ref, user, submission, s)
+        for r in rows:
+            s.delete(r)
+        s.flush()
+        s.add_all(new)
+        lease.acted_at = _now()
+        s.flush()
+        return SubmitResult(status="saved", feedback_ids=[r.id for r in new], message="replaced")
+
+
 def skip(db: str, user: UserInfo, lease_id: int) -> None:
     """Give the item back for others; this user will not be offered it again."""
     with _local_lock(db), session_scope(db) as s:
@@ -551,33 +630,45 @@ def skip(db: str, user: UserInfo, lease_id: int) -> None:
                 raise AnnotationError(f"lease {lease_id} is {lease.state}; only an open item can be skipped")
 
 
+def _last_action(s: Session, user: UserInfo) -> Lease | None:
+    """The lease of this user's last submit, flag or skip (by ``acted_at``; older rows without it: the newest
+    submission by feedback id)."""
+    lease = s.exec(select(Lease).where(Lease.user_id == user.id, Lease.state.in_(("done", "skipped")),
+                                       Lease.acted_at.is_not(None))
+                   .order_by(Lease.acted_at.desc(), Lease.id.desc()).limit(1)).first()
+    if lease is not None:
+        return lease
+    key = s.exec(select(Feedback.request_key).where(Feedback.user_id == user.id, Feedback.request_key.like("lease:%"))
+                 .order_by(Feedback.id.desc()).limit(1)).first()
+    return s.get(Lease, int(key.split(":")[1])) if key else None
+
+
 def undo_last(db: str, user: UserInfo, lease_seconds: int = 300) -> Item:
-    """Delete this user's newest submission and hand the item back to them under a fresh lease."""
+    """Take back this user's last action (submit, flag or skip) and hand the item back under a fresh lease; the
+    item's ``previous`` holds what the undone submission said (its text is offered again, never lost)."""
     now = _now()
     with _local_lock(db), session_scope(db) as s:
         _take_write_lock(s)
-        key = s.exec(select(Feedback.request_key).where(Feedback.user_id == user.id,
-                                                        Feedback.request_key.like("lease:%"))
-                     .order_by(Feedback.id.desc()).limit(1)).first()
-        if key is None:
+        lease = _last_action(s, user)
+        if lease is None:
             raise AnnotationError("nothing to undo")
-        lease = s.get(Lease, int(key.split(":")[1]))
-        rows = s.exec(select(Feedback).where(Feedback.request_key.like(f"lease:{lease.id}:%"))).all()
-        used = s.exec(select(TrainingExample.model_version_id).where(
-            TrainingExample.feedback_id.in_([r.id for r in rows]))).first()
-        if used is not None:
+        rows = _lease_rows(s, lease.id)
+        if (used := _trained_on(s, rows)) is not None:
             raise AnnotationError(f"that label was already used to train model version {used}; it cannot be undone")
         task = _task_of(s, lease.generation_id)
-        if lease.state == "done" and not may_label(s, lease.generation_id, user.id, task.k, now, late=True):
+        if not may_label(s, lease.generation_id, user.id, task.k, now, late=True):
             raise AnnotationError(f"item #{lease.generation_id} went to others since (it takes {task.k} label(s)); "
-                                  "your label stays")
+                                  + ("your label stays" if lease.state == "done" else "it cannot come back"))
+        previous = _saved(rows) if rows else None
         for r in rows:
             s.delete(r)
-        lease.state = "open"
+        lease.state, lease.acted_at = "open", None
         lease.expires_at = now + dt.timedelta(seconds=lease_seconds)
         s.flush()
         _floors.clear()  # the item is unfinished again
-        return _item(s, lease.id, lease.generation_id, lease.expires_at)
+        item = _item(s, lease.id, lease.generation_id, lease.expires_at)
+        item.previous = previous
+        return item
 
 
 def task_names(db: str) -> list[str]:

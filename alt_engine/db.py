@@ -259,6 +259,7 @@ class Lease(SQLModel, table=True):
     user_id: int = Field(foreign_key="user.id", index=True)
     expires_at: dt.datetime
     state: str = "open"  # open | done | skipped | expired (see alt_engine.annotation)
+    acted_at: dt.datetime | None = None  # when it left "open" by the holder's action (submit, skip, flag): undo order
 
     __table_args__ = (UniqueConstraint("generation_id", "user_id"),)
 

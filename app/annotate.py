@@ -13,7 +13,11 @@ key cannot submit twice (and the lease makes a repeat a no-op anyway).
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import html
+from http.cookies import CookieError, SimpleCookie
+from zoneinfo import ZoneInfo
 
 import gradio as gr
 
@@ -23,7 +27,8 @@ from alt_engine.settings import Settings
 from .auth import Auth
 
 MAX_KEYS = 9
-EMPTY = "### Nothing to annotate\nAsk an admin to sample a round (`alt sample`), then press **Refresh**."
+EMPTY = "### Nothing to annotate\nAn admin samples a round in **Admin → Rounds**; then press **Refresh**."
+TZ_COOKIE = "alt_tz"  # the browser's time zone (set by the page's script): lease times in local time
 HINT = ("**Keys:** `1`–`9` label with that category (plus any text you typed) · `A` accept the AI suggestion · "
         "`S` skip · `U` undo last · `Esc` leave a text box · `Ctrl+Enter` submit the text alone")
 
@@ -38,6 +43,47 @@ SHORTCUTS_JS = """
     if (b && b.offsetParent !== null && !b.disabled) { b.click(); return true; }
     return false;
   };
+  // lease times in the browser's own time zone: the server reads it from this cookie
+  try {
+    const tz = Intl.DateTimeFormat().resolvedOptions().timeZone;
+    if (tz) document.cookie = 'alt_tz=' + encodeURIComponent(tz) + '; path=/; SameSite=Lax; max-age=31536000';
+  } catch (e) {}
+  // signed out meanwhile (deactivated, password changed, session ended): the next action goes to sign-in
+  const realFetch = window.fetch;
+  window.fetch = async (...args) => {
+    const r = await realFetch(...args);
+    const url = String((args[0] && args[0].url) || args[0] || '');
+    if (r.status === 401 && url.includes('/gradio_api/') && !window.__altLeaving) {
+      window.__altLeaving = true; window.location.assign('/login?why=signed-out');
+    }
+    return r;
+  };
+  // unsaved typed feedback survives a reload: kept in localStorage per item until the item is left
+  const FIELDS = ['alt-free-text', 'alt-critique', 'alt-revision', 'alt-judgment'];
+  const itemId = () => {
+    const m = /Item #(\\d+)/.exec((document.getElementById('alt-meta') || {}).innerText || '');
+    return m ? m[1] : null;
+  };
+  const box = (f) => document.querySelector('#' + f + ' textarea');
+  const key = (id, f) => 'alt-draft:' + location.host + ':' + id + ':' + f;
+  let shownItem = null;
+  document.addEventListener('input', (e) => {
+    const id = itemId();
+    for (const f of FIELDS) if (id && e.target === box(f)) localStorage.setItem(key(id, f), e.target.value);
+  }, true);
+  setInterval(() => {
+    const id = itemId();
+    if (id === shownItem) return;
+    if (shownItem) for (const f of FIELDS) localStorage.removeItem(key(shownItem, f));  // left it: saved or skipped
+    shownItem = id;
+    if (!id) return;
+    setTimeout(() => {  // after Gradio filled the boxes for the new item
+      for (const f of FIELDS) {
+        const v = localStorage.getItem(key(id, f)), b = box(f);
+        if (v !== null && b && b.value !== v) { b.value = v; b.dispatchEvent(new Event('input', {bubbles: true})); }
+      }
+    }, 300);
+  }, 250);
   document.addEventListener('keydown', (e) => {
     const t = e.target;
     const typing = t && (t.tagName === 'TEXTAREA' || t.tagName === 'INPUT' || t.isContentEditable);
@@ -101,6 +147,37 @@ def _suggestion_text(item: ann.Item | None) -> str:
     return f"{label}{score}  — from {sg.source}"
 
 
+def browser_tz(request) -> str | None:
+    """The time zone the browser reported (cookie ``alt_tz``), if it is a real one."""
+    headers = getattr(request, "headers", None) or {}
+    try:
+        morsel = SimpleCookie(headers.get("cookie", "")).get(TZ_COOKIE)
+    except CookieError:
+        return None
+    name = morsel.value.replace("%2F", "/") if morsel else ""
+    try:
+        ZoneInfo(name)
+    except (ValueError, KeyError, OSError):  # empty, unknown or a path: UTC
+        return None
+    return name
+
+
+def local_time(iso: str, tz: str | None) -> str:
+    """A UTC timestamp as the annotator's wall-clock time (``14:31:05 Europe/Paris``; UTC when unknown)."""
+    t = dt.datetime.fromisoformat(iso)
+    t = t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+    zone = ZoneInfo(tz) if tz else dt.UTC
+    return f"{t.astimezone(zone):%H:%M:%S} {tz or 'UTC'}"
+
+
+def _describe(saved: dict | None) -> str:
+    """A saved submission in a few words: ``'Good' with text``."""
+    saved = saved or {}
+    what = f"'{saved['category']}'" if saved.get("category") else ("a flag" if saved.get("flag") else "feedback")
+    extras = [k for k in ("text", "critique", "revision", "judgment") if saved.get(k)]
+    return what + (f" with {', '.join(extras)}" if extras else "")
+
+
 def _progress_md(db: str, user, task: str | None) -> str:
     if not task:
         return ""
@@ -117,8 +194,10 @@ class AnnotateTab:
         self.auth = auth
 
     # ------------------------------------------------------------------ rendering
-    def _render(self, user, item: ann.Item | None, task: str | None, message: str = "") -> tuple:
-        """Updates for every output component, in ``self.outputs`` order."""
+    def _render(self, user, item: ann.Item | None, task: str | None, message: str = "", tz: str | None = None,
+                pending: dict | None = None) -> tuple:
+        """Updates for every output component, in ``self.outputs`` order. ``tz``: the browser's time zone;
+        ``pending``: a submission waiting for the annotator to confirm it replaces their saved label."""
         task = item.task if item is not None else task
         has = item is not None
         cats = item.categories if has else []
@@ -134,7 +213,9 @@ class AnnotateTab:
         if has:
             meta = (f"Item #{item.generation_id} · round {item.round_number or '-'} · "
                     f"{'**truncated** (hit the token limit) · ' if item.truncated else ''}"
-                    f"lease until {item.expires_at[11:19]} UTC")
+                    f"lease until {local_time(item.expires_at, tz)}")
+        prev = (item.previous if has else None) or {}
+        critique_on, judgment_on = has and item.allow_critique, has and item.allow_judgment
         return (
             state,
             item.lease_id if has else None,
@@ -150,9 +231,15 @@ class AnnotateTab:
             gr.update(value=sugg, visible=bool(sugg)),
             gr.update(visible=bool(sugg)),
             *buttons,
-            gr.update(value="", visible=bool(has and item.allow_free_text) or not has),
-            "", item.response if has else "", "", "",  # critique, revision (starts as the response), judgment, flag
+            gr.update(value=prev.get("text") or "", visible=bool(has and item.allow_free_text) or not has),
+            gr.update(value=prev.get("critique") or "", visible=critique_on),
+            gr.update(value=prev.get("revision") or (item.response if has else ""), visible=critique_on),  # starts
+            gr.update(value=prev.get("judgment") or "", visible=judgment_on),  # as the response to edit
+            prev.get("flag") or "",
             message,
+            gr.update(visible=critique_on or judgment_on),  # the critique & judgment accordion
+            gr.update(visible=pending is not None),  # Replace
+            pending,
         )
 
     def _empty(self, user, task: str | None) -> str:
@@ -173,29 +260,30 @@ class AnnotateTab:
         except ann.AnnotationError as e:
             raise gr.Error(str(e)) from e
         chosen = item.task if item else (task or (names[0] if names else None))
-        return (gr.update(choices=names, value=chosen), *self._render(user, item, chosen))
+        return (gr.update(choices=names, value=chosen), *self._render(user, item, chosen, tz=browser_tz(request)))
 
-    def _after(self, user, task: str | None, message: str):
+    def _after(self, user, task: str | None, message: str, tz: str | None = None):
         try:
             item = ann.next_item(self.db, user, task or None, self.settings.lease_seconds)
         except ann.AnnotationError as e:
             raise gr.Error(str(e)) from e
-        return self._render(user, item, task, message)
+        return self._render(user, item, task, message, tz)
 
-    def _stale(self, user, state, shown, task) -> tuple | None:
+    def _stale(self, user, state, shown, task, tz: str | None) -> tuple | None:
         """Updates that ignore an action made on an item no longer on screen (a key pressed twice quickly: the
         browser sends the lease it showed, ``shown``, while the session state already moved on), else None."""
         if not state:
-            return self._after(user, task, "Nothing on screen.")
+            return self._after(user, task, "Nothing on screen.", tz)
         if shown is not None and int(shown) != state["lease_id"]:
             return self._render(user, ann.get_item(self.db, user, state["lease_id"]), task,
-                                "Ignored a second key press meant for the previous item.")
+                                "Ignored a second key press meant for the previous item.", tz)
         return None
 
     def _submit(self, category_index: int | None, state, shown, task, free_text, critique, revision, judgment,
                 request: gr.Request, accept: bool = False):
         user = self.auth.require_user(request)
-        if (ignored := self._stale(user, state, shown, task)) is not None:
+        tz = browser_tz(request)
+        if (ignored := self._stale(user, state, shown, task, tz)) is not None:
             return ignored
         if state and (revision or "").strip() == (state.get("response") or "").strip():
             revision = None  # the box starts with the response: unchanged is no revision
@@ -204,24 +292,43 @@ class AnnotateTab:
             sugg = state.get("suggestion")
             if not sugg:
                 gr.Warning("There is no AI suggestion on this item.")
-                return self._render(user, ann.get_item(self.db, user, state["lease_id"]), task)
+                return self._render(user, ann.get_item(self.db, user, state["lease_id"]), task, tz=tz)
             sub.accept_suggestion = sugg["feedback_id"]
         elif category_index is not None:
             cats = state.get("categories") or []
             if category_index >= len(cats):
-                return self._render(user, ann.get_item(self.db, user, state["lease_id"]), task)
+                return self._render(user, ann.get_item(self.db, user, state["lease_id"]), task, tz=tz)
             sub.category = cats[category_index]
         try:
             res = ann.submit(self.db, user, state["lease_id"], sub)
         except ann.Conflict as e:
             gr.Warning(str(e))
-            return self._after(user, task, f"⚠ {e}")
+            return self._after(user, task, f"⚠ {e}", tz)
         except ann.AnnotationError as e:
             raise gr.Error(str(e)) from e
         label = sub.category or ("AI suggestion" if accept else "feedback")
+        if res.status == "already_labelled":  # a stale second tab: say so, offer to replace
+            saved, label = html.escape(_describe(res.existing), quote=False), html.escape(label, quote=False)
+            note = (f"⚠ You already labelled item #{state['generation_id']} ({saved}), e.g. in another tab. "
+                    f"Press **Replace my saved label** to save {label} instead, or **Refresh** to keep it.")
+            return self._render(user, ann.get_item(self.db, user, state["lease_id"]), task, note, tz,
+                                pending=dataclasses.asdict(sub))
         note = (f"Saved item #{state['generation_id']}: {label}." if res.status == "saved"
                 else "Already saved; the extra key press was ignored.")
-        return self._after(user, task, html.escape(note))
+        return self._after(user, task, html.escape(note), tz)
+
+    def _replace(self, pending, state, task, request: gr.Request):
+        """The annotator confirmed: their saved label on the item on screen becomes ``pending``."""
+        user = self.auth.require_user(request)
+        tz = browser_tz(request)
+        if not pending or not state:
+            return self._after(user, task, "Nothing to replace.", tz)
+        try:
+            ann.replace_label(self.db, user, state["lease_id"], ann.Submission(**pending))
+        except ann.AnnotationError as e:
+            raise gr.Error(str(e)) from e
+        label = html.escape(pending.get("category") or "your feedback")
+        return self._after(user, task, f"Replaced your label on item #{state['generation_id']}: {label}.", tz)
 
     def _submitter(self, category_index: int | None, accept: bool = False):
         """A handler with the plain signature Gradio inspects (it injects ``request`` by annotation)."""
@@ -232,32 +339,38 @@ class AnnotateTab:
 
     def _skip(self, state, shown, task, request: gr.Request):
         user = self.auth.require_user(request)
-        if (ignored := self._stale(user, state, shown, task)) is not None:
+        tz = browser_tz(request)
+        if (ignored := self._stale(user, state, shown, task, tz)) is not None:
             return ignored
         try:
             ann.skip(self.db, user, state["lease_id"])
         except ann.AnnotationError as e:
             raise gr.Error(str(e)) from e
-        return self._after(user, task, f"Skipped item #{state['generation_id']}.")
+        return self._after(user, task, f"Skipped item #{state['generation_id']} (U brings it back).", tz)
 
     def _flag(self, state, shown, task, reason, request: gr.Request):
         user = self.auth.require_user(request)
-        if (ignored := self._stale(user, state, shown, task)) is not None:
+        tz = browser_tz(request)
+        if (ignored := self._stale(user, state, shown, task, tz)) is not None:
             return ignored
         try:
             ann.flag(self.db, user, state["lease_id"], reason or "")
         except ann.AnnotationError as e:
             raise gr.Error(str(e)) from e
-        return self._after(user, task, f"Flagged item #{state['generation_id']} as problematic.")
+        return self._after(user, task, f"Flagged item #{state['generation_id']} as problematic.", tz)
 
     def _undo(self, task, request: gr.Request):
         user = self.auth.require_user(request)
+        tz = browser_tz(request)
         try:
             item = ann.undo_last(self.db, user, self.settings.lease_seconds)
         except ann.AnnotationError as e:
             gr.Warning(str(e))
-            return self._after(user, task, html.escape(str(e)))
-        return self._render(user, item, item.task, f"Undone: item #{item.generation_id} is back for you to redo.")
+            return self._after(user, task, html.escape(str(e)), tz)
+        note = f"Undone: item #{item.generation_id} is back for you to redo."
+        if item.previous:
+            note += f" It had {html.escape(_describe(item.previous), quote=False)}; your text is back in the boxes."
+        return self._render(user, item, item.task, note, tz)
 
     # ------------------------------------------------------------------ layout
     def build_ui(self) -> gr.Dropdown:
@@ -293,7 +406,7 @@ class AnnotateTab:
                                        placeholder="e.g. Correct but too long; skip the preamble.",
                                        elem_id="alt-free-text")
                 submit_text = gr.Button("Submit text only (Ctrl+Enter)", scale=1, elem_id="alt-submit-text")
-            with gr.Accordion("Critique & revision · judgment (optional)", open=False):
+            with gr.Accordion("Critique & revision · judgment (optional)", open=False, elem_id="alt-cnr") as cnr:
                 critique = gr.Textbox(label="Critique", lines=2, elem_id="alt-critique")
                 revision = gr.Textbox(label="Revised response", lines=3, elem_id="alt-revision")
                 judgment = gr.Textbox(label="Judgment (what is wrong, in a sentence)", lines=1, elem_id="alt-judgment")
@@ -304,11 +417,13 @@ class AnnotateTab:
                 flag = gr.Button("Flag as problematic", size="sm", variant="stop", elem_id="alt-flag")
                 undo = gr.Button("Undo last (U)", size="sm", elem_id="alt-undo")
         status = gr.Markdown(elem_id="alt-status", **PLAIN)
+        replace = gr.Button("Replace my saved label", visible=False, variant="stop", elem_id="alt-replace")
+        pending = gr.State(None)
         gr.Markdown(HINT, elem_id="alt-hint")
 
         self.outputs = [state, shown, panel, empty, progress, meta, guidelines, system_box, chat, conditioning,
                         response, suggestion, accept, *cat_buttons, free_text, critique, revision, judgment,
-                        flag_reason, status]
+                        flag_reason, status, cnr, replace, pending]
         texts = [free_text, critique, revision, judgment]
         once = dict(trigger_mode="once", show_progress="hidden")
         for i, b in enumerate(cat_buttons):
@@ -321,6 +436,7 @@ class AnnotateTab:
         skip.click(self._skip, [state, shown, task], self.outputs, api_name="skip", **once)
         flag.click(self._flag, [state, shown, task, flag_reason], self.outputs, api_name="flag", **once)
         undo.click(self._undo, [task], self.outputs, api_name="undo", **once)
+        replace.click(self._replace, [pending, state, task], self.outputs, api_name="replace_label", **once)
         refresh.click(self._load, [task], [task, *self.outputs], api_name="next_item", **once)
         task.input(self._load, [task], [task, *self.outputs], api_visibility="private")
         self.task = task

@@ -98,6 +98,16 @@ class Auth:
             return None
         return user
 
+    def why_signed_out(self, request: Request) -> str:
+        """For the sign-in page the page's script sends a signed-out user to (``/login?why=signed-out``): why."""
+        session = self.read(request.cookies.get(COOKIE))
+        user = get_user(self.db, session[0]) if session else None
+        if user is not None and not user.active:
+            return "Your account was deactivated; ask an admin to reactivate it."
+        if request.query_params.get("why") == "signed-out":
+            return "You were signed out (your session ended or your password changed). Please sign in again."
+        return ""
+
     def gradio_dependency(self, request: Request) -> str | None:
         """For ``mount_gradio_app(auth_dependency=...)``: the user name, or None to refuse."""
         user = self.user(request)
@@ -188,7 +198,7 @@ def add_auth_routes(api: FastAPI, auth: Auth) -> None:
     def login_form(request: Request):
         if auth.user(request) is not None:
             return RedirectResponse("/", status_code=303)
-        return HTMLResponse(login_page())
+        return HTMLResponse(login_page(error=auth.why_signed_out(request)))
 
     @api.post("/login", include_in_schema=False)
     async def login_submit(request: Request):

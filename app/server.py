@@ -4,7 +4,7 @@ Routes:
   /login, /logout              sign-in page (HTML form) and sign-out
   /healthz                     liveness, no sign-in
   /api/login /api/logout /api/me
-  /api/annotate/...            next, submit, skip, flag, undo, progress (signed in)
+  /api/annotate/...            next, submit, replace, skip, flag, undo, progress (signed in)
   /api/admin/...               users, jobs, agreement (admins)
   /api/keys                    your own API keys for /v1 (signed in; app/keys.py)
   /v1/...                      OpenAI-compatible, API key instead of sign-in (app/openai_api.py)
@@ -26,9 +26,8 @@ from pydantic import BaseModel
 from alt_engine import annotation as ann
 from alt_engine import users as users_svc
 from alt_engine.agreement import agreement_report
-from alt_engine.db import init_db, session_scope
+from alt_engine.db import init_db
 from alt_engine.settings import Settings
-from alt_engine.versions import served_version
 
 from .admin import AdminTab, jobs_table
 from .annotate import CSS, SHORTCUTS_JS, AnnotateTab
@@ -66,7 +65,7 @@ class NewUser(BaseModel):
     role: str = "annotator"
 
 
-EMPTY_MESSAGE = "Nothing to annotate — ask an admin to sample a round."
+EMPTY_MESSAGE = "Nothing to annotate — an admin samples a round in Admin → Rounds."
 
 
 def _refuse(e: ann.AnnotationError) -> HTTPException:
@@ -92,6 +91,16 @@ def add_annotation_api(api: FastAPI, settings: Settings, auth: Auth) -> None:
         sub = ann.Submission(**body.model_dump(exclude={"lease_id"}))
         try:
             return dataclasses.asdict(ann.submit(db, user, body.lease_id, sub))
+        except ann.AnnotationError as e:
+            raise _refuse(e) from e
+
+    @api.post("/api/annotate/replace")
+    def replace(body: SubmitBody, request: Request):
+        """After ``already_labelled``: this submission replaces the user's saved label on the lease's item."""
+        user = auth.api_user(request)
+        sub = ann.Submission(**body.model_dump(exclude={"lease_id"}))
+        try:
+            return dataclasses.asdict(ann.replace_label(db, user, body.lease_id, sub))
         except ann.AnnotationError as e:
             raise _refuse(e) from e
 
@@ -171,7 +180,7 @@ def _json_safe(x):
 
 
 def build_blocks(settings: Settings, auth: Auth, hub=None) -> gr.Blocks:
-    from .console import build_console
+    from .console import build_console, header_markdown
 
     annotate = AnnotateTab(settings, auth)
     admin = AdminTab(settings, auth)
@@ -190,20 +199,18 @@ def build_blocks(settings: Settings, auth: Auth, hub=None) -> gr.Blocks:
             with gr.Tab("Dashboard", id="dashboard", visible=False, elem_id="alt-dashboard-tab") as dashboard_tab:
                 dashboard.build_ui()
             with gr.Tab("Admin", id="admin", visible=False, elem_id="alt-admin-tab") as admin_tab:
-                console = build_console(settings, auth, hub)  # Tasks, Data, Rounds, Training, Jobs, Models, Export
-                admin.build_ui()  # Users, Agreement
+                with gr.Tabs() as admin_tabs:  # the console (Tasks, Data, Rounds, Training, Jobs, Models, Export)
+                    console = build_console(settings, auth, hub, header, admin_tabs)
+                    admin.build_ui()  # Users, Agreement
             with gr.Tab("API keys", id="keys", elem_id="alt-keys-tab") as keys_tab:
                 keys.build_ui()
         keys_tab.select(keys._list, None, [keys.table], api_visibility="private")
 
         def page_load(request: gr.Request):
             user = auth.require_user(request)
-            with session_scope(settings.db) as s:
-                served = served_version(s)
-            who = (f"Signed in as **{user.name}** ({user.role}) · model `{served.name if served else 'none'}` · "
-                   "[Sign out](/logout)")
-            return (who, gr.update(visible=user.is_admin), *admin.page_load(user), *playground.page_load(user),
-                    gr.update(visible=dashboard.allowed(user)), *dashboard.page_load(user))
+            return (header_markdown(settings.db, user), gr.update(visible=user.is_admin), *admin.page_load(user),
+                    *playground.page_load(user), gr.update(visible=dashboard.allowed(user)),
+                    *dashboard.page_load(user))
 
         blocks.load(page_load, None, [header, admin_tab, *admin.load_outputs, *playground.load_outputs,
                                       dashboard_tab, *dashboard.load_outputs], api_visibility="private")

@@ -143,7 +143,8 @@ def free_port() -> int:
 class LiveServer:
     """A real ``alt serve`` subprocess on 127.0.0.1 (stop() ends it and returns its output)."""
 
-    def __init__(self, db: str, model: str, workdir, env: dict | None = None, lease_seconds: int = 300):
+    def __init__(self, db: str, model: str, workdir, env: dict | None = None, lease_seconds: int = 300,
+                 start_timeout: float = 240):
         import subprocess
         import sys
         import time
@@ -159,7 +160,8 @@ class LiveServer:
         self._out = open(self.log, "w")
         self.proc = subprocess.Popen([alt, "serve", "--db", db, "--model", model, "--port", str(self.port)],
                                      stdout=self._out, stderr=subprocess.STDOUT, env=full_env, cwd=str(workdir))
-        deadline = time.time() + 240  # a shared 2-core machine can take minutes to import gradio and torch
+        # a shared 2-core machine can take minutes to import gradio and torch
+        deadline = time.time() + start_timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"alt serve exited: {self.output()}")

@@ -131,7 +131,11 @@ def test_undo_does_not_reopen_an_item_others_took_meanwhile(make_db):
     with pytest.raises(ann.AnnotationError, match="went to others"):
         ann.undo_last(db, alice)  # re-opening would let her label it again: a second label at k = 1
     assert [r.source for r in _rows(db)] == ["human:alice", "human:bob"]  # nothing changed
-    assert ann.submit(db, alice, a.lease_id, ann.Submission(category="Bad")).status == "duplicate"
+    # her tab still shows it: a different label says what is saved and writes nothing
+    res = ann.submit(db, alice, a.lease_id, ann.Submission(category="Bad"))
+    assert res.status == "already_labelled" and res.existing["category"] == "Good"
+    assert ann.submit(db, alice, a.lease_id, ann.Submission(category="Good")).status == "duplicate"
+    assert [r.category for r in _rows(db)] == ["Good", "Bad"]
 
 
 def test_huge_or_bad_ids_are_refused_not_a_crash(annotation_db):
@@ -224,6 +228,62 @@ def test_undo_reopens_last_submission(annotation_db):
         s.add(TrainingExample(model_version_id=v.id, feedback_id=_rows(db, generation_id=second.generation_id)[0].id))
     with pytest.raises(ann.AnnotationError, match="already used to train"):
         ann.undo_last(db, alice)
+
+
+def test_undo_after_skip_brings_back_the_skipped_item(annotation_db):
+    db, _ = annotation_db
+    (alice,) = _users(db, "alice")
+    first = ann.next_item(db, alice)
+    ann.submit(db, alice, first.lease_id, ann.Submission(category="Good", text="clear"))
+    second = ann.next_item(db, alice)
+    ann.skip(db, alice, second.lease_id)
+    back = ann.undo_last(db, alice)
+    assert back.generation_id == second.generation_id and back.previous is None  # the skipped one, not the one before
+    assert [r.category for r in _rows(db)] == ["Good"]  # the label before the skip is untouched
+    assert ann.next_item(db, alice).generation_id == second.generation_id  # on screen again, labelable
+    ann.submit(db, alice, back.lease_id, ann.Submission(category="Bad"))
+    # undo again: the submission just made; then the one before — each returning what it said
+    assert ann.undo_last(db, alice).previous["category"] == "Bad"
+    third = ann.undo_last(db, alice)
+    assert third.generation_id == first.generation_id
+    assert third.previous == dict(category="Good", text="clear", critique=None, revision=None, judgment=None,
+                                  flag=None)  # the text comes back to the screen, never deleted silently
+
+
+def test_stale_second_tab_is_told_and_may_replace(annotation_db):
+    db, _ = annotation_db
+    alice, bob = _users(db, "alice", "bob")
+    tab1 = ann.next_item(db, alice)
+    tab2 = ann.next_item(db, alice)  # a second tab resumes the same lease
+    assert tab2.lease_id == tab1.lease_id
+    ann.submit(db, alice, tab1.lease_id, ann.Submission(category="Good", text="fine"))
+    res = ann.submit(db, alice, tab2.lease_id, ann.Submission(category="Horrible"))
+    assert res.status == "already_labelled" and res.existing["category"] == "Good" and res.existing["text"] == "fine"
+    assert [r.category for r in _rows(db)] == ["Good"]  # nothing written
+    with pytest.raises(ann.AnnotationError, match="no lease"):
+        ann.replace_label(db, bob, tab2.lease_id, ann.Submission(category="Bad"))
+    with pytest.raises(ann.AnnotationError, match="not a category"):
+        ann.replace_label(db, alice, tab2.lease_id, ann.Submission(category="Great"))
+    assert ann.replace_label(db, alice, tab2.lease_id, ann.Submission(category="Horrible")).status == "saved"
+    rows = _rows(db)
+    assert [(r.category, r.text, r.source) for r in rows] == [("Horrible", None, "human:alice")]
+    assert ann.progress(db, alice, "default").done == 1  # still one label on the item
+    assert ann.undo_last(db, alice).previous["category"] == "Horrible"  # the replacement is the last action
+
+
+def test_fields_the_task_turns_off_are_refused(annotation_db):
+    db, _ = annotation_db
+    (alice,) = _users(db, "alice")
+    with session_scope(db) as s:
+        t = s.exec(select(Task)).one()
+        t.allow_critique, t.allow_judgment = False, False
+    item = ann.next_item(db, alice)
+    assert not item.allow_critique and not item.allow_judgment
+    with pytest.raises(ann.AnnotationError, match="critique"):
+        ann.submit(db, alice, item.lease_id, ann.Submission(category="Good", revision="Better."))
+    with pytest.raises(ann.AnnotationError, match="judgment"):
+        ann.submit(db, alice, item.lease_id, ann.Submission(category="Good", judgment="Wrong."))
+    assert _rows(db) == []
 
 
 def test_skip_and_flag(make_db):

@@ -139,12 +139,18 @@ def test_training_jobs_models(console, db, tmp_path):
     new = table[table["name"] != "v0-base"].iloc[0]
     assert new["parent"] == "v0-base" and new["status"] == "ready" and int(new["job"]) == job.id
     assert new["round"] == 1
-    _, msg = models._promote(int(new["id"]), ADMIN)
-    assert "Now serving" in msg
+    with pytest.raises(Exception, match="no job made v0-base"):
+        models._open_job(int(table[table["name"] == "v0-base"].iloc[0]["id"]), ADMIN)
+    with pytest.raises(Exception, match="admin"):
+        models._open_job(int(new["id"]), BOB)
+    tabs, job_id, log = models._open_job(int(new["id"]), ADMIN)  # the link: Jobs tab, that job, its log
+    assert tabs.selected == "console-jobs" and job_id == job.id and "stage: training" in log
+    _, msg, header = models._promote(int(new["id"]), ADMIN)
+    assert "Now serving" in msg and f"`{new['name']}`" in header  # the page header follows
     with session_scope(db) as s:
         assert s.get(Round, round_id).status == "closed"  # served: the round it was trained on is done
-    _, msg = models._rollback(ADMIN)
-    assert "v0-base" in msg
+    _, msg, header = models._rollback(ADMIN)
+    assert "v0-base" in msg and "`v0-base`" in header
     logs = console["JobsTab"]._logs(job.id, ADMIN)
     assert "stage: training" in logs
     with pytest.raises(Exception, match="already succeeded"):

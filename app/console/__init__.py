@@ -9,6 +9,7 @@ anonymous client. Long work (sampling, feedback, training, evaluation) is queued
 
 from __future__ import annotations
 
+import contextlib
 import html
 
 import gradio as gr
@@ -39,6 +40,8 @@ class ConsoleTab:
         return {}
 
     load_outputs: list = []  # the components ``page_load`` fills (set by ``build_ui``)
+    task_pickers: list = []  # this tab's task dropdowns: refreshed when a task is created (``build_console``)
+    task_events: list = []  # events that create a task (the Tasks tab's save and duplicate)
 
     def job_settings(self) -> dict:
         """The settings a job started here runs with: the app's, with what an admin stored in the console."""
@@ -52,13 +55,27 @@ class ConsoleTab:
         return task_names(self.db)
 
 
+def header_markdown(db: str, user) -> str:
+    """The page header: who is signed in and the served model (updated in place by promote and roll back)."""
+    from alt_engine.db import session_scope
+    from alt_engine.versions import served_version
+
+    with session_scope(db) as s:
+        served = served_version(s)
+    return (f"Signed in as **{html.escape(user.name)}** ({user.role}) · model `{served.name if served else 'none'}` · "
+            "[Sign out](/logout)")
+
+
 def text_block(text: str) -> str:
     """Model or user text as HTML that shows it exactly as written (no markup, no math, no remote fetch)."""
     return f'<pre style="white-space: pre-wrap; margin: 0">{html.escape(text or "")}</pre>'
 
 
-def build_console(settings: Settings, auth: Auth, hub=None) -> list:
-    """Lay out the console's tabs (inside the Admin tab); returns the components ``page_load`` fills."""
+def build_console(settings: Settings, auth: Auth, hub=None, header: gr.Markdown | None = None,
+                  tabs_block: gr.Tabs | None = None) -> list:
+    """Lay out the console's tabs (inside the Admin tab); returns the tabs (``page_load`` fills their
+    ``load_outputs``). ``header``: the page's header, which promote and roll back update; ``tabs_block``: the
+    ``gr.Tabs`` they are laid out in (opened by the caller, who may add tabs of its own), else one of their own."""
     from .data import DataTab
     from .export import ExportTab
     from .jobs import JobsTab
@@ -70,9 +87,21 @@ def build_console(settings: Settings, auth: Auth, hub=None) -> list:
     tabs = [TasksTab(settings, auth, hub), DataTab(settings, auth, hub), RoundsTab(settings, auth, hub),
             TrainingTab(settings, auth, hub), JobsTab(settings, auth, hub), ModelsTab(settings, auth, hub),
             ExportTab(settings, auth, hub)]
-    for tab in tabs:
-        with gr.Tab(tab.title, elem_id=f"console-{tab.title.lower()}"):
-            tab.build_ui()
+    with contextlib.nullcontext(tabs_block) if tabs_block is not None else gr.Tabs() as console_tabs:
+        for tab in tabs:
+            with gr.Tab(tab.title, id=f"console-{tab.title.lower()}", elem_id=f"console-{tab.title.lower()}"):
+                tab.build_ui()
+    models, jobs = tabs[5], tabs[4]
+    models.wire(header if header is not None else gr.Markdown(visible=False), console_tabs, jobs)
+    pickers = [p for tab in tabs for p in tab.task_pickers]
+
+    def task_choices(request: gr.Request):
+        """A task saved or duplicated in Tasks is at once in every tab's task dropdown (values kept)."""
+        auth.require_admin(request)
+        return [gr.update(choices=tabs[0].task_names())] * len(pickers)
+
+    for event in (e for tab in tabs for e in tab.task_events):
+        event.success(task_choices, None, pickers, api_visibility="private", show_progress="hidden")
     return tabs
 
 

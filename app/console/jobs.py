@@ -104,7 +104,7 @@ class JobsTab(ConsoleTab):
         cancel.click(self._cancel, [job_id], [bars, table, message], api_name="admin_job_cancel")
         retry.click(self._retry, [job_id], [bars, table, message], api_name="admin_job_retry")
         table.select(self._select, None, [job_id], api_name="admin_job_select")
-        self.bars, self.table_out = bars, table
+        self.bars, self.table_out, self.job_id, self.log = bars, table, job_id, log
         self.load_outputs = [bars, table, self.timer]
 
     def page_load(self):

@@ -190,6 +190,7 @@ class RoundsTab(ConsoleTab):
         check.click(self._check_sampling, [base_url, model], [summary], api_name="admin_check_sampling")
         self.table_out, self.task_pick, self.round_pick, self.version_pick = table, task, rnd, version
         self.sampling_out = (summary, backend, base_url, model, concurrency)
+        self.task_pickers = [task]
         self.load_outputs = [table, task, rnd, version, *self.sampling_out]
 
     def page_load(self):

@@ -94,9 +94,9 @@ class TasksTab(ConsoleTab):
         categories = gr.Textbox(label="Categories, best first, one per line", lines=5,
                                 elem_id="console-task-categories")
         with gr.Row():
-            free_text = gr.Checkbox(label="Free text allowed", value=True)
-            critique = gr.Checkbox(label="Critique & revision fields", value=True)
-            judgment = gr.Checkbox(label="Judgment field", value=True)
+            free_text = gr.Checkbox(label="Free text allowed", value=True, elem_id="console-task-free-text")
+            critique = gr.Checkbox(label="Critique & revision fields", value=True, elem_id="console-task-critique")
+            judgment = gr.Checkbox(label="Judgment field", value=True, elem_id="console-task-judgment")
         with gr.Row():
             placement = gr.Dropdown(label="Conditioning placement", choices=[p for p in PLACEMENTS if p != "tokens"],
                                     value="system")
@@ -117,8 +117,9 @@ class TasksTab(ConsoleTab):
         form = [name, categories, exemplar, free_text, critique, judgment, k, guidelines, placement, template,
                 attributes]
         load.click(self._load_task, [pick], [*form, preview], api_name="admin_task_load")
-        save.click(self._save, form, [table, message, preview, pick], api_name="admin_task_save")
-        dup.click(self._duplicate, [source, new_name], [table, message, pick], api_name="admin_task_duplicate")
+        self.task_events = [save.click(self._save, form, [table, message, preview, pick], api_name="admin_task_save"),
+                            dup.click(self._duplicate, [source, new_name], [table, message, pick],
+                                      api_name="admin_task_duplicate")]
         guidelines.change(self._preview, [guidelines], [preview], api_name="admin_task_preview",
                           show_progress="hidden")
         self.table_out, self.pick = table, pick
