@@ -100,6 +100,8 @@ class ModelServer:
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._pending: list[_Request] = []  # requests of another sampling group, for a later batch (worker thread)
         self._joined: list[_Request] = []  # the requests of the batch running now (answered on failure)
+        self._others_waiting = 0  # ``complete`` calls waiting for the model: a running batch stops admitting
+        self._count_lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self._closed = False
@@ -209,7 +211,13 @@ class ModelServer:
             self._check_length(ids)
         if any(not 0 <= t < vocab for t in params.suppress_tokens):
             raise ValueError(f"logit_bias: token ids must be in [0, {vocab})")
-        samples = backend.generate(inputs, params)
+        with self._count_lock:  # a running chat batch admits no newcomers now: it drains and lets this run
+            self._others_waiting += 1
+        try:
+            samples = backend.generate(inputs, params)
+        finally:
+            with self._count_lock:
+                self._others_waiting -= 1
         self.answered += len(inputs)
         return inputs, samples
 
@@ -367,11 +375,11 @@ class ModelServer:
 
         def admit(free: int) -> list[tuple[list[int], int, int]]:
             """Up to ``free`` requests of this batch's sampling group that came in meanwhile. None once another
-            group waits (the batch drains, then that group runs: no starvation) or another version is served
-            (a promotion's newcomers go to the new model)."""
+            group or a ``complete`` call waits (the batch drains, then they run: no starvation) or another
+            version is served (a promotion's newcomers go to the new model)."""
             nonlocal closing
             new: list[tuple[list[int], int, int]] = []
-            if self.backend is not backend or self.version_name != version_name or any(
+            if self.backend is not backend or self.version_name != version_name or self._others_waiting or any(
                     r.group != group for r in self._pending):
                 return new
             keep: list[_Request] = []
@@ -410,6 +418,8 @@ class ModelServer:
         first = running[0]
         params = SamplingParams(n=1, temperature=first.temperature, top_p=first.top_p, seed=first.seed,
                                 max_new_tokens=max(r.max_new_tokens for r in running), batch_size=self.max_batch)
+        while self._others_waiting:  # a ``complete`` call waited for the model first: it goes first
+            time.sleep(0.005)
         self.batches += 1  # counted as it starts: its answers may be out before it returns
         if getattr(backend, "supports_admit", False):
             backend.generate(inputs, params, on_step=on_step, limits=[r.max_new_tokens for r in running],

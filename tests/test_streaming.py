@@ -131,3 +131,33 @@ def test_a_request_joins_a_running_batch_and_is_answered_before_it_ends():
     assert long.result(120)[1].completion_tokens >= 100
     assert server.batches - batches <= 1  # no batch of its own for the short one
     server.close()
+
+
+def test_a_waiting_completions_call_stops_a_running_batch_from_admitting():
+    """/v1/completions (``complete``) waits for the model while chats decode: the running batch admits no newcomer
+    after it, so it runs as soon as the batch drains, before chats that came later."""
+    import threading
+
+    tok = tiny_tokenizer()
+    server = ModelServer(TransformersBackend(tiny_model(tok, seed=0), tok), version_name="v0-tiny", batch_wait_ms=20)
+    chat = [{"role": "user", "content": "Tell me a long story"}]
+    sampling = dict(temperature=1.0, top_p=0.9)
+    seed = next(s for s in range(50) if server.chat(chat, max_new_tokens=80, seed=s, **sampling)[1].completion_tokens
+                >= 60)
+    started, order = threading.Event(), []
+    long = server.submit(chat, None, 80, seed=seed, on_text=lambda _: started.set(), **sampling)
+    assert started.wait(60)
+    from alt_engine.sampling import SamplingParams
+
+    done = threading.Thread(target=lambda: (server.complete([[5, 6, 7]], SamplingParams(n=1, max_new_tokens=2)),
+                                            order.append("complete")))
+    done.start()
+    while not server._others_waiting:  # the completions call is waiting for the model
+        time.sleep(0.01)
+    later = server.submit([{"role": "user", "content": "Hi"}], None, 2, seed=1, **sampling)
+    later.add_done_callback(lambda _: order.append("later chat"))
+    long.result(120)
+    later.result(120)
+    done.join(60)
+    assert order == ["complete", "later chat"]  # the later chat did not join the running batch ahead of it
+    server.close()
