@@ -128,19 +128,32 @@ def fastest_dtype(device: str = "cpu", hidden: int = 1024) -> torch.dtype:
 
     CPUs with AMX or AVX512-BF16 (Sapphire Rapids and later) multiply bfloat16 several times faster
     than float32 (here, 2 cores: ~1,000-1,400 vs ~300 GFLOP/s at 64-128 rows); elsewhere bfloat16 is
-    emulated and slower, and so it is for small products. Measured once per process and width (~0.6 s)
-    on [64, hidden] x [hidden, 2 hidden], alternating the two so that load from other processes hits
-    both. Models narrower than 256 (the tiny test models) stay in float32 without measuring.
+    emulated and slower, and so it is for small products. A CPU with AMX tiles gets bfloat16 without
+    measuring: on a loaded machine (other processes on the cores) the measurement can miss a 4x win and
+    sample 4x slower. Elsewhere measured once per process and width (~0.6 s) on [64, hidden] x
+    [hidden, 2 hidden], alternating the two so that load from other processes hits both. Models narrower
+    than 256 (the tiny test models) stay in float32 without measuring.
     """
     if pick_device(device) != "cpu":
         return torch.bfloat16
     if hidden < 256:
         return torch.float32
+    if _has_amx():
+        return torch.bfloat16
     fp32, bf16 = [], []
     for _ in range(3):
         fp32.append(_linear_rate(torch.float32, size=hidden, out=2 * hidden))
         bf16.append(_linear_rate(torch.bfloat16, size=hidden, out=2 * hidden))
     return torch.bfloat16 if max(bf16) >= 1.5 * max(fp32) else torch.float32
+
+
+def _has_amx() -> bool:
+    """Whether this CPU has AMX tiles (Sapphire Rapids and later), as torch reports it."""
+    check = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)
+    try:
+        return bool(check and check())
+    except Exception:  # a private torch function: any failure means "measure instead"
+        return False
 
 
 def _small_ops_rate(seconds: float = 0.1) -> float:

@@ -6,7 +6,8 @@
 Runs ``rounds.run_round`` (the code `alt round` runs) once, on a fresh database in a temporary folder,
 with the built-in ``concise`` demo task and its rule provider (no network, no judge), and prints:
 - wall time per stage (sample, feedback, evaluate_parent, pool, train, evaluate, promote) and each one's
-  share of the round, and evaluation's share (evaluate_parent + evaluate);
+  share of the round, and evaluation's share (evaluate_parent + evaluate); the same in this process's CPU
+  seconds (less sensitive to other processes on a shared machine);
 - inside evaluation, time spent sampling probes, in perplexity and in the label-learned diagnostic;
 - model loads (``from_pretrained`` calls per path) and tokenizer loads: one load per weights is the goal.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import sys
 import tempfile
 import time
@@ -119,9 +121,17 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the start")
     t0 = time.perf_counter()
 
+    cpu: dict[str, float] = {}  # stage → this process's CPU seconds (less sensitive to other processes' load)
+    current: list = [None, time.process_time()]
+
     def log(line: str) -> None:  # stage starts with the time so far, on stderr (the table goes to stdout)
         if line.startswith("round"):
             print(f"  [{time.perf_counter() - t0:6.1f}s] {line}", file=sys.stderr, flush=True)
+            now = time.process_time()
+            if current[0]:
+                cpu[current[0]] = now - current[1]
+            stage = re.fullmatch(r"round \d+: (\w+) …", line)
+            current[:] = [stage.group(1) if stage else None, now]
 
     report = run_round(settings.db, settings, task, provider, config, train, log=log)
     total = time.perf_counter() - t0
@@ -130,11 +140,21 @@ def main() -> None:
     evaluation = wall.get("evaluate_parent", 0.0) + wall.get("evaluate", 0.0)
     print(f"\none round: {args.limit} train prompts × n={args.n}, {args.probes} probes × {args.eval_n} × "
           f"{2} conditionings, {args.max_new_tokens} new tokens, {report.pool_size} pool examples")
-    print(f"{'stage':18s} {'seconds':>8s} {'share':>7s}")
+    cpu_total, cpu_eval = sum(cpu.values()), cpu.get("evaluate_parent", 0.0) + cpu.get("evaluate", 0.0)
+    print(f"{'stage':18s} {'wall s':>8s} {'share':>7s} {'CPU s':>8s} {'share':>7s}")
     for name, sec in wall.items():
-        print(f"{name:18s} {sec:8.1f} {100 * sec / total:6.1f}%")
-    print(f"{'total':18s} {total:8.1f}")
-    print(f"{'evaluation':18s} {evaluation:8.1f} {100 * evaluation / total:6.1f}%  (evaluate_parent + evaluate)")
+        c = cpu.get(name, 0.0)
+        print(f"{name:18s} {sec:8.1f} {100 * sec / total:6.1f}% {c:8.1f} {100 * c / max(cpu_total, 1e-9):6.1f}%")
+    print(f"{'total':18s} {total:8.1f} {'':7s} {cpu_total:8.1f}")
+    print(f"{'evaluation':18s} {evaluation:8.1f} {100 * evaluation / total:6.1f}% {cpu_eval:8.1f} "
+          f"{100 * cpu_eval / max(cpu_total, 1e-9):6.1f}%  (evaluate_parent + evaluate)")
+    from sqlmodel import select
+
+    from alt_engine.db import Generation
+
+    with session_scope(settings.db) as s:
+        dtypes = {(g.sampling_params or {}).get("dtype") for g in s.exec(select(Generation))}
+    print(f"sampling dtype: {', '.join(sorted(str(d) for d in dtypes))} (modeling.fastest_dtype, measured per process)")
     print("\ninside evaluation (both versions):")
     for label in EVAL_PARTS.values():
         if label in times:
