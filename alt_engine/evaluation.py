@@ -25,6 +25,7 @@ Evaluation generations are stored as ``Generation`` rows with ``round_id=None`` 
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
@@ -96,14 +97,14 @@ def response_logprobs(model, examples: Sequence[conditioning.TrainingExample], p
     Examples go longest first, ``batch_size`` at a time, left padded (positions from the mask), so every
     response ends at the last column: the LM head and the log-softmax over the vocabulary run only on the
     last (longest response + 1) positions (``logits_to_keep``), not on every prompt token. Threads as the
-    sampler chooses them (``modeling.choose_threads``: 1 on a loaded machine).
+    sampler chooses them (``ALT_THREADS``, else ``modeling.choose_threads``: 1 on a loaded machine).
     """
     from .modeling import choose_threads
     from .sampling import using_threads
 
     out: list[list[float]] = [[] for _ in examples]
     order = sorted(range(len(examples)), key=lambda k: -len(examples[k].input_ids) - len(examples[k].response_ids))
-    with using_threads(choose_threads()):
+    with using_threads(int(os.environ.get("ALT_THREADS", "0")) or choose_threads()):
         for s in range(0, len(order), batch_size):
             chunk = order[s:s + batch_size]
             seqs = [examples[k].input_ids + examples[k].response_ids for k in chunk]
