@@ -42,6 +42,7 @@ class ConsoleTab:
     load_outputs: list = []  # the components ``page_load`` fills (set by ``build_ui``)
     task_pickers: list = []  # this tab's task dropdowns: refreshed when a task is created (``build_console``)
     task_events: list = []  # events that create a task (the Tasks tab's save and duplicate)
+    select_outputs: list = []  # refreshed by ``on_select(request)`` when the tab is opened
 
     def job_settings(self) -> dict:
         """The settings a job started here runs with: the app's, with what an admin stored in the console."""
@@ -89,8 +90,10 @@ def build_console(settings: Settings, auth: Auth, hub=None, header: gr.Markdown 
             ExportTab(settings, auth, hub)]
     with contextlib.nullcontext(tabs_block) if tabs_block is not None else gr.Tabs() as console_tabs:
         for tab in tabs:
-            with gr.Tab(tab.title, id=f"console-{tab.title.lower()}", elem_id=f"console-{tab.title.lower()}"):
+            with gr.Tab(tab.title, id=f"console-{tab.title.lower()}", elem_id=f"console-{tab.title.lower()}") as t:
                 tab.build_ui()
+            if tab.select_outputs:  # what the tab refreshes when it is opened
+                t.select(tab.on_select, None, tab.select_outputs, api_visibility="private", show_progress="hidden")
     models, jobs = tabs[5], tabs[4]
     models.wire(header if header is not None else gr.Markdown(visible=False), console_tabs, jobs)
     pickers = [p for tab in tabs for p in tab.task_pickers]

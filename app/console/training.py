@@ -126,7 +126,8 @@ class TrainingTab(ConsoleTab):
         with gr.Row():
             k = gr.Number(label="Samples per category per prompt", value=2, precision=0)
             self.policy = gr.Dropdown(label="Pool policy", choices=list(POLICIES), value="flush")
-            truncated = gr.Dropdown(label="Truncated generations", choices=list(TRUNCATION), value=TRUNCATION[0])
+            truncated = gr.Dropdown(label="Truncated generations", choices=list(TRUNCATION), value=TRUNCATION[0],
+                                    elem_id="console-train-truncated")
         start = gr.Button("Start training", variant="primary", elem_id="console-train")
         message = gr.Markdown(elem_id="console-train-message", latex_delimiters=[])
         start.click(self._train, [rounds, objective, self.epochs, self.lr, self.beta, self.alpha, self.lora, max_steps,
@@ -137,6 +138,7 @@ class TrainingTab(ConsoleTab):
                          api_name="admin_training_objective")
         refresh.click(self._rounds, None, [rounds], api_name="admin_training_rounds")
         self.rounds_pick = rounds
+        self.on_select, self.select_outputs = self._rounds, [rounds]  # rounds sampled since the page loaded
         self.load_outputs = [rounds]
 
     def page_load(self):
