@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -34,9 +37,13 @@ def pg_cluster(tmp_path_factory):
         import psycopg  # noqa: F401
     except ImportError:
         pytest.skip("no PostgreSQL driver: pip install -r requirements.txt (psycopg[binary])")
-    cluster = LocalCluster(tmp_path_factory.mktemp("pg")).start()
+    # not under pytest's basetemp: a second pytest run on the machine prunes old basetemps, and PostgreSQL shuts
+    # down when its data directory's lock file disappears (seen: the rest of the session refused connections)
+    folder = Path(tempfile.mkdtemp(prefix="alt-pg-"))
+    cluster = LocalCluster(folder).start()
     yield cluster
     cluster.stop()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _make_db_factory(request, tmp_path_factory, kind: str):

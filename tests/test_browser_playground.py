@@ -107,7 +107,8 @@ def test_side_by_side_streaming_versions_and_regenerate(pg_server, browser):  # 
     assert a != b  # different feedback, different reply
     for k in "ab":  # tokens streamed in: the panel grew through several partial replies
         partial = [v for v in seen[k] if v.startswith("You:")]
-        assert len(partial) >= 4, (k, len(partial))
+        assert len(partial) >= 3, (k, len(partial))  # two partial replies at least, then the whole one (a loaded
+        # machine decodes in bursts between the page's 15 ms polls: 3 values seen at load 6)
         assert all(len(x) <= len(y) for x, y in zip(partial, partial[1:]))
     print("status:", status)
 

@@ -277,7 +277,7 @@ def test_training_objective_choice_options_and_the_playground_format(console, db
         stored, name = version.conditioning, version.name
     task_cats = console["TasksTab"]._load_task("default", ADMIN)[1].splitlines()
     assert stored["placement"] == "tokens" and stored["tokens"] == control_tokens(task_cats, "<|q{i}|>")
-    _, msg = console["ModelsTab"]._promote(version.id, ADMIN)
+    _, msg, _ = console["ModelsTab"]._promote(version.id, ADMIN)
     hub = ModelHub(console["TrainingTab"].settings)
     try:  # the playground, on the promoted version: the best category is its control token
         shown = pg.model_input(pg.server_for(hub, name), [{"role": "user", "content": "Hi"}], task_cats[0])
