@@ -85,24 +85,22 @@ def add_annotation_api(api: FastAPI, settings: Settings, auth: Auth) -> None:
             raise _refuse(e) from e
         return {"item": item.to_dict() if item else None, "message": "" if item else EMPTY_MESSAGE}
 
-    @api.post("/api/annotate/submit")
-    def submit(body: SubmitBody, request: Request):
+    def _submit(action, body: SubmitBody, request: Request) -> dict:
         user = auth.api_user(request)
         sub = ann.Submission(**body.model_dump(exclude={"lease_id"}))
         try:
-            return dataclasses.asdict(ann.submit(db, user, body.lease_id, sub))
+            return dataclasses.asdict(action(db, user, body.lease_id, sub))
         except ann.AnnotationError as e:
             raise _refuse(e) from e
+
+    @api.post("/api/annotate/submit")
+    def submit(body: SubmitBody, request: Request):
+        return _submit(ann.submit, body, request)
 
     @api.post("/api/annotate/replace")
     def replace(body: SubmitBody, request: Request):
         """After ``already_labelled``: this submission replaces the user's saved label on the lease's item."""
-        user = auth.api_user(request)
-        sub = ann.Submission(**body.model_dump(exclude={"lease_id"}))
-        try:
-            return dataclasses.asdict(ann.replace_label(db, user, body.lease_id, sub))
-        except ann.AnnotationError as e:
-            raise _refuse(e) from e
+        return _submit(ann.replace_label, body, request)
 
     @api.post("/api/annotate/skip")
     def skip(body: LeaseBody, request: Request):
