@@ -192,6 +192,7 @@ class AnnotateTab:
         self.settings = settings
         self.db = settings.db
         self.auth = auth
+        self._saved_by: dict[str, int] = {}  # browser tab (Gradio session) -> the lease it saved last
 
     # ------------------------------------------------------------------ rendering
     def _render(self, user, item: ann.Item | None, task: str | None, message: str = "", tz: str | None = None,
@@ -307,6 +308,15 @@ class AnnotateTab:
         except ann.AnnotationError as e:
             raise gr.Error(str(e)) from e
         label = sub.category or ("AI suggestion" if accept else "feedback")
+        session = getattr(request, "session_hash", None)
+        if res.status == "already_labelled" and session and self._saved_by.get(session) == state["lease_id"]:
+            # this very tab saved that lease a moment ago: two keys in quick succession, both sent for the item then
+            # on screen — the second is not a relabel (a stale *second tab* is another session: offered Replace)
+            return self._after(user, task, "Ignored a second key press meant for the previous item.", tz)
+        if res.status == "saved" and session:
+            self._saved_by[session] = state["lease_id"]
+            while len(self._saved_by) > 10_000:  # one entry per browser tab; the oldest go first
+                self._saved_by.pop(next(iter(self._saved_by)))
         if res.status == "already_labelled":  # a stale second tab: say so, offer to replace
             saved, label = html.escape(_describe(res.existing), quote=False), html.escape(label, quote=False)
             note = (f"⚠ You already labelled item #{state['generation_id']} ({saved}), e.g. in another tab. "

@@ -102,6 +102,20 @@ def test_stale_second_tab_is_told_and_offered_to_replace(screen):
         assert [f.category for f in ses.exec(select(Feedback))] == ["Horrible"]
 
 
+def test_a_second_key_from_the_same_tab_is_ignored_not_offered_as_a_relabel(screen):
+    """Keys 3 then 5 in quick succession both carry the item on screen; the second reaches the server after the
+    first saved it. From the tab that saved it, that is a double press (the next item, nothing to replace)."""
+    s = screen
+    tab = SimpleNamespace(username="alice", headers={"cookie": "alt_session=x"}, session_hash="tab-1")
+    view = s.view(s.tab._load("default", tab)[1:])
+    _label(s, view, 0, req=tab)  # Excellent
+    second = _label(s, view, 4, req=tab)  # Horrible, sent for the same item before the page moved on
+    assert "Ignored a second key press" in second["alt-status"] and second["visible:alt-replace"] is False
+    assert second["state"]["generation_id"] != view["state"]["generation_id"]  # the next item is on screen
+    with session_scope(s.db) as ses:
+        assert [f.category for f in ses.exec(select(Feedback))] == ["Excellent"]
+
+
 def test_fields_the_task_turns_off_are_hidden(screen):
     s = screen
     on = s.view(s.tab._load("default", _req())[1:])
