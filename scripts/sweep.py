@@ -25,7 +25,13 @@ from pathlib import Path
 
 
 def run_arm(arm: dict, out: str) -> dict:
+    from alt_engine import experiment
     from alt_engine.experiment import ExperimentConfig, run_experiment
+
+    try:
+        import plotly  # noqa: F401
+    except ImportError:  # a bare GPU machine: the JSON record is what the sweep reads
+        experiment.render_report = lambda record: "<p>plotly is not installed here</p>"
     from alt_engine.settings import Settings
 
     folder = Path(out) / arm["name"]
