@@ -57,7 +57,11 @@ def test_revision_passes_in_the_api(cnr_model, tmp_path):
         r = c.chat.completions.create(model="v1-cnr", messages=msgs, max_tokens=24, temperature=0, seed=1,
                                       extra_body={"revision_passes": 2})
         revisions = r.model_extra["revisions"]
-        assert 1 <= len(revisions) <= 2 and revisions[0]["answer"] == first.choices[0].message.content
+        # exactly the passes the engine makes on that answer (greedy: deterministic), each one reported
+        expected = server.revise(msgs, first.choices[0].message.content, 2, max_new_tokens=48, seed=1)
+        assert revisions == [{"answer": st.answer, "critique": st.critique, "revision": st.revision}
+                             for st in expected]
+        assert revisions[0]["answer"] == first.choices[0].message.content
         assert all(set(step) == {"answer", "critique", "revision"} for step in revisions)
         last = [step["revision"] for step in revisions if step["revision"]]
         assert r.choices[0].message.content == (last[-1] if last else first.choices[0].message.content)
