@@ -57,34 +57,23 @@ def run_arm(arm: dict, out: str) -> dict:
     return {"name": arm["name"], "arm": arm, "wall_s": time.perf_counter() - t0, "rows": summarize(record)}
 
 
-def _ci(m: dict, key: str):
-    ci = m.get(f"{key}_ci")
-    return [round(x, 3) for x in ci] if ci else None
-
-
 def summarize(record: dict) -> list[dict]:
-    rows = []
-    for objective, arm in record["arms"].items():
-        for r in arm["rounds"]:
-            m = r["metrics"]
-            steer = m.get("steer") or {}
-            words = steer.get("mean_words") or {}
-            diag = m.get("label_learned") or {}
-            rows.append({
-                "objective": objective, "round": r["round"],
-                "exemplar": m.get("exemplar_share"), "exemplar_ci": _ci(m, "exemplar_share"),
-                "steer_gap": m.get("steerability_gap"), "steer_ci": _ci(m, "steerability_gap"),
-                "steer_attr": m.get("steerability_attribute"),
-                "words_gap": words.get("gap"), "words_gap_ci": words.get("gap_ci"),
-                "reward": m.get("mean_score"), "reward_ci": _ci(m, "mean_score"),
-                "eos_gap": diag.get("eos_gap"), "ll_gap": diag.get("ll_gap"),
-                "words": m.get("mean_words"), "truncated": m.get("pct_truncated"), "ppl": m.get("perplexity"),
-                "pool": r.get("pool_feedback"), "wall": (r.get("wall_s") or {}),
-            })
+    """The report's own rows (``experiment.summary_rows``) plus what a sweep compares besides: the words gap
+    between best and worst feedback, the pool per feedback and the wall time per stage."""
+    from alt_engine.experiment import summary_rows
+
+    rounds = [r for arm in record["arms"].values() for r in arm["rounds"]]
+    rows = summary_rows(record)  # same order: objective by objective, round by round
+    for row, r in zip(rows, rounds, strict=True):
+        words = ((r["metrics"].get("steer") or {}).get("mean_words")) or {}
+        row.update(words_gap=words.get("gap"), words_gap_ci=words.get("gap_ci"), pool=r.get("pool_feedback"),
+                   wall=r.get("wall_s") or {})
     return rows
 
 
 def _fmt(x, nd=3):
+    if isinstance(x, (list, tuple)):  # a confidence interval
+        return "[" + ", ".join(_fmt(v, nd) for v in x) + "]"
     return "" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
 
 
@@ -98,9 +87,10 @@ def table(results: list[dict]) -> str:
             continue
         for r in res["rows"]:
             lines.append(
-                f"| {res['name']} | {r['objective']} | {r['round']} | {_fmt(r['exemplar'])} {r['exemplar_ci']} | "
-                f"{_fmt(r['steer_gap'])} {r['steer_ci']} | {_fmt(r['words_gap'], 1)} | {_fmt(r['reward'])} "
-                f"{r['reward_ci']} | {_fmt(r['eos_gap'])} | {_fmt(r['truncated'], 0)} | "
+                f"| {res['name']} | {r['objective']} | {r['round']} | {_fmt(r['exemplar_share'])} "
+                f"{_fmt(r['exemplar_share_ci'])} | {_fmt(r['steerability_gap'])} {_fmt(r['steerability_gap_ci'])} | "
+                f"{_fmt(r['words_gap'], 1)} | {_fmt(r['mean_score'])} {_fmt(r['mean_score_ci'])} | {_fmt(r['eos_gap'])} | "
+                f"{_fmt(r['pct_truncated'], 0)} | "
                 f"{_fmt(r['wall'].get('total'), 0)} |")
     return "\n".join(lines)
 
