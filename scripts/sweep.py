@@ -89,8 +89,8 @@ def table(results: list[dict]) -> str:
             lines.append(
                 f"| {res['name']} | {r['objective']} | {r['round']} | {_fmt(r['exemplar_share'])} "
                 f"{_fmt(r['exemplar_share_ci'])} | {_fmt(r['steerability_gap'])} {_fmt(r['steerability_gap_ci'])} | "
-                f"{_fmt(r['words_gap'], 1)} | {_fmt(r['mean_score'])} {_fmt(r['mean_score_ci'])} | {_fmt(r['eos_gap'])} | "
-                f"{_fmt(r['pct_truncated'], 0)} | "
+                f"{_fmt(r['words_gap'], 1)} | {_fmt(r['mean_score'])} {_fmt(r['mean_score_ci'])} | "
+                f"{_fmt(r['eos_gap'])} | {_fmt(r['pct_truncated'], 0)} | "
                 f"{_fmt(r['wall'].get('total'), 0)} |")
     return "\n".join(lines)
 
