@@ -38,6 +38,7 @@ class ExperimentConfig:
     round: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
     objective_policy: bool = True  # each arm's pool policy is its objective's own (Quark accumulates), not round's
+    parallel: int = 1  # arms run at once, each in its own process
 
 
 def _prepare(db: str, settings: Settings, cfg: ExperimentConfig, log: Log):
@@ -72,64 +73,216 @@ def _train_config(objective: str, overrides: dict):
     return AltTrainConfig(**overrides)
 
 
-def _slim(metrics: dict) -> dict:
-    """Metrics without the per-prompt arrays (kept in the databases)."""
-    return {k: v for k, v in (metrics or {}).items() if k != "per_prompt"}
+def run_arm(objective: str, cfg: ExperimentConfig, settings: Settings, log: Log = print,
+            update: Callable[[dict], None] = lambda arm: None) -> dict:
+    """One objective's rounds in its own database under ``cfg.out``; ``update(arm)`` after every round."""
+    from .rounds import run_round
+
+    out = Path(cfg.out)
+    db = str(out / f"{objective}.db")
+    for suffix in ("", "-wal", "-shm"):
+        Path(db + suffix).unlink(missing_ok=True)
+    arm_settings = dataclasses.replace(settings, db=db, models_dir=str(out / f"models-{objective}"))
+    log(f"== {objective}: {cfg.rounds} round(s) on task {cfg.task!r} → {db}")
+    task, provider = _prepare(db, arm_settings, cfg, log)
+    train_config = _train_config(objective, dict(cfg.train))
+    arm_round = round_config(cfg)
+    if cfg.objective_policy:
+        from .training.objectives import get
+
+        arm_round = dataclasses.replace(arm_round, policy=get(objective).pool_policy)
+    arm: dict = {"provider": provider, "train_config": train_config.to_dict(), "policy": arm_round.policy,
+                 "rounds": []}
+    t0 = time.perf_counter()
+    for _ in range(cfg.rounds):
+        report = run_round(db, arm_settings, task, provider, arm_round, train_config, log=log)
+        if not arm["rounds"]:
+            arm["rounds"].append({"round": 0, "version": "base", "metrics": report.parent_metrics})
+        arm["rounds"].append({
+            "round": report.number, "version_id": report.version_id, "promoted": report.promoted,
+            "decision": report.decision, "generations": report.generations, "pool_size": report.pool_size,
+            "pool_truncated": report.pool_truncated, "pool_feedback": report.pool_feedback,
+            "feedback": report.feedback, "wall_s": report.wall_s, "metrics": report.metrics})
+        provider = report.feedback.get("source") or provider  # resolved (e.g. auto thresholds) from now on
+        arm["provider"] = provider
+        arm["wall_s"] = time.perf_counter() - t0
+        update(arm)
+    return arm
+
+
+def round_config(cfg: ExperimentConfig):
+    """The experiment's RoundConfig (its ``round`` overrides over the defaults)."""
+    from .evaluation import EvalConfig
+    from .rounds import RoundConfig
+    from .sampling import SamplingParams
+
+    rc = dict(cfg.round)
+    return RoundConfig(sampling=SamplingParams(**rc.pop("sampling", {})), eval=EvalConfig(**rc.pop("eval", {})),
+                       **rc)
 
 
 def run_experiment(cfg: ExperimentConfig, settings: Settings, log: Log = print) -> dict:
-    """Run every objective's rounds; writes ``record.json`` and ``report.html`` under ``cfg.out``."""
-    from .evaluation import EvalConfig
-    from .rounds import RoundConfig, run_round
-    from .sampling import SamplingParams
+    """Run every objective's rounds; writes ``record.json`` and ``report.html`` under ``cfg.out``.
 
+    With ``cfg.parallel`` > 1 the arms run that many at a time, each in its own process with its share of
+    the threads (on 2 cores two 1-thread arms sample 1.6× as fast in all as one 2-thread arm after another);
+    an arm's log then goes to ``OBJECTIVE.log`` next to its database.
+    """
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    rc = dict(cfg.round)
-    round_config = RoundConfig(sampling=SamplingParams(**rc.pop("sampling", {})), eval=EvalConfig(**rc.pop("eval", {})),
-                               **rc)
-    record: dict = {"config": dataclasses.asdict(cfg), "round_config": dataclasses.asdict(round_config),
+    record: dict = {"config": dataclasses.asdict(cfg), "round_config": dataclasses.asdict(round_config(cfg)),
                     "model": settings.model, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "arms": {}}
-    for objective in cfg.objectives:
-        db = str(out / f"{objective}.db")
-        for suffix in ("", "-wal", "-shm"):
-            Path(db + suffix).unlink(missing_ok=True)
-        arm_settings = dataclasses.replace(settings, db=db, models_dir=str(out / f"models-{objective}"))
-        log(f"== {objective}: {cfg.rounds} round(s) on task {cfg.task!r} → {db}")
-        task, provider = _prepare(db, arm_settings, cfg, log)
-        train_config = _train_config(objective, dict(cfg.train))
-        arm_round = round_config
-        if cfg.objective_policy:
-            from .training.objectives import get
+    if cfg.parallel > 1 and len(cfg.objectives) > 1:
+        failed = _run_parallel(cfg, settings, record, log)
+    else:
+        failed = []
+        for objective in cfg.objectives:
+            def update(arm: dict, objective: str = objective) -> None:
+                record["arms"][objective] = arm
+                _write(record, out)
 
-            arm_round = dataclasses.replace(round_config, policy=get(objective).pool_policy)
-        arm: dict = {"provider": provider, "train_config": train_config.to_dict(), "policy": arm_round.policy,
-                     "rounds": []}
-        record["arms"][objective] = arm
-        t0 = time.perf_counter()
-        for _ in range(cfg.rounds):
-            report = run_round(db, arm_settings, task, provider, arm_round, train_config, log=log)
-            if not arm["rounds"]:
-                arm["rounds"].append({"round": 0, "version": "base", "metrics": _slim(report.parent_metrics)})
-            arm["rounds"].append({
-                "round": report.number, "version_id": report.version_id, "promoted": report.promoted,
-                "decision": report.decision, "generations": report.generations, "pool_size": report.pool_size,
-                "pool_truncated": report.pool_truncated, "pool_feedback": report.pool_feedback,
-                "feedback": report.feedback, "wall_s": report.wall_s, "metrics": _slim(report.metrics)})
-            provider = report.feedback.get("source") or provider  # resolved (e.g. auto thresholds) from now on
-            arm["provider"] = provider
-            _write(record, out)
-        arm["wall_s"] = time.perf_counter() - t0
-        _write(record, out)
+            run_arm(objective, cfg, settings, log, update)
     record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     _write(record, out)
     log(f"record: {out / 'record.json'}\nreport: {out / 'report.html'}")
+    if failed:
+        raise RuntimeError(f"objective(s) failed: {', '.join(failed)} (see their logs under {out})")
     return record
 
 
+def _arm_process(objective: str, cfg: ExperimentConfig, settings: Settings) -> dict:
+    """One arm in a worker process: log and per-round progress to files next to its database."""
+    from .modeling import set_threads
+
+    set_threads(settings.threads)
+    out = Path(cfg.out)
+    with (out / f"{objective}.log").open("w") as f:
+        def log(line: str) -> None:
+            f.write(line + "\n")
+            f.flush()
+
+        def update(arm: dict) -> None:
+            (out / f"{objective}.json").write_text(json.dumps(arm, default=str))
+
+        return run_arm(objective, cfg, settings, log, update)
+
+
+def _run_parallel(cfg: ExperimentConfig, settings: Settings, record: dict, log: Log) -> list[str]:
+    """The arms ``cfg.parallel`` at a time (spawned processes: torch and fork do not mix); the failed ones."""
+    import multiprocessing as mp
+    import os
+    import traceback
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    out = Path(cfg.out)
+    threads = max(1, (settings.threads or os.cpu_count() or 1) // cfg.parallel)
+    arm_settings = dataclasses.replace(settings, threads=threads)
+    arms, failed = {}, []
+    with ProcessPoolExecutor(min(cfg.parallel, len(cfg.objectives)), mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_arm_process, o, cfg, arm_settings): o for o in cfg.objectives}
+        for o in cfg.objectives:
+            log(f"== {o}: {cfg.rounds} round(s), {threads} thread(s), log {out / f'{o}.log'}")
+        for future in as_completed(futures):
+            o = futures[future]
+            try:
+                arms[o] = future.result()
+                log(f"== {o}: done in {arms[o]['wall_s']:.0f} s")
+            except Exception as exc:  # the others go on; what the arm reached is kept
+                progress = out / f"{o}.json"
+                arms[o] = json.loads(progress.read_text()) if progress.exists() else {"rounds": []}
+                arms[o]["error"] = "".join(traceback.format_exception_only(exc)).strip()
+                failed.append(o)
+                log(f"== {o}: failed: {arms[o]['error']}")
+            record["arms"] = {k: arms[k] for k in cfg.objectives if k in arms}
+            _write(record, out)
+    return failed
+
+
 def _write(record: dict, out: Path) -> None:
+    record["comparisons"] = comparisons(record)
     (out / "record.json").write_text(json.dumps(record, indent=2, default=str))
     (out / "report.html").write_text(render_report(record))
+
+
+# --------------------------------------------------------------------------- comparisons and merging
+
+PAIRED = ("exemplar_share", "mean_score", "mean_words")  # metrics with per-prompt values: paired bootstrap
+
+
+def comparisons(record: dict) -> dict:
+    """Paired differences over the probe prompts (every arm probes the same prompts with the same seeds).
+
+    ``vs_base``: each round − the untrained base under the same format, per arm. ``head_to_head``: at the
+    last round every arm reached, each arm − each later arm. Values with 95% bootstrap CIs.
+    """
+    from .stats import gap_ci
+
+    def diff(a: dict, b: dict, metric: str) -> dict | None:
+        x, y = (a.get("per_prompt") or {}).get(metric), (b.get("per_prompt") or {}).get(metric)
+        if not x or not y:
+            return None
+        est = gap_ci({str(k): v for k, v in x.items()}, {str(k): v for k, v in y.items()})
+        return est.to_dict() if est.prompts else None
+
+    vs_base: dict = {}
+    for objective, arm in record["arms"].items():
+        rounds = arm.get("rounds") or []
+        if rounds:
+            vs_base[objective] = {str(r["round"]): {m: d for m in PAIRED
+                                                    if (d := diff(r["metrics"], rounds[0]["metrics"], m))}
+                                  for r in rounds[1:]}
+    finished = {o: a["rounds"] for o, a in record["arms"].items() if len(a.get("rounds") or []) > 1}
+    last = min((len(r) - 1 for r in finished.values()), default=0)
+    head: dict = {}
+    names = list(finished)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            for m in PAIRED:
+                if d := diff(finished[a][last]["metrics"], finished[b][last]["metrics"], m):
+                    head.setdefault(m, {})[f"{a} − {b}"] = d
+    return {"vs_base": vs_base, "head_to_head": head, "head_to_head_round": last}
+
+
+def merge_records(folders: list[str], out: str) -> dict:
+    """One record and report from several experiment folders (e.g. arms run on several machines), writing
+    ``record.json`` and ``report.html`` under ``out``. Per-prompt values a record lacks (made before they
+    were kept) are read back from the arm's database, where every evaluated version stores them."""
+    from sqlmodel import select
+
+    from .db import ModelVersion
+
+    merged: dict | None = None
+    for folder in folders:
+        path = Path(folder) / "record.json"
+        if not path.exists():
+            raise ValueError(f"{folder}: no record.json (not an `alt experiment` folder)")
+        record = json.loads(path.read_text())
+        for objective, arm in record["arms"].items():
+            db = Path(folder) / f"{objective}.db"
+            missing = [r for r in arm.get("rounds") or [] if "per_prompt" not in r["metrics"]]
+            if missing and db.exists():
+                with session_scope(str(db)) as s:
+                    versions = {v.id: v for v in s.exec(select(ModelVersion))}
+                first = next((r for r in arm["rounds"] if r.get("version_id")), None)
+                base = versions.get(first["version_id"]).parent_id if first else None
+                for r in missing:
+                    v = versions.get(r.get("version_id") or base)
+                    if v is not None and (v.metrics or {}).get("per_prompt"):
+                        r["metrics"]["per_prompt"] = v.metrics["per_prompt"]
+        if merged is None:
+            merged = {**record, "arms": {}, "merged_from": []}
+        clash = set(record["arms"]) & set(merged["arms"])
+        if clash:
+            raise ValueError(f"{folder}: objective(s) {', '.join(sorted(clash))} already merged from another folder")
+        merged["arms"].update(record["arms"])
+        merged["merged_from"].append({"folder": str(folder), "config": record["config"],
+                                      "started": record.get("started"), "finished": record.get("finished")})
+    if merged is None:
+        raise ValueError("nothing to merge: give at least one folder")
+    merged["config"] = {**merged["config"], "objectives": list(merged["arms"])}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    _write(merged, Path(out))
+    return merged
 
 
 # --------------------------------------------------------------------------- the HTML report
@@ -145,8 +298,9 @@ def _value(row: dict, name: str):
 def summary_rows(record: dict) -> list[dict]:
     """One row per objective and round: the figures the report's table shows."""
     rows = []
+    vs_base = (record.get("comparisons") or {}).get("vs_base") or {}
     for objective, arm in record["arms"].items():
-        for r in arm["rounds"]:
+        for r in arm.get("rounds") or []:
             m = r["metrics"]
             row = {"objective": objective, "round": r["round"]}
             for name in ("exemplar_share", "mean_score", "steerability_gap", "ll_gap", "eos_gap"):
@@ -155,6 +309,10 @@ def summary_rows(record: dict) -> list[dict]:
                 row[f"{name}_ci"] = ci
             for name in ("perplexity", "dist1", "dist2", "dist3", "mean_words", "pct_truncated"):
                 row[name] = m.get(name)
+            for name in ("exemplar_share", "mean_score"):
+                d = (vs_base.get(objective) or {}).get(str(r["round"]), {}).get(name)
+                row[f"{name}_gain"] = d["value"] if d else None
+                row[f"{name}_gain_ci"] = [d["low"], d["high"]] if d else None
             row["wall_s"] = (r.get("wall_s") or {}).get("total")
             rows.append(row)
     return rows
@@ -204,12 +362,12 @@ def render_report(record: dict) -> str:
     small.update_layout(title="Fluency, diversity, length", height=520, margin=dict(l=40, r=20, t=70, b=30))
     figs.append(small)
     wall = go.Figure()
-    stages = sorted({k for arm in record["arms"].values() for r in arm["rounds"] for k in (r.get("wall_s") or {})
-                     if k != "total"})
+    stages = sorted({k for arm in record["arms"].values() for r in arm.get("rounds") or []
+                     for k in (r.get("wall_s") or {}) if k != "total"})
     for stage in stages:
         xs, ys = [], []
         for objective, arm in record["arms"].items():
-            for r in arm["rounds"]:
+            for r in arm.get("rounds") or []:
                 if r.get("wall_s"):
                     xs.append(f"{objective} r{r['round']}")
                     ys.append(r["wall_s"].get(stage, 0.0))
@@ -239,14 +397,26 @@ def _page(record: dict, rows: list[dict], charts: str) -> str:
     import html
 
     cols = [("objective", "objective"), ("round", "round"), ("exemplar_share", "exemplar share"),
-            ("mean_score", "mean reward"), ("steerability_gap", "steer gap"), ("ll_gap", "ll gap"),
+            ("exemplar_share_gain", "− base"), ("mean_score", "mean reward"), ("mean_score_gain", "− base"),
+            ("steerability_gap", "steer gap"), ("ll_gap", "ll gap"),
             ("eos_gap", "EOS gap"), ("perplexity", "ppl"), ("dist2", "dist-2"), ("mean_words", "words"),
             ("pct_truncated", "% trunc"), ("wall_s", "wall s")]
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label in cols)
     body = "".join("<tr>" + "".join(f"<td>{_cell(r.get(k), r.get(f'{k}_ci'))}</td>" for k, _ in cols) + "</tr>"
                    for r in rows)
+    comp = record.get("comparisons") or {}
+    h2h = ""
+    for metric, pairs in (comp.get("head_to_head") or {}).items():
+        h2h += (f"<tr><th colspan=2>{html.escape(metric)} at round {comp.get('head_to_head_round')}</th></tr>"
+                + "".join(f"<tr><td>{html.escape(pair)}</td><td>{_cell(d['value'], [d['low'], d['high']])}</td></tr>"
+                          for pair, d in pairs.items()))
+    if h2h:
+        h2h = ("<h2>Head to head</h2><p>Paired over the probe prompts: a CI that excludes 0 is a difference "
+               f"beyond chance.</p><table>{h2h}</table>")
+    errors = "".join(f"<p><b>{html.escape(o)} failed:</b> {html.escape(a['error'])}</p>"
+                     for o, a in record["arms"].items() if a.get("error"))
     cfg = html.escape(json.dumps({k: record[k] for k in ("config", "model")}, indent=1))
-    providers = ", ".join(f"{o}: {html.escape(a['provider'])}" for o, a in record["arms"].items())
+    providers = ", ".join(f"{o}: {html.escape(a.get('provider') or '?')}" for o, a in record["arms"].items())
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>ALT Studio experiment</title>
 <style>body{{font-family:system-ui,sans-serif;margin:24px;max-width:1200px}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}small{{color:#666}}pre{{background:#f6f6f6;padding:8px}}
@@ -255,7 +425,9 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}small{{color:#666
 <p>Model {html.escape(str(record['model']))}; providers {providers}; started {record.get('started')},
 finished {record.get('finished', '(running)')}. Every version is evaluated on the probe prompts under the
 same conditioning format; round 0 is the untrained base. Intervals: 95% bootstrap over prompts.</p>
-<table><tr>{head}</tr>{body}</table>
+{errors}<table><tr>{head}</tr>{body}</table>
+<p>− base: the round minus the untrained base under the same format, paired over the probe prompts.</p>
+{h2h}
 {charts}
 <h2>Configuration</h2><pre>{cfg}</pre>
 </body></html>"""

@@ -83,3 +83,92 @@ def test_experiment_runs_every_objective_on_rule_judgments_and_critiques(tmp_pat
     assert cnr["metrics"]["eval"]["revision_passes"] == 1
     html = (out / "report.html").read_text()
     assert all(f"<td>{name}</td>" in html for name in names())
+
+
+def _round(n: int, shares: dict[str, list[float]], version_id: int | None = None) -> dict:
+    rnd = {"round": n, "metrics": {"exemplar_share": sum(map(sum, shares.values())) / sum(map(len, shares.values())),
+                                   "per_prompt": {"exemplar_share": shares}}}
+    return {**rnd, "version_id": version_id} if version_id else rnd
+
+
+def test_comparisons_pair_rounds_with_the_base_and_arms_with_each_other():
+    """The gains the report shows are paired over the same probe prompts (hand-checkable here)."""
+    from alt_engine.experiment import comparisons, render_report
+
+    low = {str(p): [0.0, 0.0] for p in range(20)}
+    high = {str(p): [1.0, 1.0] for p in range(20)}
+    half = {str(p): [1.0, 0.0] for p in range(20)}
+    record = {"config": {"task": "concise"}, "model": "m", "arms": {
+        "alt": {"provider": "rule:x", "rounds": [_round(0, low), _round(1, high)]},
+        "sft": {"provider": "rule:x", "rounds": [_round(0, low), _round(1, half)]},
+        "cnr": {"provider": "rule:x", "rounds": [_round(0, low)], "error": "RuntimeError: out of memory"}}}
+    comp = comparisons(record)
+    assert comp["vs_base"]["alt"]["1"]["exemplar_share"] == {"value": 1.0, "low": 1.0, "high": 1.0, "prompts": 20}
+    assert comp["vs_base"]["sft"]["1"]["exemplar_share"]["value"] == 0.5
+    assert comp["vs_base"]["cnr"] == {}  # it never finished a round: nothing to pair
+    assert comp["head_to_head_round"] == 1
+    assert list(comp["head_to_head"]["exemplar_share"]) == ["alt − sft"]
+    d = comp["head_to_head"]["exemplar_share"]["alt − sft"]
+    assert d["value"] == 0.5 and d["low"] == d["high"] == 0.5
+    record["comparisons"] = comp
+    html = render_report(record)
+    assert "Head to head" in html and "alt − sft" in html and "cnr failed:" in html and "out of memory" in html
+
+
+def test_merge_reads_missing_per_prompt_values_back_from_each_arms_database(tmp_path, capsys):
+    """Records made before per-prompt values were kept merge with them from the arm's database."""
+    from alt_engine.db import ModelVersion, init_db, session_scope
+
+    low = {str(p): [0.0] for p in range(10)}
+    high = {str(p): [1.0] for p in range(10)}
+    for folder, objective, after in (("a", "alt", high), ("b", "sft", low)):
+        (tmp_path / folder).mkdir()
+        db = str(tmp_path / folder / f"{objective}.db")
+        init_db(db)
+        with session_scope(db) as s:
+            base = ModelVersion(name="v0-base", path="m", metrics={"per_prompt": {"exemplar_share": low}})
+            s.add(base)
+            s.flush()
+            s.add(ModelVersion(name="v1", path="m", parent_id=base.id, objective=objective,
+                               metrics={"per_prompt": {"exemplar_share": after}}))
+        rounds = [{"round": 0, "metrics": {"exemplar_share": 0.0}}, {"round": 1, "version_id": 2,
+                                                                     "metrics": {"exemplar_share": after["0"][0]}}]
+        (tmp_path / folder / "record.json").write_text(json.dumps({
+            "config": {"task": "concise", "objectives": [objective]}, "model": "m",
+            "arms": {objective: {"provider": "rule:x", "rounds": rounds}}}))
+    out = tmp_path / "merged"
+    assert main(["experiment", "--merge", str(tmp_path / "a"), "--merge", str(tmp_path / "b"), "--out", str(out)]) == 0
+    record = json.loads((out / "record.json").read_text())
+    assert list(record["arms"]) == record["config"]["objectives"] == ["alt", "sft"]
+    assert record["comparisons"]["vs_base"]["alt"]["1"]["exemplar_share"]["value"] == 1.0
+    assert record["comparisons"]["vs_base"]["sft"]["1"]["exemplar_share"]["value"] == 0.0
+    assert record["comparisons"]["head_to_head"]["exemplar_share"]["alt − sft"]["value"] == 1.0
+    assert "alt − sft" in (out / "report.html").read_text()
+    # the same objective twice, or a folder that is no experiment: a clear error, nothing written
+    assert main(["experiment", "--merge", str(tmp_path / "a"), "--merge", str(tmp_path / "a"),
+                 "--out", str(tmp_path / "twice")]) != 0
+    assert main(["experiment", "--merge", str(tmp_path), "--out", str(tmp_path / "none")]) != 0
+    err = capsys.readouterr().err
+    assert "alt already merged" in err and "no record.json" in err
+    assert not (tmp_path / "twice").exists() and not (tmp_path / "none").exists()
+
+
+@pytest.mark.slow
+def test_experiment_runs_objectives_in_parallel_processes(tmp_path, tiny_model_dir, monkeypatch):
+    """--parallel 2: each arm in its own process and log, one record with both arms and their comparisons."""
+    monkeypatch.setenv("ALT_DEVICE", "cpu")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p, "split": s}) + "\n" for p, s in PROMPTS))
+    out = tmp_path / "exp"
+    code = main(["experiment", "--task", "concise", "--prompts", str(prompts), "--rounds", "1", "--out", str(out),
+                 "--objective", "sft", "--objective", "alt", "--parallel", "2", "--model", tiny_model_dir, "--n", "3",
+                 "--max-new-tokens", "8", "--truncated", "last", "--eval-n", "2", "--epochs", "1",
+                 "--batch_size", "4", "--report_to", "none", "--promote", "always"])
+    assert code == 0
+    record = json.loads((out / "record.json").read_text())
+    assert list(record["arms"]) == ["sft", "alt"] and record["config"]["parallel"] == 2
+    for name in ("sft", "alt"):
+        assert [r["round"] for r in record["arms"][name]["rounds"]] == [0, 1]
+        assert "round 1:" in (out / f"{name}.log").read_text() and (out / f"{name}.db").exists()
+        assert "exemplar_share" in record["comparisons"]["vs_base"][name]["1"]
+    assert "sft − alt" in record["comparisons"]["head_to_head"]["exemplar_share"]

@@ -128,6 +128,10 @@ def register(sub, common, selected: str | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--objective", action="append", default=None, help="objective(s) to compare (default: alt)")
     p.add_argument("--out", default="runs/experiment", help="output folder (databases, models, record, report)")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="objectives run at once, each in its own process with its share of the threads")
+    p.add_argument("--merge", action="append", default=None, metavar="FOLDER",
+                   help="run nothing: merge earlier experiments' folders into one record and report under --out")
     _round_options(p)
     p.set_defaults(func=cmd_experiment)
 
@@ -339,19 +343,31 @@ def _demo_provider(task: str) -> str:
 
 
 def cmd_experiment(args) -> None:
-    from alt_engine.experiment import ExperimentConfig, run_experiment
+    from alt_engine.experiment import ExperimentConfig, merge_records, run_experiment
 
+    if args.merge:
+        try:
+            record = merge_records(args.merge, args.out)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        print(f"merged {', '.join(record['arms'])} → {args.out}/record.json, {args.out}/report.html")
+        return
     settings = settings_from(args)
     if args.rounds < 1:
         raise CLIError("--rounds must be >= 1")
+    if args.parallel < 1:
+        raise CLIError("--parallel must be >= 1")
     from alt_engine.modeling import set_threads
 
     set_threads(settings.threads)
     cfg = ExperimentConfig(task=args.task, provider=args.provider, prompts=args.prompts, rounds=args.rounds,
                            objectives=args.objective or ["alt"], out=args.out,
                            round=dataclasses.asdict(_round_config(args)), train=_experiment_options(args),
-                           objective_policy=args.policy is None)
-    run_experiment(cfg, settings)
+                           objective_policy=args.policy is None, parallel=args.parallel)
+    try:
+        run_experiment(cfg, settings)
+    except RuntimeError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def cmd_round(args) -> None:
