@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,9 +40,11 @@ def test_launch_command_trains_on_two_cpu_ranks(tmp_path, tiny_model_dir):
     cmd = [sys.executable, "-m", "alt_engine.training.launch", "--model", tiny_model_dir, "--items", str(items),
            "--output", str(out), "--deepspeed", "zero2", "--num_procs", "2", "--batch_size", "4", "--epochs", "1",
            "--learning_rate", "1e-3", "--warmup_ratio", "0"]
+    shm = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "world_size=2" in run.stderr or "dist_world_size=2" in run.stderr
+    assert set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) <= shm  # its 2 x 66 MB buffers are gone
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 2  # 16 examples / (4 per rank x 2 ranks)
     assert metrics["tokens"] > 0 and metrics["config"]["deepspeed"].endswith("zero2.json")
@@ -106,3 +109,18 @@ def test_bad_configs_are_refused():
         AltTrainConfig(deepspeed="/nope.json")
     with pytest.raises(ValueError, match="merge_lora needs lora"):
         AltTrainConfig(merge_lora=True)
+
+
+def test_remove_shm_buffers_takes_only_its_own_ports(tmp_path):
+    import os
+
+    from alt_engine.training.launch import remove_shm_buffers
+
+    uid = os.getuid()
+    names = [f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_29500_{r}" for r in (0, 1)]
+    others = [f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_129500_0",
+              f"deepspeed_allreduce_buffer_{uid}_10.0.0.1_29501_0"]
+    for name in names + others:
+        (tmp_path / name).write_bytes(b"x")
+    assert sorted(remove_shm_buffers(29500, tmp_path)) == names
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(others)
