@@ -198,6 +198,11 @@ class _Slots(CacheLayerMixin):
 
 
 _HEADROOM = 64  # columns allocated ahead, so a buffer grows (one copy) every 64 steps at most
+# An automatic batch holds at most this many tokens (rows × (longest input + its new tokens)): its KV cache
+# (~3 GB in float32 for the default model, half in bfloat16) stays bounded when contexts are long. Without
+# it a Critique-and-Revise evaluation (128 rows of ~800 tokens, caches copied as rows come and go) grew a
+# process to 12.8 GB and the kernel killed it. Short samples are unaffected (128 × 210 tokens).
+KV_TOKEN_BUDGET = 65536
 
 
 def _merge(parts: list[tuple[_Slots, torch.Tensor, int]], width: int) -> _Slots:
@@ -260,7 +265,8 @@ class TransformersBackend:
     the model for sampling; bfloat16 on a CPU with AMX multiplies several times faster than float32
     (``modeling.fastest_dtype`` measures it); its samples are statistically equivalent, not identical.
     ``threads``: torch threads while generating (0: leave as is; ``"auto"``: ``modeling.choose_threads``).
-    ``batch_size``: rows when ``params.batch_size`` is 0 (``None``: ``modeling.auto_batch_size``).
+    ``batch_size``: rows when ``params.batch_size`` is 0 (``None``: ``modeling.auto_batch_size``); such an
+    automatic batch also holds at most ``KV_TOKEN_BUDGET`` tokens.
 
     ``on_step(rows, tokens)``, when given, is called after every decoding step with the (input, sample)
     pairs of the rows that produced a token and those tokens (a row's stop token included): streaming.
@@ -307,6 +313,9 @@ class TransformersBackend:
         meter, done, reported = Throughput(), 0, 0.0
         batch: _Batch | None = None
         size = params.batch_size or self.auto_batch_size()
+        if not params.batch_size and inputs:  # automatic: bounded in tokens too
+            longest = max(len(x) + limit for x, limit in zip(inputs, limits))
+            size = max(1, min(size, KV_TOKEN_BUDGET // longest))
         refill = max(1, size // 8)  # prefill when this many slots are free: fewer, larger prefills
         threads = self.threads
         if threads == "auto":

@@ -117,6 +117,29 @@ def test_a_sample_does_not_depend_on_its_batch(backend):
     assert [s.seed for s in alone[0]] == [s.seed for s in runs[0][2]]
 
 
+def test_an_automatic_batch_of_long_contexts_is_bounded_in_tokens(backend, monkeypatch):
+    """Long contexts decode in fewer rows (bounded KV cache), with the very samples a free batch draws."""
+    from alt_engine import sampling
+
+    tok = backend.tokenizer
+    inputs = [build_input(tok, f"Prompt {i}: " + "word " * 20).input_ids for i in range(6)]
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=10, seed=3)  # batch_size 0: automatic
+
+    def widest(params):
+        rows = []
+        out = backend.generate(inputs, params, on_step=lambda live, tokens: rows.append(len(live)))
+        return max(rows), [[s.token_ids for s in per] for per in out]
+
+    free_rows, free = widest(params)
+    longest = max(len(x) for x in inputs) + params.max_new_tokens
+    monkeypatch.setattr(sampling, "KV_TOKEN_BUDGET", 3 * longest)
+    bounded_rows, bounded = widest(params)
+    assert free_rows == 12 and bounded_rows == 3  # 6 inputs x n=2 rows at once, against 3 within the budget
+    assert bounded == free
+    explicit_rows, explicit = widest(SamplingParams(**{**params.__dict__, "batch_size": 8}))
+    assert explicit_rows == 8 and explicit == free  # an explicit batch size is taken as given
+
+
 def test_conditionings_in_one_pass_draw_the_same_streams_as_separate_passes(db, backend):
     """Evaluation samples both conditionings in one pass (``seed_index``): prompt i keeps its random streams."""
     prompts = add_prompts(db, 3)
