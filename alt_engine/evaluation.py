@@ -300,10 +300,12 @@ def _sample_conditionings(db: str, backend, version: ModelVersion, prompts: list
 def evaluate_version(db: str, settings: Settings, version_id: int, task: Task, provider: Provider | None = None,
                      config: EvalConfig | None = None, reference: str | None = None,
                      conditioned: bool | None = None, show_progress: bool = False, backend=None,
-                     log=None) -> dict:
+                     log=None, fmt: conditioning.Format | None = None, revise: bool | None = None) -> dict:
     """Sample the probe prompts with ``version_id`` under the best (and worst) feedback, score, store metrics.
 
-    ``backend``: an already loaded sampler for this version's weights (a round reuses its own).
+    ``backend``: an already loaded sampler for this version's weights (a round reuses its own). ``fmt``:
+    another conditioning format than the version's own; ``revise``: apply ``config.revision_passes`` (default:
+    for a Critique-and-Revise version) — together, the untrained base as another objective would use it.
     """
     cfg = config or EvalConfig()
     if conditioned is not None:
@@ -315,7 +317,8 @@ def evaluate_version(db: str, settings: Settings, version_id: int, task: Task, p
         prompts = task_prompts(s, task, "probe", cfg.limit)
         root = root_version(s, version)
         ref_path = reference or root.path
-    fmt = conditioning.format_of(version, task)
+    fmt = fmt or conditioning.format_of(version, task)
+    revise = version.objective == "cnr" if revise is None else revise
     notes: list[str] = []
     if len(prompts) < MIN_PROBE_PROMPTS or cfg.n < MIN_N:
         notes.append(f"{len(prompts)} probe prompts × n={cfg.n}: too few to resolve a 15-point change in a share "
@@ -339,7 +342,7 @@ def evaluate_version(db: str, settings: Settings, version_id: int, task: Task, p
             gens = list(s.exec(select(Generation).where(Generation.id.in_(gen_ids)).order_by(Generation.id)))
             for g in gens:
                 g.sampling_params = {**g.sampling_params, "purpose": "eval"}
-            if cfg.revision_passes and version.objective == "cnr":
+            if cfg.revision_passes and revise:
                 _revise_answers(backend, gens, by_id, cfg.revision_passes, max_new, log)
         results = _label(provider, task, db, gens, by_id) if provider is not None else None
         per_cond.append((gens, _attributes(task, gens, results)))

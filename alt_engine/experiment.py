@@ -5,7 +5,8 @@ base version), so every arm starts from the same model, prompts and seeds and di
 trains. Rounds go through ``rounds.run_round`` — the very code `alt round` runs — and the record keeps,
 per round and version: shares and the exemplar share with 95% CIs, the steerability gap, the
 label-learned diagnostic, mean reward, perplexity, dist-n, length, % truncated, the pool and the wall
-time per stage. Round 0 is the untrained base, evaluated under the same conditioning format.
+time per stage. Round 0 is the untrained base evaluated as the objective evaluates its versions: in the
+same conditioning format (the plain prompt for SFT, CUT and CnR) and, for CnR, after the same revision passes.
 """
 
 from __future__ import annotations
@@ -107,7 +108,41 @@ def run_arm(objective: str, cfg: ExperimentConfig, settings: Settings, log: Log 
         arm["provider"] = provider
         arm["wall_s"] = time.perf_counter() - t0
         update(arm)
+    # last, so that the rounds' label diagnostics all draw on the base's first evaluation
+    if base := base_as_objective(objective, db, arm_settings, task, provider, arm_round.eval, log):
+        arm["rounds"][0].update(metrics=base, evaluated_as=objective)
+        update(arm)
     return arm
+
+
+def base_as_objective(objective: str, db: str, settings: Settings, task, provider: str, eval_config,
+                      log: Log = print) -> dict | None:
+    """The untrained base evaluated as ``objective`` uses a model: in its conditioning format (the plain prompt
+    for SFT, CUT and CnR, the attribute string for SteerLM) and, for CnR, after the same revision passes.
+
+    Round 0 is then the same procedure without the training, so "round − base" is the training's effect. None
+    when that is how a round evaluates the base anyway (ALT; Quark, whose control tokens the base does not
+    have yet: the feedback text as written).
+    """
+    from sqlmodel import select
+
+    from .conditioning import format_of
+    from .db import ModelVersion
+    from .evaluation import evaluate_version
+    from .feedback import make_provider
+    from .training.objectives import get
+
+    fmt = get(objective).task_format(task)
+    revise = objective == "cnr" and eval_config.revision_passes > 0
+    with session_scope(db) as s:
+        base = s.exec(select(ModelVersion).where(ModelVersion.parent_id.is_(None)).order_by(ModelVersion.id)).first()
+    if fmt.placement == "tokens":  # Quark's control tokens exist only once trained: the base reads the text
+        fmt = format_of(base, task)
+    if fmt.to_dict() == format_of(base, task).to_dict() and not revise:
+        return None
+    log(f"  base as {objective} evaluates: format {fmt.placement}{', revised' if revise else ''}")
+    return evaluate_version(db, settings, base.id, task, make_provider(provider, settings, task, db), eval_config,
+                            fmt=fmt, revise=revise, log=log)
 
 
 def round_config(cfg: ExperimentConfig):

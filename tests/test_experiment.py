@@ -68,6 +68,11 @@ def test_experiment_runs_every_objective_on_rule_judgments_and_critiques(tmp_pat
         trained = arm["rounds"][1]
         assert trained["pool_size"] > 0 and trained["version_id"] is not None, name
         assert trained["metrics"]["eval"]["format"]["placement"] == placements[name], name
+        base = arm["rounds"][0]  # the untrained base, evaluated as this objective evaluates its versions
+        # (Quark's control tokens exist only once trained: its base reads the feedback text, as ALT's does)
+        assert base["metrics"]["eval"]["format"]["placement"] == placements["alt" if name == "quark" else name]
+        assert base["metrics"]["eval"]["format"]["attributes"] == trained["metrics"]["eval"]["format"]["attributes"]
+        assert ("evaluated_as" in base) == (name in ("steerlm", "sft", "cut", "cnr")), name
         assert 0 <= trained["metrics"]["exemplar_share"] <= 1
     assert record["arms"]["quark"]["rounds"][1]["metrics"]["eval"]["mask_control_tokens"] is True
     assert make_config("cut", **record["arms"]["cut"]["train_config"]).lora  # CUT's own defaults, unless given
@@ -81,6 +86,7 @@ def test_experiment_runs_every_objective_on_rule_judgments_and_critiques(tmp_pat
             Generation.model_version_id == cnr["version_id"]))]
     assert evals and all("first_answer" in sp and sp["revision_passes"] <= 1 for sp in evals)
     assert cnr["metrics"]["eval"]["revision_passes"] == 1
+    assert record["arms"]["cnr"]["rounds"][0]["metrics"]["eval"]["revision_passes"] == 1  # the base revises too
     html = (out / "report.html").read_text()
     assert all(f"<td>{name}</td>" in html for name in names())
 
