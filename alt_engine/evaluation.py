@@ -329,8 +329,8 @@ def evaluate_version(db: str, settings: Settings, version_id: int, task: Task, p
         conds = list(cfg.conditions or contrast_feedback(db, task))
         if not conds or not conds[0]:
             raise ValueError(f"task {task.name!r} has no exemplar feedback to condition on")
-        if not cfg.steer:
-            conds = conds[:1]
+        if not cfg.steer or fmt.placement == "none":  # a model that reads no feedback has no steerability:
+            conds = conds[:1]  # a second pass would sample the very same plain prompts again
     max_new = eval_max_new_tokens(db, task, cfg)
     params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=max_new,
                             seed=cfg.seed, batch_size=cfg.batch_size, mask_control_tokens=cfg.mask_control_tokens)

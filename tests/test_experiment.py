@@ -177,4 +177,7 @@ def test_experiment_runs_objectives_in_parallel_processes(tmp_path, tiny_model_d
         assert [r["round"] for r in record["arms"][name]["rounds"]] == [0, 1]
         assert "round 1:" in (out / f"{name}.log").read_text() and (out / f"{name}.db").exists()
         assert "exemplar_share" in record["comparisons"]["vs_base"][name]["1"]
+    # SFT reads no feedback: one plain-prompt pass, no steerability (ALT's best and worst feedback: two)
+    assert "steerability_gap" not in record["arms"]["sft"]["rounds"][1]["metrics"]
+    assert "steerability_gap" in record["arms"]["alt"]["rounds"][1]["metrics"]
     assert "sft − alt" in record["comparisons"]["head_to_head"]["exemplar_share"]
