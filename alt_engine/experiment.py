@@ -338,8 +338,12 @@ def summary_rows(record: dict) -> list[dict]:
         for r in arm.get("rounds") or []:
             m = r["metrics"]
             row = {"objective": objective, "round": r["round"]}
+            # a model that reads no feedback has no steerability or label to learn (older records have a gap)
+            reads_feedback = ((m.get("eval") or {}).get("format") or {}).get("placement") != "none"
             for name in ("exemplar_share", "mean_score", "steerability_gap", "ll_gap", "eos_gap"):
                 v, ci = _value(r, name)
+                if name not in ("exemplar_share", "mean_score") and not reads_feedback:
+                    v = ci = None
                 row[name] = v
                 row[f"{name}_ci"] = ci
             for name in ("perplexity", "dist1", "dist2", "dist3", "mean_words", "pct_truncated"):

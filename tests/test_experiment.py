@@ -99,7 +99,7 @@ def _round(n: int, shares: dict[str, list[float]], version_id: int | None = None
 
 def test_comparisons_pair_rounds_with_the_base_and_arms_with_each_other():
     """The gains the report shows are paired over the same probe prompts (hand-checkable here)."""
-    from alt_engine.experiment import comparisons, render_report
+    from alt_engine.experiment import comparisons, render_report, summary_rows
 
     low = {str(p): [0.0, 0.0] for p in range(20)}
     high = {str(p): [1.0, 1.0] for p in range(20)}
@@ -117,6 +117,10 @@ def test_comparisons_pair_rounds_with_the_base_and_arms_with_each_other():
     d = comp["head_to_head"]["exemplar_share"]["alt − sft"]
     assert d["value"] == 0.5 and d["low"] == d["high"] == 0.5
     record["comparisons"] = comp
+    sft_round = record["arms"]["sft"]["rounds"][1]["metrics"]
+    sft_round.update(steerability_gap=0.01, steerability_gap_ci=[-0.05, 0.07], eval={"format": {"placement": "none"}})
+    rows = {(r["objective"], r["round"]): r for r in summary_rows(record)}
+    assert rows["sft", 1]["steerability_gap"] is None and rows["sft", 1]["exemplar_share_gain"] == 0.5
     html = render_report(record)
     assert "Head to head" in html and "alt − sft" in html and "cnr failed:" in html and "out of memory" in html
 
