@@ -12,16 +12,21 @@ PROMPTS = [("Hello, how are you?", "train"), ("Write a short answer.", "train"),
            ("The quick brown fox?", "train"), ("Harmless and helpful?", "probe"), ("0123456789?", "probe")]
 
 
-@pytest.mark.slow
-def test_experiment_writes_record_and_report(tmp_path, tiny_model_dir, monkeypatch):
-    monkeypatch.setenv("ALT_DEVICE", "cpu")
+def tiny_experiment(tmp_path, model: str, *args: str) -> tuple[int, object]:
+    """``alt experiment`` on the tiny model and prompts with small settings; ``args`` add or override."""
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p, "split": s}) + "\n" for p, s in PROMPTS))
     out = tmp_path / "exp"
-    code = main(["experiment", "--task", "concise", "--prompts", str(prompts), "--rounds", "2", "--out", str(out),
-                 "--model", tiny_model_dir, "--n", "3", "--max-new-tokens", "8", "--truncated", "last",
-                 "--eval-n", "2", "--epochs", "1", "--batch_size", "4", "--report_to", "none",
-                 "--promote", "always"])
+    code = main(["experiment", "--task", "concise", "--prompts", str(prompts), "--out", str(out), "--model", model,
+                 "--n", "3", "--max-new-tokens", "8", "--truncated", "last", "--eval-n", "2", "--epochs", "1",
+                 "--batch_size", "4", "--report_to", "none", "--promote", "always", *args])
+    return code, out
+
+
+@pytest.mark.slow
+def test_experiment_writes_record_and_report(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("ALT_DEVICE", "cpu")
+    code, out = tiny_experiment(tmp_path, tiny_model_dir, "--rounds", "2")
     assert code == 0
     record = json.loads((out / "record.json").read_text())
     arm = record["arms"]["alt"]
@@ -167,13 +172,8 @@ def test_merge_reads_missing_per_prompt_values_back_from_each_arms_database(tmp_
 def test_experiment_runs_objectives_in_parallel_processes(tmp_path, tiny_model_dir, monkeypatch):
     """--parallel 2: each arm in its own process and log, one record with both arms and their comparisons."""
     monkeypatch.setenv("ALT_DEVICE", "cpu")
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p, "split": s}) + "\n" for p, s in PROMPTS))
-    out = tmp_path / "exp"
-    code = main(["experiment", "--task", "concise", "--prompts", str(prompts), "--rounds", "1", "--out", str(out),
-                 "--objective", "sft", "--objective", "alt", "--parallel", "2", "--model", tiny_model_dir, "--n", "3",
-                 "--max-new-tokens", "8", "--truncated", "last", "--eval-n", "2", "--epochs", "1",
-                 "--batch_size", "4", "--report_to", "none", "--promote", "always"])
+    code, out = tiny_experiment(tmp_path, tiny_model_dir, "--rounds", "1", "--objective", "sft", "--objective", "alt",
+                                "--parallel", "2")
     assert code == 0
     record = json.loads((out / "record.json").read_text())
     assert list(record["arms"]) == ["sft", "alt"] and record["config"]["parallel"] == 2
