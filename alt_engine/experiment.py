@@ -250,14 +250,11 @@ def comparisons(record: dict) -> dict:
     ``vs_base``: each round − the untrained base under the same format, per arm. ``head_to_head``: at the
     last round every arm reached, each arm − each later arm. Values with 95% bootstrap CIs.
     """
-    from .stats import gap_ci
+    from .evaluation import compare
 
     def diff(a: dict, b: dict, metric: str) -> dict | None:
-        x, y = (a.get("per_prompt") or {}).get(metric), (b.get("per_prompt") or {}).get(metric)
-        if not x or not y:
-            return None
-        est = gap_ci({str(k): v for k, v in x.items()}, {str(k): v for k, v in y.items()})
-        return est.to_dict() if est.prompts else None
+        est = compare(a, b, metric)  # per-prompt values are keyed by prompt id as a string (JSON keys)
+        return est.to_dict() if est and est.prompts else None
 
     vs_base: dict = {}
     for objective, arm in record["arms"].items():
