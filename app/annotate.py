@@ -77,7 +77,11 @@ SHORTCUTS_JS = """
     if (shownItem) for (const f of FIELDS) localStorage.removeItem(key(shownItem, f));  // left it: saved or skipped
     shownItem = id;
     if (!id) return;
+    const shownText = () => (box('alt-response') || {}).value;
+    const response = shownText();
     setTimeout(() => {  // after Gradio filled the boxes for the new item
+      // already saved or left (a fast key): a draft must never land on the item after it
+      if (itemId() !== id || shownText() !== response) return;
       for (const f of FIELDS) {
         const v = localStorage.getItem(key(id, f)), b = box(f);
         if (v !== null && b && b.value !== v) { b.value = v; b.dispatchEvent(new Event('input', {bubbles: true})); }
