@@ -183,9 +183,9 @@ class ModelServer:
     def follow(self, db: str, every: float = 5.0) -> None:
         """Check the database every ``every`` seconds and serve whatever version is promoted there."""
         def watch() -> None:
-            while not self._closed:
+            while True:
                 time.sleep(every)
-                if not is_url(db) and not Path(db).exists():  # the file went away (tests' temp dirs): stop
+                if self._closed or (not is_url(db) and not Path(db).exists()):  # closed, or the file went away
                     return
                 try:
                     self.sync(db)
@@ -641,10 +641,23 @@ _hubs: dict[str, ModelHub] = {}
 _hubs_lock = threading.Lock()
 
 
+def _hub_key(db: str) -> str:
+    return db if is_url(db) else str(Path(db).resolve())
+
+
 def hub_for(settings, **kw) -> ModelHub:
     """The one ``ModelHub`` of this process for ``settings.db`` (created on first use)."""
-    key = str(Path(settings.db).resolve())
+    key = _hub_key(settings.db)
     with _hubs_lock:
         if key not in _hubs:
             _hubs[key] = ModelHub(settings, **kw)
         return _hubs[key]
+
+
+def close_hub(db: str) -> None:
+    """Stop this process's hub for ``db`` — its model servers and its promotion watcher — e.g. before the
+    database is dropped (else the watcher keeps asking a database that is gone)."""
+    with _hubs_lock:
+        hub = _hubs.pop(_hub_key(db), None)
+    if hub is not None:
+        hub.close()

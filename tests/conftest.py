@@ -61,7 +61,13 @@ def _make_db_factory(request, tmp_path_factory, kind: str):
         made.append(db)
         return db
 
-    return make, made, dispose_engine
+    def dispose(db: str) -> None:
+        from alt_engine.serving import close_hub
+
+        close_hub(db)  # an app made in-process follows promotions in this database: stop before it goes
+        dispose_engine(db)
+
+    return make, made, dispose
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ def _shown(page) -> None:
     page.wait_for_function("window.__altPoll !== null", timeout=20_000)
 
 
-def test_a_draft_survives_a_reload_and_never_lands_on_the_next_item(live_server, browser):
+def test_a_draft_survives_a_reload_and_never_lands_on_the_next_item(live_server, browser):  # noqa: F811
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
     page.add_init_script(HOLD_TIMERS)
     _login(page, live_server.url, "bob", "bobpass12")

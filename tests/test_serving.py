@@ -106,3 +106,19 @@ def test_the_cache_is_bounded_and_keeps_pinned_models():
     for path in ("a", "b", "c", "a", "d"):
         cache.get(path)
     assert "a" in cache and cache.paths == ["a", "d"] and loaded == ["a", "b", "c", "d"]
+
+
+def test_close_hub_stops_following_the_database(db):
+    """A closed hub's watcher stops asking the database (else it asks one that was dropped, every few seconds)."""
+    from alt_engine.serving import close_hub, hub_for
+
+    hub = hub_for(Settings(db=db))
+    assert hub_for(Settings(db=db)) is hub  # one per process and database
+    before = set(threading.enumerate())
+    hub.follow(every=0.2)
+    (watcher,) = [t for t in threading.enumerate() if t not in before and t.name == "model-follow"]
+    close_hub(db)
+    watcher.join(2)
+    assert not watcher.is_alive()
+    assert hub_for(Settings(db=db)) is not hub  # a new one on the next use
+    close_hub(db)
