@@ -185,3 +185,20 @@ def test_experiment_runs_objectives_in_parallel_processes(tmp_path, tiny_model_d
     assert "steerability_gap" not in record["arms"]["sft"]["rounds"][1]["metrics"]
     assert "steerability_gap" in record["arms"]["alt"]["rounds"][1]["metrics"]
     assert "sft − alt" in record["comparisons"]["head_to_head"]["exemplar_share"]
+
+
+@pytest.mark.slow
+def test_a_failing_arm_under_parallel_leaves_the_others_and_names_it(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """One arm cannot save its model (its models folder is a file): the other arm finishes and is recorded, the
+    failed arm is named with its error in the record, the report and the exit status."""
+    monkeypatch.setenv("ALT_DEVICE", "cpu")
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "models-sft").write_text("not a folder")
+    code, out = tiny_experiment(tmp_path, tiny_model_dir, "--rounds", "1", "--objective", "sft", "--objective", "alt",
+                                "--parallel", "2", "--eval-no-steer")
+    assert code != 0
+    assert "objective(s) failed: sft" in capsys.readouterr().err
+    record = json.loads((out / "record.json").read_text())
+    assert [r["round"] for r in record["arms"]["alt"]["rounds"]] == [0, 1] and "error" not in record["arms"]["alt"]
+    assert "models-sft" in record["arms"]["sft"]["error"]
+    assert "<b>sft failed:</b>" in (out / "report.html").read_text()
