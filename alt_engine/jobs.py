@@ -576,6 +576,9 @@ def _run(db: str, job_id: int) -> Job:
         _finish(db, job_id, JobStatus.SUCCEEDED, result=result, message="done")
     finally:
         stop.set()
+        from .modeling import trim_memory
+
+        trim_memory()  # run in-process (a round): what the job held goes back before the next phase
     return get_job(db, job_id)
 
 
