@@ -65,6 +65,7 @@ SHORTCUTS_JS = """
     return m ? m[1] : null;
   };
   const box = (f) => document.querySelector('#' + f + ' textarea');
+  const shownText = () => (box('alt-response') || {}).value;
   const key = (id, f) => 'alt-draft:' + location.host + ':' + id + ':' + f;
   let shownItem = null;
   document.addEventListener('input', (e) => {
@@ -77,7 +78,6 @@ SHORTCUTS_JS = """
     if (shownItem) for (const f of FIELDS) localStorage.removeItem(key(shownItem, f));  // left it: saved or skipped
     shownItem = id;
     if (!id) return;
-    const shownText = () => (box('alt-response') || {}).value;
     const response = shownText();
     setTimeout(() => {  // after Gradio filled the boxes for the new item
       // already saved or left (a fast key): a draft must never land on the item after it
