@@ -387,12 +387,13 @@ def make_llm_provider(mode: str, settings: Settings, task: Task | None = None, *
 def exemplar_pool(db: str, task_id: int, top: int = 8, min_score: float | None = None) -> list[str]:
     """The best-scored distinct free-text feedback texts of a task, best first.
 
-    From round 2 on, sampling for a free-text task is conditioned on one of these.
+    From round 2 on, sampling for a free-text task is conditioned on one of these (ALT-LMU: the score-3 texts of
+    earlier rounds). Only rounds' generations count: feedback on evaluation samples never becomes an exemplar.
     """
     q = (select(Feedback.text).join(Generation, Generation.id == Feedback.generation_id)
          .join(Prompt, Prompt.id == Generation.prompt_id)
          .where(Prompt.task_id == task_id, Feedback.kind == "text", Feedback.text.is_not(None),
-                Feedback.score.is_not(None))
+                Feedback.score.is_not(None), Generation.round_id.is_not(None))
          .order_by(Feedback.score.desc(), Feedback.id.desc()))
     if min_score is not None:
         q = q.where(Feedback.score >= min_score)
