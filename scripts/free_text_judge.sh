@@ -20,16 +20,7 @@ $ALT prompts import --builtin concise_text --task concise_text
 $ALT sample --task concise_text --n 2 --limit "$N" --seed 7
 $ALT feedback --task concise_text --provider "$RULE"
 
-export ALT_SERVE_API_KEY=${ALT_SERVE_API_KEY:-judge-$($PY -c 'import secrets; print(secrets.token_hex(16))')}
-$ALT serve --port "$PORT" >"$WORK/serve.log" 2>&1 &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 120); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 1; done
-export ALT_LLM_BASE_URL=http://127.0.0.1:$PORT/v1 ALT_LLM_API_KEY=$ALT_SERVE_API_KEY ALT_LLM_TIMEOUT=600
-export ALT_LLM_MODEL
-ALT_LLM_MODEL=$(curl -sf -H "Authorization: Bearer $ALT_LLM_API_KEY" "$ALT_LLM_BASE_URL/models" |
-  $PY -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')
-echo "judge: $ALT_LLM_MODEL at $ALT_LLM_BASE_URL"
+source scripts/serve_self_judge.sh
 time $ALT feedback --task concise_text --provider llm:free_text || echo "judge run failed (see above)"
 $PY - "$ALT_DB" "$RULE" <<'PY'
 import sqlite3, sys
