@@ -474,7 +474,8 @@ def summarize(metrics: dict) -> str:
         return f"{v:.3f} [{c[0]:.3f}, {c[1]:.3f}]" if c and None not in c else f"{v:.3f}"
 
     lines = []
-    for name in ("exemplar_share", "mean_score", "mean_words", "steerability_gap"):
+    for name in ("exemplar_share", "mean_score", "score3_share", "mean_words", "steerability_gap",
+                 *sorted(k for k in metrics if k.startswith("attr:") and not k.endswith("_ci"))):
         if ci(name):
             lines.append(f"  {name:18s} {ci(name)}")
     if metrics.get("steer"):

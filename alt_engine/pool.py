@@ -132,9 +132,10 @@ def build_pool(db: str, task_id: int, round_ids: list[int] | None = None, k_per_
 
 
 def pool_summary(items: list[PoolItem]) -> dict:
-    """What a pool holds: examples, examples per feedback text, truncated examples (for reports and logs)."""
+    """What a pool holds: examples, examples per feedback text (free text: per score), truncated examples (for
+    reports and logs)."""
     counts: dict[str, int] = defaultdict(int)
     for it in items:
-        counts[it.feedback] += 1
+        counts[it.feedback if it.category or it.score is None else f"score {it.score:g}"] += 1
     return {"examples": len(items), "prompts": len({it.prompt_id for it in items}),
             "truncated": sum(it.truncated for it in items), "per_feedback": dict(counts)}

@@ -14,7 +14,7 @@ from alt_engine.evaluation import exemplar_feedback
 from alt_engine.feedback import label_generations, make_provider
 from alt_engine.feedback.base import FeedbackItem
 from alt_engine.feedback.free_text import ATTRIBUTES, FreeTextRule, parse_levels
-from alt_engine.pool import build_pool
+from alt_engine.pool import build_pool, pool_summary
 from alt_engine.settings import Settings
 from alt_engine.steering import eval_pairs, texts
 
@@ -139,6 +139,7 @@ def test_lmu_pool_is_balanced_over_scores_and_exemplars_are_score_3_texts_of_rou
     for prompt_id in per_prompt:  # each prompt has scores {3: 3, 2: 3, 1: 1, 0: 1}: the draw takes ≤ 2 of each first
         draw = [it.score for it in pool if it.prompt_id == prompt_id]
         assert Counter(draw[:6]) == {3.0: 2, 2.0: 2, 1.0: 1, 0.0: 1}
+    assert set(pool_summary(pool)["per_feedback"]) == {"score 0", "score 1", "score 2", "score 3"}  # not 47 texts
 
     exemplars = exemplar_feedback(data.db, data.task)
     assert exemplars and set(exemplars) <= score3 and "EVAL ONLY" not in exemplars
