@@ -12,7 +12,7 @@ A ``Format`` says where the feedback segment goes (``placement``) and how it rea
 ``attributes`` rewrites a feedback text before the template (SteerLM: "Harmless and very helpful" →
 "harmful:0,helpful:2"); a text it does not list is used as is.
 
-A chat model follows feedback inside its template far better than before it (DESIGN.md §1, "What we
+A chat model follows feedback inside its template far better than before it (docs/design.md §1, "What we
 measured"), so ``system`` is the default; a tokenizer without a chat template falls back to ``prefix``.
 
 Every input is built by ``build_input`` and records where its feedback segment lies (``start:end`` in
