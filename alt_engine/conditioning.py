@@ -255,3 +255,30 @@ def build_training_example(tokenizer, prompt: PromptLike, feedback: str | None, 
     if not truncated and tokenizer.eos_token_id is not None:
         response_ids.append(tokenizer.eos_token_id)
     return TrainingExample(ids, ref, response_ids)
+
+
+# --------------------------------------------------------------------------- Critique-and-Revise layout
+# What the ``cnr`` objective trains on and what ``revise`` feeds back at inference: the conversation, the answer as
+# the assistant's turn, then a user turn asking for a critique and a revision; the target is "Critique: … /
+# Revision: …". Here, beside the feedback format, so inference never imports a trainer module.
+
+REQUEST = "Critique your answer, then revise it."
+CRITIQUE, REVISION = "Critique:", "Revision:"
+
+
+def revision_input(tokenizer, prompt: PromptLike, response: str, request: str = REQUEST) -> list[int]:
+    """The model input asking to critique and revise ``response`` to ``prompt``."""
+    messages = as_messages(prompt) + [{"role": "assistant", "content": response},
+                                      {"role": "user", "content": request}]
+    return prompt_ids(tokenizer, messages)
+
+
+def revision_target(critique: str, revision: str) -> str:
+    return f"{CRITIQUE} {critique.strip()}\n{REVISION} {revision.strip()}"
+
+
+def parse_revision(text: str) -> tuple[str | None, str | None]:
+    """(critique, revision) from a generated target; None where a part is missing."""
+    head, sep, revision = text.partition(REVISION)
+    critique = head.split(CRITIQUE, 1)[1].strip() if CRITIQUE in head else (head.strip() or None)
+    return critique, (revision.strip() if sep else None)

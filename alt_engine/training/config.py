@@ -25,6 +25,7 @@ from typing import ClassVar
 
 from transformers import TrainingArguments
 
+ZERO2_CONFIG = Path(__file__).with_name("zero2.json")  # DeepSpeed ZeRO-2, "auto" values filled by transformers
 DEFAULT_BETA_PRETRAINED = 0.05  # docs/design.md §1: KL weight when starting from a plain pretrained model
 _FOR_TRAINER = contextvars.ContextVar("alt_config_for_trainer", default=False)
 _ALIASES = {"epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
@@ -124,8 +125,6 @@ class TrainConfig(TrainingArguments):
             self.save_strategy = "epoch"  # save_steps 0 = a checkpoint per epoch
         self._check()
         if self.deepspeed == "zero2":
-            from . import ZERO2_CONFIG
-
             self.deepspeed = str(ZERO2_CONFIG)
         if isinstance(self.deepspeed, str) and not self.deepspeed.startswith("{") and \
                 not Path(self.deepspeed).is_file():
