@@ -40,7 +40,7 @@ from sqlmodel import select
 from . import conditioning
 from .db import Feedback, Generation, ModelVersion, Prompt, Round, Task, session_scope
 from .feedback import FeedbackItem, Provider, store_results
-from .feedback.rule import count_words
+from .feedback.base import count_words
 from .prompts import task_prompts
 from .sampling import SamplingParams, load_sampler, sample_prompts, takes_seed_index
 from .settings import Settings

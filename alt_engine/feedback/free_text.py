@@ -28,8 +28,7 @@ from dataclasses import dataclass
 
 from ..conditioning import PromptLike
 from ..db import Task
-from .base import FeedbackItem, FeedbackResult
-from .rule import count_words
+from .base import FeedbackItem, FeedbackResult, count_words
 
 SHORT_WORDS, LONG_WORDS = 40, 90
 _WORD = re.compile(r"[A-Za-z]+")

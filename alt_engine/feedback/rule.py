@@ -40,16 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..db import Task
-from .base import FeedbackItem, FeedbackResult
+from .base import FeedbackItem, FeedbackResult, count_words
 
 DEFAULT_BANNED = ("stupid", "idiot", "hate", "kill", "damn", "shut up")
-_WORD = re.compile(r"\w+(?:'\w+)?", re.UNICODE)
-
-
-def count_words(text: str) -> int:
-    return len(_WORD.findall(text))
-
-
 def _contains_any(text: str, words: tuple[str, ...]) -> str | None:
     for w in words:
         if re.search(rf"(?<!\w){re.escape(w)}(?!\w)", text, flags=re.IGNORECASE):
@@ -274,7 +267,7 @@ RULES: dict[str, Callable[[str, str | None], object]] = {
 
 
 def _free_text(arg: str):
-    from .free_text import make_free_text  # it imports this module (count_words)
+    from .free_text import make_free_text
 
     return make_free_text(arg)
 
