@@ -408,10 +408,20 @@ def schema_version(path: str | Path) -> int | None:
         return row[0] if row else None
 
 
+def schema_lock_path(path: str | Path) -> Path:
+    """The file ``init_db`` locks for a SQLite database: beside it, never the database file itself."""
+    return Path(f"{path}.schema-lock")
+
+
 @contextmanager
 def _schema_lock(engine: Engine) -> Iterator[None]:
     """One process at a time creates or upgrades the schema (several app processes may start at once):
-    a PostgreSQL advisory lock, or ``flock`` on the SQLite file itself (independent of SQLite's own locks)."""
+    a PostgreSQL advisory lock, or ``flock`` on a separate ``<db>.schema-lock`` file for SQLite.
+
+    Never open the database file itself here: closing *any* descriptor of a file drops every POSIX lock the
+    process holds on it, SQLite's WAL locks included; the next client that closes the database cleanly then
+    deletes ``-wal``/``-shm`` under the live server, whose later writes go to unlinked files
+    (sqlite.org/howtocorrupt.html §2.2)."""
     if engine.dialect.name == "sqlite":
         import fcntl
 
@@ -419,7 +429,7 @@ def _schema_lock(engine: Engine) -> Iterator[None]:
         if not path or path == ":memory:":
             yield
             return
-        with open(path, "ab") as f:  # creates an empty file (a valid empty database) if there is none
+        with open(schema_lock_path(path), "ab") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
