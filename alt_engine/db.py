@@ -19,11 +19,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, UniqueConstraint, event, inspect, text
+from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint, event, inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def utcnow() -> dt.datetime:
@@ -169,7 +169,7 @@ class Generation(SQLModel, table=True):
     response_tokens: int = 0
     truncated: bool = False
     sampling_params: dict = _json(dict)
-    seed: int | None = None
+    seed: int | None = Field(default=None, sa_column=Column(BigInteger))  # 63-bit (sampling.sequence_seed)
     created_at: dt.datetime = Field(default_factory=utcnow)
 
 
@@ -397,7 +397,21 @@ def insert_ignore(session: Session, model: type[SQLModel], **values) -> None:
 
 # version -> function upgrading from (version - 1), for changes that are not a new table or column
 # (renames, data rewrites). New tables and new columns need no migration: ``add_missing_columns``.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+# Every 64-bit value the engine writes is a BIGINT column: ``generation.seed`` (``sampling.sequence_seed`` is a
+# 63-bit mix). Other integers are counts, ids, pids and versions (32-bit); 64-bit values inside JSON need nothing.
+BIGINT_COLUMNS = {"generation": ["seed"]}
+
+
+def _v2_bigint(conn: Connection) -> None:
+    """v1 → v2: 64-bit columns become BIGINT (PostgreSQL's INTEGER is 32-bit; SQLite's INTEGER is 64-bit already)."""
+    if conn.dialect.name != "postgresql":
+        return
+    for table, columns in BIGINT_COLUMNS.items():
+        for col in columns:
+            conn.execute(text(f'ALTER TABLE "{table}" ALTER COLUMN "{col}" TYPE BIGINT'))
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _v2_bigint}
 
 
 def schema_version(path: str | Path) -> int | None:

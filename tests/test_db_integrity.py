@@ -5,8 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+from sqlalchemy import text
+
 from alt_engine import db as dbm
-from alt_engine.db import Task, init_db, session_scope
+from alt_engine.db import Generation, Prompt, Task, get_engine, init_db, is_postgres, session_scope
 
 
 def _count(db: str) -> int:
@@ -43,3 +46,42 @@ def test_another_sqlite_client_does_not_lose_the_servers_writes(tmp_path):
     with session_scope(db) as s:
         s.add(Task(name="later", categories=["a"]))  # no 'disk I/O error'
     dbm.dispose_engine(db)
+
+
+@pytest.fixture
+def kind_db(dbkind, make_db):
+    """A fresh database on SQLite and on PostgreSQL."""
+    return make_db("integrity")
+
+
+def _prompt(db: str) -> int:
+    with session_scope(db) as s:
+        t = Task(name="t", categories=["a"])
+        s.add(t)
+        s.flush()
+        p = Prompt(task_id=t.id, text="hello")
+        s.add(p)
+        s.flush()
+        return p.id
+
+
+def test_63_bit_seeds_are_stored_after_the_bigint_migration(kind_db):
+    """Item 2: ``sampling.sequence_seed`` is 63-bit; a v1 database (INTEGER seed, 32-bit on PostgreSQL) is
+    upgraded in place to BIGINT and keeps its rows."""
+    from alt_engine.sampling import sequence_seed
+
+    seed = max(sequence_seed(0, i, j) for i in range(4) for j in range(4))
+    assert seed > 2**62
+    pid = _prompt(kind_db)
+    with session_scope(kind_db) as s:
+        s.add(Generation(prompt_id=pid, response="old", seed=7))
+    with get_engine(kind_db).begin() as conn:  # back to the v1 schema
+        if is_postgres(kind_db):
+            conn.execute(text("ALTER TABLE generation ALTER COLUMN seed TYPE INTEGER"))
+        conn.execute(text("UPDATE schemainfo SET version=1 WHERE id=1"))
+    init_db(kind_db)
+    with session_scope(kind_db) as s:  # PostgreSQL before the fix: NumericValueOutOfRange (integer out of range)
+        s.add(Generation(prompt_id=pid, response="new", seed=seed))
+    assert dbm.schema_version(kind_db) == dbm.SCHEMA_VERSION == 2
+    with session_scope(kind_db) as s:
+        assert sorted((g.response, g.seed) for g in s.exec(dbm.select(Generation))) == [("new", seed), ("old", 7)]
