@@ -23,6 +23,8 @@ from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint, event, inspec
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
+from .textpolicy import NulError, replace_nul
+
 SCHEMA_VERSION = 2
 
 
@@ -318,6 +320,38 @@ class JudgeCall(SQLModel, table=True):
     created_at: dt.datetime = Field(default_factory=utcnow)
 
 
+# --------------------------------------------------------------------------- the NUL policy (alt_engine.textpolicy)
+
+
+@event.listens_for(Generation, "before_insert")
+@event.listens_for(Generation, "before_update")
+def _generation_without_nul(_mapper, _conn, row: Generation) -> None:
+    """Model output: NUL → U+FFFD, counted in the row's provenance."""
+    row.response, n = replace_nul(row.response)
+    if n:
+        row.sampling_params = {**(row.sampling_params or {}), "nul_replaced": n}
+
+
+@event.listens_for(Feedback, "before_insert")
+@event.listens_for(JudgeCall, "before_insert")
+def _ai_text_without_nul(_mapper, _conn, row) -> None:
+    """An AI provider's text (never a person's: that is refused) gets NUL → U+FFFD."""
+    if isinstance(row, Feedback) and row.is_human:
+        return
+    for name in ("text", "critique", "revision", "raw", "reply", "category"):
+        if isinstance(getattr(row, name, None), str):
+            setattr(row, name, replace_nul(getattr(row, name))[0])
+
+
+def _refuse_nul_parameters(_conn, _cursor, _statement, parameters, _context, _executemany) -> None:
+    """Any other text with a NUL is refused alike on SQLite and PostgreSQL (PostgreSQL would raise mid-write)."""
+    rows = parameters if isinstance(parameters, list) else [parameters]
+    for row in rows:
+        values = row.values() if isinstance(row, dict) else (row or ())
+        if any(isinstance(v, str) and "\x00" in v for v in values):
+            raise NulError("a value")
+
+
 # --------------------------------------------------------------------------- engine
 
 _engines: dict[str, Engine] = {}
@@ -359,6 +393,7 @@ def get_engine(path: str | Path) -> Engine:
                 connect_args = {"options": "-c timezone=UTC"} if is_postgres(url) else {}
                 engine = create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=32,
                                        connect_args=connect_args)
+            event.listen(engine, "before_cursor_execute", _refuse_nul_parameters)
             _engines[url] = engine
         return _engines[url]
 

@@ -49,7 +49,8 @@ class Settings:
     Exports:
         hub_repo (the default Hugging Face Hub dataset repo to push exports to), hub_token.
     Web app:
-        host, port, workers (app processes on the port), secret_key, lease_seconds.
+        host, port, workers (app processes on the port), secret_key, lease_seconds,
+        max_request_bytes, max_text_chars (request bounds, app/guard.py).
     The app's OpenAI-compatible /v1 routes:
         serve_api_key (besides users' own keys), serve_max_prompt_tokens, serve_max_tokens, serve_max_pending.
     """
@@ -100,6 +101,10 @@ class Settings:
     serve_max_pending: int = field(default=8, metadata={
         "help": "/v1: requests one user (or the admin key) may have waiting or running at once; more get 429"})
     lease_seconds: int = field(default=300, metadata={"help": "annotation lease length"})
+    max_request_bytes: int = field(default=2 * 1024 * 1024, metadata={
+        "help": "web app: largest JSON or form body (uploads excepted); more gets 413 before any work"})
+    max_text_chars: int = field(default=32_768, metadata={
+        "help": "web app: longest single text in a request (a message, a label, a prompt); more gets 413"})
     dashboard_for_annotators: int = field(default=0, metadata={
         "help": "1: annotators see the Dashboard tab too (read-only); 0: admins only"})
 

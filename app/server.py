@@ -28,11 +28,13 @@ from alt_engine import users as users_svc
 from alt_engine.agreement import agreement_report
 from alt_engine.db import init_db
 from alt_engine.settings import Settings
+from alt_engine.textpolicy import NulError
 
 from .admin import AdminTab, jobs_table
 from .annotate import CSS, SHORTCUTS_JS, AnnotateTab
 from .auth import Auth, add_auth_routes
 from .dashboard import DashboardTab
+from .guard import RequestGuard
 from .keys import KeysTab, add_key_routes
 from .openai_api import add_openai_routes
 from .playground import PlaygroundTab
@@ -243,11 +245,18 @@ def create_app(settings: Settings) -> FastAPI:
     blocks = build_blocks(settings, auth, getattr(api.state, "model_hub", None))
     blocks.queue(default_concurrency_limit=8)
     api.add_middleware(AdminOnlyPaths, auth=auth)
+    api.add_middleware(RequestGuard, settings=settings)  # outermost: bounds and NUL before anything runs
+    api.add_exception_handler(NulError, _nul_refused)
     # no schema, no monitoring dashboard; uploads size-limited (and admins only: AdminOnlyPaths)
     api.state.blocks = blocks  # tests enumerate every event (tests/test_console_auth.py)
     return gr.mount_gradio_app(api, blocks, path="/", auth_dependency=auth.gradio_dependency, head=SHORTCUTS_JS,
                                css=CSS, footer_links=[], run_history=False, show_error=True, theme=gr.themes.Soft(),
                                enable_monitoring=False, max_file_size=MAX_UPLOAD, app_kwargs={"openapi_url": None})
+
+
+async def _nul_refused(_request: Request, e: NulError) -> JSONResponse:
+    """Text with a NUL that reached the database layer (``alt_engine.textpolicy``): the same 400 on both databases."""
+    return JSONResponse({"detail": str(e)}, status_code=400)
 
 
 MAX_UPLOAD = "10mb"

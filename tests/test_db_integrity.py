@@ -85,3 +85,45 @@ def test_63_bit_seeds_are_stored_after_the_bigint_migration(kind_db):
     assert dbm.schema_version(kind_db) == dbm.SCHEMA_VERSION == 2
     with session_scope(kind_db) as s:
         assert sorted((g.response, g.seed) for g in s.exec(dbm.select(Generation))) == [("new", seed), ("old", 7)]
+
+
+def test_nul_policy_is_one_for_both_databases(kind_db, tmp_path):
+    """Item 3: a generation with NUL is stored (NUL → U+FFFD, counted in its provenance) instead of failing the
+    round on PostgreSQL; a person's text with NUL is refused on both; an import names the line."""
+    from alt_engine.db import Feedback
+    from alt_engine.prompts import ImportError_, import_prompts
+    from alt_engine.textpolicy import NulError
+
+    pid = _prompt(kind_db)
+    with session_scope(kind_db) as s:
+        s.add(Generation(prompt_id=pid, response="a\x00b\x00", sampling_params={"temperature": 1.0}))
+        s.add(Generation(prompt_id=pid, response="clean"))
+    with session_scope(kind_db) as s:
+        rows = {g.response: g for g in s.exec(dbm.select(Generation))}
+        gid = rows["clean"].id
+    assert rows["a\ufffdb\ufffd"].sampling_params == {"temperature": 1.0, "nul_replaced": 2}
+    assert "nul_replaced" not in rows["clean"].sampling_params
+    with pytest.raises(NulError):
+        with session_scope(kind_db) as s:
+            s.add(Feedback(generation_id=gid, source="human:alice", kind="text", text="ok\x00"))
+    with session_scope(kind_db) as s:  # an AI judge's reply is model output: replaced, not refused
+        s.add(Feedback(generation_id=gid, source="llm:judge", kind="text", text="fine\x00", raw="r\x00"))
+    with session_scope(kind_db) as s:
+        fb = s.exec(dbm.select(Feedback)).all()
+        assert [(f.source, f.text, f.raw) for f in fb] == [("llm:judge", "fine\ufffd", "r\ufffd")]
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "fine"}\n{"prompt": "bad\\u0000"}\n')
+    with pytest.raises(ImportError_, match=r"line 2: .*NUL"):
+        import_prompts(kind_db, str(f), task="t")
+    with session_scope(kind_db) as s:
+        assert len(s.exec(dbm.select(Prompt)).all()) == 1  # nothing imported
+
+
+def test_jsonl_duplicate_keys_are_refused(tmp_path):
+    """Item 15: a JSONL line naming a key twice silently kept the last value (CSV duplicate columns are refused)."""
+    from alt_engine.prompts import ImportError_, read_rows
+
+    f = tmp_path / "d.jsonl"
+    f.write_text('{"prompt": "a"}\n{"prompt": "b", "prompt": "c"}\n')
+    with pytest.raises(ImportError_, match=r"d.jsonl line 2: duplicate key 'prompt'"):
+        read_rows(str(f))
