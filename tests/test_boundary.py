@@ -53,7 +53,8 @@ def test_nul_in_user_input_is_a_400_on_every_endpoint(app_db):
     assert alice.get("/api/annotate/next", params={"task": "de\u0000fault"}).status_code == 400
     assert alice.get("/api/annotate/progress", params={"task": "de\u0000fault"}).status_code == 400
     lease = alice.get("/api/annotate/next").json()["item"]["lease_id"]
-    for body in ({"text": "good\u0000"}, {"critique": "c\u0000", "revision": "r"}, {"critique": "c", "revision": "\u0000"}):
+    for body in ({"text": "good\u0000"}, {"critique": "c\u0000", "revision": "r"},
+                 {"critique": "c", "revision": "\u0000"}):
         r = alice.post("/api/annotate/submit", json={"lease_id": lease, "category": "Excellent", **body})
         assert r.status_code == 400 and "NUL" in r.json()["detail"], r.text
     r = alice.post("/api/annotate/flag", json={"lease_id": lease, "reason": "bad\u0000"})
