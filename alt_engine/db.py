@@ -221,6 +221,8 @@ class SignInThrottle(SQLModel, table=True):
     failures: int = 0
     window_start: dt.datetime = Field(default_factory=utcnow)
     locked_until: dt.datetime | None = None
+    pending: int = 0  # attempts admitted whose password check has not ended yet
+    pending_at: dt.datetime | None = None
 
 
 class ApiKey(SQLModel, table=True):

@@ -53,11 +53,16 @@ class Auth:
         self.key = (settings.secret_key or shared_secret(settings.db, "session_key")).encode()
 
     async def sign_in(self, name: str, password: str, addr: str = "unknown") -> tuple[UserInfo | None, str]:
-        """(user, "") or (None, why); attempts are counted per address and per name before the hash is checked."""
+        """(user, "") or (None, why); attempts are admitted per address and per name before the hash is checked
+        and counted as failed once it fails (``users.begin_sign_in``)."""
         wait = await run_in_threadpool(begin_sign_in, self.db, name, addr)
         if wait:
             return None, f"Too many failed sign-ins: try again in {int(wait) + 1} s."
-        user = await run_in_threadpool(authenticate, self.db, name, password)  # scrypt: keep the event loop free
+        try:
+            user = await run_in_threadpool(authenticate, self.db, name, password)  # scrypt: keep the loop free
+        except BaseException:
+            await run_in_threadpool(end_sign_in, self.db, name, addr, None)  # ended, neither failed nor passed
+            raise
         await run_in_threadpool(end_sign_in, self.db, name, addr, user is not None)
         if user is None:
             return None, "Wrong user name or password."
