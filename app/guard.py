@@ -12,6 +12,7 @@ Multipart bodies (uploads) pass: uploads are admins only and the importer checks
 
 from __future__ import annotations
 
+import hmac
 import json
 from typing import Any
 from urllib.parse import parse_qsl
@@ -122,3 +123,23 @@ class RequestGuard:
             return await receive()  # later: http.disconnect, as the routes that watch for it expect
 
         await self.app(scope, replay, send)
+
+
+class FrontHeaders:
+    """In a worker of ``alt serve --workers``: the client address and scheme from the front's ``X-Forwarded-For``
+    / ``-Proto`` — only on a request carrying the front's token (``x-alt-front``), never from anyone else."""
+
+    def __init__(self, app, token: str):
+        self.app, self.token = app, token.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            headers = dict(scope.get("headers") or [])
+            if hmac.compare_digest(headers.get(b"x-alt-front", b""), self.token):
+                addr = headers.get(b"x-forwarded-for", b"").decode("latin-1").split(",")[-1].strip()
+                if addr:
+                    scope = {**scope, "client": (addr, 0)}
+                proto = headers.get(b"x-forwarded-proto", b"").decode("latin-1")
+                if proto in ("http", "https"):
+                    scope = {**scope, "scheme": proto}
+        await self.app(scope, receive, send)

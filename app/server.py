@@ -34,7 +34,7 @@ from .admin import AdminTab, jobs_table
 from .annotate import CSS, SHORTCUTS_JS, AnnotateTab
 from .auth import Auth, add_auth_routes
 from .dashboard import DashboardTab
-from .guard import RequestGuard
+from .guard import FrontHeaders, RequestGuard
 from .keys import KeysTab, add_key_routes
 from .openai_api import add_openai_routes
 from .playground import PlaygroundTab
@@ -247,6 +247,8 @@ def create_app(settings: Settings) -> FastAPI:
     api.add_middleware(AdminOnlyPaths, auth=auth)
     api.add_middleware(RequestGuard, settings=settings)  # outermost: bounds and NUL before anything runs
     api.add_exception_handler(NulError, _nul_refused)
+    if settings.front_token:  # a worker of `alt serve --workers`: the front says who the client is
+        api.add_middleware(FrontHeaders, token=settings.front_token)
     # no schema, no monitoring dashboard; uploads size-limited (and admins only: AdminOnlyPaths)
     api.state.blocks = blocks  # tests enumerate every event (tests/test_console_auth.py)
     return gr.mount_gradio_app(api, blocks, path="/", auth_dependency=auth.gradio_dependency, head=SHORTCUTS_JS,
@@ -295,7 +297,10 @@ def serve(settings: Settings) -> None:
 
         serve_workers(settings, settings.host, settings.port, settings.workers)
         return
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    from .proxy import forwarded_options
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
+                **forwarded_options(settings))
 
 
 def app_from_env() -> FastAPI:
