@@ -173,6 +173,13 @@ font-size:1rem;cursor:pointer}} .err{{color:#b91c1c;font-size:.9rem;margin-top:.
 </form></body></html>"""
 
 
+LOGOUT_PAGE = (_PAGE.split("<form")[0].replace("· sign in", "· sign out") + """<form method="post" action="/logout">
+<h1>ALT Studio</h1><p class="sub">Sign out of ALT Studio on every device?</p>
+<button id="logout-button" type="submit">Sign out</button>
+<p class="sub" style="margin-top:1rem"><a href="/">Back to the app</a></p>
+</form></body></html>""").replace("{{", "{").replace("}}", "}")
+
+
 def login_page(name: str = "", error: str = "") -> str:
     err = f'<p class="err" id="login-error">{html.escape(error)}</p>' if error else ""
     return _PAGE.format(name=html.escape(name, quote=True), error=err)
@@ -215,7 +222,15 @@ def add_auth_routes(api: FastAPI, auth: Auth) -> None:
         auth.set_cookie(response, user, request)
         return response
 
-    @api.api_route("/logout", methods=["GET", "POST"], include_in_schema=False)
+    @api.get("/logout", include_in_schema=False)
+    def logout_page(request: Request):
+        """A link (the header's "Sign out") lands here; signing out itself is a POST, so a navigation from another
+        site cannot sign anyone out."""
+        if auth.user(request) is None:
+            return RedirectResponse("/login", status_code=303)
+        return HTMLResponse(LOGOUT_PAGE)
+
+    @api.post("/logout", include_in_schema=False)
     def logout(request: Request):
         auth.sign_out(request)
         response = RedirectResponse("/login", status_code=303)

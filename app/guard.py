@@ -8,6 +8,12 @@ the JSON API, ``/v1``, sign-in) does any work:
   ``Settings.max_text_chars`` → 413 (a playground message is refused by size before it is tokenized).
 
 Multipart bodies (uploads) pass: uploads are admins only and the importer checks each line.
+
+``SameOrigin`` refuses a state-changing request (any method but GET, HEAD, OPTIONS) that a browser sent from
+another origin — ``Origin`` naming another host, or ``Sec-Fetch-Site: cross-site / same-site`` — so a page on
+another origin (same site included, where the ``SameSite=Lax`` cookie still goes) cannot submit a form to the
+app (CSRF). Clients that send neither header (scripts, the OpenAI client) are not browsers and pass; ``/v1``
+takes API keys, not cookies.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import hmac
 import json
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from fastapi.responses import JSONResponse
 
@@ -142,4 +148,31 @@ class FrontHeaders:
                 proto = headers.get(b"x-forwarded-proto", b"").decode("latin-1")
                 if proto in ("http", "https"):
                     scope = {**scope, "scheme": proto}
+        await self.app(scope, receive, send)
+
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def cross_origin(headers: dict[bytes, bytes]) -> bool:
+    """Whether a browser sent this request from a page of another origin than the app's own (its Host)."""
+    origin = headers.get(b"origin", b"").decode("latin-1")
+    if origin:
+        host = headers.get(b"host", b"").decode("latin-1").lower()
+        return origin == "null" or urlsplit(origin).netloc.lower() != host
+    return headers.get(b"sec-fetch-site", b"") in (b"cross-site", b"same-site")
+
+
+class SameOrigin:
+    """CSRF: a state-changing request from another origin gets 403 (see the module docstring)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if (scope["type"] == "http" and scope["method"] not in SAFE_METHODS
+                and not scope.get("path", "").startswith("/v1/") and cross_origin(dict(scope.get("headers") or []))):
+            await JSONResponse({"detail": "refused: this request came from a page of another origin"},
+                               status_code=403)(scope, receive, send)
+            return
         await self.app(scope, receive, send)

@@ -34,7 +34,7 @@ from .admin import AdminTab, jobs_table
 from .annotate import CSS, SHORTCUTS_JS, AnnotateTab
 from .auth import Auth, add_auth_routes
 from .dashboard import DashboardTab
-from .guard import FrontHeaders, RequestGuard
+from .guard import FrontHeaders, RequestGuard, SameOrigin
 from .keys import KeysTab, add_key_routes
 from .openai_api import add_openai_routes
 from .playground import PlaygroundTab
@@ -245,7 +245,8 @@ def create_app(settings: Settings) -> FastAPI:
     blocks = build_blocks(settings, auth, getattr(api.state, "model_hub", None))
     blocks.queue(default_concurrency_limit=8)
     api.add_middleware(AdminOnlyPaths, auth=auth)
-    api.add_middleware(RequestGuard, settings=settings)  # outermost: bounds and NUL before anything runs
+    api.add_middleware(RequestGuard, settings=settings)  # bounds and NUL before anything runs
+    api.add_middleware(SameOrigin)  # CSRF: state-changing requests from another origin are refused
     api.add_exception_handler(NulError, _nul_refused)
     if settings.front_token:  # a worker of `alt serve --workers`: the front says who the client is
         api.add_middleware(FrontHeaders, token=settings.front_token)

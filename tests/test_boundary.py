@@ -86,3 +86,22 @@ def test_an_oversized_message_is_refused_before_any_work(app_db):
                                                        "event_data": None, "trigger_id": None})
         assert r.status_code == 413, r.text[:200]
         assert time.perf_counter() - start < 2.0
+
+
+def test_state_changing_requests_from_another_origin_are_refused(app_db):
+    """Item 8: a page on the same site but another origin auto-submitted a POST to /api/annotate/undo (the victim's
+    last label was taken back); GET /logout signed out from any site's link."""
+    app, _ = app_db
+    alice = _client(app, "alice")
+    lease = alice.get("/api/annotate/next").json()["item"]["lease_id"]
+    assert alice.post("/api/annotate/submit", json={"lease_id": lease, "category": "Excellent"}).status_code == 200
+    for evil in ({"origin": "http://sub.testserver.example"}, {"origin": "null"}, {"sec-fetch-site": "same-site"},
+                 {"sec-fetch-site": "cross-site"}):
+        r = alice.post("/api/annotate/undo", headers=evil)
+        assert r.status_code == 403, (evil, r.status_code)
+        assert alice.post("/logout", headers=evil).status_code == 403
+    assert alice.get("/logout").status_code == 200  # a page with a sign-out button: nothing happened yet
+    assert alice.get("/api/me").status_code == 200
+    assert alice.post("/api/annotate/undo", headers={"origin": "http://testserver"}).status_code == 200  # own page
+    assert alice.post("/logout", headers={"origin": "http://testserver"}, follow_redirects=False).status_code == 303
+    assert alice.get("/api/me").status_code == 401
