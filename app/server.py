@@ -14,6 +14,7 @@ Routes:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import secrets
 
@@ -245,6 +246,7 @@ def create_app(settings: Settings) -> FastAPI:
     blocks = build_blocks(settings, auth, getattr(api.state, "model_hub", None))
     blocks.queue(default_concurrency_limit=8)
     api.add_middleware(AdminOnlyPaths, auth=auth)
+    api.add_middleware(SchemaForRole, auth=auth, hidden=admin_endpoints(blocks))
     api.add_middleware(RequestGuard, settings=settings)  # bounds and NUL before anything runs
     api.add_middleware(SameOrigin)  # CSRF: state-changing requests from another origin are refused
     api.add_exception_handler(NulError, _nul_refused)
@@ -283,6 +285,56 @@ class AdminOnlyPaths:
                 await JSONResponse({"detail": "admins only"}, status_code=status)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+ADMIN_MODULES = ("app.console", "app.admin")  # Gradio handlers here are for admins (each checks the role)
+
+
+def admin_endpoints(blocks: gr.Blocks) -> tuple[set[str], set[str]]:
+    """(named endpoints "/name", unnamed fn indices) of the admin handlers, by the module that defines them."""
+    names, ids = set(), set()
+    for i, f in blocks.fns.items():
+        fn = getattr(f.fn, "__wrapped__", f.fn)
+        if (getattr(fn, "__module__", "") or "").startswith(ADMIN_MODULES):
+            ids.add(str(i))
+            if f.api_name:
+                names.add(f"/{f.api_name}")
+    return names, ids
+
+
+class SchemaForRole:
+    """``/gradio_api/info`` (the API schema the page's client needs) lists only the endpoints the signed-in user
+    may call: an annotator's copy has no admin endpoint (the page works without them; each handler still checks
+    the role). Admins get Gradio's schema unchanged; anyone not signed in gets Gradio's 401."""
+
+    def __init__(self, app, auth: Auth, hidden: tuple[set[str], set[str]]):
+        self.app, self.auth, (self.names, self.ids) = app, auth, hidden
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("path") != "/gradio_api/info":
+            await self.app(scope, receive, send)
+            return
+        user = self.auth.user(Request(scope))
+        if user is None or user.is_admin:
+            await self.app(scope, receive, send)
+            return
+        start, chunks = {}, []
+
+        async def capture(message):
+            if message["type"] == "http.response.start":
+                start.update(message)
+            else:
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, capture)
+        if start.get("status") != 200:
+            await JSONResponse({"detail": "no API schema"}, status_code=start.get("status", 500))(scope, receive, send)
+            return
+        info = json.loads(b"".join(chunks))
+        info["named_endpoints"] = {k: v for k, v in info.get("named_endpoints", {}).items() if k not in self.names}
+        info["unnamed_endpoints"] = {k: v for k, v in info.get("unnamed_endpoints", {}).items()
+                                     if str(k) not in self.ids}
+        await JSONResponse(info)(scope, receive, send)
 
 
 def serve(settings: Settings) -> None:

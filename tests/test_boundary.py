@@ -105,3 +105,16 @@ def test_state_changing_requests_from_another_origin_are_refused(app_db):
     assert alice.post("/api/annotate/undo", headers={"origin": "http://testserver"}).status_code == 200  # own page
     assert alice.post("/logout", headers={"origin": "http://testserver"}, follow_redirects=False).status_code == 303
     assert alice.get("/api/me").status_code == 401
+
+
+def test_the_api_schema_lists_only_what_the_user_may_call(app_db):
+    """Item 13: /gradio_api/info gave annotators the whole schema (every admin endpoint)."""
+    app, _ = app_db
+    alice, admin = _client(app, "alice"), _client(app, "admin")
+    assert _client(app).get("/gradio_api/info").status_code == 401
+    theirs = alice.get("/gradio_api/info").json()["named_endpoints"]
+    full = admin.get("/gradio_api/info").json()["named_endpoints"]
+    assert "/admin_upload_prompts" in full and "/admin_export" in full
+    assert "/playground_send" in theirs  # the page's own client still finds the annotator's endpoints
+    assert not [name for name in theirs if name.startswith("/admin") or name.startswith("/console")], theirs
+    assert len(theirs) < len(full)
