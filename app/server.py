@@ -34,6 +34,7 @@ from alt_engine.textpolicy import NulError
 from .admin import AdminTab, jobs_table
 from .annotate import CSS, SHORTCUTS_JS, AnnotateTab
 from .auth import Auth, add_auth_routes
+from .console.export import EXPORT_PREFIX
 from .dashboard import DashboardTab
 from .guard import FrontHeaders, RequestGuard, SameOrigin
 from .keys import KeysTab, add_key_routes
@@ -265,6 +266,7 @@ async def _nul_refused(_request: Request, e: NulError) -> JSONResponse:
 
 
 MAX_UPLOAD = "10mb"
+FILE_ROUTES = ("/gradio_api/file=", "/file=")  # Gradio's cache: an admin's export is served to admins only
 ADMIN_ONLY = ("/gradio_api/upload", "/gradio_api/openapi.json", "/gradio_api/monitoring", "/monitoring",
               "/gradio_api/mcp")
 
@@ -278,7 +280,7 @@ class AdminOnlyPaths:
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        if path.startswith(ADMIN_ONLY):
+        if path.startswith(ADMIN_ONLY) or (path.startswith(FILE_ROUTES) and EXPORT_PREFIX in path):
             user = self.auth.user(Request(scope))
             if user is None or not user.is_admin:
                 status = 401 if user is None else 403
