@@ -52,7 +52,8 @@ class Settings:
         host, port, workers (app processes on the port), secret_key, lease_seconds,
         max_request_bytes, max_text_chars (request bounds, app/guard.py), trusted_proxies, front_token.
     The app's OpenAI-compatible /v1 routes:
-        serve_api_key (besides users' own keys), serve_max_prompt_tokens, serve_max_tokens, serve_max_pending.
+        serve_api_key (besides users' own keys), serve_max_prompt_tokens, serve_max_tokens,
+        serve_max_request_tokens, serve_max_pending.
     """
 
     db: str = field(default="annotations.db", metadata={"help": "SQLite database file (or a SQLAlchemy URL)"})
@@ -98,6 +99,8 @@ class Settings:
                 "No key works unless made there or set here"})
     serve_max_prompt_tokens: int = field(default=2048, metadata={"help": "/v1: longest prompt, in tokens"})
     serve_max_tokens: int = field(default=512, metadata={"help": "/v1: most new tokens one request may ask for"})
+    serve_max_request_tokens: int = field(default=16_384, metadata={
+        "help": "/v1/completions: most new tokens one request may ask for in all (prompts × n × max_tokens)"})
     serve_max_pending: int = field(default=8, metadata={
         "help": "/v1: requests one user (or the admin key) may have waiting or running at once; more get 429"})
     lease_seconds: int = field(default=300, metadata={"help": "annotation lease length"})

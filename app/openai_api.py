@@ -471,11 +471,25 @@ async def _completions(request: Request, server: ModelServer, settings: Settings
     bias = req.logit_bias or {}
     if any(v != -100 for v in bias.values()):
         return openai_error(400, "logit_bias: only -100 (never sample the token) is supported", param="logit_bias")
+    budget = len(prompts) * req.n * req.max_tokens
+    if budget > settings.serve_max_request_tokens:
+        return openai_error(400, f"prompts × n × max_tokens = {len(prompts)} × {req.n} × {req.max_tokens} = {budget} "
+                                 f"new tokens; this server takes at most {settings.serve_max_request_tokens} per "
+                                 "request: split it", param="prompt", code="request_too_large")
     params = SamplingParams(n=req.n, temperature=req.temperature, top_p=req.top_p, max_new_tokens=req.max_tokens,
                             seed=req.seed if req.seed is not None else random.randrange(2**31),
                             batch_size=min(16, req.n * len(prompts)), suppress_tokens=sorted(bias))
+    cancel = threading.Event()
     try:
-        inputs, samples = await run_in_threadpool(server.complete, prompts, params)
+        waiting = asyncio.ensure_future(run_in_threadpool(server.complete, prompts, params, cancel))
+        while True:  # a client that left stops the work between its turns at the model
+            done, _ = await asyncio.wait({waiting}, timeout=1.0)
+            if done:
+                break
+            if await request.is_disconnected():
+                cancel.set()
+                return openai_error(499, "client closed the request", type_="client_closed")
+        inputs, samples = waiting.result()
     except PromptTooLong as e:
         return openai_error(400, str(e), param="prompt", code="context_length_exceeded")
     except ValueError as e:
