@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import seed_annotation_db
+from conftest import seed_annotation_db, signed_in
 from fastapi.testclient import TestClient
 
 from alt_engine.settings import Settings
@@ -36,11 +36,7 @@ def app_db(dbkind, request, tmp_path_factory, tiny_model_dir):
     dispose_engine(db)
 
 
-def _client(app, name=None):
-    c = TestClient(app)
-    if name:
-        assert c.post("/api/login", json={"username": name, "password": f"{name}pass1"}).status_code == 200
-    return c
+_client = signed_in
 
 
 def test_nul_in_user_input_is_a_400_on_every_endpoint(app_db):
