@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     users = [f"ann{i:02d}" for i in range(args.annotators)]
     seed(db, args.items, 1, users, password)
     dispose_engine(db)  # this process does not hold the database while the server runs
-    proc, url = start_server(db, work)
+    proc, url = start_server(db, work, wait=300)
     stats, stop = Stats(), threading.Event()
     reads, backups = {"ok": 0, "failed": 0, "counts": []}, {"ok": 0, "failed": 0}
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     proc.send_signal(signal.SIGKILL)  # a crash, not a clean shutdown: nothing gets checkpointed on the way out
     proc.wait()
     log = (work / "server.log").read_text()
-    proc, url = start_server(db, work, name="server-restarted")  # the restart
+    proc, url = start_server(db, work, name="server-restarted", wait=300)  # the restart
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=30)
     lost, over, problems = check(db, stats, 1)
