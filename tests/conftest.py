@@ -145,6 +145,16 @@ def annotation_db(make_db):
     return path, seed_annotation_db(path)
 
 
+def signed_in(app, name: str | None = None):
+    """A TestClient on ``app``, signed in as ``name`` (password ``<name>pass1``) when given."""
+    from fastapi.testclient import TestClient
+
+    c = TestClient(app)
+    if name:
+        assert c.post("/api/login", json={"username": name, "password": f"{name}pass1"}).status_code == 200
+    return c
+
+
 def free_port() -> int:
     import socket
 

@@ -126,16 +126,21 @@ class RoundsTab(ConsoleTab):
             raise self.error(e) from e
         return self.sampling_summary()
 
-    def _check_sampling(self, base_url, model, request: gr.Request):
-        """Ask the server for its models (``GET {base}/models``): reachable, and does it serve this name?"""
+    def _check_sampling(self, base_url, model, request: gr.Request, key: str | None = None):
+        """Ask the server for its models (``GET {base}/models``): reachable, and does it serve this name?
+
+        The configured key (ALT_SAMPLING_API_KEY) goes to the configured URL only; any other URL gets the key
+        typed here, or none — a typed URL must not collect the stored secret."""
         self.auth.require_admin(request)
         from alt_engine.openai_backend import list_server_models
 
         base = (base_url or "").strip()
         if not base:
             raise self.error(ValueError("give the server's base URL, e.g. http://gpu-box:8000/v1"))
+        configured = self.settings.with_stored().sampling_base_url.strip().rstrip("/")
+        key = (key or "").strip() or (self.settings.sampling_api_key if base.rstrip("/") == configured else "")
         try:
-            names = list_server_models(base, self.settings.sampling_api_key, timeout=10)
+            names = list_server_models(base, key, timeout=10)
         except httpx.HTTPStatusError as e:
             return (f"**{base}** answers HTTP {e.response.status_code} to `GET /models`"
                     + (": check the API key (ALT_SAMPLING_API_KEY)." if e.response.status_code in (401, 403) else "."))
@@ -186,6 +191,8 @@ class RoundsTab(ConsoleTab):
                 model = gr.Textbox(label="Model name the server serves the base model under",
                                    elem_id="console-sampling-model")
                 concurrency = gr.Number(label="Parallel requests", precision=0, value=None)
+                check_key = gr.Textbox(label="API key to test a new URL with (the configured key goes to the "
+                                             "saved URL only)", type="password", elem_id="console-sampling-key")
             with gr.Row():
                 save = gr.Button("Save", variant="primary", elem_id="console-sampling-save")
                 check = gr.Button("Test the server", elem_id="console-sampling-check")
@@ -201,7 +208,7 @@ class RoundsTab(ConsoleTab):
         refresh.click(self._refresh, None, [table, rnd, version], api_name="admin_rounds")
         save.click(self._save_sampling, [backend, base_url, model, concurrency], [summary],
                    api_name="admin_save_sampling")
-        check.click(self._check_sampling, [base_url, model], [summary], api_name="admin_check_sampling")
+        check.click(self._check_sampling, [base_url, model, check_key], [summary], api_name="admin_check_sampling")
         self.table_out, self.task_pick, self.round_pick, self.version_pick = table, task, rnd, version
         self.sampling_out = (summary, backend, base_url, model, concurrency)
         self.task_pickers = [task]
