@@ -4,7 +4,8 @@ Rules (the web app's handlers and the JSON API both call these functions):
 
 - The queue of a task is the generations of its open rounds (status ``sampling``
   or ``feedback``); generations without a round (evaluation samples) are never
-  queued. Items are handed out in generation order.
+  queued. Items are handed out in the order of the task's ``queue_strategy`` (``queue_order``: generation
+  order by default; uncertainty, disagreement, coverage or a mix) — an order only: every rule below holds as is.
 - ``next_item`` leases one generation to one annotator until ``expires_at``.
   An item is handed out while (done labels + unexpired open leases) < the task's
   ``annotations_per_item`` (k), never twice to the same annotator (a Lease row
@@ -47,11 +48,12 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 from sqlmodel import Session, select
 
 from .conditioning import PromptLike
 from .db import Feedback, Lease, Task, TrainingExample, is_postgres, session_scope
+from .queue_order import PROMPT_LABELS, SCORE_JOIN, Strategy, order_by, parse_strategy
 from .users import UserInfo
 
 OPEN_ROUND_STATES = ("sampling", "labelling")  # = db.RoundStatus.open()  # (spelled out in the SQL below)
@@ -204,8 +206,8 @@ def resolve_task(s: Session, task: str | int | None) -> Task | None:
     return row
 
 
-_CANDIDATES = """
-FROM generation g JOIN round r ON r.id = g.round_id
+_FROM = "FROM generation g JOIN round r ON r.id = g.round_id"
+_WHERE = """
 WHERE r.task_id = :task AND r.status IN ('sampling', 'labelling')
   AND NOT EXISTS (SELECT 1 FROM lease m WHERE m.generation_id = g.id AND m.user_id = :user)
   AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.generation_id = g.id AND f.kind = 'flag'
@@ -213,6 +215,7 @@ WHERE r.task_id = :task AND r.status IN ('sampling', 'labelling')
   AND (SELECT COUNT(*) FROM lease l WHERE l.generation_id = g.id
        AND (l.state = 'done' OR (l.state = 'open' AND l.expires_at > :now))) < :k
 """
+_CANDIDATES = _FROM + _WHERE
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,7 @@ class _TaskRef:
     allow_free_text: bool = True
     allow_critique: bool = True
     allow_judgment: bool = True
+    strategy: Strategy = Strategy()
 
 
 @dataclass(frozen=True)
@@ -257,6 +261,19 @@ _NEXT = text("SELECT g.id " + _CANDIDATES + " AND g.id >= :floor ORDER BY g.id L
 # PostgreSQL: the candidate's row is locked as it is taken; one another annotator is taking is skipped, not waited for
 _NEXT_LOCKED = text("SELECT g.id " + _CANDIDATES
                     + " AND g.id >= :floor ORDER BY g.id LIMIT 1 FOR UPDATE OF g SKIP LOCKED")
+
+
+def _ordered(strategy: Strategy, locked: bool = False, skip: bool = False, limit: str = "1"):
+    """The candidates in ``strategy``'s order (fixed: the two queries above). ``skip``: leave out ``:skip`` ids
+    (PostgreSQL passing over a candidate that filled meanwhile, when the order is not by id)."""
+    if strategy.name == "fixed" and not skip and limit == "1":
+        return _NEXT_LOCKED if locked else _NEXT
+    query = text("SELECT g.id " + _FROM + SCORE_JOIN + _WHERE + " AND g.id >= :floor"
+                 + (" AND g.id NOT IN :skip" if skip else "") + f" ORDER BY {order_by(strategy)} LIMIT {limit}"
+                 + (" FOR UPDATE OF g SKIP LOCKED" if locked else ""))
+    return query.bindparams(bindparam("skip", expanding=True)) if skip else query
+
+
 _MINE = text("SELECT 1 FROM lease WHERE generation_id = :g AND user_id = :u")
 _ITEM = text("""
 SELECT g.id, g.response, g.truncated, g.conditioning, p.text, p.messages, t.name, t.categories, t.allow_free_text,
@@ -271,11 +288,12 @@ WHERE generation_id = :g AND kind IN ('category', 'text')
 ORDER BY id DESC LIMIT 1
 """)
 _TASK_OF = text("""
-SELECT t.id, t.name, t.annotations_per_item, t.categories, t.allow_free_text, t.allow_critique, t.allow_judgment
+SELECT t.id, t.name, t.annotations_per_item, t.categories, t.allow_free_text, t.allow_critique, t.allow_judgment,
+       t.queue_strategy
 FROM task t JOIN prompt p ON p.task_id = t.id JOIN generation g ON g.prompt_id = p.id WHERE g.id = :g
 """)
-_TASKS = text("SELECT id, name, annotations_per_item, categories, allow_free_text, allow_critique, allow_judgment "
-              "FROM task ORDER BY id")
+_TASKS = text("SELECT id, name, annotations_per_item, categories, allow_free_text, allow_critique, allow_judgment, "
+              "queue_strategy FROM task ORDER BY id")
 _HELD = text("""
 SELECT l.id, l.generation_id, l.expires_at FROM lease l
 JOIN generation g ON g.id = l.generation_id JOIN round r ON r.id = g.round_id
@@ -289,7 +307,16 @@ def _json_col(value):
 
 def _task_ref(row) -> _TaskRef:
     return _TaskRef(id=row[0], name=row[1], k=max(1, row[2] or 1), categories=tuple(_json_col(row[3]) or ()),
-                    allow_free_text=bool(row[4]), allow_critique=bool(row[5]), allow_judgment=bool(row[6]))
+                    allow_free_text=bool(row[4]), allow_critique=bool(row[5]), allow_judgment=bool(row[6]),
+                    strategy=_strategy(row[7]))
+
+
+def _strategy(spec: str | None) -> Strategy:
+    """A task's stored order; one no longer valid (edited by hand) falls back to generation order."""
+    try:
+        return parse_strategy(spec)
+    except ValueError:
+        return Strategy()
 
 
 def _dt(value) -> dt.datetime:
@@ -334,7 +361,8 @@ def _tasks_in_order(s: Session, task: str | int | None) -> list[_TaskRef]:
     if one is not None:
         return [_TaskRef(id=one.id, name=one.name, k=max(1, one.annotations_per_item),
                          categories=tuple(one.categories), allow_free_text=one.allow_free_text,
-                         allow_critique=one.allow_critique, allow_judgment=one.allow_judgment)]
+                         allow_critique=one.allow_critique, allow_judgment=one.allow_judgment,
+                         strategy=_strategy(one.queue_strategy))]
     return [_task_ref(r) for r in s.connection().execute(_TASKS)]
 
 
@@ -375,7 +403,7 @@ def next_item(db: str, user: UserInfo, task: str | int | None = None, lease_seco
 
 
 def _take_candidate(s: Session, task: _TaskRef, user: UserInfo, now: dt.datetime, floor: int) -> int | None:
-    """The first generation this user may lease now, or None.
+    """The first generation (in the task's order) this user may lease now, or None.
 
     SQLite: the first candidate (the write lock is held). PostgreSQL: the first candidate no one else is
     taking, locked (``FOR UPDATE SKIP LOCKED``), then counted again — the query's snapshot may predate a lease
@@ -383,16 +411,22 @@ def _take_candidate(s: Session, task: _TaskRef, user: UserInfo, now: dt.datetime
     """
     conn = s.connection()
     if not _postgres(s):
-        row = conn.execute(_NEXT, {**_params(task, user, now), "floor": floor}).first()
+        row = conn.execute(_ordered(task.strategy), {**_params(task, user, now), "floor": floor}).first()
         return None if row is None else row[0]
+    passed: list[int] = []
     while True:
-        row = conn.execute(_NEXT_LOCKED, {**_params(task, user, now), "floor": floor}).first()
+        by_id = task.strategy.name == "fixed"
+        row = conn.execute(_ordered(task.strategy, locked=True, skip=bool(passed) and not by_id),
+                           {**_params(task, user, now), "floor": floor, "skip": passed}).first()
         if row is None:
             return None
         if (may_label(s, row[0], user.id, task.k, now, late=True)
                 and conn.execute(_MINE, {"g": row[0], "u": user.id}).first() is None):
             return row[0]
-        floor = row[0] + 1
+        if by_id:
+            floor = row[0] + 1
+        else:
+            passed.append(row[0])
 
 
 def _capacity_left(s: Session, generation_id: int, user_id: int, task_name: str, now: dt.datetime) -> bool:
@@ -431,6 +465,20 @@ def may_label(s: Session, generation_id: int, user_id: int, k: int, now: dt.date
     _lock_generation(s, generation_id)
     done, live = label_slots(s, generation_id, user_id, now)
     return done < k and (not late or done + live < k)
+
+
+def upcoming(db: str, task: str | int, limit: int = 20) -> list[tuple[int, int]]:
+    """The next ``limit`` items of ``task``'s queue, in its order, as someone who has labelled none of them
+    would get them: [(generation id, labels on its prompt)] (the admin's "why this item is next")."""
+    now = _now()
+    with session_scope(db) as s:
+        (t,) = _tasks_in_order(s, task)
+        ids = [r[0] for r in s.connection().execute(_ordered(t.strategy, limit=str(int(limit))), {
+            **_params(t, UserInfo(id=0, name="", role="admin"), now), "floor": _floor(s, db, t)})]
+        counts = dict(s.connection().execute(text(f"SELECT g.id, {PROMPT_LABELS} FROM generation g "
+                                                  "WHERE g.id IN :ids").bindparams(bindparam("ids", expanding=True)),
+                                             {"ids": ids, "now": _ts(now)}).all()) if ids else {}
+        return [(g, int(counts.get(g, 0))) for g in ids]
 
 
 def get_item(db: str, user: UserInfo, lease_id: int) -> Item:
