@@ -52,7 +52,7 @@ class TasksTab(ConsoleTab):
                 attribute_lines(fmt.attributes), t.queue_strategy, safe_markdown(t.guidelines))
 
     def _save(self, name, categories, exemplar, free_text, critique, judgment, k, guidelines, placement, template,
-              attributes, queue, request: gr.Request):
+              attributes, request: gr.Request, queue: str | None = None):
         self.auth.require_admin(request)
         try:
             cats = [c.strip() for c in (categories or "").splitlines() if c.strip()]
@@ -62,7 +62,7 @@ class TasksTab(ConsoleTab):
                             allow_free_text=bool(free_text), allow_critique=bool(critique),
                             allow_judgment=bool(judgment), annotations_per_item=int(k or 1),
                             guidelines=guidelines or "", conditioning=fmt.to_dict() if placement != "tokens" else None,
-                            queue_strategy=queue or "fixed")
+                            queue_strategy=queue or None)
             task = save_task(self.db, spec)
         except ValueError as e:
             raise self.error(e) from e
