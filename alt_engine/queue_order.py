@@ -279,7 +279,8 @@ def _why(strategy: Strategy, q: QueueScore | None, prompt_labels: int) -> str:
         if q is None or q.disagreement is None:
             parts.append("fewer than two labels to compare" + (f" ({', '.join(labels.values())})" if labels else ""))
         else:
-            parts.append(f"disagreement {q.disagreement:.2f}: " + "; ".join(f"{k} says {v!r}" for k, v in labels.items()))
+            said = "; ".join(f"{k} says {v!r}" for k, v in labels.items())
+            parts.append(f"disagreement {q.disagreement:.2f}: {said}")
     if strategy.weight("coverage"):
         parts.append(f"its prompt has {prompt_labels} label(s)")
     return " · ".join(parts) or "generation order"

@@ -60,7 +60,8 @@ def _coverage_set(db) -> list[int]:
                 g = Generation(prompt_id=p.id, round_id=old.id, response="old")
                 s.add(g)
                 s.flush()
-                s.add(Lease(generation_id=g.id, user_id=u.id, expires_at=dt.datetime(2000, 1, 1, tzinfo=dt.UTC), state="done"))
+                s.add(Lease(generation_id=g.id, user_id=u.id, expires_at=dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
+                            state="done"))
         gens = [Generation(prompt_id=p.id, round_id=rnd.id, response=f"new {p.id}.{j}") for p in prompts
                 for j in range(2)]
         s.add_all(gens)
