@@ -19,7 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, UniqueConstraint, event, inspect, text
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, event, inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
@@ -276,6 +276,10 @@ class QueueScore(SQLModel, table=True):
     model_version_id: int | None = Field(default=None, foreign_key="modelversion.id")  # the model that scored it
     detail: dict = _json(dict)  # {"loglik": {feedback: summed log p(y | f, x)}, "labels": {source: label}}
     scored_at: dt.datetime = Field(default_factory=utcnow)
+
+    # the queue walks these from its ceiling down (annotation._passes): (score DESC, id), no sort per request
+    __table_args__ = (Index("ix_queuescore_uncertainty", text("uncertainty DESC"), text("generation_id")),
+                      Index("ix_queuescore_disagreement", text("disagreement DESC"), text("generation_id")))
 
 
 class Job(SQLModel, table=True):
