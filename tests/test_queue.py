@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import threading
 
 import pytest
-from conftest import seed_annotation_db
+from conftest import label_concurrently, seed_annotation_db
 from sqlmodel import select
 
 from alt_engine import annotation as ann
@@ -144,20 +143,7 @@ def test_no_item_twice_at_overlap_1_under_concurrency(make_db, strategy):
     _strategy(db, strategy)
     _scores(db, **{str(x): ((i * 7 % 24) / 24, (i * 5 % 24) / 24) for i, x in enumerate(g)})
     users = [add_user(db, f"u{i}", "password123") for i in range(6)]
-    got: list[int] = []
-    lock = threading.Lock()
-
-    def work(user):
-        while (item := ann.next_item(db, user)) is not None:
-            ann.submit(db, user, item.lease_id, ann.Submission(category="Good"))
-            with lock:
-                got.append(item.generation_id)
-
-    threads = [threading.Thread(target=work, args=(u,)) for u in users]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    got = label_concurrently(db, users)
     assert sorted(got) == sorted(g)  # every item once, none twice
     with session_scope(db) as s:
         assert len(s.exec(select(Feedback).where(Feedback.kind == "category")).all()) == 24
