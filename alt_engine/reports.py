@@ -405,3 +405,16 @@ def agreement_by_round(db: str, task: str) -> list[dict]:
             rows.append({"round": r, "ai_source": src, "items": len(gens),
                          "agreement": sum(x == y for x, y in zip(a, b)) / len(gens), "kappa": cohen_kappa(a, b)})
     return rows
+
+
+def exemplar_rows(db: str, task: str) -> list[dict]:
+    """What round ≥ 2 samples are conditioned on (and the playground offers): the task's exemplar category, or for
+    a free-text task the score-3 texts of its rounds (ALT-LMU's pool; one drawn per prompt), newest first."""
+    from .evaluation import exemplar_feedback
+
+    with session_scope(db) as s:
+        t = _task_named(s, task)
+        s.expunge(t)
+    if t.categories:
+        return [{"exemplar": t.exemplar_category, "kind": "category"}]
+    return [{"exemplar": text, "kind": "free text, score 3"} for text in exemplar_feedback(db, t)]

@@ -14,7 +14,7 @@ from alt_engine.db import ModelVersion, Round, Task, session_scope
 from alt_engine.jobs import start_job
 from alt_engine.settings import BACKENDS, save_settings, stored_settings
 
-from . import ConsoleTab
+from .base import ConsoleTab
 
 COLUMNS = ["task", "round", "status", "model", "prompts", "generations", "human", "ai", "unlabelled", "flagged",
            "truncated"]
@@ -96,6 +96,15 @@ class RoundsTab(ConsoleTab):
         self.auth.require_admin(request)
         return self.table(), gr.update(choices=round_choices(self.db)), gr.update(choices=version_choices(self.db))
 
+    def _exemplars(self, task, request: gr.Request):
+        self.auth.require_admin(request)
+        if not task:
+            raise self.error(ValueError("choose a task"))
+        try:
+            return self.frame(reports.exemplar_rows(self.db, task), ["exemplar", "kind"])
+        except ValueError as e:
+            raise self.error(e) from None
+
     # ---- the sampling backend (settings.STORED, in the database)
 
     def sampling_summary(self) -> str:
@@ -162,6 +171,10 @@ class RoundsTab(ConsoleTab):
             close = gr.Button("Close round", variant="stop", elem_id="console-close-round")
         gr.Markdown(self.budget())
         message = gr.Markdown(elem_id="console-rounds-message", latex_delimiters=[])
+        with gr.Accordion("Exemplar pool (what round ≥ 2 samples are conditioned on; read-only)", open=False):
+            show_exemplars = gr.Button("Show the exemplar pool of the task above", size="sm",
+                                       elem_id="console-exemplars-show")
+            exemplars = gr.Dataframe(interactive=False, elem_id="console-exemplars")
         with gr.Accordion("Sampling backend (where rounds sample)", open=False):
             summary = gr.Markdown(elem_id="console-sampling-summary", latex_delimiters=[])
             with gr.Row():
@@ -183,6 +196,7 @@ class RoundsTab(ConsoleTab):
         sample.click(self._sample, [task, version, limit, n, temperature, top_p, max_tokens, condition,
                                     condition_text], [table, message, rnd], api_name="admin_start_sampling")
         run.click(self._feedback, [rnd, provider], [table, message], api_name="admin_run_provider")
+        show_exemplars.click(self._exemplars, [task], [exemplars], api_name="admin_exemplar_pool")
         close.click(self._close, [rnd], [table, message, rnd], api_name="admin_close_round")
         refresh.click(self._refresh, None, [table, rnd, version], api_name="admin_rounds")
         save.click(self._save_sampling, [backend, base_url, model, concurrency], [summary],

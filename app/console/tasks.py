@@ -13,7 +13,7 @@ from alt_engine.queue_order import STRATEGIES
 from alt_engine.reports import TaskSpec, duplicate_task, save_task
 from alt_engine.tasks import BUILTIN_TASKS
 
-from . import ConsoleTab
+from .base import ConsoleTab
 
 COLUMNS = ["name", "categories", "exemplar", "overlap_k", "free_text", "critique", "judgment", "conditioning",
            "attributes", "queue"]
