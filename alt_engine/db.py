@@ -19,7 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint, event, inspect, text
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint, event, inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
@@ -113,6 +113,7 @@ class Task(SQLModel, table=True):
     guidelines: str = ""
     annotations_per_item: int = 1
     show_conditioning: bool = False
+    queue_strategy: str = "fixed"  # the annotation queue's order (alt_engine.queue_order.STRATEGIES)
     created_at: dt.datetime = Field(default_factory=utcnow)
 
     @property
@@ -266,6 +267,23 @@ class Lease(SQLModel, table=True):
     acted_at: dt.datetime | None = None  # when it left "open" by the holder's action (submit, skip, flag): undo order
 
     __table_args__ = (UniqueConstraint("generation_id", "user_id"),)
+
+
+class QueueScore(SQLModel, table=True):
+    """Why a generation comes next in the annotation queue (``alt_engine.queue_order``): one row per generation,
+    written by the ``score`` job after sampling; shown to admins, never to annotators."""
+
+    generation_id: int = Field(foreign_key="generation.id", primary_key=True)
+    uncertainty: float | None = None  # 0..1: entropy of p(f | x, y) ∝ p(y | f, x) over the task's feedback, / log K
+    guess: str | None = None  # the feedback under which the model finds the response likeliest
+    disagreement: float | None = None  # 0..1: how far apart the labels already on it are (AI providers, people)
+    model_version_id: int | None = Field(default=None, foreign_key="modelversion.id")  # the model that scored it
+    detail: dict = _json(dict)  # {"loglik": {feedback: summed log p(y | f, x)}, "labels": {source: label}}
+    scored_at: dt.datetime = Field(default_factory=utcnow)
+
+    # the queue walks these from its ceiling down (annotation._passes): (score DESC, id), no sort per request
+    __table_args__ = (Index("ix_queuescore_uncertainty", text("uncertainty DESC"), text("generation_id")),
+                      Index("ix_queuescore_disagreement", text("disagreement DESC"), text("generation_id")))
 
 
 class Job(SQLModel, table=True):
@@ -571,6 +589,7 @@ def add_missing_columns(engine: Engine) -> list[str]:
 __all__ = [
     "JobStatus", "RoundStatus", "VersionStatus",
     "ApiKey", "AppSecret", "Feedback", "Generation", "Job", "JudgeCall", "Lease", "ModelVersion", "Prompt", "Round",
+    "QueueScore",
     "SchemaInfo", "SignInThrottle", "Task", "TrainingExample", "User", "get_engine", "init_db", "session_scope",
     "database_url", "dispose_engine", "insert_ignore", "is_postgres", "is_url",
     "select", "utcnow", "SCHEMA_VERSION", "MIGRATIONS", "add_missing_columns",

@@ -228,15 +228,23 @@ def _estimate(values: dict[int, list[float]], seed: int) -> Estimate:
     return per_prompt_ci(values, seed=seed)
 
 
+def label_logprobs(model, tokenizer, fmt: conditioning.Format, rows: Sequence[tuple],
+                   batch_size: int = 16) -> list[list[float]]:
+    """Per (prompt, response, truncated, feedback) row, log p of each response token (+ EOS) given that feedback
+    in ``fmt``: the label-learned diagnostic's scoring, also the annotation queue's uncertainty (queue_order)."""
+    examples = [conditioning.build_training_example(tokenizer, p, f, r, t, fmt) for p, r, t, f in rows]
+    return response_logprobs(model, examples, _pad(tokenizer), batch_size)
+
+
 def label_diagnostic(model, tokenizer, fmt: conditioning.Format, examples: list[tuple], batch_size: int = 16) -> dict:
     """``examples``: (prompt, response, truncated, own label, opposite label). Mean gaps own − opposite, with CIs.
 
     ``ll_gap``: summed log-likelihood of the response (+ EOS); ``eos_gap``: log p(EOS) at the end of a
     finished response. Both > 0 once the model has learned what its labels mean.
     """
-    own = [conditioning.build_training_example(tokenizer, p, f, r, t, fmt) for p, r, t, f, _ in examples]
-    swap = [conditioning.build_training_example(tokenizer, p, f, r, t, fmt) for p, r, t, _, f in examples]
-    lps = response_logprobs(model, own + swap, _pad(tokenizer), batch_size)  # one pass: similar lengths batch
+    own = [(p, r, t, f) for p, r, t, f, _ in examples]
+    swap = [(p, r, t, f) for p, r, t, _, f in examples]
+    lps = label_logprobs(model, tokenizer, fmt, own + swap, batch_size)  # one pass: similar lengths batch
     lp_own, lp_swap = lps[:len(own)], lps[len(own):]
     ll = {i: [sum(a) - sum(b)] for i, (a, b) in enumerate(zip(lp_own, lp_swap))}
     eos = {i: [a[-1] - b[-1]] for i, (a, b, ex) in enumerate(zip(lp_own, lp_swap, examples)) if not ex[2] and a}
@@ -495,5 +503,5 @@ def summarize(metrics: dict) -> str:
 
 
 __all__ = ["EvalConfig", "METRICS", "LOWER_IS_BETTER", "compare", "contrast_feedback", "distinct_n",
-           "evaluate_version", "exemplar_feedback", "is_better", "is_worse", "label_diagnostic", "response_logprobs",
-           "response_nll", "root_version", "summarize"]
+           "evaluate_version", "exemplar_feedback", "is_better", "is_worse", "label_diagnostic", "label_logprobs",
+           "response_logprobs", "response_nll", "root_version", "summarize"]
