@@ -18,7 +18,7 @@ lease query, so leases, overlap k, flags and ``may_label`` stay the one rule wha
 Ties and unscored items go in generation order, after the scored ones. Uncertainty and disagreement are
 computed by the ``score`` job (queued after sampling, batched, written a chunk per transaction so the
 queue never waits on it) and stored per generation in ``QueueScore``; coverage is counted live. The
-scores are shown to admins (``explain``: why this item is next), never to annotators.
+scores are shown to admins (``reports.explain_queue``: why this item is next), never to annotators.
 """
 
 from __future__ import annotations
@@ -237,54 +237,5 @@ def set_strategy(db: str, task: str, spec: str) -> Task:
         return row
 
 
-# --------------------------------------------------------------------------- why this item is next (admins)
-
-
-def explain(db: str, task: str | int, limit: int = 20) -> list[dict]:
-    """The next ``limit`` items of the task's queue in order, with the scores that put them there."""
-    from .annotation import resolve_task, upcoming
-
-    with session_scope(db) as s:
-        row = resolve_task(s, task)
-        if row is None:
-            raise ValueError("give a task")
-        strategy = parse_strategy(row.queue_strategy)
-    order = upcoming(db, row.id, limit)  # [(generation id, labels of its prompt)]
-    with session_scope(db) as s:
-        scores = {q.generation_id: q for q in s.exec(select(QueueScore).where(
-            QueueScore.generation_id.in_([g for g, _ in order])))}
-        gens = {g.id: g for g in s.exec(select(Generation).where(Generation.id.in_([g for g, _ in order])))}
-    out = []
-    for position, (gid, prompt_labels) in enumerate(order, 1):
-        q, g = scores.get(gid), gens[gid]
-        out.append(dict(position=position, generation=gid, prompt=g.prompt_id, response=g.response[:120],
-                        uncertainty=q.uncertainty if q else None, guess=q.guess if q else None,
-                        disagreement=q.disagreement if q else None, prompt_labels=prompt_labels,
-                        why=_why(strategy, q, prompt_labels)))
-    return out
-
-
-def _why(strategy: Strategy, q: QueueScore | None, prompt_labels: int) -> str:
-    parts = []
-    if strategy.weight("uncertainty"):
-        if q is None or q.uncertainty is None:
-            parts.append("not scored yet (after the scored items)")
-        else:
-            ll = (q.detail or {}).get("loglik") or {}
-            spread = max(ll.values()) - min(ll.values()) if ll else 0.0
-            parts.append(f"uncertainty {q.uncertainty:.2f}: the model's likeliest label {q.guess!r}, log p(y | f, x) "
-                         f"spread {spread:.2f} nats over {len(ll)} feedback texts")
-    if strategy.weight("disagreement"):
-        labels = (q.detail or {}).get("labels") if q else None
-        if q is None or q.disagreement is None:
-            parts.append("fewer than two labels to compare" + (f" ({', '.join(labels.values())})" if labels else ""))
-        else:
-            said = "; ".join(f"{k} says {v!r}" for k, v in labels.items())
-            parts.append(f"disagreement {q.disagreement:.2f}: {said}")
-    if strategy.weight("coverage"):
-        parts.append(f"its prompt has {prompt_labels} label(s)")
-    return " · ".join(parts) or "generation order"
-
-
-__all__ = ["STRATEGIES", "Strategy", "explain", "label_distance", "label_entropy", "order_by", "parse_strategy",
+__all__ = ["STRATEGIES", "Strategy", "label_distance", "label_entropy", "order_by", "parse_strategy",
            "score_disagreement", "score_queue", "score_uncertainty", "set_strategy"]

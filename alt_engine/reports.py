@@ -14,7 +14,7 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from .agreement import cohen_kappa, labels_by_rater
-from .db import Feedback, Generation, Job, ModelVersion, Prompt, Round, RoundStatus, Task, session_scope
+from .db import Feedback, Generation, Job, ModelVersion, Prompt, QueueScore, Round, RoundStatus, Task, session_scope
 from .jobs import refresh
 
 
@@ -418,3 +418,54 @@ def exemplar_rows(db: str, task: str) -> list[dict]:
     if t.categories:
         return [{"exemplar": t.exemplar_category, "kind": "category"}]
     return [{"exemplar": text, "kind": "free text, score 3"} for text in exemplar_feedback(db, t)]
+
+
+# --------------------------------------------------------------------------- why this item is next (admins)
+
+
+def explain_queue(db: str, task: str | int, limit: int = 20) -> list[dict]:
+    """The next ``limit`` items of the task's queue in order, with the scores that put them there."""
+    from .annotation import resolve_task, upcoming
+    from .queue_order import parse_strategy
+
+    with session_scope(db) as s:
+        row = resolve_task(s, task)
+        if row is None:
+            raise ValueError("give a task")
+        strategy = parse_strategy(row.queue_strategy)
+    order = upcoming(db, row.id, limit)  # [(generation id, labels of its prompt)]
+    with session_scope(db) as s:
+        scores = {q.generation_id: q for q in s.exec(select(QueueScore).where(
+            QueueScore.generation_id.in_([g for g, _ in order])))}
+        gens = {g.id: g for g in s.exec(select(Generation).where(Generation.id.in_([g for g, _ in order])))}
+    out = []
+    for position, (gid, prompt_labels) in enumerate(order, 1):
+        q, g = scores.get(gid), gens[gid]
+        out.append(dict(position=position, generation=gid, prompt=g.prompt_id, response=g.response[:120],
+                        uncertainty=q.uncertainty if q else None, guess=q.guess if q else None,
+                        disagreement=q.disagreement if q else None, prompt_labels=prompt_labels,
+                        why=_why(strategy, q, prompt_labels)))
+    return out
+
+
+def _why(strategy, q: QueueScore | None, prompt_labels: int) -> str:
+    """Why an item stands where it does in the queue, in words (``strategy``: the task's ``queue_order.Strategy``)."""
+    parts = []
+    if strategy.weight("uncertainty"):
+        if q is None or q.uncertainty is None:
+            parts.append("not scored yet (after the scored items)")
+        else:
+            ll = (q.detail or {}).get("loglik") or {}
+            spread = max(ll.values()) - min(ll.values()) if ll else 0.0
+            parts.append(f"uncertainty {q.uncertainty:.2f}: the model's likeliest label {q.guess!r}, log p(y | f, x) "
+                         f"spread {spread:.2f} nats over {len(ll)} feedback texts")
+    if strategy.weight("disagreement"):
+        labels = (q.detail or {}).get("labels") if q else None
+        if q is None or q.disagreement is None:
+            parts.append("fewer than two labels to compare" + (f" ({', '.join(labels.values())})" if labels else ""))
+        else:
+            said = "; ".join(f"{k} says {v!r}" for k, v in labels.items())
+            parts.append(f"disagreement {q.disagreement:.2f}: {said}")
+    if strategy.weight("coverage"):
+        parts.append(f"its prompt has {prompt_labels} label(s)")
+    return " · ".join(parts) or "generation order"

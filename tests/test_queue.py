@@ -13,6 +13,7 @@ from sqlmodel import select
 from alt_engine import annotation as ann
 from alt_engine import queue_order as qo
 from alt_engine.db import Feedback, Generation, Lease, ModelVersion, Prompt, QueueScore, Round, Task, session_scope
+from alt_engine.reports import explain_queue
 from alt_engine.users import add_user
 
 pytestmark = pytest.mark.usefixtures("dbkind")  # every test on SQLite and on PostgreSQL
@@ -240,7 +241,7 @@ def test_sampling_queues_the_score_job_and_annotators_never_see_scores(db, dbkin
     with session_scope(db) as s:
         scores = {q.generation_id: q.uncertainty for q in s.exec(select(QueueScore))}
     assert len(scores) == 8 and all(v is not None for v in scores.values())
-    rows = qo.explain(db, "default", 3)  # the admin's view: what comes next, and why
+    rows = explain_queue(db, "default", 3)  # the admin's view: what comes next, and why
     alice = add_user(db, "alice", "password123")
     item = ann.next_item(db, alice)
     assert item.generation_id == max(scores, key=lambda k: (scores[k], -k))  # the least decisive first

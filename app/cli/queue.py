@@ -74,11 +74,11 @@ def cmd_score(args) -> None:
 
 
 def cmd_show(args) -> None:
-    from alt_engine.queue_order import explain
+    from alt_engine.reports import explain_queue
 
     settings = settings_from(args)
     task = _task(settings.db, args.task)
-    rows = explain(settings.db, task.name, args.limit)
+    rows = explain_queue(settings.db, task.name, args.limit)
     print(f"task {task.name}: queue order {task.queue_strategy}; next {len(rows)} item(s)")
     for r in rows:
         print(f"{r['position']:>4}  generation {r['generation']:<6} prompt {r['prompt']:<6} {r['why']}")

@@ -7,9 +7,9 @@ from __future__ import annotations
 import gradio as gr
 
 from alt_engine.jobs import start_job
-from alt_engine.queue_order import explain
+from alt_engine.reports import explain_queue
 
-from . import ConsoleTab
+from .base import ConsoleTab
 
 COLUMNS = ["position", "generation", "prompt", "prompt_labels", "uncertainty", "guess", "disagreement", "why",
            "response"]
@@ -22,7 +22,7 @@ class QueueTab(ConsoleTab):
         if not task:
             return self.frame([], COLUMNS)
         try:
-            rows = explain(self.db, task, int(limit or 20))
+            rows = explain_queue(self.db, task, int(limit or 20))
         except ValueError as e:
             raise self.error(e) from e
         for r in rows:
