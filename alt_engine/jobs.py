@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import _thread
 import contextlib
-import inspect
 import os
 import re
 import signal
@@ -170,16 +169,16 @@ def _sample(ctx: JobContext) -> dict:
     """A sampling round. params: task_id; version_id (default: served); split, limit; sampling (SamplingParams
     fields); condition: ``auto`` (None for a base model, else the exemplar), ``exemplar``, ``none`` or a text."""
     from .db import Generation
+    from .plan import SampleSpec
     from .rounds import draw_exemplars, sample_round, sampling_conditioning, start_round
-    from .sampling import SamplingParams
 
-    p, db = ctx.params, ctx.db
+    spec, db = SampleSpec.from_params(ctx.params), ctx.db
     settings = ctx.settings()
-    task, version = _task(db, p["task_id"]), _version(db, p.get("version_id"))
-    params = SamplingParams(**p.get("sampling", {}))
-    rnd, prompts = start_round(db, task, version, p.get("split", "train"), p.get("limit"))
+    task, version = _task(db, spec.task_id), _version(db, spec.version_id)
+    params = spec.sampling
+    rnd, prompts = start_round(db, task, version, spec.split, spec.limit)
     ctx.link(round_id=rnd.id)
-    cond = p.get("condition", "auto")
+    cond = spec.condition
     if cond == "auto":
         conds = sampling_conditioning(db, task, version, len(prompts), params.seed)
     elif cond == "exemplar":
@@ -188,21 +187,10 @@ def _sample(ctx: JobContext) -> dict:
         conds = None
     else:
         conds = cond
-    total = len(prompts) * params.n
-
-    def probe() -> float:
-        from sqlalchemy import func
-
-        with session_scope(db) as s:
-            done = s.exec(select(func.count()).where(Generation.round_id == rnd.id)).one()
-        return done / total if total else 0.0
-
-    ctx.probe = probe
     ctx.stage(f"sampling {len(prompts)} prompts × {params.n} from {version.name}")
-    try:
-        ids = sample_round(db, settings, task, rnd, version, prompts, params, conds, p.get("backend"))
-    finally:
-        ctx.probe = None
+    # per finished sequence, as the CLI's bar counts them (the backend reports about once a second)
+    ids = sample_round(db, settings, task, rnd, version, prompts, params, conds, spec.backend,
+                       progress=lambda done, total: ctx(done / max(total, 1)))
     _set_rounds(db, [rnd.id], RoundStatus.LABELLING)
     with session_scope(db) as s:
         truncated = len(s.exec(select(Generation.id).where(Generation.round_id == rnd.id, Generation.truncated)).all())
@@ -275,10 +263,9 @@ def _train(ctx: JobContext) -> dict:
     elif "task_id" not in params:
         raise ValueError("a train job needs 'items' or a 'task_id' to build the pool from")
     else:
-        from .pool import build_pool
+        from .plan import TrainSpec
 
-        wanted = set(inspect.signature(build_pool).parameters) - {"db", "task_id"}
-        items = objective.items(db, _task(db, params["task_id"]), **{k: v for k, v in params.items() if k in wanted})
+        items = objective.items(db, _task(db, params["task_id"]), **TrainSpec.from_params(params).pool.kwargs())
     parent_id = _version(db, params.get("parent_version_id")).id
     _set_rounds(db, rounds, RoundStatus.TRAINING)
     ctx.stage(f"training on {len(items)} examples")
@@ -322,15 +309,13 @@ _ROUND_LINE = re.compile(r"^round (\d+): (\w+)")
 def _round(ctx: JobContext) -> dict:
     """A whole round (``rounds.run_round``). params: task_id, provider, round (RoundConfig fields, sampling and
     eval as dicts), objective (default alt), config (its config's fields)."""
-    from .evaluation import EvalConfig
-    from .rounds import RoundConfig, run_round
-    from .sampling import SamplingParams
+    from .plan import RoundSpec
+    from .rounds import run_round
     from .training.objectives import make_config
 
     db, p = ctx.db, ctx.params
     task = _task(db, p["task_id"])
-    rc = dict(p.get("round", {}))
-    cfg = RoundConfig(sampling=SamplingParams(**rc.pop("sampling", {})), eval=EvalConfig(**rc.pop("eval", {})), **rc)
+    spec = RoundSpec.from_params(p)
     stages = ("sample", "feedback", "pool", "train", "evaluate", "evaluate_parent", "promote")
 
     def log(line: str) -> None:
@@ -344,8 +329,8 @@ def _round(ctx: JobContext) -> dict:
                 ctx.stage(m.group(2), stages.index(m.group(2)) / len(stages))
         ctx.log(line)
 
-    report = run_round(db, ctx.settings(), task, p["provider"], cfg,
-                       make_config(p.get("objective", "alt"), **p.get("config", {})), log=log)
+    report = run_round(db, ctx.settings(), task, spec.provider, spec.round, make_config(spec.objective, **spec.config),
+                       log=log)
     ctx.link(round_id=report.round_id, version_id=report.version_id)
     return {"round_id": report.round_id, "version_id": report.version_id, "promoted": report.promoted,
             "decision": report.decision, "metrics": report.metrics}

@@ -42,7 +42,8 @@ def register(sub, common, selected: str | None = None) -> None:
     p.add_argument("--split", default="train", choices=prompt_import.SPLITS)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=0.9)
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="default 160 (as rounds and the console sample: few answers truncate)")
     p.add_argument("--batch-size", type=int, default=0, help="sequences decoded together (0: measured)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--condition", default=None, help="feedback text to condition on")
@@ -129,15 +130,16 @@ def cmd_sample(args) -> None:
                 s, args.model, path)
         else:
             version = served_version(s)
-    sampling = dict(n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                    seed=args.seed, batch_size=args.batch_size)
-    from alt_engine.sampling import SamplingParams
+    from alt_engine.plan import plan_sample
 
-    SamplingParams(**sampling)  # refuse bad values before a job exists
-    condition = args.condition or ("exemplar" if args.exemplar else "none")
-    params = dict(task_id=task.id, version_id=version.id, split=args.split, limit=args.limit, sampling=sampling,
-                  condition=condition, backend=args.backend)
-    job = run_job(settings, "sample", params, args.background)
+    try:  # bad values are refused before a job exists
+        spec = plan_sample(task, version_id=version.id, split=args.split, limit=args.limit, n=args.n,
+                           temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                           seed=args.seed, batch_size=args.batch_size,
+                           condition=args.condition or ("exemplar" if args.exemplar else "none"), backend=args.backend)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    job = run_job(settings, spec.kind, spec.params(), args.background)
     if args.background:
         print(f"started sampling job {job}: follow it with `alt jobs list`")
         return
