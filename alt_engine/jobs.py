@@ -24,7 +24,6 @@ from __future__ import annotations
 import _thread
 import contextlib
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -303,34 +302,32 @@ def _eval(ctx: JobContext) -> dict:
     return {"version_id": version.id, "metrics": metrics}
 
 
-_ROUND_LINE = re.compile(r"^round (\d+): (\w+)")
-
-
 def _round(ctx: JobContext) -> dict:
     """A whole round (``rounds.run_round``). params: task_id, provider, round (RoundConfig fields, sampling and
     eval as dicts), objective (default alt), config (its config's fields)."""
     from .plan import RoundSpec
-    from .rounds import run_round
+    from .rounds import STAGES, run_round
     from .training.objectives import make_config
 
     db, p = ctx.db, ctx.params
     task = _task(db, p["task_id"])
     spec = RoundSpec.from_params(p)
-    stages = ("sample", "feedback", "pool", "train", "evaluate", "evaluate_parent", "promote")
+    linked, current = [None], [None]
 
-    def log(line: str) -> None:
-        m = _ROUND_LINE.match(line)
-        if m:
-            with session_scope(db) as s:
-                rnd = s.exec(select(Round).where(Round.task_id == task.id, Round.number == int(m.group(1)))).first()
-            if rnd is not None:
-                ctx.link(round_id=rnd.id)
-            if m.group(2) in stages:
-                ctx.stage(m.group(2), stages.index(m.group(2)) / len(stages))
-        ctx.log(line)
+    def progress(round_id: int, stage: str, fraction: float) -> None:
+        """The round's stage and overall progress on the job row (each of ``STAGES`` an equal share)."""
+        if round_id != linked[0]:
+            ctx.link(round_id=round_id)
+            linked[0] = round_id
+        at = (STAGES.index(stage) + max(0.0, min(fraction, 1.0))) / len(STAGES)
+        if stage != current[0]:
+            ctx.stage(stage, at)
+            current[0] = stage
+        else:
+            ctx(at)
 
     report = run_round(db, ctx.settings(), task, spec.provider, spec.round, make_config(spec.objective, **spec.config),
-                       log=log)
+                       log=ctx.log, progress=progress)
     ctx.link(round_id=report.round_id, version_id=report.version_id)
     return {"round_id": report.round_id, "version_id": report.version_id, "promoted": report.promoted,
             "decision": report.decision, "metrics": report.metrics}

@@ -48,8 +48,10 @@ from .settings import Settings
 from .versions import promote as promote_version
 from .versions import served_version
 
-__all__ = ["PROMOTE", "RoundConfig", "RoundReport", "run_round", "train_version"]
+__all__ = ["PROMOTE", "STAGES", "RoundConfig", "RoundReport", "run_round", "train_version"]
 Log = Callable[[str], None]
+STAGES = ("sample", "feedback", "evaluate_parent", "pool", "train", "evaluate", "promote")  # in the order they run
+StageProgress = Callable[[int, str, float], None]  # (round id, stage, fraction of that stage done)
 
 
 @dataclass
@@ -146,7 +148,7 @@ def comparable(metrics: dict, cfg: EvalConfig, provider: Provider | None, fmt: c
 
 
 def train_version(db: str, settings: Settings, spec: TrainSpec, background: bool = False, wait: bool = True,
-                  log: Log = print) -> tuple[int, int | None]:
+                  log: Log = print, progress: Callable[[float], None] | None = None) -> tuple[int, int | None]:
     """Run the training job ``spec`` (``plan.plan_train``, or a round's own); (job id, version id).
 
     The pool is checked first, so no feedback / one category fails with its cause and fix before any job or
@@ -164,12 +166,12 @@ def train_version(db: str, settings: Settings, spec: TrainSpec, background: bool
         log(f"  training job {job_id} (background)")
         if not wait:
             return job_id, None
-        with _watch(db, job_id, log):
+        with _watch(db, job_id, log, progress):
             job = wait_job(db, job_id, timeout=None)
     else:
         job_id = create_job(db, "train", params)
         log(f"  training job {job_id}")
-        with _watch(db, job_id, log):
+        with _watch(db, job_id, log, progress):
             job = run_job_inline(db, job_id)
     if job.status != "succeeded":
         raise RuntimeError(f"training job {job_id} failed: {job.error or job.message}")
@@ -182,7 +184,7 @@ def _task_row(db: str, task_id: int) -> Task:
 
 
 @contextmanager
-def _watch(db: str, job_id: int, log: Log, every: float = 2.0):
+def _watch(db: str, job_id: int, log: Log, progress: Callable[[float], None] | None = None, every: float = 2.0):
     """Print the job's progress while it runs (the trainer's own bar is off: the Job row is the record)."""
     from .jobs import get_job
 
@@ -196,6 +198,8 @@ def _watch(db: str, job_id: int, log: Log, every: float = 2.0):
             if line != last and job.status == "running":
                 log(line)
                 last = line
+                if progress is not None:
+                    progress(job.progress)
 
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
@@ -207,8 +211,15 @@ def _watch(db: str, job_id: int, log: Log, every: float = 2.0):
 
 
 def run_round(db: str, settings: Settings, task: Task, provider: str | Provider, config: RoundConfig | None = None,
-              train_config=None, log: Log = print) -> RoundReport:
-    """Run one full round for ``task`` with feedback from ``provider`` (a spec or a provider object)."""
+              train_config=None, log: Log = print, progress: StageProgress | None = None) -> RoundReport:
+    """Run one full round for ``task`` with feedback from ``provider`` (a spec or a provider object).
+
+    ``progress(round_id, stage, fraction)``: each stage of ``STAGES`` as it starts (0.0) and, for sampling (per
+    sequence) and training, as it goes."""
+    def report_progress(stage: str, fraction: float) -> None:
+        if progress is not None:
+            progress(rnd.id, stage, fraction)
+
     from .training.config import AltTrainConfig
 
     cfg = config or RoundConfig()
@@ -227,6 +238,7 @@ def run_round(db: str, settings: Settings, task: Task, provider: str | Provider,
         if status:
             set_round_status(db, rnd.id, status)
         log(f"round {rnd.number}: {name} …")
+        report_progress(name, 0.0)
         t0 = time.perf_counter()
         yield
         report.wall_s[name] = time.perf_counter() - t0
@@ -236,7 +248,8 @@ def run_round(db: str, settings: Settings, task: Task, provider: str | Provider,
             params = replace(cfg.sampling, seed=cfg.sampling.seed + 1000 * rnd.number)
             conds = sampling_conditioning(db, task, served, len(prompts), params.seed)
             sampler = load_sampler(settings, served)  # one load: sampling, then the parent's evaluation
-            gen_ids = sample_round(db, settings, task, rnd, served, prompts, params, conds, sampler=sampler)
+            gen_ids = sample_round(db, settings, task, rnd, served, prompts, params, conds, sampler=sampler,
+                                   progress=lambda done, total: report_progress("sample", done / max(total, 1)))
             report.generations, report.conditioning = len(gen_ids), conds[0]
         with stage("feedback", RoundStatus.LABELLING):
             labels: LabelReport = label_generations(db, provider, task, gen_ids)
@@ -272,7 +285,8 @@ def run_round(db: str, settings: Settings, task: Task, provider: str | Provider,
             spec = TrainSpec(task_id=task.id, parent_version_id=served.id, objective=objective.name,
                              config=train_config.to_dict(), conditioning=objective.task_format(task).to_dict(),
                              pool=pool, round_id=rnd.id)
-            report.job_id, report.version_id = train_version(db, settings, spec, cfg.background_training, log=log)
+            report.job_id, report.version_id = train_version(db, settings, spec, cfg.background_training, log=log,
+                                                             progress=lambda f: report_progress("train", f))
         if settings.backend == "openai":  # the new version must reach the sampling server before evaluation
             with session_scope(db) as s:
                 published = publish_version(settings, s.get(ModelVersion, report.version_id))

@@ -9,7 +9,7 @@ from sqlmodel import select
 
 from alt_engine import prompts as prompt_import
 from alt_engine.db import ModelVersion, Prompt, Task, init_db, session_scope
-from alt_engine.tasks import BUILTIN_TASKS, DEMOS, builtin_prompt_file, get_or_create_task
+from alt_engine.tasks import BUILTIN_TASKS, DEMOS, get_or_create_task
 from alt_engine.versions import ensure_base_version, list_versions, promote, rollback, served_version
 
 from . import CLIError, command_help, settings_from
@@ -105,9 +105,11 @@ def cmd_import(args) -> None:
     init_db(settings.db)
     cols = prompt_import.ColumnMap(text=args.text_column, messages=args.messages_column, split=args.split_column,
                                    meta=args.meta_column)
-    path = str(builtin_prompt_file(args.builtin)) if args.builtin else args.file
     task = args.task or args.builtin or "default"
-    print(prompt_import.import_prompts(settings.db, path, task, cols, args.split, settings.probe_share))
+    if args.builtin:
+        print(prompt_import.import_builtin(settings.db, args.builtin, task, args.split))
+    else:
+        print(prompt_import.import_prompts(settings.db, args.file, task, cols, args.split, settings.probe_share))
     if args.builtin:
         print(f"feedback for this task: --task {task} --provider {DEMOS[args.builtin].provider}")
 
