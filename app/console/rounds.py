@@ -115,10 +115,6 @@ class RoundsTab(ConsoleTab):
     def _start_round(self, task, provider, promote, n, limit, max_tokens, request: gr.Request):
         self.auth.require_admin(request)
         spec, _ = self._plan_round(task, provider, promote, n, limit, max_tokens)
-        with session_scope(self.db) as s:
-            busy = s.exec(select(Job).where(Job.kind == "round", Job.status.in_(("queued", "running")))).first()
-        if busy is not None:
-            raise self.error(ValueError(f"round job {busy.id} is {busy.status}: wait for it (or cancel it in Jobs)"))
         job_id = start_job(self.db, spec.kind, {**spec.params(), "settings": self.job_settings()})
         return (f"Queued round job {job_id} on **{task}** with feedback from `{spec.provider}`: its stages show "
                 "below (and in **Jobs**); the Dashboard plots the base and the new version when it is done.",
@@ -253,7 +249,7 @@ class RoundsTab(ConsoleTab):
                                                                api_visibility="private", show_progress="hidden")
         self.click(r_start, self._start_round, round_form, [r_message, r_progress], r_message,
                    api_name="admin_start_round")
-        self.round_task, self.round_progress = r_task, r_progress
+        self.round_task, self.round_progress, self.round_form = r_task, r_progress, round_form
 
         table = gr.Dataframe(label="Rounds (items per state)", interactive=False, elem_id="console-rounds-table")
         refresh = gr.Button("Refresh", size="sm", elem_id="console-rounds-refresh")

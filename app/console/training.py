@@ -27,7 +27,7 @@ def _form_args(objective: str, epochs, lr, beta, alpha, lora, max_steps, batch_s
     fields = get(objective).config.__dataclass_fields__
     argv = ["--num_train_epochs", str(float(epochs)), "--learning_rate", str(float(lr)),
             "--lora", str(bool(lora)).lower(), "--per_device_train_batch_size", str(int(batch_size)),
-            "--max_steps", str(int(max_steps if max_steps not in (None, "") else -1)), "--report_to", "none"]
+            "--max_steps", str(int(max_steps if max_steps not in (None, "") else -1))]  # report_to: the CLI's too
     if "alpha" in fields and alpha not in (None, ""):
         argv += ["--alpha", str(float(alpha))]
     if "beta" in fields and beta not in (None, ""):
@@ -149,9 +149,9 @@ class TrainingTab(ConsoleTab):
                                     elem_id="console-train-truncated")
         start = gr.Button("Start training", variant="primary", elem_id="console-train")
         message = gr.Markdown(elem_id="console-train-message", latex_delimiters=[])
-        self.click(start, self._train, [rounds, objective, self.epochs, self.lr, self.beta, self.alpha, self.lora,
-                                        max_steps, batch_size, options, k, self.policy, truncated, max_per_prompt],
-                   [message], message, api_name="admin_start_training")
+        self.form = [rounds, objective, self.epochs, self.lr, self.beta, self.alpha, self.lora, max_steps, batch_size,
+                     options, k, self.policy, truncated, max_per_prompt]  # ``_train``'s inputs, in order
+        self.click(start, self._train, self.form, [message], message, api_name="admin_start_training")
         objective.change(self._objective, [objective],
                          [self.epochs, self.lr, self.lora, self.alpha, self.beta, self.help],
                          api_name="admin_training_objective")
