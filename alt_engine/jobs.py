@@ -867,6 +867,8 @@ def main(argv: list[str]) -> int:
         return 0
     if argv and argv[0] == "run":
         db, job_id, lock = argv[1], int(argv[2]), False
+        global _lock_depth
+        _lock_depth = 1  # the worker holds the lock for this child: a job it runs inline (a round's training) too
     else:
         db, job_id, lock = argv[0], int(argv[1]), True
     job = run_job_inline(db, job_id, lock=lock)
@@ -874,5 +876,7 @@ def main(argv: list[str]) -> int:
     return 0 if job.status == JobStatus.SUCCEEDED else 1
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+if __name__ == "__main__":  # ``python -m``: run the imported module's main, so the stages share its lock state
+    from alt_engine.jobs import main as _main
+
+    sys.exit(_main(sys.argv[1:]))

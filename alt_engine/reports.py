@@ -398,3 +398,9 @@ def agreement_by_round(db: str, task: str) -> list[dict]:
             rows.append({"round": r, "ai_source": src, "items": len(gens),
                          "agreement": sum(x == y for x, y in zip(a, b)) / len(gens), "kappa": cohen_kappa(a, b)})
     return rows
+
+
+def latest_task(db: str) -> str | None:
+    """The task of the newest round (what a Dashboard opens on), None before any round."""
+    with session_scope(db) as s:
+        return s.exec(select(Task.name).join(Round, Round.task_id == Task.id).order_by(Round.id.desc())).first()

@@ -167,4 +167,4 @@ class DashboardTab:
         if not self.allowed(user):
             return (gr.update(choices=[]),)
         tasks = pg.task_names(self.db)
-        return (gr.update(choices=tasks, value=tasks[0] if tasks else None),)
+        return (gr.update(choices=tasks, value=reports.latest_task(self.db) or (tasks[0] if tasks else None)),)

@@ -15,15 +15,16 @@ import gradio as gr
 import pytest
 from sqlmodel import select
 
-from alt_engine import export
+from alt_engine import export, jobs
 from alt_engine.db import Generation, Job, ModelVersion, Prompt, Round, Task, session_scope
-from alt_engine.jobs import get_job, run_job_inline
+from alt_engine.jobs import get_job, run_job_inline, wait_job
 from alt_engine.pool import build_pool
 from alt_engine.rounds import STAGES
 from alt_engine.settings import Settings
 from alt_engine.users import add_user
 
 ADMIN = SimpleNamespace(username="admin")
+START_WORKER = jobs.ensure_worker  # the fixture stops jobs starting a worker; the round test starts the real one
 
 
 def _console(db, tmp_path, model, monkeypatch):
@@ -221,3 +222,16 @@ def test_first_admin_credentials_in_a_box_and_a_private_file(tmp_path, monkeypat
     assert "first-pass-123" in path.read_text() and (path.stat().st_mode & 0o777) == 0o600
     assert str(path) in box
     assert first_admin(settings) is None  # users exist: nothing made, nothing printed
+
+
+@pytest.mark.slow
+def test_a_round_job_in_the_worker_trains_inside_the_worker_s_lock(console, tmp_path):
+    """The worker's child runs the round; the round runs its training job inline, inside the lock the worker holds
+    (it waited for that lock forever: `python -m alt_engine.jobs` ran a second copy of the module)."""
+    db, rounds = console.db, console.tabs["RoundsTab"]
+    _small_concise(db, tmp_path, train=2, probe=1)
+    rounds._start_round("concise", "", "never", 2, 2, 8, ADMIN)
+    START_WORKER(db)
+    job = wait_job(db, _job(db, "round").id, timeout=400)
+    assert job.status == "succeeded", job.error
+    assert get_job(db, job.id + 1).kind == "train" and get_job(db, job.id + 1).status == "succeeded"
