@@ -289,16 +289,16 @@ def train_rounds(params: dict) -> list[int]:
 
 def _eval(ctx: JobContext) -> dict:
     """Evaluate a version on the task's probes. params: task_id, version_id (default served), provider, eval."""
-    from .evaluation import EvalConfig, evaluate_version
+    from .evaluation import evaluate_version
     from .feedback import make_provider
+    from .plan import EvalSpec
 
-    db, p = ctx.db, ctx.params
+    db, spec = ctx.db, EvalSpec.from_params(ctx.params)
     settings = ctx.settings()
-    task, version = _task(db, p["task_id"]), _version(db, p.get("version_id"))
-    provider = make_provider(p["provider"], settings, task) if p.get("provider") else None
+    task, version = _task(db, spec.task_id), _version(db, spec.version_id)
+    provider = make_provider(spec.provider, settings, task) if spec.provider else None
     ctx.stage(f"evaluating {version.name}")
-    metrics = evaluate_version(db, settings, version.id, task, provider, EvalConfig(**p.get("eval", {})),
-                               reference=p.get("reference"))
+    metrics = evaluate_version(db, settings, version.id, task, provider, spec.eval, reference=spec.reference)
     return {"version_id": version.id, "metrics": metrics}
 
 

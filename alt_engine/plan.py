@@ -248,16 +248,20 @@ def _latest_round(db: str, task: Task) -> int:
     return rid
 
 
+def _sampling(d: Defaults, n, temperature, top_p, max_new_tokens, seed, batch_size, mask_control_tokens=False):
+    """SamplingParams from the choices, the defaults ``d`` where they are None (0 tokens / n: the default too)."""
+    return SamplingParams(n=int(n or d.n), temperature=d.temperature if temperature is None else float(temperature),
+                          top_p=d.top_p if top_p is None else float(top_p),
+                          max_new_tokens=int(max_new_tokens or d.max_new_tokens), seed=int(seed),
+                          batch_size=int(batch_size or 0), mask_control_tokens=bool(mask_control_tokens))
+
+
 def plan_sample(task: Task, *, version_id: int | None = None, split: str = "train", limit: int | None = None,
                 n: int | None = None, temperature: float | None = None, top_p: float | None = None,
                 max_new_tokens: int | None = None, seed: int = 0, batch_size: int = 0,
                 condition: str | None = "auto", backend: str | None = None) -> SampleSpec:
     """A sampling job; ``limit``: None or 0 = every prompt of the split."""
-    d = defaults(task)
-    sampling = SamplingParams(n=int(n or d.n), temperature=d.temperature if temperature is None else float(temperature),
-                              top_p=d.top_p if top_p is None else float(top_p),
-                              max_new_tokens=int(max_new_tokens or d.max_new_tokens), seed=int(seed),
-                              batch_size=int(batch_size or 0))
+    sampling = _sampling(defaults(task), n, temperature, top_p, max_new_tokens, seed, batch_size)
     return SampleSpec(task.id, sampling, version_id, split, int(limit) if limit else None, condition, backend)
 
 
@@ -300,10 +304,7 @@ def round_config(task: Task | str, objective: str = "alt", *, n: int | None = No
     d = defaults(task)
     pool = pool_options(task, objective, k_per_category=k_per_category, policy=policy, max_per_prompt=max_per_prompt,
                         truncated=truncated)
-    sampling = SamplingParams(n=int(n or d.n), temperature=d.temperature if temperature is None else float(temperature),
-                              top_p=d.top_p if top_p is None else float(top_p),
-                              max_new_tokens=int(max_new_tokens or d.max_new_tokens), seed=int(sample_seed),
-                              batch_size=int(sample_batch_size or 0), mask_control_tokens=bool(mask_control_tokens))
+    sampling = _sampling(d, n, temperature, top_p, max_new_tokens, sample_seed, sample_batch_size, mask_control_tokens)
     return RoundConfig(sampling=sampling, limit=_count(limit, d.limit), k_per_category=pool.k_per_category,
                        policy=pool.policy, truncated=pool.truncated, max_per_prompt=pool.max_per_prompt,
                        promote=(promote or d.promote).replace("-", "_"), metric=metric or d.metric,

@@ -23,9 +23,8 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
 
 def main() -> int:
-    from playwright.sync_api import sync_playwright
-
     from conftest import LiveServer
+    from playwright.sync_api import sync_playwright
     from test_browser_round import PASSWORD, run_the_round
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
