@@ -45,7 +45,7 @@ def run_the_round(url: str, chromium, shots: Path, round_timeout: float, log=pri
     assert "rule:concise:auto" in estimate and "160 new tokens" in estimate, estimate
     page.screenshot(path=str(shots / "2-round-form.png"), full_page=True)
     page.click("#console-round-start")
-    _wait_text(page, "#console-round-message", "Queued round job")
+    _wait_text(page, "#console-round-message", "Queued round job", timeout=300_000)  # a busy 2-core machine
     states, deadline = set(), time.monotonic() + round_timeout
     while True:  # the stage bar, refreshed every 2 s
         status = page.get_attribute("#console-round-job", "data-status") if page.locator(
