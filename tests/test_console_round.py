@@ -229,8 +229,8 @@ def test_a_round_job_in_the_worker_trains_inside_the_worker_s_lock(console, tmp_
     """The worker's child runs the round; the round runs its training job inline, inside the lock the worker holds
     (it waited for that lock forever: `python -m alt_engine.jobs` ran a second copy of the module)."""
     db, rounds = console.db, console.tabs["RoundsTab"]
-    _small_concise(db, tmp_path, train=2, probe=1)
-    rounds._start_round("concise", "", "never", 2, 2, 8, ADMIN)
+    _small_concise(db, tmp_path)
+    rounds._start_round("concise", "", "never", 2, 4, 12, ADMIN)  # as the in-process round: two categories
     START_WORKER(db)
     job = wait_job(db, _job(db, "round").id, timeout=400)
     assert job.status == "succeeded", job.error
