@@ -92,8 +92,8 @@ def test_a_round_from_the_console_estimate_stages_evaluate_promote(console, tmp_
     estimate = rounds._estimate(*form, ADMIN)
     assert "rule:concise:auto" in estimate and "not measured on this machine yet" in estimate
     assert "4 prompts × 2 at 12 new tokens" in estimate
-    message, bars = rounds._start_round(*form, ADMIN)
-    assert "Queued round job" in message and 'data-status="queued"' in bars
+    assert "Queued round job" in rounds._start_round(*form, ADMIN)
+    assert 'data-status="queued"' in rounds._round_progress_html()
     job = _job(db, "round")
     assert run_job_inline(db, job.id).status == "succeeded"
     job = get_job(db, job.id)

@@ -93,7 +93,7 @@ def test_console_and_cli_round_jobs_are_one_spec(studio):
     rounds = studio.tabs["RoundsTab"]
     form = _defaults(rounds.round_form)
     form[0] = "concise"  # the task; everything else at the form's defaults
-    message, _ = rounds._start_round(*form, ADMIN)
+    message = rounds._start_round(*form, ADMIN)
     assert "Queued round job" in message
     console = _queued(db, "round")
     assert console.id != cli.id

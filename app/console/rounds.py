@@ -117,8 +117,7 @@ class RoundsTab(ConsoleTab):
         spec, _ = self._plan_round(task, provider, promote, n, limit, max_tokens)
         job_id = start_job(self.db, spec.kind, {**spec.params(), "settings": self.job_settings()})
         return (f"Queued round job {job_id} on **{task}** with feedback from `{spec.provider}`: its stages show "
-                "below (and in **Jobs**); the Dashboard plots the base and the new version when it is done.",
-                self._round_progress_html())
+                "below (and in **Jobs**); the Dashboard plots the base and the new version when it is done.")
 
     def _round_progress_html(self) -> str:
         refresh(self.db)
@@ -247,7 +246,7 @@ class RoundsTab(ConsoleTab):
         for part in (r_promote, r_provider, r_n, r_limit, r_tokens):
             (part.change if part is r_promote else part.blur)(estimate, round_form, [r_estimate],
                                                                api_visibility="private", show_progress="hidden")
-        self.click(r_start, self._start_round, round_form, [r_message, r_progress], r_message,
+        self.click(r_start, self._start_round, round_form, [r_message], r_message,  # the bar: the Jobs clock's
                    api_name="admin_start_round")
         self.round_task, self.round_progress, self.round_form = r_task, r_progress, round_form
 
