@@ -453,17 +453,82 @@ def export_to(settings, kind: str, out: str | Path, fmt: str | None = None, task
             push_folder(out, push_to_hub, token)
         files = ", ".join(f"{k} ({v} rows)" for k, v in manifest["files"].items())
         return f"round {rounds[0]} snapshot → {out}: {files}, snapshot.json{pushed}"
-    if kind == "sft":
-        row, tokenizer = _version_and_tokenizer(db, settings, version)
-        t = _load_task(db, task)
-        rows = sft_rows(db, tokenizer, t.name, rounds, conditioning.format_of(row, t))
-    elif kind == "dpo":
-        rows = dpo_rows(db, task, rounds)
-    elif kind == "kto":
-        rows = kto_rows(db, task, rounds)
-    else:
+    if kind not in ("sft", "dpo", "kto"):
         raise ValueError(f"unknown export {kind!r} ({' | '.join(KINDS)})")
+    t = _load_task(db, task)
+    row, tokenizer = _version_and_tokenizer(db, settings, version) if kind == "sft" else (None, None)
+    pool = training_pool(db, t, row)  # what training counts: the version's own pool, else the planner's defaults
+    with_truncated = pool.truncated != "exclude"
+    if kind == "sft":
+        pool_kw = {k: v for k, v in pool.kwargs().items() if k != "round_ids"}
+        rows = sft_rows(db, tokenizer, t.name, rounds, conditioning.format_of(row, t), **pool_kw)
+        used = {r["generation_id"] for r in rows}
+    elif kind == "dpo":
+        rows = dpo_rows(db, t.name, rounds, include_truncated=with_truncated)
+        used = {r[k] for r in rows for k in ("chosen_generation_id", "rejected_generation_id")}
+    else:
+        rows = kto_rows(db, t.name, rounds, include_truncated=with_truncated)
+        used = {r["generation_id"] for r in rows}
+    why = left_out(db, t, _round_ids(db, t, rounds) if rounds is not None or kind != "sft" else
+                   _pool_rounds(db, t, pool), used, kind, pool)
+    note = (f"; left out: {', '.join(f'{n} {reason}' for reason, n in why.items())}" if why else "; nothing left out")
     if not rows:
-        raise ValueError(f"nothing to export: no labelled generations make {kind} rows (label some first)")
+        raise ValueError(f"nothing to export: no labelled generation makes a {kind} row{note.replace('; ', ' — ', 1)}")
     written = write_rows(rows, out, fmt, push_to_hub=push_to_hub, token=token)
-    return f"{len(rows)} {kind} rows → {out} ({written}){pushed}"
+    counted = f"{len(used)} generations, as training with truncated = {pool.truncated} counts them"
+    return f"{len(rows)} {kind} rows → {out} ({written}); from {counted}{note}{pushed}"
+
+
+def training_pool(db: str, task: Task, version: ModelVersion | None = None):
+    """The pool options training counts with: those ``version``'s training job used, else the planner's defaults
+    for ``task`` (``plan.pool_options``: the same as ``alt train`` and the console's Training)."""
+    from .db import Job
+    from .plan import TrainSpec, pool_options
+
+    if version is not None:
+        with session_scope(db) as s:
+            job = s.exec(select(Job).where(Job.kind == "train", Job.version_id == version.id)).first()
+        if job is not None and job.params.get("task_id") == task.id:
+            return TrainSpec.from_params(job.params).pool
+    return pool_options(task)
+
+
+def _pool_rounds(db: str, task: Task, pool) -> list[int]:
+    """The rounds a pool with no explicit rounds draws from (flush: the latest; accumulate: all)."""
+    ids = _round_ids(db, task, None)
+    return ids[-1:] if pool.policy == "flush" else ids
+
+
+def left_out(db: str, task: Task, round_ids: list[int], used: set[int], kind: str, pool) -> dict[str, int]:
+    """Why the rounds' generations that made no ``kind`` row were left out: reason → how many."""
+    with session_scope(db) as s:
+        gens = s.exec(select(Generation).where(Generation.round_id.in_(round_ids))).all()
+        ids = [g.id for g in gens]
+        labelled = effective_feedback(s, ids, kinds=("category",) if kind != "sft" else ("category", "text"))
+        flagged = set(s.exec(select(Feedback.generation_id).where(Feedback.generation_id.in_(ids),
+                                                                  Feedback.kind == "flag")))
+    by_prompt: dict[int, set] = defaultdict(set)
+    for g in gens:
+        if g.id in labelled and g.id not in flagged and (pool.truncated != "exclude" or not g.truncated):
+            by_prompt[g.prompt_id].add(labelled[g.id].category)
+    reasons: dict[str, int] = defaultdict(int)
+    for g in gens:
+        if g.id in used:
+            continue
+        if g.id in flagged:
+            reasons["flagged"] += 1
+        elif g.id not in labelled:
+            reasons["unlabelled"] += 1
+        elif g.truncated and pool.truncated == "exclude":
+            reasons["truncated (no EOS; truncated = exclude)"] += 1
+        elif kind == "dpo" and len(by_prompt[g.prompt_id]) < 2:
+            reasons["in prompts with one category only (no pair)"] += 1
+        elif kind == "kto" and len(task.categories) % 2 and labelled[g.id].category == \
+                task.categories[len(task.categories) // 2]:
+            reasons["of the middle category (neither desirable nor not)"] += 1
+        elif kind == "sft":
+            cap = f"at most {pool.max_per_prompt} per prompt, " if pool.max_per_prompt else ""
+            reasons[f"not drawn ({cap}{pool.k_per_category} per category)"] += 1
+        else:
+            reasons["not used"] += 1
+    return dict(reasons)

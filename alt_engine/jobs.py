@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import _thread
 import contextlib
-import inspect
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -170,16 +168,16 @@ def _sample(ctx: JobContext) -> dict:
     """A sampling round. params: task_id; version_id (default: served); split, limit; sampling (SamplingParams
     fields); condition: ``auto`` (None for a base model, else the exemplar), ``exemplar``, ``none`` or a text."""
     from .db import Generation
+    from .plan import SampleSpec
     from .rounds import draw_exemplars, sample_round, sampling_conditioning, start_round
-    from .sampling import SamplingParams
 
-    p, db = ctx.params, ctx.db
+    spec, db = SampleSpec.from_params(ctx.params), ctx.db
     settings = ctx.settings()
-    task, version = _task(db, p["task_id"]), _version(db, p.get("version_id"))
-    params = SamplingParams(**p.get("sampling", {}))
-    rnd, prompts = start_round(db, task, version, p.get("split", "train"), p.get("limit"))
+    task, version = _task(db, spec.task_id), _version(db, spec.version_id)
+    params = spec.sampling
+    rnd, prompts = start_round(db, task, version, spec.split, spec.limit)
     ctx.link(round_id=rnd.id)
-    cond = p.get("condition", "auto")
+    cond = spec.condition
     if cond == "auto":
         conds = sampling_conditioning(db, task, version, len(prompts), params.seed)
     elif cond == "exemplar":
@@ -188,27 +186,16 @@ def _sample(ctx: JobContext) -> dict:
         conds = None
     else:
         conds = cond
-    total = len(prompts) * params.n
-
-    def probe() -> float:
-        from sqlalchemy import func
-
-        with session_scope(db) as s:
-            done = s.exec(select(func.count()).where(Generation.round_id == rnd.id)).one()
-        return done / total if total else 0.0
-
-    ctx.probe = probe
     ctx.stage(f"sampling {len(prompts)} prompts × {params.n} from {version.name}")
-    try:
-        ids = sample_round(db, settings, task, rnd, version, prompts, params, conds, p.get("backend"))
-    finally:
-        ctx.probe = None
+    # per finished sequence, as the CLI's bar counts them (the backend reports about once a second)
+    ids = sample_round(db, settings, task, rnd, version, prompts, params, conds, spec.backend,
+                       progress=lambda done, total: ctx(done / max(total, 1)))
     _set_rounds(db, [rnd.id], RoundStatus.LABELLING)
     with session_scope(db) as s:
         truncated = len(s.exec(select(Generation.id).where(Generation.round_id == rnd.id, Generation.truncated)).all())
     ctx.log(f"round {rnd.number}: {len(ids)} generations from {version.name}", echo=False)
     return {"round_id": rnd.id, "round": rnd.number, "generations": len(ids), "prompts": len(prompts),
-            "truncated": truncated, "score_job": _queue_scoring(db, task, rnd.id, p),
+            "truncated": truncated, "score_job": _queue_scoring(db, task, rnd.id, ctx.params),
             "conditioning": conds[0] if isinstance(conds, list) and conds else conds}
 
 
@@ -304,10 +291,9 @@ def _train(ctx: JobContext) -> dict:
     elif "task_id" not in params:
         raise ValueError("a train job needs 'items' or a 'task_id' to build the pool from")
     else:
-        from .pool import build_pool
+        from .plan import TrainSpec
 
-        wanted = set(inspect.signature(build_pool).parameters) - {"db", "task_id"}
-        items = objective.items(db, _task(db, params["task_id"]), **{k: v for k, v in params.items() if k in wanted})
+        items = objective.items(db, _task(db, params["task_id"]), **TrainSpec.from_params(params).pool.kwargs())
     parent_id = _version(db, params.get("parent_version_id")).id
     _set_rounds(db, rounds, RoundStatus.TRAINING)
     ctx.stage(f"training on {len(items)} examples")
@@ -332,49 +318,45 @@ def train_rounds(params: dict) -> list[int]:
 
 def _eval(ctx: JobContext) -> dict:
     """Evaluate a version on the task's probes. params: task_id, version_id (default served), provider, eval."""
-    from .evaluation import EvalConfig, evaluate_version
+    from .evaluation import evaluate_version
     from .feedback import make_provider
+    from .plan import EvalSpec
 
-    db, p = ctx.db, ctx.params
+    db, spec = ctx.db, EvalSpec.from_params(ctx.params)
     settings = ctx.settings()
-    task, version = _task(db, p["task_id"]), _version(db, p.get("version_id"))
-    provider = make_provider(p["provider"], settings, task) if p.get("provider") else None
+    task, version = _task(db, spec.task_id), _version(db, spec.version_id)
+    provider = make_provider(spec.provider, settings, task) if spec.provider else None
     ctx.stage(f"evaluating {version.name}")
-    metrics = evaluate_version(db, settings, version.id, task, provider, EvalConfig(**p.get("eval", {})),
-                               reference=p.get("reference"))
+    metrics = evaluate_version(db, settings, version.id, task, provider, spec.eval, reference=spec.reference)
     return {"version_id": version.id, "metrics": metrics}
-
-
-_ROUND_LINE = re.compile(r"^round (\d+): (\w+)")
 
 
 def _round(ctx: JobContext) -> dict:
     """A whole round (``rounds.run_round``). params: task_id, provider, round (RoundConfig fields, sampling and
     eval as dicts), objective (default alt), config (its config's fields)."""
-    from .evaluation import EvalConfig
-    from .rounds import RoundConfig, run_round
-    from .sampling import SamplingParams
+    from .plan import RoundSpec
+    from .rounds import STAGES, run_round
     from .training.objectives import make_config
 
     db, p = ctx.db, ctx.params
     task = _task(db, p["task_id"])
-    rc = dict(p.get("round", {}))
-    cfg = RoundConfig(sampling=SamplingParams(**rc.pop("sampling", {})), eval=EvalConfig(**rc.pop("eval", {})), **rc)
-    stages = ("sample", "feedback", "pool", "train", "evaluate", "evaluate_parent", "promote")
+    spec = RoundSpec.from_params(p)
+    linked, current = [None], [None]
 
-    def log(line: str) -> None:
-        m = _ROUND_LINE.match(line)
-        if m:
-            with session_scope(db) as s:
-                rnd = s.exec(select(Round).where(Round.task_id == task.id, Round.number == int(m.group(1)))).first()
-            if rnd is not None:
-                ctx.link(round_id=rnd.id)
-            if m.group(2) in stages:
-                ctx.stage(m.group(2), stages.index(m.group(2)) / len(stages))
-        ctx.log(line)
+    def progress(round_id: int, stage: str, fraction: float) -> None:
+        """The round's stage and overall progress on the job row (each of ``STAGES`` an equal share)."""
+        if round_id != linked[0]:
+            ctx.link(round_id=round_id)
+            linked[0] = round_id
+        at = (STAGES.index(stage) + max(0.0, min(fraction, 1.0))) / len(STAGES)
+        if stage != current[0]:
+            ctx.stage(stage, at)
+            current[0] = stage
+        else:
+            ctx(at)
 
-    report = run_round(db, ctx.settings(), task, p["provider"], cfg,
-                       make_config(p.get("objective", "alt"), **p.get("config", {})), log=log)
+    report = run_round(db, ctx.settings(), task, spec.provider, spec.round, make_config(spec.objective, **spec.config),
+                       log=ctx.log, progress=progress)
     ctx.link(round_id=report.round_id, version_id=report.version_id)
     return {"round_id": report.round_id, "version_id": report.version_id, "promoted": report.promoted,
             "decision": report.decision, "metrics": report.metrics}
@@ -914,6 +896,8 @@ def main(argv: list[str]) -> int:
         return 0
     if argv and argv[0] == "run":
         db, job_id, lock = argv[1], int(argv[2]), False
+        global _lock_depth
+        _lock_depth = 1  # the worker holds the lock for this child: a job it runs inline (a round's training) too
     else:
         db, job_id, lock = argv[0], int(argv[1]), True
     job = run_job_inline(db, job_id, lock=lock)
@@ -921,5 +905,7 @@ def main(argv: list[str]) -> int:
     return 0 if job.status == JobStatus.SUCCEEDED else 1
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+if __name__ == "__main__":  # ``python -m``: run the imported module's main, so the stages share its lock state
+    from alt_engine.jobs import main as _main
+
+    sys.exit(_main(sys.argv[1:]))

@@ -56,6 +56,87 @@ class PoolItem:
     revision: str | None = None  # Critique-and-Revise: ``feedback`` is the critique, this the revised response
 
 
+@dataclass(frozen=True)
+class PoolOptions:
+    """Which labelled generations a training run takes: ``build_pool``'s keywords, typed. One value for the CLI,
+    the console and rounds (``plan.py`` fills in the defaults), so the same choices give the same pool."""
+
+    round_ids: tuple[int, ...] | None = None  # None: the latest round (flush) or every round (accumulate)
+    k_per_category: int = 2
+    policy: str = "flush"  # flush (ALT) | accumulate (Quark)
+    max_per_prompt: int | None = 2  # cap per prompt (None: k × categories); 2 = the most different pair
+    truncated: str = "exclude"  # exclude | last | worst
+    seed: int = 0
+    holdout: str | None = None  # attribute levels kept out (``"length=short,subject=off"``), free-text tasks
+
+    def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise ValueError(f"pool policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if self.truncated not in TRUNCATION:
+            raise ValueError(f"truncation policy must be one of {', '.join(TRUNCATION)}, got {self.truncated!r}")
+        if self.k_per_category < 1:
+            raise ValueError("samples per category must be >= 1")
+        if self.round_ids is not None:
+            object.__setattr__(self, "round_ids", tuple(int(r) for r in self.round_ids))
+
+    def kwargs(self) -> dict:
+        """The keywords of ``build_pool`` (and of an objective's ``items``)."""
+        return dict(round_ids=list(self.round_ids) if self.round_ids is not None else None,
+                    k_per_category=self.k_per_category, seed=self.seed, policy=self.policy,
+                    max_per_prompt=self.max_per_prompt, truncated=self.truncated,
+                    **({"holdout": self.holdout} if self.holdout else {}))
+
+    @classmethod
+    def from_kwargs(cls, kw: dict) -> PoolOptions:
+        """The options among ``kw`` (a job's params): the inverse of ``kwargs``."""
+        names = ("round_ids", "k_per_category", "policy", "max_per_prompt", "truncated", "seed", "holdout")
+        return cls(**{k: kw[k] for k in names if k in kw})
+
+
+def check_pool(db: str, task: Task, objective, options: PoolOptions) -> list:
+    """The objective's training items for ``options``, or a ValueError that says why there are none usable and
+    what to change (e.g. "40 of 48 labelled generations truncated at 64 tokens ..."), before any job exists.
+    ``objective``: a ``training.objectives.Objective`` (its ``items`` and ``check_items``)."""
+    items = objective.items(db, task, **options.kwargs())
+    try:
+        objective.check_items(items)
+    except ValueError as e:
+        cause = truncation_cause(db, task, options)
+        raise ValueError(f"{e}. {cause}" if cause else str(e)) from None
+    return items
+
+
+def truncation_cause(db: str, task: Task, options: PoolOptions) -> str:
+    """When truncated generations explain an unusable pool: how many, at how many tokens, and the fix."""
+    from .sampling import SamplingParams
+
+    with session_scope(db) as s:
+        round_ids = list(options.round_ids) if options.round_ids is not None else None
+        if round_ids is None:
+            rounds = list(s.exec(select(Round.id).where(Round.task_id == task.id).order_by(Round.number)))
+            round_ids = rounds[-1:] if options.policy == "flush" else rounds
+        gens = s.exec(select(Generation).where(Generation.round_id.in_(round_ids))).all()
+        labelled = effective_feedback(s, [g.id for g in gens], kinds=("category", "text"))
+        used = [g for g in gens if g.id in labelled]
+        cut = [g for g in used if g.truncated]
+        if not cut or len(cut) * 4 < len(used):  # a few truncated ones explain nothing
+            return ""
+        tokens = max(((g.sampling_params or {}).get("max_new_tokens") or 0) for g in cut)
+    more = max(SamplingParams.max_new_tokens, 2 * tokens) if tokens else SamplingParams.max_new_tokens
+    at = f" at {tokens} new tokens" if tokens else ""
+    if options.truncated == "exclude":
+        fix = f"sample with {more} max new tokens, or set Truncated generations to 'last' (--truncated last)"
+        how = "the pool leaves them out (truncated = exclude)"
+    elif options.truncated == "worst":
+        fix = f"sample with {more} max new tokens, or set Truncated generations to 'last' (--truncated last)"
+        how = f"the pool counts them all as {task.categories[-1]!r} (truncated = worst)" if task.categories \
+            else "free-text feedback leaves them out (truncated = worst)"
+    else:
+        fix = f"sample with {more} max new tokens"
+        how = "they are used only last"
+    return f"Cause: {len(cut)} of {len(used)} labelled generations were truncated{at} and {how}. Fix: {fix}."
+
+
 def _balance_key(it: PoolItem, categorical: bool):
     """What the draw balances over: the category, or for free-text feedback its score 0–3 (ALT-LMU: 8 per
     prompt over scores 0–3), or the text itself when it has no score."""

@@ -321,6 +321,14 @@ def import_prompts(db: str, path: str, task: str = "default", columns: ColumnMap
     return report
 
 
+def import_builtin(db: str, name: str, task: str | None = None, split: str | None = None) -> ImportReport:
+    """A demo task's shipped prompt set (``tasks.DEMOS``) into ``task`` (default: the demo's own task, created
+    if new); importing it again adds nothing (duplicates are skipped)."""
+    from .tasks import builtin_prompt_file
+
+    return import_prompts(db, str(builtin_prompt_file(name)), task or name, split=split)
+
+
 def task_prompts(session, task, split: str = "train", limit: int | None = None, window: int = 0) -> list[Prompt]:
     """The task's ``split`` prompts in id order (at most ``limit``); a clear error when there are none.
 

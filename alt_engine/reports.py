@@ -469,3 +469,9 @@ def _why(strategy, q: QueueScore | None, prompt_labels: int) -> str:
     if strategy.weight("coverage"):
         parts.append(f"its prompt has {prompt_labels} label(s)")
     return " · ".join(parts) or "generation order"
+
+
+def latest_task(db: str) -> str | None:
+    """The task of the newest round (what a Dashboard opens on), None before any round."""
+    with session_scope(db) as s:
+        return s.exec(select(Task.name).join(Round, Round.task_id == Task.id).order_by(Round.id.desc())).first()

@@ -30,7 +30,6 @@ from sqlmodel import select
 from . import conditioning
 from .db import ModelVersion, Prompt, Round, RoundStatus, Task, session_scope
 from .evaluation import (
-    METRICS,
     EvalConfig,
     compare,
     eval_max_new_tokens,
@@ -41,46 +40,18 @@ from .evaluation import (
 )
 from .feedback import LabelReport, Provider, label_generations, make_provider
 from .openai_backend import publish_version
-from .pool import POLICIES, TRUNCATION, build_pool, pool_summary
+from .plan import PROMOTE, RoundConfig, TrainSpec
+from .pool import check_pool, pool_summary
 from .prompts import task_prompts
 from .sampling import SamplingParams, load_sampler, sample_prompts
 from .settings import Settings
 from .versions import promote as promote_version
 from .versions import served_version
 
-PROMOTE = ("always", "if_better", "unless_worse", "never")
+__all__ = ["PROMOTE", "STAGES", "RoundConfig", "RoundReport", "run_round", "train_version"]
 Log = Callable[[str], None]
-
-
-@dataclass
-class RoundConfig:
-    """Everything about a round except the provider and the training options."""
-
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    limit: int | None = 32  # train prompts sampled per round, a window that moves each round (None = all)
-    k_per_category: int = 2
-    policy: str = "flush"  # flush (ALT) | accumulate (Quark)
-    truncated: str = "exclude"  # truncated generations in the pool: exclude | last | worst (see pool.py)
-    max_per_prompt: int | None = 2  # the pool's cap per prompt: the most different pair (README, Efficacy)
-    holdout: str | None = None  # attribute levels kept out of the pool, e.g. "length=short,subject=off" (pool.py)
-    promote: str = "unless_worse"  # always | if_better (CI above the parent) | unless_worse (CI not below) | never
-    metric: str = "auto"  # compared for promotion; auto: mean_score for scored feedback, else exemplar_share
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    background_training: bool = False  # train in a subprocess job (the CLI's foreground runs it in-process)
-
-    def __post_init__(self):
-        if self.promote not in PROMOTE:
-            raise ValueError(f"promote must be one of {', '.join(PROMOTE)}, got {self.promote!r}")
-        if self.metric != "auto" and self.metric not in METRICS:
-            raise ValueError(f"unknown metric {self.metric!r} for promotion ({', '.join(METRICS)})")
-        if self.policy not in POLICIES:
-            raise ValueError(f"pool policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
-        if self.truncated not in TRUNCATION:
-            raise ValueError(f"truncation policy must be one of {', '.join(TRUNCATION)}, got {self.truncated!r}")
-        if self.holdout:
-            from .feedback.free_text import parse_combination
-
-            parse_combination(self.holdout)  # a bad combination fails before a round exists
+STAGES = ("sample", "feedback", "evaluate_parent", "pool", "train", "evaluate", "promote")  # in the order they run
+StageProgress = Callable[[int, str, float], None]  # (round id, stage, fraction of that stage done)
 
 
 @dataclass
@@ -154,14 +125,16 @@ def start_round(db: str, task: Task, version: ModelVersion, split: str = "train"
 
 def sample_round(db: str, settings: Settings, task: Task, rnd: Round, version: ModelVersion, prompts: list[Prompt],
                  params: SamplingParams, feedback: str | None | list[str | None] = None,
-                 backend: str | None = None, sampler=None) -> list[int]:
+                 backend: str | None = None, sampler=None, progress=None) -> list[int]:
     """The sampling stage of a round: ``params.n`` generations per prompt from ``version``, stored.
 
     ``sampler``: an already loaded backend for ``version`` (a round reuses it for the parent's evaluation).
+    ``progress(done, total)``: per finished sequence.
     """
     sampler = sampler or load_sampler(settings, version, backend)
     return sample_prompts(db, sampler, prompts, params, conditioning_text=feedback,
-                          fmt=conditioning.format_of(version, task), round_id=rnd.id, model_version_id=version.id)
+                          fmt=conditioning.format_of(version, task), round_id=rnd.id, model_version_id=version.id,
+                          progress=progress)
 
 
 
@@ -174,47 +147,44 @@ def comparable(metrics: dict, cfg: EvalConfig, provider: Provider | None, fmt: c
     return all(stored.get(k) == v for k, v in wanted.items()) and "per_prompt" in (metrics or {})
 
 
-def train_version(db: str, settings: Settings, task: Task, parent_id: int, train_config, pool_kw: dict,
-                  round_id: int | None = None, background: bool = False, wait: bool = True,
-                  log: Log = print) -> tuple[int, int | None]:
-    """Train a child of ``parent_id`` on the pool ``pool_kw`` selects, as a ``train`` job; (job id, version id).
+def train_version(db: str, settings: Settings, spec: TrainSpec, background: bool = False, wait: bool = True,
+                  log: Log = print, progress: Callable[[float], None] | None = None) -> tuple[int, int | None]:
+    """Run the training job ``spec`` (``plan.plan_train``, or a round's own); (job id, version id).
 
-    The pool is checked first, so no feedback / one category fails with a clear message before any job or
+    The pool is checked first, so no feedback / one category fails with its cause and fix before any job or
     version row exists. Foreground: the job runs in this process; background: a subprocess job (waited for
     unless ``wait=False``, then the version id is None). The Job row records progress, the loss log, errors.
     """
     from .jobs import create_job, run_job_inline, start_job, wait_job
     from .training.objectives import get
 
-    objective = get(train_config.objective)
-    items = objective.items(db, task, **pool_kw)
-    if not items and pool_kw.get("truncated", "exclude") == "exclude" and \
-            build_pool(db, task.id, **{**pool_kw, "truncated": "last"}):
-        raise ValueError("the data pool is empty: every labelled generation was truncated (no EOS) and the "
-                         "truncation policy is 'exclude'; sample with more --max-new-tokens, or use --truncated last")
-    objective.check_items(items)
-    params = dict(task_id=task.id, round_id=round_id, parent_version_id=parent_id, config=train_config.to_dict(),
-                  objective=objective.name, conditioning=objective.task_format(task).to_dict(), **pool_kw,
-                  settings={k: getattr(settings, k) for k in ("models_dir", "cache_dir", "device", "threads")})
+    check_pool(db, _task_row(db, spec.task_id), get(spec.objective), spec.pool)
+    params = {**spec.params(),
+              "settings": {k: getattr(settings, k) for k in ("models_dir", "cache_dir", "device", "threads")}}
     if background:
         job_id = start_job(db, "train", params)
         log(f"  training job {job_id} (background)")
         if not wait:
             return job_id, None
-        with _watch(db, job_id, log):
+        with _watch(db, job_id, log, progress):
             job = wait_job(db, job_id, timeout=None)
     else:
         job_id = create_job(db, "train", params)
         log(f"  training job {job_id}")
-        with _watch(db, job_id, log):
+        with _watch(db, job_id, log, progress):
             job = run_job_inline(db, job_id)
     if job.status != "succeeded":
         raise RuntimeError(f"training job {job_id} failed: {job.error or job.message}")
     return job_id, int(job.result["version_id"])
 
 
+def _task_row(db: str, task_id: int) -> Task:
+    with session_scope(db) as s:
+        return s.get(Task, task_id)
+
+
 @contextmanager
-def _watch(db: str, job_id: int, log: Log, every: float = 2.0):
+def _watch(db: str, job_id: int, log: Log, progress: Callable[[float], None] | None = None, every: float = 2.0):
     """Print the job's progress while it runs (the trainer's own bar is off: the Job row is the record)."""
     from .jobs import get_job
 
@@ -228,6 +198,8 @@ def _watch(db: str, job_id: int, log: Log, every: float = 2.0):
             if line != last and job.status == "running":
                 log(line)
                 last = line
+                if progress is not None:
+                    progress(job.progress)
 
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
@@ -239,8 +211,15 @@ def _watch(db: str, job_id: int, log: Log, every: float = 2.0):
 
 
 def run_round(db: str, settings: Settings, task: Task, provider: str | Provider, config: RoundConfig | None = None,
-              train_config=None, log: Log = print) -> RoundReport:
-    """Run one full round for ``task`` with feedback from ``provider`` (a spec or a provider object)."""
+              train_config=None, log: Log = print, progress: StageProgress | None = None) -> RoundReport:
+    """Run one full round for ``task`` with feedback from ``provider`` (a spec or a provider object).
+
+    ``progress(round_id, stage, fraction)``: each stage of ``STAGES`` as it starts (0.0) and, for sampling (per
+    sequence) and training, as it goes."""
+    def report_progress(stage: str, fraction: float) -> None:
+        if progress is not None:
+            progress(rnd.id, stage, fraction)
+
     from .training.config import AltTrainConfig
 
     cfg = config or RoundConfig()
@@ -259,6 +238,7 @@ def run_round(db: str, settings: Settings, task: Task, provider: str | Provider,
         if status:
             set_round_status(db, rnd.id, status)
         log(f"round {rnd.number}: {name} …")
+        report_progress(name, 0.0)
         t0 = time.perf_counter()
         yield
         report.wall_s[name] = time.perf_counter() - t0
@@ -268,7 +248,8 @@ def run_round(db: str, settings: Settings, task: Task, provider: str | Provider,
             params = replace(cfg.sampling, seed=cfg.sampling.seed + 1000 * rnd.number)
             conds = sampling_conditioning(db, task, served, len(prompts), params.seed)
             sampler = load_sampler(settings, served)  # one load: sampling, then the parent's evaluation
-            gen_ids = sample_round(db, settings, task, rnd, served, prompts, params, conds, sampler=sampler)
+            gen_ids = sample_round(db, settings, task, rnd, served, prompts, params, conds, sampler=sampler,
+                                   progress=lambda done, total: report_progress("sample", done / max(total, 1)))
             report.generations, report.conditioning = len(gen_ids), conds[0]
         with stage("feedback", RoundStatus.LABELLING):
             labels: LabelReport = label_generations(db, provider, task, gen_ids)
@@ -290,20 +271,22 @@ def run_round(db: str, settings: Settings, task: Task, provider: str | Provider,
             release(resolve_model(served.path, settings.cache_dir))
         report.parent_metrics = parent_metrics
         with stage("pool", RoundStatus.TRAINING):
-            pool_kw = dict(round_ids=[rnd.id] if cfg.policy == "flush" else None, k_per_category=cfg.k_per_category,
-                           seed=train_config.seed, policy=cfg.policy, max_per_prompt=cfg.max_per_prompt,
-                           truncated=cfg.truncated, **({"holdout": cfg.holdout} if cfg.holdout else {}))
             from .training.objectives import get
 
-            items = get(train_config.objective).items(db, task, **pool_kw)
+            objective = get(train_config.objective)
+            pool = cfg.pool([rnd.id] if cfg.policy == "flush" else None, train_config.seed)
+            items = objective.items(db, task, **pool.kwargs())
             summary = pool_summary(items)
             report.pool_size, report.pool_feedback = len(items), summary["per_feedback"]
             report.pool_truncated = summary["truncated"]
             log(f"  pool: {len(items)} examples ({summary['truncated']} truncated, policy {cfg.truncated}) "
                 f"{report.pool_feedback}")
         with stage("train"):
-            report.job_id, report.version_id = train_version(db, settings, task, served.id, train_config, pool_kw,
-                                                             rnd.id, cfg.background_training, log=log)
+            spec = TrainSpec(task_id=task.id, parent_version_id=served.id, objective=objective.name,
+                             config=train_config.to_dict(), conditioning=objective.task_format(task).to_dict(),
+                             pool=pool, round_id=rnd.id)
+            report.job_id, report.version_id = train_version(db, settings, spec, cfg.background_training, log=log,
+                                                             progress=lambda f: report_progress("train", f))
         if settings.backend == "openai":  # the new version must reach the sampling server before evaluation
             with session_scope(db) as s:
                 published = publish_version(settings, s.get(ModelVersion, report.version_id))

@@ -22,8 +22,31 @@ from .auth import Auth
 PANELS = [("exemplar_share", "exemplar share"), ("steerability_gap", "steerability gap (best − worst)"),
           ("mean_score", "mean reward"), ("perplexity", "perplexity (reference model)"),
           ("mean_words", "mean length (words)"), ("pct_truncated", "% truncated")]
-EMPTY = ("No evaluated versions for this task yet. Run a round (`alt round --task TASK --provider …`, or a round "
-         "job in the console), or evaluate a version (`alt eval`): each evaluated version becomes a point here.")
+EMPTY = ("No evaluated versions for this task yet. Run a round (**Admin → Rounds → Run a round**, or `alt round`), "
+         "or evaluate a version (**Admin → Models → Evaluate**, or `alt eval`): each evaluated version becomes a "
+         "point here.")
+EVAL_COLUMNS = ["round", "version", "status", "provider", "exemplar share [95% CI]", "steer gap [95% CI]",
+                "mean reward [95% CI]", "mean words", "% truncated"]
+
+
+def _ci_text(row: dict, key: str, signed: bool = False) -> str:
+    v, low, high = row.get(key), row.get(f"{key}_low"), row.get(f"{key}_high")
+    if v is None:
+        return ""
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f.format(v) + (f" [{f.format(low)}, {f.format(high)}]" if low is not None and high is not None else "")
+
+
+def evaluations_frame(rows: list[dict]) -> pd.DataFrame:
+    """One line per evaluated version (base = round 0): the figures the plots show, with their intervals."""
+    return pd.DataFrame([{
+        "round": r["round"], "version": r["version"], "status": r["status"], "provider": r.get("provider") or "",
+        "exemplar share [95% CI]": _ci_text(r, "exemplar_share"),
+        "steer gap [95% CI]": _ci_text(r, "steerability_gap", signed=True),
+        "mean reward [95% CI]": _ci_text(r, "mean_score"),
+        "mean words": f"{r['mean_words']:.1f}" if r.get("mean_words") is not None else "",
+        "% truncated": f"{r['pct_truncated']:.0f}" if r.get("pct_truncated") is not None else ""}
+        for r in rows], columns=EVAL_COLUMNS)
 
 
 def _label(row: dict) -> str:
@@ -97,8 +120,9 @@ class DashboardTab:
     def _refresh(self, task, request: gr.Request):
         self._check(request)
         if not task:
-            return {self.note: "No task yet: `alt init --task NAME` and import prompts (`alt prompts import`).",
-                    self.plot: None, self.diversity: None, self.throughput_plot: None,
+            return {self.note: "No task yet: start a demo (**Admin → Start**) or import prompts (**Admin → Data**).",
+                    self.evals: pd.DataFrame(columns=EVAL_COLUMNS), self.plot: None, self.diversity: None,
+                    self.throughput_plot: None,
                     self.agreement: pd.DataFrame(), self.versions: pd.DataFrame(reports.version_rows(self.db))}
         try:
             rows = reports.round_metrics(self.db, task)
@@ -111,7 +135,8 @@ class DashboardTab:
                 if rows else EMPTY)
         if not labels:
             note += "  \nNo human labels yet: annotators label in the Annotate tab once a round is sampled."
-        return {self.note: note, self.plot: metrics_figure(rows, categories) if rows else None,
+        return {self.note: note, self.evals: evaluations_frame(rows),
+                self.plot: metrics_figure(rows, categories) if rows else None,
                 self.diversity: diversity_figure(rows) if rows else None,
                 self.throughput_plot: throughput_figure(labels) if labels else None,
                 self.agreement: pd.DataFrame(agree, columns=["round", "ai_source", "items", "agreement", "kappa"]),
@@ -122,6 +147,8 @@ class DashboardTab:
             self.task = gr.Dropdown(label="Task", choices=[], elem_id="dash-task")
             refresh = gr.Button("Refresh", size="sm", elem_id="dash-refresh")
         self.note = gr.Markdown(elem_id="dash-note", latex_delimiters=[])
+        self.evals = gr.Dataframe(label="Evaluated versions (probe prompts; 95% CIs over prompts)", interactive=False,
+                                  elem_id="dash-evals")
         self.plot = gr.Plot(label="Alignment per round", elem_id="dash-plot")
         with gr.Row():
             self.diversity = gr.Plot(label="Diversity", elem_id="dash-diversity")
@@ -130,7 +157,8 @@ class DashboardTab:
                                       interactive=False, elem_id="dash-agreement")
         self.versions = gr.Dataframe(label="Model versions and their lineage", interactive=False,
                                      elem_id="dash-versions")
-        outputs = [self.note, self.plot, self.diversity, self.throughput_plot, self.agreement, self.versions]
+        outputs = [self.note, self.evals, self.plot, self.diversity, self.throughput_plot, self.agreement,
+                   self.versions]
         refresh.click(self._refresh, self.task, outputs, api_name="dashboard_refresh")
         self.task.change(self._refresh, self.task, outputs, api_visibility="private")
         self.load_outputs = [self.task]
@@ -139,4 +167,4 @@ class DashboardTab:
         if not self.allowed(user):
             return (gr.update(choices=[]),)
         tasks = pg.task_names(self.db)
-        return (gr.update(choices=tasks, value=tasks[0] if tasks else None),)
+        return (gr.update(choices=tasks, value=reports.latest_task(self.db) or (tasks[0] if tasks else None)),)

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import secrets
+from pathlib import Path
 
 import gradio as gr
 import uvicorn
@@ -193,7 +194,7 @@ def build_blocks(settings: Settings, auth: Auth, hub=None) -> gr.Blocks:
         with gr.Row():
             gr.Markdown("## ALT Studio")
             header = gr.Markdown(elem_id="alt-whoami", latex_delimiters=[])
-        with gr.Tabs():
+        with gr.Tabs() as main_tabs:
             with gr.Tab("Annotate", id="annotate"):
                 annotate.build_ui()
             with gr.Tab("Playground", id="playground", elem_id="alt-playground-tab"):
@@ -209,13 +210,17 @@ def build_blocks(settings: Settings, auth: Auth, hub=None) -> gr.Blocks:
         keys_tab.select(keys._list, None, [keys.table], api_visibility="private")
 
         def page_load(request: gr.Request):
+            from .console.start import first_run
+
             user = auth.require_user(request)
+            opening = gr.Tabs(selected="admin") if user.is_admin and first_run(settings.db) else gr.update()
             return (header_markdown(settings.db, user), gr.update(visible=user.is_admin), *admin.page_load(user),
                     *playground.page_load(user), gr.update(visible=dashboard.allowed(user)),
-                    *dashboard.page_load(user))
+                    *dashboard.page_load(user), opening)
 
         blocks.load(page_load, None, [header, admin_tab, *admin.load_outputs, *playground.load_outputs,
-                                      dashboard_tab, *dashboard.load_outputs], api_visibility="private")
+                                      dashboard_tab, *dashboard.load_outputs, main_tabs],
+                    api_visibility="private")  # a new database: an admin lands on Admin → Start
 
         console_outputs = [c for tab in console for c in tab.load_outputs]
 
@@ -342,20 +347,50 @@ class SchemaForRole:
 def serve(settings: Settings) -> None:
     print(f"ALT Studio on http://{settings.host}:{settings.port}  (db {settings.db}, model {settings.model})",
           flush=True)
-    if not users_svc.list_users(settings.db):  # first start: make an admin so someone can sign in
-        password = os.environ.get("ALT_ADMIN_PASSWORD") or secrets.token_urlsafe(9)
-        users_svc.add_user(settings.db, "admin", password, "admin")
-        print(f"created the first admin — user: admin  password: {password}  "
-              "(change it with `alt users passwd admin`; add people with `alt users add NAME`)", flush=True)
+    box = first_admin(settings)
     if settings.workers > 1:  # N processes behind one port, each session kept on one (app/proxy.py)
         from .proxy import serve_workers
 
+        if box:
+            print(box, flush=True)
         serve_workers(settings, settings.host, settings.port, settings.workers)
         return
     from .proxy import forwarded_options
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
-                **forwarded_options(settings))
+    app = create_app(settings)  # imports and the model load: their output comes before the box
+    if box:
+        print(box, flush=True)  # the last thing printed before the server listens
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", **forwarded_options(settings))
+
+
+def credentials_path(settings: Settings) -> Path:
+    """Where the first admin's password is written: beside a SQLite database, else in the cache directory."""
+    from alt_engine.db import is_url
+
+    if is_url(settings.db):
+        return Path(settings.cache_dir) / "admin-credentials.txt"
+    return Path(settings.db).resolve().with_name(Path(settings.db).name + ".admin-credentials.txt")
+
+
+def first_admin(settings: Settings) -> str | None:
+    """On a database with no users, make the admin (password: ``ALT_ADMIN_PASSWORD`` or random), write the
+    credentials to a file only its owner can read (0600) and return the box to print; None when users exist."""
+    if users_svc.list_users(settings.db):
+        return None
+    password = os.environ.get("ALT_ADMIN_PASSWORD") or secrets.token_urlsafe(9)
+    users_svc.add_user(settings.db, "admin", password, "admin")
+    path = credentials_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"ALT Studio first admin\nuser: admin\npassword: {password}\nurl: http://{settings.host}:"
+                f"{settings.port}\n")
+    os.chmod(path, 0o600)  # an existing file keeps its mode through O_CREAT: set it
+    lines = ["ALT Studio: the first admin", "", "  user:      admin", f"  password:  {password}", "",
+             f"  sign in at http://{settings.host}:{settings.port}", f"  saved in   {path} (readable by you only)",
+             "  change it: alt users passwd admin; add people: alt users add NAME"]
+    width = max(len(line) for line in lines) + 2
+    return "\n".join(["", "#" * (width + 2), *(f"#{line.ljust(width)}#" for line in lines), "#" * (width + 2), ""])
 
 
 def app_from_env() -> FastAPI:

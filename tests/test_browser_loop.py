@@ -81,7 +81,7 @@ def _wait_job(page, kind: str, timeout: float = 240, job_id: int | None = None) 
     while True:
         # the table's text, a cell a line (empty cells give none): the header, then rows id, kind, status, ...
         cells = [c.strip() for c in page.inner_text("#console-jobs-table").splitlines() if c.strip()]
-        body = cells[cells.index("finished") + 1:] if "finished" in cells else []
+        body = cells[cells.index("message") + 1:] if "message" in cells else []
         hits = [i for i, c in enumerate(body) if c == kind and (job_id is None or body[i - 1] == str(job_id))]
         if hits:
             i = hits[0]  # newest first

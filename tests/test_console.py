@@ -139,8 +139,8 @@ def test_training_jobs_models(console, db, tmp_path):
         run_job_inline(db, s.exec(select(Job).where(Job.kind == "feedback")).one().id)
     training = console["TrainingTab"]
     with pytest.raises(Exception, match="choose the round"):
-        training._train([], "alt", 1, 1e-3, None, 0.06, False, 2, 4, "", 2, "flush", "last", ADMIN)
-    msg = training._train([round_id], "alt", 1, 1e-3, None, 0.06, False, 2, 4, "", 2, "flush", "last", ADMIN)
+        training._train([], "alt", 1, 1e-3, None, 0.06, False, 2, 4, "", 2, "flush", "last", 2, ADMIN)
+    msg = training._train([round_id], "alt", 1, 1e-3, None, 0.06, False, 2, 4, "", 2, "flush", "last", 2, ADMIN)
     assert "Queued **alt** training job" in msg
     with session_scope(db) as s:
         job = s.exec(select(Job).where(Job.kind == "train")).one()
@@ -164,7 +164,7 @@ def test_training_jobs_models(console, db, tmp_path):
         assert s.get(Round, round_id).status == "closed"  # served: the round it was trained on is done
     _, msg, header = models._rollback(ADMIN)
     assert "v0-base" in msg and "`v0-base`" in header
-    logs = console["JobsTab"]._logs(job.id, ADMIN)
+    logs, _ = console["JobsTab"]._logs(job.id, ADMIN)
     assert "stage: training" in logs
     with pytest.raises(Exception, match="already succeeded"):
         console["JobsTab"]._cancel(job.id, ADMIN)
@@ -266,9 +266,8 @@ def test_training_objective_choice_options_and_the_playground_format(console, db
     shown = training._objective("cut", ADMIN)  # the objective's own defaults fill the form
     assert shown[training.lr] == 4e-4 and shown[training.lora] is True and shown[training.epochs] == 1
     assert shown[training.alpha]["interactive"] is False and "--ul_threshold" in shown[training.help]
-    assert shown[training.policy] == "flush" and training._objective("quark", ADMIN)[training.policy] == "accumulate"
     form = dict(epochs=1, lr=1e-3, beta=None, alpha=0.06, lora=False, max_steps=2, batch_size=4, k=2,
-                policy="accumulate", truncated="last")
+                policy="default", truncated="last", max_per_prompt=2)  # policy: the objective's (quark: accumulate)
     args = lambda objective, options: ([round_id], objective, *list(form.values())[:7], options,  # noqa: E731
                                        *list(form.values())[7:], ADMIN)
     with pytest.raises(Exception, match="has no option --ul_threshold"):
@@ -330,7 +329,7 @@ def test_steerlm_attributes_edited_in_the_task_editor_reach_training(console, db
     with session_scope(db) as s:
         run_job_inline(db, s.exec(select(Job).where(Job.kind == "feedback")).one().id)
     for objective in ("steerlm", "alt"):
-        training._train([round_id], objective, 1, 1e-3, None, 0.06, False, 2, 4, "", 2, "flush", "last", ADMIN)
+        training._train([round_id], objective, 1, 1e-3, None, 0.06, False, 2, 4, "", 2, "flush", "last", 2, ADMIN)
     with session_scope(db) as s:
         jobs = {j.params["objective"]: j for j in s.exec(select(Job).where(Job.kind == "train"))}
     assert jobs["steerlm"].params["conditioning"]["attributes"] == stored.attributes

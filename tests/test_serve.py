@@ -16,7 +16,11 @@ def test_serve_default_model(tmp_path):
         with httpx.Client(base_url=server.url, timeout=120) as http:
             assert http.get("/healthz").status_code == 200
             assert http.get("/login").status_code == 200
-            assert "created the first admin" in server.output()
+            out = server.output()  # the first admin in a box, after the start-up output, and in a 0600 file
+            assert "the first admin" in out and "password:  first-admin-pw" in out
+            assert out.rindex("#" * 20) > out.index("ALT Studio on http")
+            cred = tmp_path / "annotations.db.admin-credentials.txt"
+            assert "first-admin-pw" in cred.read_text() and (cred.stat().st_mode & 0o777) == 0o600
             assert http.post("/api/login", json={"username": "admin", "password": "first-admin-pw"}).status_code == 200
             page = http.get("/")
             assert page.status_code == 200 and "ALT Studio" in page.text

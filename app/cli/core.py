@@ -9,7 +9,7 @@ from sqlmodel import select
 
 from alt_engine import prompts as prompt_import
 from alt_engine.db import ModelVersion, Prompt, Task, init_db, session_scope
-from alt_engine.tasks import BUILTIN_TASKS, DEMOS, builtin_prompt_file, get_or_create_task
+from alt_engine.tasks import BUILTIN_TASKS, DEMOS, get_or_create_task
 from alt_engine.versions import ensure_base_version, list_versions, promote, rollback, served_version
 
 from . import CLIError, command_help, settings_from
@@ -42,7 +42,8 @@ def register(sub, common, selected: str | None = None) -> None:
     p.add_argument("--split", default="train", choices=prompt_import.SPLITS)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=0.9)
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="default 160 (as rounds and the console sample: few answers truncate)")
     p.add_argument("--batch-size", type=int, default=0, help="sequences decoded together (0: measured)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--condition", default=None, help="feedback text to condition on")
@@ -104,9 +105,11 @@ def cmd_import(args) -> None:
     init_db(settings.db)
     cols = prompt_import.ColumnMap(text=args.text_column, messages=args.messages_column, split=args.split_column,
                                    meta=args.meta_column)
-    path = str(builtin_prompt_file(args.builtin)) if args.builtin else args.file
     task = args.task or args.builtin or "default"
-    print(prompt_import.import_prompts(settings.db, path, task, cols, args.split, settings.probe_share))
+    if args.builtin:
+        print(prompt_import.import_builtin(settings.db, args.builtin, task, args.split))
+    else:
+        print(prompt_import.import_prompts(settings.db, args.file, task, cols, args.split, settings.probe_share))
     if args.builtin:
         print(f"feedback for this task: --task {task} --provider {DEMOS[args.builtin].provider}")
 
@@ -129,15 +132,16 @@ def cmd_sample(args) -> None:
                 s, args.model, path)
         else:
             version = served_version(s)
-    sampling = dict(n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                    seed=args.seed, batch_size=args.batch_size)
-    from alt_engine.sampling import SamplingParams
+    from alt_engine.plan import plan_sample
 
-    SamplingParams(**sampling)  # refuse bad values before a job exists
-    condition = args.condition or ("exemplar" if args.exemplar else "none")
-    params = dict(task_id=task.id, version_id=version.id, split=args.split, limit=args.limit, sampling=sampling,
-                  condition=condition, backend=args.backend)
-    job = run_job(settings, "sample", params, args.background)
+    try:  # bad values are refused before a job exists
+        spec = plan_sample(task, version_id=version.id, split=args.split, limit=args.limit, n=args.n,
+                           temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                           seed=args.seed, batch_size=args.batch_size,
+                           condition=args.condition or ("exemplar" if args.exemplar else "none"), backend=args.backend)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    job = run_job(settings, spec.kind, spec.params(), args.background)
     if args.background:
         print(f"started sampling job {job}: follow it with `alt jobs list`")
         return

@@ -43,10 +43,11 @@ def _objective_option(p: argparse.ArgumentParser, full: bool) -> None:
 
 
 def _pool_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--k-per-category", type=int, default=2, help="pool: generations per category per prompt")
+    p.add_argument("--k-per-category", type=int, default=None, help="pool: generations per category per prompt "
+                                                                    "(default 2)")
     p.add_argument("--policy", choices=POLICIES, default=None,
                    help="pool: latest round (flush, ALT) or all (accumulate, Quark); default: the objective's")
-    p.add_argument("--max-per-prompt", type=int, default=2,
+    p.add_argument("--max-per-prompt", type=int, default=None,
                    help="pool: cap per prompt (default 2: two of different categories where the samples allow, so "
                         "every prompt contrasts, at half the training cost of n = 4; 0 = no cap)")
     p.add_argument("--truncated", choices=TRUNCATION, default=None,
@@ -145,8 +146,8 @@ def _mask_option(p: argparse.ArgumentParser) -> None:
 
 def _round_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=4, help="samples per prompt")
-    p.add_argument("--limit", type=int, default=32, help="train prompts sampled per round; successive rounds take "
-                                                         "the next ones (0 = all every round)")
+    p.add_argument("--limit", type=int, default=None, help="train prompts sampled per round (default 32); "
+                                                           "successive rounds take the next ones (0 = all every round)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: SamplingParams' (enough that few "
@@ -154,10 +155,10 @@ def _round_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-batch-size", type=int, default=0, help="sequences decoded together (0: measured)")
     p.add_argument("--sample-seed", type=int, default=0)
     _mask_option(p)
-    p.add_argument("--promote", choices=PROMOTE_CHOICES, default="unless-worse",
+    p.add_argument("--promote", choices=PROMOTE_CHOICES, default=None,
                    help="if-better: the new version's 95%% CI beats the parent's; unless-worse: promote unless it is "
-                        "worse beyond chance (the loop goes on from the newest model, as in the paper)")
-    p.add_argument("--metric", default="auto", help="metric for --promote (auto: mean_score for scored feedback, "
+                        "worse beyond chance (default; the loop goes on from the newest model, as in the paper)")
+    p.add_argument("--metric", default=None, help="metric for --promote (auto: mean_score for scored feedback, "
                                                     "else exemplar_share; perplexity: lower is better, dist2 ...)")
     _pool_options(p)
     p.add_argument("--holdout", default=None, metavar="ATTR=LEVEL,...",
@@ -264,8 +265,6 @@ def cmd_feedback(args) -> None:
 
 
 def cmd_train(args) -> int:
-    from alt_engine.rounds import train_version
-
     settings = settings_from(args)
     init_db(settings.db)
     from alt_engine.modeling import set_threads
@@ -274,16 +273,21 @@ def cmd_train(args) -> int:
     config = _train_config(args)
     with session_scope(settings.db) as s:
         task = _task(s, args.task)
-        if args.round:
-            round_ids = [_round(s, task, n).id for n in args.round]
-        else:  # flush: the latest round (recorded as the version's round); accumulate: every round
-            round_ids = [_round(s, task, None).id] if _policy(args) == "flush" else None
+        round_ids = [_round(s, task, n).id for n in args.round] if args.round else None
+        if round_ids is None and _policy(args) == "flush":
+            _round(s, task, None)  # no round yet: the CLI's message
         parent = _served(s)
-    pool_kw = dict(round_ids=round_ids, k_per_category=args.k_per_category, seed=config.seed, policy=_policy(args),
-                   max_per_prompt=args.max_per_prompt or None, truncated=_truncation(args))
-    job_id, version_id = train_version(settings.db, settings, task, parent.id, config, pool_kw,
-                                       round_id=round_ids[-1] if round_ids else None, background=args.background,
-                                       wait=not args.background)
+    from alt_engine.plan import plan_train
+    from alt_engine.rounds import train_version
+
+    try:
+        spec = plan_train(settings.db, task, config, round_ids=round_ids, k_per_category=args.k_per_category,
+                          policy=args.policy, max_per_prompt=args.max_per_prompt, truncated=args.truncated,
+                          parent_version_id=parent.id, check=False)  # train_version checks the pool
+        job_id, version_id = train_version(settings.db, settings, spec, background=args.background,
+                                           wait=not args.background)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     if args.background:
         print(f"started training job {job_id}: follow it with `alt status` / the admin tab")
         return 0
@@ -304,9 +308,11 @@ def cmd_eval(args) -> None:
         version = s.get(ModelVersion, args.version) if args.version is not None else _served(s)
         if version is None:
             raise CLIError(f"no model version {args.version}")
-    params = dict(task_id=task.id, version_id=version.id, provider=args.provider,
-                  eval=dataclasses.asdict(_eval_config(args)), reference=args.reference)
-    job = run_job(settings, "eval", params, args.background)
+    from alt_engine.plan import plan_eval
+
+    spec = plan_eval(settings.db, task, version_id=version.id, provider=args.provider, eval=_eval_config(args),
+                     reference=args.reference)
+    job = run_job(settings, spec.kind, spec.params(), args.background)
     if args.background:
         print(f"started evaluation job {job}: follow it with `alt jobs list`")
         return
@@ -316,36 +322,23 @@ def cmd_eval(args) -> None:
         print(json.dumps(metrics, indent=2))
 
 
-def _round_config(args):
-    from alt_engine.rounds import RoundConfig
-    from alt_engine.sampling import SamplingParams
-
-    return RoundConfig(
-        sampling=SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p,
-                                max_new_tokens=args.max_new_tokens or SamplingParams.max_new_tokens,
-                                seed=args.sample_seed, batch_size=args.sample_batch_size,
-                                mask_control_tokens=args.mask_control_tokens),
-        limit=args.limit or None, k_per_category=args.k_per_category, policy=_policy(args),
-        max_per_prompt=args.max_per_prompt or None, truncated=_truncation(args), holdout=args.holdout,
-        promote=args.promote.replace("-", "_"),
-        metric=args.metric, eval=_eval_config(args))
+def _round_choices(args) -> dict:
+    """The round options given (None where left to the planner's default)."""
+    return dict(n=args.n, limit=args.limit, temperature=args.temperature, top_p=args.top_p,
+                max_new_tokens=args.max_new_tokens, sample_seed=args.sample_seed,
+                sample_batch_size=args.sample_batch_size, mask_control_tokens=args.mask_control_tokens,
+                k_per_category=args.k_per_category, policy=args.policy, max_per_prompt=args.max_per_prompt,
+                truncated=args.truncated, holdout=args.holdout, promote=args.promote, metric=args.metric,
+                eval=_eval_config(args))
 
 
-def _truncation(args) -> str:
-    """--truncated, else the demo task's own policy, else exclude."""
-    from alt_engine.tasks import DEMOS
+def _experiment_round(args):
+    from alt_engine.plan import round_config
 
-    if args.truncated:
-        return args.truncated
-    return DEMOS[args.task].truncated if getattr(args, "task", None) in DEMOS else "exclude"
-
-
-def _demo_provider(task: str) -> str:
-    from alt_engine.tasks import DEMOS
-
-    if task not in DEMOS:
-        raise CLIError(f"give --provider: task {task!r} has no default provider (demo tasks: {', '.join(DEMOS)})")
-    return DEMOS[task].provider
+    try:
+        return round_config(args.task, **_round_choices(args))
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def cmd_experiment(args) -> None:
@@ -368,7 +361,7 @@ def cmd_experiment(args) -> None:
     set_threads(settings.threads)
     cfg = ExperimentConfig(task=args.task, provider=args.provider, prompts=args.prompts, rounds=args.rounds,
                            objectives=args.objective or ["alt"], out=args.out,
-                           round=dataclasses.asdict(_round_config(args)), train=_experiment_options(args),
+                           round=dataclasses.asdict(_experiment_round(args)), train=_experiment_options(args),
                            objective_policy=args.policy is None, parallel=args.parallel)
     try:
         run_experiment(cfg, settings)
@@ -385,15 +378,16 @@ def cmd_round(args) -> None:
     from .core import setup
 
     setup(settings)
-    config = _round_config(args)  # validated here, before any job or round exists
     with session_scope(settings.db) as s:
         task = _task(s, args.task)
-    from alt_engine.feedback import make_provider
+    from alt_engine.plan import plan_round
 
-    provider = args.provider or _demo_provider(task.name)
-    make_provider(provider, settings, task)  # an unknown provider is refused before a job exists
-    params = dict(task_id=task.id, provider=provider, round=dataclasses.asdict(config),
-                  objective=args.objective, config=_train_config(args).to_dict())
+    try:  # validated here, before any job or round exists
+        spec = plan_round(settings.db, task, _train_config(args), provider=args.provider, settings=settings,
+                          **_round_choices(args))
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    params = spec.params()
     for _ in range(args.rounds):
         job = run_job(settings, "round", params, args.background)
         if args.background:

@@ -16,7 +16,7 @@ import gradio as gr
 from alt_engine.settings import Settings
 
 from ..auth import Auth
-from .base import ConsoleTab, header_markdown, text_block  # noqa: F401  (the console's shared pieces)
+from .base import ConsoleTab, default_task, header_markdown, refusable, text_block  # noqa: F401  (shared pieces)
 
 
 def build_console(settings: Settings, auth: Auth, hub=None, header: gr.Markdown | None = None,
@@ -30,20 +30,25 @@ def build_console(settings: Settings, auth: Auth, hub=None, header: gr.Markdown 
     from .models import ModelsTab
     from .queue import QueueTab
     from .rounds import RoundsTab
+    from .start import StartTab
     from .tasks import TasksTab
     from .training import TrainingTab
 
+    start = StartTab(settings, auth, hub)
     tabs = [TasksTab(settings, auth, hub), DataTab(settings, auth, hub), RoundsTab(settings, auth, hub),
             TrainingTab(settings, auth, hub), JobsTab(settings, auth, hub), ModelsTab(settings, auth, hub),
-            ExportTab(settings, auth, hub), QueueTab(settings, auth, hub)]
+            ExportTab(settings, auth, hub), QueueTab(settings, auth, hub), start]
     with contextlib.nullcontext(tabs_block) if tabs_block is not None else gr.Tabs() as console_tabs:
-        for tab in tabs:
-            with gr.Tab(tab.title, id=f"console-{tab.title.lower()}", elem_id=f"console-{tab.title.lower()}") as t:
+        for tab in [start, *tabs[:-1]]:  # Start first: the page a new admin reads
+            with gr.Tab(tab.title, id=f"console-{tab.title.lower()}", elem_id=f"console-tab-{tab.title.lower()}") as t:
                 tab.build_ui()
             if tab.select_outputs:  # what the tab refreshes when it is opened
                 t.select(tab.on_select, None, tab.select_outputs, api_visibility="private", show_progress="hidden")
-    models, jobs = tabs[5], tabs[4]
+    models, jobs, rounds = tabs[5], tabs[4], tabs[2]
     models.wire(header if header is not None else gr.Markdown(visible=False), console_tabs, jobs)
+    start.task_events = start.wire(console_tabs, rounds.round_task)
+    jobs.timer.tick(rounds._round_tick, None, [rounds.round_progress], api_name="admin_round_tick",
+                    show_progress="hidden")  # a round's stages, on the Jobs tab's clock
     pickers = [p for tab in tabs for p in tab.task_pickers]
 
     def task_choices(request: gr.Request):
@@ -56,4 +61,4 @@ def build_console(settings: Settings, auth: Auth, hub=None, header: gr.Markdown 
     return tabs
 
 
-__all__ = ["ConsoleTab", "build_console", "text_block"]
+__all__ = ["ConsoleTab", "Refusal", "build_console", "default_task", "refusable", "text_block"]

@@ -3,6 +3,7 @@ page header, and model text shown exactly as written."""
 
 from __future__ import annotations
 
+import functools
 import html
 
 import gradio as gr
@@ -14,6 +15,34 @@ from ..auth import Auth
 from ..textview import visible, visible_cells
 
 
+class Refusal(gr.Error):
+    """A refused action (bad input, nothing to train on ...): its message says the cause and the fix."""
+
+
+def refusal_markdown(message: str) -> str:
+    """A refusal as the page shows it, in the form's message area (escaped: it may quote user text)."""
+    return f'<div class="alt-refusal" role="alert"><b>Refused:</b> {html.escape(message)}</div>'
+
+
+def refusable(fn, outputs: list, message):
+    """``fn`` as an event handler whose refusal stays on the page: ``message`` (one of ``outputs``) shows it and
+    every other output keeps its value (no error badge over a table), besides a warning toast. Sign-in and role
+    errors are not refusals: they stay errors (tests/test_console_auth.py)."""
+    slot = outputs.index(message)
+
+    @functools.wraps(fn)
+    def handler(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Refusal as e:
+            gr.Warning(e.message)
+            out = [gr.update() for _ in outputs]
+            out[slot] = refusal_markdown(e.message)
+            return out[0] if len(out) == 1 else tuple(out)
+
+    return handler
+
+
 class ConsoleTab:
     """Shared by the console's tabs: settings, auth, the model hub, error and table helpers."""
 
@@ -21,9 +50,14 @@ class ConsoleTab:
         self.settings, self.db, self.auth, self.hub = settings, settings.db, auth, hub
 
     @staticmethod
-    def error(e: Exception) -> gr.Error:
-        """A refused action: shown as a toast; the form's inputs and tables stay as they were."""
-        return gr.Error(str(e), print_exception=False)
+    def error(e: Exception) -> Refusal:
+        """A refused action: shown in the form's message area (``refusable``) and as a toast; the form's inputs and
+        tables stay as they were."""
+        return Refusal(str(e), print_exception=False)
+
+    def click(self, button, fn, inputs, outputs: list, message, **kw):
+        """``button.click`` with ``fn``'s refusals shown in ``message`` (``refusable``)."""
+        return button.click(refusable(fn, outputs, message), inputs, outputs, **kw)
 
     @staticmethod
     def frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
@@ -59,6 +93,18 @@ def header_markdown(db: str, user) -> str:
         served = served_version(s)
     return (f"Signed in as **{html.escape(user.name)}** ({user.role}) · model `{served.name if served else 'none'}` · "
             "[Sign out](/logout)")
+
+
+def default_task(db: str, names: list[str]) -> str | None:
+    """The task a round form opens on: the newest task with train prompts (a demo just started), else the first."""
+    from sqlmodel import select
+
+    from alt_engine.db import Prompt, Task, session_scope
+
+    with session_scope(db) as s:
+        ids = set(s.exec(select(Prompt.task_id).where(Prompt.split == "train").distinct()))
+        with_prompts = [t.name for t in s.exec(select(Task).order_by(Task.id.desc())) if t.id in ids]
+    return with_prompts[0] if with_prompts else (names[0] if names else None)
 
 
 def text_block(text: str) -> str:

@@ -54,6 +54,18 @@ class DataTab(ConsoleTab):
             return self.sets(), gr.update(value=f"Nothing imported.\n{e}", visible=True), ""
         return self.sets(), gr.update(value="", visible=False), f"{report} (from {Path(path).name})"
 
+    def _builtin(self, name, request: gr.Request):
+        """A demo task's shipped prompt set into the task of that name (created if new): ``alt prompts import
+        --builtin NAME``."""
+        self.auth.require_admin(request)
+        from alt_engine.prompts import import_builtin
+        from alt_engine.tasks import DEMOS
+
+        if name not in DEMOS:
+            raise self.error(ValueError(f"choose a built-in prompt set ({', '.join(DEMOS)})"))
+        report = import_builtin(self.db, name)
+        return self.sets(), f"{report} (the built-in {name} set; feedback for it: `{DEMOS[name].provider}`)"
+
     def _browse(self, view, task, round_number, state, source, category, request: gr.Request):
         self.auth.require_admin(request)
         rnd = int(round_number) if round_number else None
@@ -84,6 +96,12 @@ class DataTab(ConsoleTab):
                 split = gr.Dropdown(label="Split (empty: from the file, else a held-out probe share)",
                                     choices=["", "train", "probe"], value="")
                 upload = gr.Button("Import", variant="primary", elem_id="console-upload")
+        with gr.Row():
+            from alt_engine.tasks import DEMOS
+
+            builtin = gr.Dropdown(label="… or a built-in prompt set (into the demo task of that name)",
+                                  choices=list(DEMOS), value=next(iter(DEMOS)), elem_id="console-builtin-set")
+            builtin_go = gr.Button("Import built-in set", elem_id="console-builtin-import")
         errors = gr.Textbox(label="Import error", visible=False, interactive=False, lines=3,
                             elem_id="console-upload-error")
         message = gr.Markdown(elem_id="console-upload-message", latex_delimiters=[])
@@ -104,8 +122,12 @@ class DataTab(ConsoleTab):
             go = gr.Button("Show", size="sm", elem_id="console-browse")
         table = gr.Dataframe(interactive=False, wrap=True, elem_id="console-browse-table")
 
-        upload.click(self._upload, [file, task, split], [sets, errors, message], api_name="admin_upload_prompts")
-        delete.click(self._delete, [del_task, del_source], [sets, message], api_name="admin_delete_prompt_set")
+        self.click(upload, self._upload, [file, task, split], [sets, errors, message], message,
+                   api_name="admin_upload_prompts")
+        self.task_events = [self.click(builtin_go, self._builtin, [builtin], [sets, message], message,
+                                       api_name="admin_import_builtin")]
+        self.click(delete, self._delete, [del_task, del_source], [sets, message], message,
+                   api_name="admin_delete_prompt_set")
         go.click(self._browse, [view, b_task, b_round, state, source, category], [table], api_name="admin_browse")
         self.sets_out, self.task_pickers = sets, [task, del_task, b_task]
         self.load_outputs = [sets, *self.task_pickers]

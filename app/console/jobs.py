@@ -12,7 +12,10 @@ from alt_engine.jobs import cancel_job, job_logs, list_jobs, retry_job
 from .base import ConsoleTab
 
 COLUMNS = ["id", "kind", "status", "stage", "progress", "step", "loss", "eta", "round", "version", "retry_of",
-           "message", "created", "finished"]
+           "created", "finished", "message"]
+# fixed widths for the short columns, the message takes what is left and wraps: the table fits the page
+COLUMN_WIDTHS = ["3.5em", "5.5em", "6.5em", "9em", "5.5em", "4em", "5em", "4.5em", "4.5em", "5em", "5em", "10.5em",
+                 "6em", "auto"]
 
 
 def _eta(s: float | None) -> str:
@@ -61,7 +64,7 @@ class JobsTab(ConsoleTab):
         if not job_id:
             raise self.error(ValueError("give a job id"))
         try:
-            return job_logs(self.db, int(job_id))
+            return job_logs(self.db, int(job_id)), ""
         except ValueError as e:
             raise self.error(e) from e
 
@@ -88,8 +91,8 @@ class JobsTab(ConsoleTab):
 
     def build_ui(self) -> None:
         bars = gr.HTML(elem_id="console-job-progress")
-        table = gr.Dataframe(label="Jobs (newest first, refreshed every 2 s)", interactive=False,
-                             elem_id="console-jobs-table")
+        table = gr.Dataframe(label="Jobs (newest first, refreshed every 2 s)", interactive=False, wrap=True,
+                             column_widths=COLUMN_WIDTHS, elem_id="console-jobs-table")
         with gr.Row():
             job_id = gr.Number(label="Job id (or click a row)", precision=0, value=None, elem_id="console-job-id")
             logs = gr.Button("Logs", size="sm", elem_id="console-job-logs")
@@ -100,9 +103,9 @@ class JobsTab(ConsoleTab):
         self.timer = gr.Timer(2, active=False)  # switched on for admins by page_load
 
         self.timer.tick(self._refresh, None, [bars, table], api_name="admin_jobs_tick", show_progress="hidden")
-        logs.click(self._logs, [job_id], [log], api_name="admin_job_logs")
-        cancel.click(self._cancel, [job_id], [bars, table, message], api_name="admin_job_cancel")
-        retry.click(self._retry, [job_id], [bars, table, message], api_name="admin_job_retry")
+        self.click(logs, self._logs, [job_id], [log, message], message, api_name="admin_job_logs")
+        self.click(cancel, self._cancel, [job_id], [bars, table, message], message, api_name="admin_job_cancel")
+        self.click(retry, self._retry, [job_id], [bars, table, message], message, api_name="admin_job_retry")
         table.select(self._select, None, [job_id], api_name="admin_job_select")
         self.bars, self.table_out, self.job_id, self.log = bars, table, job_id, log
         self.load_outputs = [bars, table, self.timer]

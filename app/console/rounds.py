@@ -5,16 +5,19 @@ here too (stored in the database: every app process, the worker and the CLI use 
 
 from __future__ import annotations
 
+import html
+
 import gradio as gr
 import httpx
 from sqlmodel import select
 
 from alt_engine import reports
-from alt_engine.db import ModelVersion, Round, Task, session_scope
-from alt_engine.jobs import start_job
+from alt_engine.db import Job, ModelVersion, Round, Task, session_scope
+from alt_engine.jobs import refresh, start_job
+from alt_engine.plan import PROMOTE, defaults, plan_round, plan_sample
 from alt_engine.settings import BACKENDS, save_settings, stored_settings
 
-from .base import ConsoleTab
+from .base import ConsoleTab, default_task, refusable
 
 COLUMNS = ["task", "round", "status", "model", "prompts", "generations", "human", "ai", "unlabelled", "flagged",
            "truncated"]
@@ -34,8 +37,97 @@ def version_choices(db: str) -> list[tuple[str, int]]:
                 if v.status in ("served", "ready")]
 
 
+STAGE_NAMES = {"sample": "sample", "feedback": "feedback", "evaluate_parent": "evaluate parent", "pool": "pool",
+               "train": "train", "evaluate": "evaluate", "promote": "promote"}
+
+
+def round_progress_html(job: Job | None, rounds_db: str) -> str:
+    """The newest round job, stage by stage: one segment per stage of ``rounds.STAGES`` (done, running with its
+    share, to come), then the decision once it finished. All text escaped."""
+    from alt_engine.rounds import STAGES
+
+    if job is None:
+        return '<div id="console-round-none">No round run from here yet.</div>'
+    n = len(STAGES)
+    at = STAGES.index(job.stage) if job.stage in STAGES else (n if job.status == "succeeded" else -1)
+    within = max(0.0, min(1.0, (job.progress or 0) * n - at)) if 0 <= at < n else 0.0
+    cells = []
+    for i, stage in enumerate(STAGES):
+        done = i < at or job.status == "succeeded"
+        share = 100 if done else round(100 * within) if i == at else 0
+        state = "done" if done else ("failed" if i == at and job.status in ("failed", "cancelled") else
+                                     "running" if i == at else "todo")
+        cells.append(f'<div class="alt-stage" data-stage="{stage}" data-state="{state}" style="flex: 1">'
+                     f'<div style="font-size: 0.85em">{"✓ " if done else ""}{STAGE_NAMES[stage]}</div>'
+                     f'<progress value="{share}" max="100" style="width: 100%"></progress></div>')
+    head = f"<b>round job {job.id}</b> — {html.escape(str(job.status))}"
+    if job.status == "running" and job.stage:
+        head += f" · {html.escape(STAGE_NAMES.get(job.stage, job.stage))}"
+    tail = ""
+    if job.status == "succeeded" and job.result:
+        tail = f"<div>{html.escape(str(job.result.get('decision', '')))}</div>"
+    elif job.status in ("failed", "cancelled"):
+        tail = f'<div class="alt-refusal">{html.escape((job.error or job.message or "").splitlines()[0][:500])}</div>'
+    return (f'<div id="console-round-job" data-job="{job.id}" data-status="{html.escape(str(job.status))}">{head}'
+            f'<div style="display: flex; gap: 4px">{"".join(cells)}</div>{tail}</div>')
+
+
 class RoundsTab(ConsoleTab):
     title = "Rounds"
+
+    # ---- a whole round (``alt round``): sample → feedback → train → evaluate → promote
+
+    def _round_task(self, name: str) -> Task:
+        with session_scope(self.db) as s:
+            task = s.exec(select(Task).where(Task.name == name)).first()
+        if task is None:
+            raise self.error(ValueError("choose a task (Start offers the demo tasks with their prompts)"))
+        return task
+
+    def _plan_round(self, task, provider, promote, n, limit, max_tokens):
+        from alt_engine.training.objectives import make_config
+
+        config = make_config("alt")
+        try:
+            return plan_round(self.db, self._round_task(task), config, provider=provider, settings=self.settings,
+                              n=n, limit=None if limit in (None, "") else int(limit), max_new_tokens=max_tokens,
+                              promote=promote), config
+        except ValueError as e:
+            raise self.error(e) from e
+
+    def _estimate(self, task, provider, promote, n, limit, max_tokens, request: gr.Request):
+        """What the round will do and about how long it takes, before it starts."""
+        self.auth.require_admin(request)
+        if not task:
+            return "Choose a task to see what a round does and how long it takes."
+        from alt_engine.estimate import estimate_round
+
+        spec, config = self._plan_round(task, provider, promote, n, limit, max_tokens)
+        r = spec.round
+        est = estimate_round(self.db, self._round_task(task), r, config.num_train_epochs)
+        cap = f"≤ {r.max_per_prompt} per prompt" if r.max_per_prompt else "no cap per prompt"
+        return (f"A round samples {r.limit or 'all'} prompts × {r.sampling.n} at {r.sampling.max_new_tokens} new "
+                f"tokens from the served model, labels them with `{spec.provider}`, trains ALT "
+                f"({config.num_train_epochs:g} epochs; pool {cap}, truncated: {r.truncated}), evaluates on the probe "
+                f"prompts (n = {r.eval.n}, best and worst feedback) and promotes {r.promote.replace('_', ' ')}. "
+                f"Estimate: {est.describe()}.")
+
+    def _start_round(self, task, provider, promote, n, limit, max_tokens, request: gr.Request):
+        self.auth.require_admin(request)
+        spec, _ = self._plan_round(task, provider, promote, n, limit, max_tokens)
+        job_id = start_job(self.db, spec.kind, {**spec.params(), "settings": self.job_settings()})
+        return (f"Queued round job {job_id} on **{task}** with feedback from `{spec.provider}`: its stages show "
+                "below (and in **Jobs**); the Dashboard plots the base and the new version when it is done.")
+
+    def _round_progress_html(self) -> str:
+        refresh(self.db)
+        with session_scope(self.db) as s:
+            job = s.exec(select(Job).where(Job.kind == "round").order_by(Job.id.desc())).first()
+        return round_progress_html(job, self.db)
+
+    def _round_tick(self, request: gr.Request):
+        self.auth.require_admin(request)
+        return self._round_progress_html()
 
     def table(self):
         return self.frame(reports.round_rows(self.db), COLUMNS)
@@ -46,29 +138,17 @@ class RoundsTab(ConsoleTab):
         return (f"LLM judge budget per run: {lim(s.llm_max_requests)} requests, {lim(s.llm_max_tokens)} tokens "
                 f"(ALT_LLM_MAX_REQUESTS / ALT_LLM_MAX_TOKENS); rules and reward models cost nothing.")
 
-    def _task_id(self, name: str) -> int:
-        with session_scope(self.db) as s:
-            task = s.exec(select(Task).where(Task.name == name)).first()
-        if task is None:
-            raise self.error(ValueError("choose a task"))
-        return task.id
-
     def _sample(self, task, version_id, limit, n, temperature, top_p, max_tokens, condition, condition_text,
                 request: gr.Request):
         self.auth.require_admin(request)
-        from alt_engine.sampling import SamplingParams
-
-        sampling = dict(n=int(n or 4), temperature=float(temperature), top_p=float(top_p),
-                        max_new_tokens=int(max_tokens or 64))
+        cond = (condition_text or "").strip() or ("auto" if (condition or "").startswith("auto") else condition)
+        task_row = self._round_task(task)
         try:
-            SamplingParams(**sampling)
+            spec = plan_sample(task_row, version_id=int(version_id) if version_id else None, limit=limit, n=n,
+                               temperature=temperature, top_p=top_p, max_new_tokens=max_tokens, condition=cond)
         except ValueError as e:
             raise self.error(e) from e
-        cond = (condition_text or "").strip() or ("auto" if (condition or "").startswith("auto") else condition)
-        params = dict(task_id=self._task_id(task), version_id=int(version_id) if version_id else None,
-                      limit=int(limit) if limit else None, sampling=sampling, condition=cond,
-                      settings=self.job_settings())
-        job_id = start_job(self.db, "sample", params)
+        job_id = start_job(self.db, spec.kind, {**spec.params(), "settings": self.job_settings()})
         return self.table(), f"Queued sampling job {job_id}: watch it in **Jobs**.", gr.update(
             choices=round_choices(self.db))
 
@@ -78,8 +158,10 @@ class RoundsTab(ConsoleTab):
             raise self.error(ValueError("choose a round"))
         if not (provider or "").strip():
             raise self.error(ValueError("give a provider, e.g. rule:concise:auto"))
-        job_id = start_job(self.db, "feedback", dict(round_id=int(round_id), provider=provider.strip(),
-                                                     settings=self.job_settings()))
+        from alt_engine.plan import FeedbackSpec
+
+        spec = FeedbackSpec(int(round_id), provider.strip())
+        job_id = start_job(self.db, spec.kind, {**spec.params(), "settings": self.job_settings()})
         return self.table(), f"Queued feedback job {job_id} on the round's unlabelled generations."
 
     def _close(self, round_id, request: gr.Request):
@@ -151,19 +233,51 @@ class RoundsTab(ConsoleTab):
                 + ("" if found or not model else f" — not `{model.strip()}`: check the name."))
 
     def build_ui(self) -> None:
+        d = defaults()
+        gr.Markdown("**Run a round** — sample → feedback → train → evaluate → promote, as `alt round` (the "
+                    "defaults are the CLI's)")
+        with gr.Row():
+            r_task = gr.Dropdown(label="Task", choices=[], elem_id="console-round-task")
+            r_provider = gr.Textbox(label="Feedback provider (empty: the task's own, e.g. rule:concise:auto for "
+                                          "concise)", elem_id="console-round-provider")
+            r_promote = gr.Dropdown(label="Promote the new version", choices=list(PROMOTE), value=d.promote,
+                                    elem_id="console-round-promote",
+                                    info="unless_worse: unless its CI is below the parent's; if_better: only when "
+                                         "above")
+        with gr.Row():
+            r_n = gr.Number(label="Samples per prompt (n)", precision=0, value=d.n, elem_id="console-round-n")
+            r_limit = gr.Number(label="Prompts per round (0: all)", precision=0, value=d.limit,
+                                elem_id="console-round-limit")
+            r_tokens = gr.Number(label="Max new tokens", precision=0, value=d.max_new_tokens,
+                                 elem_id="console-round-max-tokens")
+        r_estimate = gr.Markdown(elem_id="console-round-estimate", latex_delimiters=[])
+        r_start = gr.Button("Start round", variant="primary", elem_id="console-round-start")
+        r_message = gr.Markdown(elem_id="console-round-message", latex_delimiters=[])
+        r_progress = gr.HTML(elem_id="console-round-progress")
+        round_form = [r_task, r_provider, r_promote, r_n, r_limit, r_tokens]
+        estimate = refusable(self._estimate, [r_estimate], r_estimate)
+        r_task.change(estimate, round_form, [r_estimate], api_name="admin_round_estimate", show_progress="hidden")
+        for part in (r_promote, r_provider, r_n, r_limit, r_tokens):
+            (part.change if part is r_promote else part.blur)(estimate, round_form, [r_estimate],
+                                                               api_visibility="private", show_progress="hidden")
+        self.click(r_start, self._start_round, round_form, [r_message], r_message,  # the bar: the Jobs clock's
+                   api_name="admin_start_round")
+        self.round_task, self.round_progress, self.round_form = r_task, r_progress, round_form
+
         table = gr.Dataframe(label="Rounds (items per state)", interactive=False, elem_id="console-rounds-table")
         refresh = gr.Button("Refresh", size="sm", elem_id="console-rounds-refresh")
-        gr.Markdown("**Start a sampling round**")
+        gr.Markdown("**Or one stage at a time: start a sampling round**")
         with gr.Row():
             task = gr.Dropdown(label="Task", choices=[], elem_id="console-sample-task")
             version = gr.Dropdown(label="Model version (empty: the served one)", choices=[],
                                   elem_id="console-sample-version")
             limit = gr.Number(label="Prompts (empty: all)", precision=0, value=None, elem_id="console-sample-limit")
-            n = gr.Number(label="Samples per prompt (n)", precision=0, value=4, elem_id="console-sample-n")
+            n = gr.Number(label="Samples per prompt (n)", precision=0, value=d.n, elem_id="console-sample-n")
         with gr.Row():
-            temperature = gr.Number(label="Temperature", value=1.0)
-            top_p = gr.Number(label="top_p", value=0.9)
-            max_tokens = gr.Number(label="Max new tokens", precision=0, value=64, elem_id="console-sample-max-tokens")
+            temperature = gr.Number(label="Temperature", value=d.temperature)
+            top_p = gr.Number(label="top_p", value=d.top_p)
+            max_tokens = gr.Number(label="Max new tokens", precision=0, value=d.max_new_tokens,
+                                   elem_id="console-sample-max-tokens")
             condition = gr.Dropdown(label="Conditioning", choices=CONDITIONS, value=CONDITIONS[0])
             condition_text = gr.Textbox(label="… or this feedback text")
         sample = gr.Button("Start sampling", variant="primary", elem_id="console-sample")
@@ -200,19 +314,20 @@ class RoundsTab(ConsoleTab):
                         "server when it allows runtime loading; else the round's log says which path to serve). "
                         "The API key comes from the environment (ALT_SAMPLING_API_KEY).")
 
-        sample.click(self._sample, [task, version, limit, n, temperature, top_p, max_tokens, condition,
-                                    condition_text], [table, message, rnd], api_name="admin_start_sampling")
-        run.click(self._feedback, [rnd, provider], [table, message], api_name="admin_run_provider")
+        self.click(sample, self._sample, [task, version, limit, n, temperature, top_p, max_tokens, condition,
+                                          condition_text], [table, message, rnd], message,
+                   api_name="admin_start_sampling")
+        self.click(run, self._feedback, [rnd, provider], [table, message], message, api_name="admin_run_provider")
+        self.click(close, self._close, [rnd], [table, message, rnd], message, api_name="admin_close_round")
         show_exemplars.click(self._exemplars, [task], [exemplars], api_name="admin_exemplar_pool")
-        close.click(self._close, [rnd], [table, message, rnd], api_name="admin_close_round")
         refresh.click(self._refresh, None, [table, rnd, version], api_name="admin_rounds")
         save.click(self._save_sampling, [backend, base_url, model, concurrency], [summary],
                    api_name="admin_save_sampling")
         check.click(self._check_sampling, [base_url, model, check_key], [summary], api_name="admin_check_sampling")
         self.table_out, self.task_pick, self.round_pick, self.version_pick = table, task, rnd, version
         self.sampling_out = (summary, backend, base_url, model, concurrency)
-        self.task_pickers = [task]
-        self.load_outputs = [table, task, rnd, version, *self.sampling_out]
+        self.task_pickers = [task, r_task]
+        self.load_outputs = [table, task, rnd, version, r_task, r_progress, *self.sampling_out]
 
     def page_load(self):
         names = self.task_names()
@@ -221,7 +336,8 @@ class RoundsTab(ConsoleTab):
                 self.task_pick: gr.update(choices=names, value=names[0] if names else None),
                 self.round_pick: gr.update(choices=rounds, value=rounds[0][1] if rounds else None),
                 self.version_pick: gr.update(choices=version_choices(self.db), value=None),
-                **self.sampling_load()}
+                self.round_task: gr.update(choices=names, value=default_task(self.db, names)),
+                self.round_progress: self._round_progress_html(), **self.sampling_load()}
 
     def sampling_load(self) -> dict:
         s = self.settings.with_stored()

@@ -122,9 +122,10 @@ class TasksTab(ConsoleTab):
         form = [name, categories, exemplar, free_text, critique, judgment, k, guidelines, placement, template,
                 attributes, queue]
         load.click(self._load_task, [pick], [*form, preview], api_name="admin_task_load")
-        self.task_events = [save.click(self._save, form, [table, message, preview, pick], api_name="admin_task_save"),
-                            dup.click(self._duplicate, [source, new_name], [table, message, pick],
-                                      api_name="admin_task_duplicate")]
+        self.task_events = [self.click(save, self._save, form, [table, message, preview, pick], message,
+                                       api_name="admin_task_save"),
+                            self.click(dup, self._duplicate, [source, new_name], [table, message, pick], message,
+                                       api_name="admin_task_duplicate")]
         guidelines.change(self._preview, [guidelines], [preview], api_name="admin_task_preview",
                           show_progress="hidden")
         self.table_out, self.pick = table, pick

@@ -10,9 +10,10 @@ import shlex
 
 import gradio as gr
 
-from alt_engine.db import Round, Task, session_scope
+from alt_engine.db import ModelVersion, Round, Task, session_scope
 from alt_engine.jobs import start_job
-from alt_engine.pool import POLICIES, TRUNCATION
+from alt_engine.plan import defaults as plan_defaults
+from alt_engine.pool import POLICIES, TRUNCATION, PoolOptions
 
 from .base import ConsoleTab
 from .rounds import round_choices
@@ -26,7 +27,7 @@ def _form_args(objective: str, epochs, lr, beta, alpha, lora, max_steps, batch_s
     fields = get(objective).config.__dataclass_fields__
     argv = ["--num_train_epochs", str(float(epochs)), "--learning_rate", str(float(lr)),
             "--lora", str(bool(lora)).lower(), "--per_device_train_batch_size", str(int(batch_size)),
-            "--max_steps", str(int(max_steps if max_steps not in (None, "") else -1)), "--report_to", "none"]
+            "--max_steps", str(int(max_steps if max_steps not in (None, "") else -1))]  # report_to: the CLI's too
     if "alpha" in fields and alpha not in (None, ""):
         argv += ["--alpha", str(float(alpha))]
     if "beta" in fields and beta not in (None, ""):
@@ -35,6 +36,18 @@ def _form_args(objective: str, epochs, lr, beta, alpha, lora, max_steps, batch_s
         return argv + shlex.split(options or "")
     except ValueError as e:
         raise ValueError(f"options: {e}") from None
+
+
+DEFAULT = "default"  # a dropdown left at this: the planner's choice (the task's or the objective's), as the CLI's
+
+
+def _choice(value: str | None) -> str | None:
+    return None if value in (None, "", DEFAULT) else value
+
+
+def _pool_text(pool: PoolOptions) -> str:
+    cap = f"at most {pool.max_per_prompt} per prompt" if pool.max_per_prompt else "no cap per prompt"
+    return f"{pool.k_per_category} per category, {cap}, {pool.policy}, truncated: {pool.truncated}"
 
 
 def options_help(objective: str) -> str:
@@ -49,37 +62,37 @@ class TrainingTab(ConsoleTab):
     title = "Training"
 
     def _train(self, round_ids, objective, epochs, lr, beta, alpha, lora, max_steps, batch_size, options, k, policy,
-               truncated, request: gr.Request):
+               truncated, max_per_prompt, request: gr.Request):
         self.auth.require_admin(request)
+        from alt_engine.plan import plan_train
         from alt_engine.training.objectives import config_from_args, get
-        from alt_engine.versions import served_version
 
         ids = [int(r) for r in (round_ids or [])]
         if not ids:
-            raise self.error(ValueError("choose the round(s) to train on"))
+            raise self.error(ValueError("choose the round(s) to train on (Rounds samples them)"))
         with session_scope(self.db) as s:
             rounds = [s.get(Round, i) for i in ids]
             tasks = {r.task_id for r in rounds if r is not None}
             if len(tasks) != 1:
                 raise self.error(ValueError("choose rounds of one task"))
             task = s.get(Task, tasks.pop())
-            served = served_version(s)
         try:
             obj = get(objective or "alt")
             config = config_from_args(obj.name, _form_args(obj.name, epochs, lr, beta, alpha, lora, max_steps,
                                                            batch_size, options))
-            pool_kw = dict(round_ids=ids, k_per_category=int(k), policy=policy or obj.pool_policy,
-                           truncated=truncated, seed=config.seed)
-            obj.check_items(obj.items(self.db, task, **pool_kw))  # no usable data for this objective: refused now
+            # the CLI's planner: the same pool as `alt train` for the same choices; no usable data: refused now
+            spec = plan_train(self.db, task, config, round_ids=ids, k_per_category=k, policy=_choice(policy),
+                              max_per_prompt=max_per_prompt, truncated=_choice(truncated))
             fmt = obj.task_format(task)
         except ValueError as e:
             raise self.error(e) from e
-        params = dict(task_id=task.id, round_id=ids[-1], parent_version_id=served.id, objective=obj.name,
-                      config=config.to_dict(), conditioning=fmt.to_dict(), **pool_kw, settings=self.job_settings())
-        job_id = start_job(self.db, "train", params)
+        job_id = start_job(self.db, spec.kind, {**spec.params(), "settings": self.job_settings()})
+        with session_scope(self.db) as s:
+            parent = s.get(ModelVersion, spec.parent_version_id)
         return (f"Queued **{obj.name}** training job {job_id} on {len(ids)} round(s) of **{task.name}** from "
-                f"{served.name} (conditioning: {fmt.describe()}): the rounds are closed for annotation; watch it "
-                "in **Jobs**.")
+                f"{parent.name} (conditioning: {fmt.describe()}; pool: {_pool_text(spec.pool)}): the rounds are "
+                "closed for annotation; watch it in **Jobs**, then evaluate it in **Models** (the Dashboard plots "
+                "evaluated versions).")
 
     def _objective(self, objective, request: gr.Request):
         """The chosen objective's defaults into the form, and its own options described."""
@@ -94,7 +107,7 @@ class TrainingTab(ConsoleTab):
         return {self.epochs: c["num_train_epochs"], self.lr: c["learning_rate"], self.lora: c["lora"],
                 self.alpha: gr.update(value=c.get("alpha"), interactive="alpha" in c),
                 self.beta: gr.update(value=None, interactive="beta" in c),
-                self.policy: obj.pool_policy, self.help: options_help(obj.name)}
+                self.help: options_help(obj.name)}
 
     def _rounds(self, request: gr.Request):
         self.auth.require_admin(request)
@@ -123,18 +136,24 @@ class TrainingTab(ConsoleTab):
         options = gr.Textbox(label="More options of the objective, as on the command line "
                                    "(e.g. --ul_threshold 1.2 --positive_ratio 0.5)", elem_id="console-train-options")
         self.help = gr.Markdown(options_help("alt"), elem_id="console-train-help", latex_delimiters=[])
+        p = plan_defaults()
         with gr.Row():
-            k = gr.Number(label="Samples per category per prompt", value=2, precision=0)
-            self.policy = gr.Dropdown(label="Pool policy", choices=list(POLICIES), value="flush")
-            truncated = gr.Dropdown(label="Truncated generations", choices=list(TRUNCATION), value=TRUNCATION[0],
+            k = gr.Number(label="Samples per category per prompt", value=p.k_per_category, precision=0,
+                          elem_id="console-train-k")
+            max_per_prompt = gr.Number(label="Most examples per prompt (0 = no cap)", value=p.max_per_prompt,
+                                       precision=0, elem_id="console-train-max-per-prompt")
+            self.policy = gr.Dropdown(label="Pool policy (default: the objective's)", choices=[DEFAULT, *POLICIES],
+                                      value=DEFAULT, elem_id="console-train-policy")
+            truncated = gr.Dropdown(label="Truncated generations (default: the task's, e.g. worst for concise, "
+                                          "else exclude)", choices=[DEFAULT, *TRUNCATION], value=DEFAULT,
                                     elem_id="console-train-truncated")
         start = gr.Button("Start training", variant="primary", elem_id="console-train")
         message = gr.Markdown(elem_id="console-train-message", latex_delimiters=[])
-        start.click(self._train, [rounds, objective, self.epochs, self.lr, self.beta, self.alpha, self.lora, max_steps,
-                                  batch_size, options, k, self.policy, truncated], [message],
-                    api_name="admin_start_training")
+        self.form = [rounds, objective, self.epochs, self.lr, self.beta, self.alpha, self.lora, max_steps, batch_size,
+                     options, k, self.policy, truncated, max_per_prompt]  # ``_train``'s inputs, in order
+        self.click(start, self._train, self.form, [message], message, api_name="admin_start_training")
         objective.change(self._objective, [objective],
-                         [self.epochs, self.lr, self.lora, self.alpha, self.beta, self.policy, self.help],
+                         [self.epochs, self.lr, self.lora, self.alpha, self.beta, self.help],
                          api_name="admin_training_objective")
         refresh.click(self._rounds, None, [rounds], api_name="admin_training_rounds")
         self.rounds_pick = rounds
