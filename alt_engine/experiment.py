@@ -92,6 +92,12 @@ def run_arm(objective: str, cfg: ExperimentConfig, settings: Settings, log: Log 
         from .training.objectives import get
 
         arm_round = dataclasses.replace(arm_round, policy=get(objective).pool_policy)
+    from .guidance import FEEDBACK_FREE
+
+    if objective in FEEDBACK_FREE and (arm_round.sampling.guidance or arm_round.eval.guidance):
+        log(f"  {objective} reads no feedback: sampled and evaluated without guidance")
+        arm_round = dataclasses.replace(arm_round, sampling=dataclasses.replace(arm_round.sampling, guidance=0.0),
+                                        eval=dataclasses.replace(arm_round.eval, guidance=0.0))
     arm: dict = {"provider": provider, "train_config": train_config.to_dict(), "policy": arm_round.policy,
                  "rounds": []}
     t0 = time.perf_counter()

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from sqlalchemy import func
 from sqlmodel import select
 
-from . import conditioning
+from . import conditioning, guidance
 from .db import ModelVersion, Prompt, Round, RoundStatus, Task, session_scope
 from .evaluation import (
     METRICS,
@@ -66,8 +66,15 @@ class RoundConfig:
     metric: str = "auto"  # compared for promotion; auto: mean_score for scored feedback, else exemplar_share
     eval: EvalConfig = field(default_factory=EvalConfig)
     background_training: bool = False  # train in a subprocess job (the CLI's foreground runs it in-process)
+    # exploration (round >= 2): this share of each prompt's n samples is drawn under ``explore_with`` (worst |
+    # plain | a feedback text), unguided, instead of under the exemplar — so the pool keeps both ends of the
+    # feedback scale when the model has learned to answer the exemplar (docs/guidance.md, "Steering that lasts")
+    explore: float = 0.0
+    explore_with: str = "worst"
 
     def __post_init__(self):
+        if not 0 <= self.explore < 1:
+            raise ValueError(f"explore is a share of each prompt's samples in [0, 1), got {self.explore}")
         if self.promote not in PROMOTE:
             raise ValueError(f"promote must be one of {', '.join(PROMOTE)}, got {self.promote!r}")
         if self.metric != "auto" and self.metric not in METRICS:
@@ -153,10 +160,19 @@ def sample_round(db: str, settings: Settings, task: Task, rnd: Round, version: M
     """The sampling stage of a round: ``params.n`` generations per prompt from ``version``, stored.
 
     ``sampler``: an already loaded backend for ``version`` (a round reuses it for the parent's evaluation).
+    ``params.guidance`` > 0 guides the conditioned prompts away from ``params.negative`` (``guidance.py``).
     """
     sampler = sampler or load_sampler(settings, version, backend)
-    return sample_prompts(db, sampler, prompts, params, conditioning_text=feedback,
+    conds = feedback if isinstance(feedback, list) else [feedback] * len(prompts)
+    negs = guidance.negatives(db, task, params.negative, conds) if params.guidance else None
+    return sample_prompts(db, sampler, prompts, params, conditioning_text=conds, negative_text=negs,
                           fmt=conditioning.format_of(version, task), round_id=rnd.id, model_version_id=version.id)
+
+
+def explore_conditioning(db: str, task: Task, spec: str, conds: list[str | None]) -> list[str | None]:
+    """What the exploration samples are conditioned on: per prompt, ``spec``'s feedback (``guidance.negatives``'
+    reading of it: worst | plain | a text) where the prompt is conditioned, else None."""
+    return guidance.negatives(db, task, spec, conds)
 
 
 
@@ -262,8 +278,17 @@ def run_round(db: str, settings: Settings, task: Task, provider: str | Provider,
         with stage("sample"):
             params = replace(cfg.sampling, seed=cfg.sampling.seed + 1000 * rnd.number)
             conds = sampling_conditioning(db, task, served, len(prompts), params.seed)
+            if conds[0] is None:  # a base model samples the plain prompt: nothing to guide or explore
+                params = replace(params, guidance=0.0)
             sampler = load_sampler(settings, served)  # one load: sampling, then the parent's evaluation
-            gen_ids = sample_round(db, settings, task, rnd, served, prompts, params, conds, sampler=sampler)
+            explore = min(round(cfg.explore * params.n), params.n - 1) if conds[0] is not None else 0
+            gen_ids = sample_round(db, settings, task, rnd, served, prompts, replace(params, n=params.n - explore),
+                                   conds, sampler=sampler)
+            if explore:
+                log(f"  exploration: {explore} of {params.n} samples per prompt under {cfg.explore_with!r}, unguided")
+                gen_ids += sample_round(db, settings, task, rnd, served, prompts,
+                                        replace(params, n=explore, guidance=0.0, seed=params.seed + 500),
+                                        explore_conditioning(db, task, cfg.explore_with, conds), sampler=sampler)
             report.generations, report.conditioning = len(gen_ids), conds[0]
         with stage("feedback", RoundStatus.LABELLING):
             labels: LabelReport = label_generations(db, provider, task, gen_ids)

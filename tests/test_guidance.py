@@ -136,3 +136,42 @@ def test_bad_guidance_values():
         SamplingParams(guidance=100)
     with pytest.raises(ValueError, match="guidance needs"):
         TransformersBackend.generate(object(), [[1]], SamplingParams(guidance=1.0))
+
+
+@pytest.mark.slow  # two tiny rounds through the CLI, ~15 s
+def test_round_and_eval_options_reach_the_sampler_and_are_stored(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """`alt round --guidance --explore`, `alt eval --guidance`: stored on every generation and evaluation; a
+    feedback-free objective refuses guidance before any round exists."""
+    from test_round_cli import TRAIN, cli  # noqa: F401 - the CLI fixture's body
+
+    from alt_engine.db import ModelVersion, Round
+
+    run, db = cli.__wrapped__(tmp_path, tiny_model_dir, monkeypatch)
+    assert run("round", "--objective", "sft", "--provider", "rule:concise:2,4,6,8", "--guidance", "1", *TRAIN) == 1
+    assert "reads no feedback" in capsys.readouterr().err
+    with session_scope(db) as s:
+        assert s.exec(select(Round)).first() is None
+    assert run("round", "--provider", "rule:concise:2,4,6,8", "--n", "4", "--max-new-tokens", "6", "--rounds", "2",
+               "--promote", "always", "--eval-max-new-tokens", "6", "--guidance", "2", "--negative", "plain",
+               "--eval-guidance", "1.5", "--explore", "0.5", *TRAIN) == 0
+    with session_scope(db) as s:
+        second = s.exec(select(Round).where(Round.number == 2)).one()
+        gens = s.exec(select(Generation).where(Generation.round_id == second.id)).all()
+        evals = s.exec(select(Generation).where(Generation.round_id.is_(None))).all()
+        v2 = s.exec(select(ModelVersion).order_by(ModelVersion.id.desc())).first()
+    exemplar = [g for g in gens if g.conditioning == "Excellent"]
+    explored = [g for g in gens if g.conditioning == "Horrible"]
+    assert len(exemplar) == len(explored) == len(gens) // 2 > 0  # half of each prompt's 4 samples explore
+    assert all(g.sampling_params["guidance"] == 2.0 and g.sampling_params["negative_feedback"] is None
+               for g in exemplar)  # guided away from the plain prompt
+    assert all("guidance" not in g.sampling_params for g in explored)  # exploration is unguided
+    assert evals and all(g.sampling_params["guidance"] == 1.5 for g in evals if g.conditioning)
+    assert v2.metrics["eval"]["guidance"] == 1.5 and v2.metrics["eval"]["negative_feedback"] == ["Horrible",
+                                                                                                    "Excellent"]
+    capsys.readouterr()
+    assert run("eval", "--provider", "rule:concise:2,4,6,8", "--guidance", "3", "--negative", "Okay",
+               "--max-new-tokens", "6", "--no-steer") == 0
+    with session_scope(db) as s:
+        v2 = s.get(ModelVersion, v2.id)
+    assert v2.metrics["eval"]["guidance"] == 3.0 and v2.metrics["eval"]["negative"] == "Okay"
+    assert "guidance γ=3" in capsys.readouterr().out
