@@ -281,7 +281,7 @@ def run_round(db: str, settings: Settings, task: Task, provider: str | Provider,
             if conds[0] is None:  # a base model samples the plain prompt: nothing to guide or explore
                 params = replace(params, guidance=0.0)
             sampler = load_sampler(settings, served)  # one load: sampling, then the parent's evaluation
-            explore = min(round(cfg.explore * params.n), params.n - 1) if conds[0] is not None else 0
+            explore = min(int(cfg.explore * params.n), params.n - 1) if conds[0] is not None else 0  # floor
             gen_ids = sample_round(db, settings, task, rnd, served, prompts, replace(params, n=params.n - explore),
                                    conds, sampler=sampler)
             if explore:

@@ -175,3 +175,128 @@ def test_round_and_eval_options_reach_the_sampler_and_are_stored(tmp_path, tiny_
         v2 = s.get(ModelVersion, v2.id)
     assert v2.metrics["eval"]["guidance"] == 3.0 and v2.metrics["eval"]["negative"] == "Okay"
     assert "guidance γ=3" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- /v1 and the openai backend
+
+
+@pytest.fixture
+def v1(backend, tmp_path):
+    """The app's /v1 routes on 127.0.0.1 serving ``backend``; yields (base URL, ModelServer)."""
+    from test_openai_api import live
+
+    from alt_engine.serving import ModelServer
+    from alt_engine.settings import Settings
+
+    server = ModelServer(backend, version_name="v0-tiny")
+    with live(server, Settings(db=str(tmp_path / "x.db"), serve_api_key="sk-test")) as url:
+        yield url, server
+
+
+def test_v1_guidance_fields_reach_the_sampler(v1, backend):
+    import openai
+
+    url, _ = v1
+    c = openai.OpenAI(base_url=url, api_key="sk-test", max_retries=0, timeout=60)
+    msgs = [{"role": "user", "content": "Tell me about the sea"}]
+    tok = backend.tokenizer
+    pos, neg = build_input(tok, msgs, "Excellent").input_ids, build_input(tok, msgs, "Horrible").input_ids
+    params = SamplingParams(n=1, temperature=1.0, top_p=0.9, max_new_tokens=10, seed=11, guidance=2.0)
+    want = backend.generate([pos], params, negatives=[neg])[0][0].text
+    plain = backend.generate([pos], SamplingParams(**{**params.__dict__, "guidance": 0.0}))[0][0].text
+    assert want != plain
+    for stream in (False, True):
+        r = c.chat.completions.create(model="v0-tiny", messages=msgs, max_tokens=10, temperature=1.0, top_p=0.9,
+                                      seed=11, stream=stream, extra_body={"feedback": "Excellent", "guidance": 2.0,
+                                                                          "negative_feedback": "Horrible"})
+        text = "".join(ch.choices[0].delta.content or "" for ch in r if ch.choices) if stream else \
+            r.choices[0].message.content
+        assert text == want
+    with pytest.raises(openai.BadRequestError, match="give feedback"):
+        c.chat.completions.create(model="v0-tiny", messages=msgs, max_tokens=2, extra_body={"guidance": 1.0})
+    with pytest.raises(openai.BadRequestError, match="guidance"):
+        c.chat.completions.create(model="v0-tiny", messages=msgs, max_tokens=2,
+                                  extra_body={"feedback": "Excellent", "guidance": 50})
+
+
+def test_openai_backend_guides_on_the_studio_server_and_refuses_one_that_ignores_it(v1, backend, tmp_path):
+    import threading
+    import time
+
+    import uvicorn
+    from conftest import free_port
+    from fastapi import FastAPI
+
+    from alt_engine.openai_backend import GuidanceUnsupported, OpenAIBackend
+
+    url, _ = v1
+    tok = backend.tokenizer
+    pairs = [_pair(tok, p) for p in ("Hi", "Tell me")]
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=8, seed=3, guidance=1.5)
+    remote = OpenAIBackend(tok, url, "v0-tiny", api_key="sk-test")
+    got = remote.generate([p for p, _ in pairs], params, negatives=[n for _, n in pairs])
+    local = backend.generate([p for p, _ in pairs], params, negatives=[n for _, n in pairs])
+    assert [[s.token_ids for s in per] for per in got] == [[s.token_ids for s in per] for per in local]
+
+    app = FastAPI()  # answers like vLLM: unknown fields ignored, no "guidance" in the reply
+
+    @app.post("/v1/completions")
+    async def completions(body: dict):
+        return {"id": "x", "object": "text_completion", "created": 0, "model": body["model"],
+                "choices": [{"index": j, "text": "hi", "finish_reason": "stop", "logprobs": None}
+                            for j in range(body.get("n", 1))]}
+
+    port = free_port()
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=uv.run, daemon=True).start()
+    while not uv.started:
+        time.sleep(0.02)
+    try:
+        other = OpenAIBackend(tok, f"http://127.0.0.1:{port}/v1", "m", max_retries=0)
+        assert other.generate([pairs[0][0]], SamplingParams(n=1, max_new_tokens=4))[0][0].text == "hi"
+        with pytest.raises(GuidanceUnsupported, match="ignored feedback guidance"):
+            other.generate([pairs[0][0]], params, negatives=[pairs[0][1]])
+    finally:
+        uv.should_exit = True
+
+
+def test_playground_steering_sliders_reach_the_sampler(db, backend):
+    """Panel A guided (γ 2 away from "Horrible"), panel B plain: each reply is what the server gives for those
+    parameters; the default negative choice is the task's worst category."""
+    import types
+
+    import gradio as gr
+
+    from alt_engine import playground as pg
+    from alt_engine.db import ModelVersion
+    from alt_engine.serving import ModelServer
+    from alt_engine.settings import Settings
+    from alt_engine.users import add_user
+    from app.auth import Auth
+    from app.playground import PlaygroundTab
+
+    add_user(db, "alice", "alicepass1")
+    with session_scope(db) as s:
+        get_or_create_task(s, "default")
+        s.add(ModelVersion(name="v0-base", path="tiny", status="served"))
+    assert pg.negative_choices(db, "default") == (["Horrible", "Bad", "Mediocre", "Good", "Excellent", "none"],
+                                                  "Horrible")
+    server = ModelServer(backend, version_name="v0-base")
+
+    class Tab(PlaygroundTab):
+        hub = property(lambda self: types.SimpleNamespace(served=server, for_version=lambda name: server))
+
+    tab = Tab(Settings(db=db), Auth(Settings(db=db)))
+    with gr.Blocks():
+        tab.build_ui()
+    state = {"a": [], "b": [], "turn": 0}
+    *_, last = tab._send("Tell me about the sea", state, True, "v0-base", "Excellent", "v0-base", "Excellent",
+                         1.0, 0.9, 10, 4, False, 0, 2.0, "Horrible", 0.0, "Horrible",
+                         request=types.SimpleNamespace(username="alice"))
+    chat = [{"role": "user", "content": "Tell me about the sea"}]
+    guided, _ = server.chat(chat, "Excellent", 10, 1.0, 0.9, 4, guidance=2.0, negative="Horrible")
+    plain, _ = server.chat(chat, "Excellent", 10, 1.0, 0.9, 4)
+    assert guided != plain
+    assert last[tab.state]["a"][-1]["content"] == guided and last[tab.state]["b"][-1]["content"] == plain
+    assert "γ 2 away from Horrible" in last[tab.status]
+    server.close()
