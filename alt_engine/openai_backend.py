@@ -56,7 +56,8 @@ class OpenAIBackend:
                                               max_retries=max_retries)
         self.retries = 0  # HTTP retries the client made (monitoring)
 
-    def _sample(self, ids: list[int], params: SamplingParams, seed: int, negative: list[int] | None = None) -> list[Sample]:
+    def _sample(self, ids: list[int], params: SamplingParams, seed: int,
+                negative: list[int] | None = None) -> list[Sample]:
         """``params.n`` samples of one input: one request (guided: with the input under f⁻ as ``negative_prompt``)."""
         greedy = params.temperature == 0
         extra: dict = {"return_token_ids": True}  # vLLM (and the studio's own /v1) send the sampled ids back

@@ -627,8 +627,9 @@ def sample_prompts(db: str, backend: Backend, prompts: Sequence[Prompt], params:
         negs = negative_text[start:start + per_batch]
         extra = {}
         if guided:  # f⁻ built by the same function, in the same format: only the feedback segment differs
-            extra["negatives"] = [conditioning.build_input(backend.tokenizer, conditioning.prompt_of(p), n, fmt).input_ids
-                                  if c is not None else None for p, c, n in zip(chunk, conds, negs)]
+            extra["negatives"] = [
+                conditioning.build_input(backend.tokenizer, conditioning.prompt_of(p), n, fmt).input_ids
+                if c is not None else None for p, c, n in zip(chunk, conds, negs)]
         if seed_index is None:
             chunk_params = SamplingParams(**{**asdict(params), "seed": params.seed + start})
             samples = backend.generate([x.input_ids for x in inputs], chunk_params, chunk_progress, **extra)

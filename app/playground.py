@@ -158,9 +158,8 @@ class PlaygroundTab:
     # ------------------------------------------------------------------ layout
 
     def build_ui(self) -> None:
-        from alt_engine.revise import MAX_PASSES
-
         from alt_engine.guidance import EVAL_GUIDANCE
+        from alt_engine.revise import MAX_PASSES
         from alt_engine.sampling import MAX_GUIDANCE
 
         self.transcripts, self.inputs, self.input_info, self.versions, self.feedback = {}, {}, {}, {}, {}

@@ -179,8 +179,8 @@ def main() -> None:
     for name, (tokens, secs) in rows:
         print(f"{name:<24}{tokens:>8}{secs:>10.1f}{tokens / secs:>10.1f}{tokens / secs / limit:>10.0%}")
     if args.single:
-        print(f"batched / one-at-a-time: {batched_rate / single_rate:.1f}x"
-              + (f"; batched / previous backend: {batched_rate / (baseline[0] / baseline[1]):.1f}x" if baseline else ""))
+        previous = f"; batched / previous backend: {batched_rate * baseline[1] / baseline[0]:.1f}x" if baseline else ""
+        print(f"batched / one-at-a-time: {batched_rate / single_rate:.1f}x{previous}")
     if guided:
         (pt, ps), (gt, gs) = guided
         print(f"feedback guidance γ={args.guidance:g}: {gs / gt * 1000:.1f} ms per generated token vs "

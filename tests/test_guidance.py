@@ -5,14 +5,13 @@ import math
 import pytest
 import torch
 from sqlmodel import select
+from test_sampling import eos_prone_backend
 
 from alt_engine.conditioning import Format, build_input
 from alt_engine.db import Generation, Prompt, session_scope
 from alt_engine.modeling import load_model, load_tokenizer
 from alt_engine.sampling import SamplingParams, TransformersBackend, guided_logits, next_tokens, sample_prompts
 from alt_engine.tasks import get_or_create_task
-
-from test_sampling import eos_prone_backend
 
 
 @pytest.fixture(scope="module")

@@ -357,7 +357,8 @@ def _round_config(args, objective: str | None = None):
                                 mask_control_tokens=args.mask_control_tokens,
                                 guidance=_guidance(args, "guidance", objective, ROUND_GUIDANCE),
                                 negative=args.negative),
-        explore=args.explore, explore_with=args.explore_with, limit=args.limit or None, k_per_category=args.k_per_category, policy=_policy(args),
+        explore=args.explore, explore_with=args.explore_with,
+        limit=args.limit or None, k_per_category=args.k_per_category, policy=_policy(args),
         max_per_prompt=args.max_per_prompt or None, truncated=_truncation(args), promote=args.promote.replace("-", "_"),
         metric=args.metric, eval=_eval_config(args, objective))
 
