@@ -20,6 +20,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from sweep import _fmt  # scripts/ is on the path when run as a script
+
 
 def evaluate(folder: str, arm: str, rnd: int, gamma: float, negative: str) -> dict:
     """One (round, γ) evaluation on a copy of the arm's database."""
@@ -72,25 +74,17 @@ def row(result: dict, record: dict, versus: str) -> dict:
     return out
 
 
-def _f(x, nd=3) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, list | tuple):
-        return "[" + ", ".join(_f(v, nd) for v in x) + "]"
-    return f"{x:+.{nd}f}" if isinstance(x, float) and nd == 3 and x < 0 else f"{x:.{nd}f}" if isinstance(x, float) \
-        else str(x)
-
-
 def table(rows: list[dict]) -> str:
     lines = ["| round | γ | exemplar share [CI] | steer gap [CI] | mean reward [CI] | vs SFT (paired) | perplexity "
              "| dist-2 | words | % trunc | wall s |", "|" + "---|" * 11]
     for r in rows:
         vs = (r.get("versus") or {}).get("diff")
-        lines.append(f"| {r['round']} | {r['guidance']:g} | {_f(r['exemplar_share'])} {_f(r['exemplar_share_ci'])} | "
-                     f"{_f(r['steerability_gap'])} {_f(r['steerability_gap_ci'])} | {_f(r['mean_score'])} "
-                     f"{_f(r['mean_score_ci'])} | {_f(vs[0]) + ' ' + _f(vs[1:]) if vs else '–'} | "
-                     f"{_f(r['perplexity'], 2)} | {_f(r['dist2'], 2)} | {_f(r['mean_words'], 1)} | "
-                     f"{_f(r['pct_truncated'], 0)} | {r['wall_s']} |")
+        share = f"{_fmt(r['exemplar_share'])} {_fmt(r['exemplar_share_ci'])}"
+        lines.append(f"| {r['round']} | {r['guidance']:g} | {share} | "
+                     f"{_fmt(r['steerability_gap'])} {_fmt(r['steerability_gap_ci'])} | {_fmt(r['mean_score'])} "
+                     f"{_fmt(r['mean_score_ci'])} | {_fmt(vs[0]) + ' ' + _fmt(vs[1:]) if vs else '–'} | "
+                     f"{_fmt(r['perplexity'], 2)} | {_fmt(r['dist2'], 2)} | {_fmt(r['mean_words'], 1)} | "
+                     f"{_fmt(r['pct_truncated'], 0)} | {r['wall_s']} |")
     return "\n".join(lines)
 
 
