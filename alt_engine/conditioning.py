@@ -12,7 +12,7 @@ A ``Format`` says where the feedback segment goes (``placement``) and how it rea
 ``attributes`` rewrites a feedback text before the template (SteerLM: "Harmless and very helpful" →
 "harmful:0,helpful:2"); a text it does not list is used as is.
 
-A chat model follows feedback inside its template far better than before it (DESIGN.md §1, "What we
+A chat model follows feedback inside its template far better than before it (docs/design.md §1, "What we
 measured"), so ``system`` is the default; a tokenizer without a chat template falls back to ``prefix``.
 
 Every input is built by ``build_input`` and records where its feedback segment lies (``start:end`` in
@@ -255,3 +255,30 @@ def build_training_example(tokenizer, prompt: PromptLike, feedback: str | None, 
     if not truncated and tokenizer.eos_token_id is not None:
         response_ids.append(tokenizer.eos_token_id)
     return TrainingExample(ids, ref, response_ids)
+
+
+# --------------------------------------------------------------------------- Critique-and-Revise layout
+# What the ``cnr`` objective trains on and what ``revise`` feeds back at inference: the conversation, the answer as
+# the assistant's turn, then a user turn asking for a critique and a revision; the target is "Critique: … /
+# Revision: …". Here, beside the feedback format, so inference never imports a trainer module.
+
+REQUEST = "Critique your answer, then revise it."
+CRITIQUE, REVISION = "Critique:", "Revision:"
+
+
+def revision_input(tokenizer, prompt: PromptLike, response: str, request: str = REQUEST) -> list[int]:
+    """The model input asking to critique and revise ``response`` to ``prompt``."""
+    messages = as_messages(prompt) + [{"role": "assistant", "content": response},
+                                      {"role": "user", "content": request}]
+    return prompt_ids(tokenizer, messages)
+
+
+def revision_target(critique: str, revision: str) -> str:
+    return f"{CRITIQUE} {critique.strip()}\n{REVISION} {revision.strip()}"
+
+
+def parse_revision(text: str) -> tuple[str | None, str | None]:
+    """(critique, revision) from a generated target; None where a part is missing."""
+    head, sep, revision = text.partition(REVISION)
+    critique = head.split(CRITIQUE, 1)[1].strip() if CRITIQUE in head else (head.strip() or None)
+    return critique, (revision.strip() if sep else None)

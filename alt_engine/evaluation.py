@@ -15,7 +15,7 @@ Per version, with 95% bootstrap intervals over prompts (``stats``):
   mean score, mean words, % truncated) the value under each and the gap best − worst with a paired CI;
 - **label-learned diagnostic** (no sampling): on a fixed held-out set of labelled probe responses, the
   summed log-likelihood of each response under its own label minus under the opposite label
-  (``ll_gap``, nats per response), and the same for the EOS token alone (``eos_gap``) — DESIGN.md §1:
+  (``ll_gap``, nats per response), and the same for the EOS token alone (``eos_gap``) — docs/design.md §1:
   a per-token mean hides what a label does to the few tokens that decide length.
 
 Evaluation generations are stored as ``Generation`` rows with ``round_id=None`` and
@@ -46,7 +46,7 @@ from .stats import Estimate, gap_ci, per_prompt_ci
 METRICS = ("exemplar_share", "mean_score", "steerability_gap", "perplexity", "dist1", "dist2", "dist3",
            "mean_length", "mean_words", "pct_truncated")
 LOWER_IS_BETTER = ("perplexity", "pct_truncated")
-MIN_PROBE_PROMPTS, MIN_N = 30, 4  # resolves a 15-point change in a share (DESIGN.md §1, "Evaluation size")
+MIN_PROBE_PROMPTS, MIN_N = 30, 4  # resolves a 15-point change in a share (docs/design.md §1, "Evaluation size")
 DEFAULT_MAX_NEW_TOKENS = 160  # = SamplingParams.max_new_tokens (no torch-free import of it here)
 
 

@@ -259,7 +259,7 @@ def _train(ctx: JobContext) -> dict:
     from .conditioning import Format
     from .pool import PoolItem
     from .training.objectives import get, make_config
-    from .training.run import train_model_version
+    from .versions import train_model_version
 
     db, job_id, params = ctx.db, ctx.job_id, ctx.params
     settings = ctx.settings()

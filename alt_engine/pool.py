@@ -7,7 +7,7 @@ scores 0–3: ``k`` per score; unscored free text: the distinct texts) from the 
 Generations without feedback, and those a person flagged, are dropped.
 
 A truncated generation (stopped at max_new_tokens, no EOS) would teach the model not to stop
-(DESIGN.md §1: P(EOS) at the end of short answers fell 0.72 → 0.59 when 91 of 120 examples were
+(docs/design.md §1: P(EOS) at the end of short answers fell 0.72 → 0.59 when 91 of 120 examples were
 truncated), so the pool has a truncation policy (``truncated``):
 
 - ``exclude`` (default) — never use them;

@@ -1,7 +1,7 @@
 """Critique-and-Revise at inference: the model critiques its answer and revises it, ``passes`` times.
 
 Each pass feeds the latest answer back in the layout the ``cnr`` objective trained on
-(``training.cnr.revision_input``) and parses "Critique: … / Revision: …" from the reply; a reply without
+(``conditioning.revision_input``) and parses "Critique: … / Revision: …" from the reply; a reply without
 a revision ends the loop (the answer stays as it was). The playground and the API call ``revise`` with
 the backend they already hold, or ``revise_version`` with a model version id.
 """
@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .conditioning import PromptLike
+from .conditioning import REQUEST, PromptLike, parse_revision, revision_input
 from .sampling import SamplingParams
-from .training.cnr import REQUEST, parse_revision, revision_input
 
 MAX_PASSES = 5  # the paper's win rate rose with up to 5 passes (the playground's and the API's limit)
 MAX_PASSES_LIMIT = 20  # what the engine accepts

@@ -19,7 +19,7 @@ from alt_engine.pool import PoolItem
 from alt_engine.sampling import SamplingParams, TransformersBackend
 from alt_engine.settings import Settings
 from alt_engine.training.config import AltTrainConfig
-from alt_engine.training.run import train_model_version
+from alt_engine.versions import train_model_version
 
 ITEMS = [PoolItem(i, i, i, f"Prompt {i}: say hello.", "Excellent" if i % 2 else "Horrible",
                   "HELLO THERE" if i % 2 else "hello there", False) for i in range(16)]
@@ -37,7 +37,7 @@ def test_launch_command_trains_on_two_cpu_ranks(tmp_path, tiny_model_dir):
     items = tmp_path / "items.json"
     items.write_text(json.dumps([asdict(i) for i in ITEMS]))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "alt_engine.training.launch", "--model", tiny_model_dir, "--items", str(items),
+    cmd = [sys.executable, "-m", "alt_engine.training.rank", "--model", tiny_model_dir, "--items", str(items),
            "--output", str(out), "--deepspeed", "zero2", "--num_procs", "2", "--batch_size", "4", "--epochs", "1",
            "--learning_rate", "1e-3", "--warmup_ratio", "0"]
     shm = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))

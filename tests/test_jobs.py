@@ -14,7 +14,7 @@ from alt_engine.pool import PoolItem
 from alt_engine.settings import Settings
 from alt_engine.tasks import get_or_create_task
 from alt_engine.training.config import AltTrainConfig
-from alt_engine.training.run import train_model_version
+from alt_engine.versions import train_model_version
 
 pytestmark = pytest.mark.usefixtures("dbkind")  # every test on SQLite and on PostgreSQL
 

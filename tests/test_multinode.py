@@ -24,7 +24,7 @@ from alt_engine.pool import PoolItem
 from alt_engine.settings import Settings
 from alt_engine.training.config import AltTrainConfig
 from alt_engine.training.launch import accelerate_config, launcher_command
-from alt_engine.training.run import train_model_version
+from alt_engine.versions import train_model_version
 
 
 def seed_feedback(db) -> list[PoolItem]:
@@ -74,7 +74,7 @@ def test_two_machines_one_rank_each(tmp_path, tiny_model_dir):
     items = tmp_path / "items.json"  # on the storage both machines share
     items.write_text(json.dumps([asdict(i) for i in ITEMS]))
     out, port = tmp_path / "out", free_port()
-    base = [sys.executable, "-m", "alt_engine.training.launch", "--model", tiny_model_dir, "--items", str(items),
+    base = [sys.executable, "-m", "alt_engine.training.rank", "--model", tiny_model_dir, "--items", str(items),
             "--output", str(out), "--launcher", "accelerate", "--deepspeed", "zero2", "--num_procs", "1",
             "--num_machines", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
             "--batch_size", "4", "--epochs", "1", "--learning_rate", "1e-3", "--warmup_ratio", "0",

@@ -328,7 +328,8 @@ def test_cut_examples_split_views_and_downsample_positives(tiny_tokenizer):
 
 
 def test_cnr_target_layout(tiny_tokenizer):
-    from alt_engine.training.cnr import REQUEST, CnRTrainConfig, build_cnr_examples, parse_revision
+    from alt_engine.conditioning import REQUEST, parse_revision
+    from alt_engine.training.cnr import CnRTrainConfig, build_cnr_examples
 
     item = PoolItem(1, 1, 1, "Say hello.", "It is in lowercase.", "hello there", False, revision="HELLO THERE")
     (row,) = build_cnr_examples(tiny_tokenizer, [item], CnRTrainConfig(report_to="none"))

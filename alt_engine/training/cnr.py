@@ -19,13 +19,11 @@ from typing import ClassVar
 from sqlmodel import select
 
 from .. import conditioning
+from ..conditioning import REQUEST, revision_input, revision_target  # the CnR layout, shared with revise.py
 from ..db import Feedback, Generation, Prompt, Round, session_scope
 from ..pool import PoolItem
 from .collator import AltCollator
 from .config import TrainConfig
-
-REQUEST = "Critique your answer, then revise it."
-CRITIQUE, REVISION = "Critique:", "Revision:"
 
 
 @dataclass
@@ -38,24 +36,6 @@ class CnRTrainConfig(TrainConfig):
     objective: ClassVar[str] = "cnr"
 
     revision_request: str = field(default=REQUEST, metadata={"help": "the turn asking for critique + revision"})
-
-
-def revision_input(tokenizer, prompt: conditioning.PromptLike, response: str, request: str = REQUEST) -> list[int]:
-    """The model input asking to critique and revise ``response`` to ``prompt``."""
-    messages = conditioning.as_messages(prompt) + [{"role": "assistant", "content": response},
-                                                   {"role": "user", "content": request}]
-    return conditioning.prompt_ids(tokenizer, messages)
-
-
-def revision_target(critique: str, revision: str) -> str:
-    return f"{CRITIQUE} {critique.strip()}\n{REVISION} {revision.strip()}"
-
-
-def parse_revision(text: str) -> tuple[str | None, str | None]:
-    """(critique, revision) from a generated target; None where a part is missing."""
-    head, sep, revision = text.partition(REVISION)
-    critique = head.split(CRITIQUE, 1)[1].strip() if CRITIQUE in head else (head.strip() or None)
-    return critique, (revision.strip() if sep else None)
 
 
 def build_cnr_examples(tokenizer, items: list[PoolItem], config: CnRTrainConfig, fmt=None) -> list[dict]:
@@ -91,7 +71,7 @@ def check_critiques(items: list[PoolItem]) -> None:
 
 
 def _objective():
-    from .objectives import Objective
+    from .objective import Objective
 
     return Objective(
         "cnr", CnRTrainConfig, "SFT to critique + revision; iterative revision at inference (Critique-and-Revise)",

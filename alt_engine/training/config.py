@@ -25,7 +25,8 @@ from typing import ClassVar
 
 from transformers import TrainingArguments
 
-DEFAULT_BETA_PRETRAINED = 0.05  # DESIGN §1: KL weight when starting from a plain pretrained model
+ZERO2_CONFIG = Path(__file__).with_name("zero2.json")  # DeepSpeed ZeRO-2, "auto" values filled by transformers
+DEFAULT_BETA_PRETRAINED = 0.05  # docs/design.md §1: KL weight when starting from a plain pretrained model
 _FOR_TRAINER = contextvars.ContextVar("alt_config_for_trainer", default=False)
 _ALIASES = {"epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
             "grad_accum": "gradient_accumulation_steps", "warmup_ratio": "warmup_steps"}
@@ -33,7 +34,7 @@ _ALIASES = {"epochs": "num_train_epochs", "batch_size": "per_device_train_batch_
 
 @dataclass
 class TrainConfig(TrainingArguments):
-    """Options every objective shares (defaults follow the ALT paper, DESIGN.md §1).
+    """Options every objective shares (defaults follow the ALT paper, docs/design.md §1).
 
     Optimisation (``TrainingArguments``' own fields, ALT's defaults): learning_rate 5e-5, num_train_epochs 2
     (alias ``epochs``), warmup_steps 0.05 (a ratio; alias ``warmup_ratio``), lr_scheduler_type linear,
@@ -65,8 +66,8 @@ class TrainConfig(TrainingArguments):
 
     # TrainingArguments fields with our defaults
     learning_rate: float = field(default=5e-5, metadata={
-        "help": "peak learning rate; 5e-5 full fine-tuning steers a 135M chat model within a few rounds (DESIGN.md "
-                "§1 placement experiment); the paper used 1e-5 to 2e-5 on larger models"})
+        "help": "peak learning rate; 5e-5 full fine-tuning steers a 135M chat model within a few rounds "
+                "(docs/design.md §1 placement experiment); the paper used 1e-5 to 2e-5 on larger models"})
     num_train_epochs: float = field(default=4.0, metadata={
         "help": "passes over the data pool per round; 4 moved the default model's exemplar share 15 points in 3 "
                 "rounds where 2 did not (README, Efficacy)"})
@@ -124,8 +125,6 @@ class TrainConfig(TrainingArguments):
             self.save_strategy = "epoch"  # save_steps 0 = a checkpoint per epoch
         self._check()
         if self.deepspeed == "zero2":
-            from . import ZERO2_CONFIG
-
             self.deepspeed = str(ZERO2_CONFIG)
         if isinstance(self.deepspeed, str) and not self.deepspeed.startswith("{") and \
                 not Path(self.deepspeed).is_file():

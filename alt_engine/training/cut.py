@@ -198,7 +198,7 @@ def check_judgments(items: list[PoolItem]) -> None:
 
 
 def _objective():
-    from .objectives import Objective
+    from .objective import Objective
 
     return Objective(
         "cut", CutTrainConfig, "MLE given the judgment + unlikelihood on the tokens it blames (CUT)",

@@ -1,12 +1,12 @@
 """Multi-rank, multi-machine training through the standard launchers (CPU ranks use the gloo backend).
 
-As a command (what ``launch`` runs on every rank, and what a user can run by hand)::
+As a command (``rank.py``: what ``launch`` runs on every rank, and what a user can run by hand)::
 
-    python -m alt_engine.training.launch --model PATH --items items.json --output DIR \\
+    python -m alt_engine.training.rank --model PATH --items items.json --output DIR \\
         --deepspeed zero2 --num_procs 2 [--objective NAME] [any option of its config]
 
 ``items.json`` is a list of PoolItem dicts. Started outside a launcher the command starts the
-launcher itself, which runs ``-m alt_engine.training.launch ...`` on every rank:
+launcher itself, which runs ``-m alt_engine.training.rank ...`` on every rank:
 
 - ``--launcher deepspeed`` (default): ``deepspeed --num_gpus N`` on this machine, or
   ``deepspeed --hostfile FILE`` across the hosts listed there (its runner reaches them over ssh/pdsh);
@@ -109,7 +109,7 @@ def accelerate_config(config: TrainConfig, port: int) -> dict:
 
 
 def launcher_command(config: TrainConfig, out: Path, module_args: list[str], port: int | None = None) -> list[str]:
-    """The launcher command line that runs ``-m alt_engine.training.launch MODULE_ARGS`` on every rank."""
+    """The launcher command line that runs ``-m alt_engine.training.rank MODULE_ARGS`` on every rank."""
     port = port or _port(config)
     if config.launcher == "accelerate":
         cfg = config.accelerate_config
@@ -117,11 +117,11 @@ def launcher_command(config: TrainConfig, out: Path, module_args: list[str], por
             cfg = str(out / f"accelerate_config.machine{config.machine_rank}.json")  # machines may share ``out``
             Path(cfg).write_text(json.dumps(accelerate_config(config, port), indent=2))
         return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", cfg,
-                "--module", "alt_engine.training.launch", *module_args]
+                "--module", "alt_engine.training.rank", *module_args]
     hosts = (["--hostfile", config.hostfile, "--master_addr", config.main_process_ip] if config.hostfile
              else ["--num_gpus", str(config.num_procs), "--master_addr", "127.0.0.1"])
     return [sys.executable, "-m", "deepspeed.launcher.runner", *hosts, "--master_port", str(port),
-            "--no_local_rank", "--module", "alt_engine.training.launch", *module_args]
+            "--no_local_rank", "--module", "alt_engine.training.rank", *module_args]
 
 
 def launch(model_path: str, items: list[PoolItem], config: TrainConfig, output_dir: str,
@@ -178,33 +178,3 @@ def remove_shm_buffers(port: int, shm: Path = Path("/dev/shm")) -> list[str]:
         except OSError:
             pass
     return removed
-
-
-def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
-    from .objectives import get
-    from .run import train
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    head, _ = HfArgumentParser(LaunchArgs).parse_known_args(argv)
-    args, config = HfArgumentParser((LaunchArgs, get(head.objective).config)).parse_args_into_dataclasses(args=argv)
-    items = [PoolItem(**row) for row in json.loads(Path(args.items).read_text())]
-    on_rank = "LOCAL_RANK" in os.environ
-
-    def report(fraction: float, logs: dict) -> None:  # to ``launch`` in the parent process
-        print(PROGRESS_MARK + json.dumps([fraction, logs], default=float), flush=True)
-
-    def show(fraction: float, logs: dict) -> None:  # to a person at the terminal
-        if "loss" in logs:
-            print(f"{fraction:6.1%}  step {logs.get('step')}  loss {logs['loss']:.4f}", file=sys.stderr, flush=True)
-
-    progress = (report if int(os.environ.get("RANK", "0")) == 0 else None) if on_rank else show
-    metrics = train(args.model, items, config, args.output, Format.from_dict(json.loads(args.conditioning)),
-                    progress=progress)
-    if not on_rank:
-        print(json.dumps(metrics, indent=2, default=str))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -18,66 +18,14 @@ cnr        SFT from (prompt, response) to critique + revision; iterative revisio
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from .. import conditioning
-from ..pool import PoolItem, build_pool
+from ..pool import build_pool
 from .collator import AltCollator
 from .config import AltTrainConfig, TrainConfig
-from .run import build_examples, check_items
-from .trainer import AltTrainer
-
-Items = list[PoolItem]
-
-
-def _alt_collator(tokenizer, config) -> AltCollator:
-    return AltCollator(tokenizer.pad_token_id, with_reference=getattr(config, "beta", 0) > 0)
-
-
-def _alt_trainer_kwargs(config, load_reference: Callable[[], Any]) -> dict:
-    """ALT's loss terms; a full-weights run with beta > 0 loads the frozen start model as the reference."""
-    beta = config.beta or 0.0
-    return {"alpha": config.alpha, "beta": beta,
-            "ref_model": load_reference() if beta > 0 and not config.lora else None}
-
-
-def _same_format(tokenizer, items: Items, config, fmt: conditioning.Format) -> conditioning.Format:
-    return fmt
-
-
-def _text_format(task) -> conditioning.Format:
-    """The task's format with the feedback text as written: its SteerLM attribute mapping is ``steerlm``'s only."""
-    fmt = conditioning.format_of(None, task)
-    fmt.attributes = {}
-    return fmt
-
-
-def feedback_items(db: str, task, **pool_kw) -> Items:
-    """The balanced pool of (prompt, feedback, response) triples (``pool.build_pool``)."""
-    return build_pool(db, task.id, **pool_kw)
-
-
-@dataclass(frozen=True)
-class Objective:
-    """What one training objective brings; ``run.train`` does the rest."""
-
-    name: str
-    config: type[TrainConfig]
-    summary: str
-    trainer: type = AltTrainer
-    collator: Callable[[Any, TrainConfig], Callable] = _alt_collator  # (tokenizer, config) → collator
-    trainer_kwargs: Callable[[TrainConfig, Callable[[], Any]], dict] = _alt_trainer_kwargs
-    build_examples: Callable[[Any, Items, TrainConfig, conditioning.Format], list[dict]] = build_examples
-    # (tokenizer, items, config, fmt) → the format this run trains with (e.g. new control tokens added)
-    format: Callable[[Any, Items, TrainConfig, conditioning.Format], conditioning.Format] = _same_format
-    # the task's format for this objective (stored on the version; sampling, playground, evaluation use it)
-    task_format: Callable[[Any], conditioning.Format] = lambda task: _text_format(task)
-    items: Callable[..., Items] = feedback_items  # (db, task, **pool options) → training items
-    check_items: Callable[[Items], None] = check_items
-    pool_policy: str = "flush"  # flush (ALT) | accumulate (Quark)
-    extra: dict = field(default_factory=dict)
+from .examples import build_examples
+from .objective import Items, Objective, feedback_items  # noqa: F401  (Objective, feedback_items: re-exported)
 
 
 def _sft_format(task) -> conditioning.Format:
@@ -146,25 +94,6 @@ def get(name: str) -> Objective:
     if found is None:
         raise ValueError(f"unknown objective {name!r} ({' | '.join(objectives())})")
     return found
-
-
-def train_objective(db: str, settings, task, name: str, parent_version_id: int, config: TrainConfig | None = None,
-                    pool: dict | None = None, round_id: int | None = None, progress=None) -> int:
-    """Train one objective in this process on the task's data; returns the new version's id (not served).
-
-    ``pool``: ``build_pool`` options (round_ids, k_per_category, policy, truncated, ...); the policy
-    defaults to the objective's (Quark accumulates). For the comparison (``alt experiment``) per objective.
-    """
-    from .run import train_model_version
-
-    objective = get(name)
-    config = config if config is not None else objective.config()
-    if config.objective != name:
-        raise ValueError(f"a {type(config).__name__} is for objective {config.objective!r}, not {name!r}")
-    items = objective.items(db, task, **{"policy": objective.pool_policy, **(pool or {})})
-    objective.check_items(items)
-    return train_model_version(db, settings, items, config, parent_version_id, name, round_id,
-                               fmt=objective.task_format(task), progress=progress)
 
 
 # --------------------------------------------------------------------------- options (CLI, jobs, experiment)

@@ -80,7 +80,7 @@ def quark_items(db: str, task, **pool_kw) -> list[PoolItem]:
 
 
 def _objective():
-    from .objectives import Objective
+    from .objective import Objective
 
     return Objective("quark", QuarkTrainConfig, "control token per reward quantile (Quark), pool accumulated",
                      format=with_tokens, task_format=quark_format, pool_policy="accumulate", items=quark_items)

@@ -22,36 +22,13 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from .. import conditioning
-from ..db import ModelVersion, TrainingExample, select, session_scope
-from ..modeling import fastest_dtype, load_model, load_tokenizer, resolve_model
+from ..modeling import fastest_dtype, load_model, load_tokenizer
 from ..pool import PoolItem
-from ..settings import Settings
 from .config import TrainConfig
+from .examples import build_examples, check_items  # noqa: F401  (re-exported: scripts and tests)
 
 Progress = Callable[[float, dict], None]  # (fraction done, latest logs)
 CONFIG_FILE, FEEDBACK_FILE, METRICS_FILE = "alt_config.json", "feedback_ids.json", "metrics.json"
-
-
-def check_items(items: list[PoolItem]) -> None:
-    """Refuse data ALT cannot learn from, before anything is created."""
-    if not items:
-        raise ValueError("no feedback yet: the data pool is empty (sample generations and give feedback first)")
-    kinds = {item.category if item.category is not None else item.feedback for item in items}
-    if len(kinds) < 2:
-        raise ValueError(f"only one feedback category in the pool ({next(iter(kinds))!r}): conditioning cannot "
-                         "learn a contrast; give feedback that tells better and worse generations apart")
-
-
-def build_examples(tokenizer, items: list[PoolItem], config: TrainConfig,
-                   fmt: conditioning.Format | None = None) -> list[dict]:
-    """Collator-ready dicts; a long prompt loses its oldest tokens, the feedback segment stays whole."""
-    rows = []
-    for item in items:
-        ex = conditioning.build_training_example(tokenizer, item.prompt, item.feedback, item.response,
-                                                 item.truncated, fmt, config.max_response_tokens,
-                                                 config.max_prompt_tokens)
-        rows.append({"input_ids": ex.input_ids, "ref_input_ids": ex.ref_input_ids, "response_ids": ex.response_ids})
-    return rows
 
 
 class _ProgressCallback(TrainerCallback):
@@ -220,78 +197,3 @@ def _save(trainer, config: TrainConfig, items: list[PoolItem], out: Path, model_
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))
     for checkpoint in out.glob("checkpoint-*"):
         shutil.rmtree(checkpoint, ignore_errors=True)
-
-
-def _resumable(session, parent_id: int, objective: str, round_id: int | None, feedback_ids: list[int]):
-    """The newest failed version of the same parent, round and data that left a checkpoint, if any."""
-    failed = session.exec(select(ModelVersion).where(ModelVersion.parent_id == parent_id,
-                                                     ModelVersion.objective == objective,
-                                                     ModelVersion.status == "failed").order_by(ModelVersion.id.desc()))
-    for version in failed:
-        if (version.hyperparameters or {}).get("round_id") != round_id or not Path(version.path).is_dir():
-            continue
-        if get_last_checkpoint(version.path) is None:
-            continue
-        trained_on = sorted(session.exec(select(TrainingExample.feedback_id).where(
-            TrainingExample.model_version_id == version.id)))
-        if trained_on == feedback_ids:
-            return version
-    return None
-
-
-def train_model_version(db: str, settings: Settings, items: list[PoolItem], config: TrainConfig,
-                        parent_version_id: int, objective: str | None = None, round_id: int | None = None,
-                        job_id: int | None = None, fmt: conditioning.Format | None = None,
-                        progress: Progress | None = None) -> int:
-    """Train a child of ``parent_version_id`` as a new ModelVersion; returns its id. Never changes serving.
-
-    The row is "training" while it runs, then "ready" with metrics, or "failed" (the error re-raised).
-    With ``config.resume``, a failed run of the same parent, round and data continues from its newest
-    checkpoint, in its own version row and directory. ``objective`` names the version (default: the config's).
-    """
-    from .objectives import get
-
-    get(config.objective).check_items(items)
-    objective = objective or config.objective
-    feedback_ids = sorted(item.feedback_id for item in items)
-    with session_scope(db) as session:
-        parent = session.get(ModelVersion, parent_version_id)
-        if parent is None:
-            raise ValueError(f"no model version {parent_version_id}")
-        version = _resumable(session, parent.id, objective, round_id, feedback_ids) if config.resume else None
-        if version is None:
-            names = set(session.exec(select(ModelVersion.name)))
-            number = len(names)
-            while f"v{number}-{objective}" in names:
-                number += 1
-            name = f"v{number}-{objective}"
-            path = str((Path(settings.models_dir) / name).resolve())
-            version = ModelVersion(name=name, parent_id=parent.id, path=path, objective=objective)
-            session.add(version)
-            session.flush()
-            session.add_all(TrainingExample(model_version_id=version.id, feedback_id=f) for f in feedback_ids)
-        version.status, version.metrics = "training", {}
-        fmt = fmt or conditioning.Format()
-        version.conditioning = fmt.to_dict()
-        version.hyperparameters = {**config.to_dict(), "base": parent.path,
-                                   "round_id": round_id, "job_id": job_id, "examples": len(items)}
-        version_id, parent_path, path = version.id, parent.path, version.path
-    if progress is None and job_id is not None:
-        from ..jobs import progress_callback
-
-        progress = progress_callback(db, job_id)
-    try:
-        model_path = resolve_model(parent_path, settings.cache_dir)
-        metrics = train(model_path, items, config, path, fmt, progress)
-    except BaseException as exc:
-        with session_scope(db) as session:
-            failed = session.get(ModelVersion, version_id)
-            failed.status, failed.metrics = "failed", {"error": f"{type(exc).__name__}: {exc}"}
-        raise
-    with session_scope(db) as session:
-        done = session.get(ModelVersion, version_id)
-        resolved = metrics.pop("config")
-        done.hyperparameters = {**done.hyperparameters, **resolved}
-        done.metrics, done.status = metrics, "ready"
-        done.conditioning = metrics.pop("conditioning", done.conditioning)  # as it applied to the tokenizer
-    return version_id

@@ -56,7 +56,7 @@ def with_attributes(tokenizer, items, config, fmt: conditioning.Format) -> condi
 
 
 def _objective():
-    from .objectives import Objective
+    from .objective import Objective
 
     return Objective("steerlm", SteerLMTrainConfig, "category as an attribute string (SteerLM)",
                      format=with_attributes, task_format=steerlm_format)

@@ -10,7 +10,7 @@ import gradio as gr
 from alt_engine import reports
 from alt_engine.prompts import import_prompts
 
-from . import ConsoleTab
+from .base import ConsoleTab
 
 SETS = ["task", "source", "prompts", "train", "probe", "used"]
 VIEWS = {

@@ -14,7 +14,7 @@ from sqlmodel import select
 from alt_engine import export
 from alt_engine.db import ModelVersion, session_scope
 
-from . import ConsoleTab
+from .base import ConsoleTab
 
 KIND_HELP = {
     "annotations": "every feedback row with its provenance",

@@ -9,7 +9,7 @@ import gradio as gr
 
 from alt_engine.jobs import cancel_job, job_logs, list_jobs, retry_job
 
-from . import ConsoleTab
+from .base import ConsoleTab
 
 COLUMNS = ["id", "kind", "status", "stage", "progress", "step", "loss", "eta", "round", "version", "retry_of",
            "message", "created", "finished"]

@@ -11,7 +11,7 @@ from alt_engine.db import session_scope
 from alt_engine.jobs import job_logs
 from alt_engine.versions import promote, rollback
 
-from . import ConsoleTab, header_markdown
+from .base import ConsoleTab, header_markdown
 
 COLUMNS = ["id", "name", "status", "parent", "round", "objective", "job", "metrics", "error"]
 

@@ -14,7 +14,7 @@ from alt_engine.db import ModelVersion, Round, Task, session_scope
 from alt_engine.jobs import start_job
 from alt_engine.settings import BACKENDS, save_settings, stored_settings
 
-from . import ConsoleTab
+from .base import ConsoleTab
 
 COLUMNS = ["task", "round", "status", "model", "prompts", "generations", "human", "ai", "unlabelled", "flagged",
            "truncated"]

@@ -12,7 +12,7 @@ from alt_engine.db import Task, session_scope
 from alt_engine.reports import TaskSpec, duplicate_task, save_task
 from alt_engine.tasks import BUILTIN_TASKS
 
-from . import ConsoleTab
+from .base import ConsoleTab
 
 COLUMNS = ["name", "categories", "exemplar", "overlap_k", "free_text", "critique", "judgment", "conditioning",
            "attributes"]

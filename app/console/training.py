@@ -14,7 +14,7 @@ from alt_engine.db import Round, Task, session_scope
 from alt_engine.jobs import start_job
 from alt_engine.pool import POLICIES, TRUNCATION
 
-from . import ConsoleTab
+from .base import ConsoleTab
 from .rounds import round_choices
 
 
