@@ -296,3 +296,18 @@ def test_playground_steering_sliders_reach_the_sampler(db, backend):
     assert last[tab.state]["a"][-1]["content"] == guided and last[tab.state]["b"][-1]["content"] == plain
     assert "γ 2 away from Horrible" in last[tab.status]
     server.close()
+
+
+def test_model_server_refuses_guidance_for_a_version_that_reads_no_feedback(backend):
+    from alt_engine.serving import ModelServer
+
+    chat = [{"role": "user", "content": "Hi"}]
+    server = ModelServer(backend, version_name="v1-sft", fmt=Format("none"))
+    try:
+        with pytest.raises(ValueError, match="reads no feedback"):
+            server.chat(chat, "Excellent", 4, guidance=1.0)
+        with pytest.raises(ValueError, match="give a feedback"):
+            server.chat(chat, None, 4, guidance=1.0)
+        assert server.chat(chat, "Excellent", 4)[1].completion_tokens > 0  # γ = 0 still answers
+    finally:
+        server.close()
