@@ -308,6 +308,6 @@ def test_model_server_refuses_guidance_for_a_version_that_reads_no_feedback(back
             server.chat(chat, "Excellent", 4, guidance=1.0)
         with pytest.raises(ValueError, match="give a feedback"):
             server.chat(chat, None, 4, guidance=1.0)
-        assert server.chat(chat, "Excellent", 4)[1].completion_tokens > 0  # γ = 0 still answers
+        assert server.chat(chat, "Excellent", 4)[1].prompt_tokens > 0  # γ = 0 still answers
     finally:
         server.close()
