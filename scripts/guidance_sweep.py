@@ -23,7 +23,27 @@ from pathlib import Path
 from sweep import _fmt  # scripts/ is on the path when run as a script
 
 
-def evaluate(folder: str, arm: str, rnd: int, gamma: float, negative: str) -> dict:
+def load_record(folder: str, task: str = "concise") -> dict:
+    """The experiment's ``record.json``; while it still runs (no record yet), one made of the arms' progress files
+    (``ARM.json``) with the evaluation config read back from the base's stored evaluation."""
+    from dataclasses import fields
+
+    from alt_engine.evaluation import EvalConfig
+
+    path = Path(folder) / "record.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    arms = {f.stem: json.loads(f.read_text()) for f in Path(folder).glob("*.json") if (Path(folder) / f"{f.stem}.db")
+            .exists()}
+    if not arms:
+        raise SystemExit(f"{folder}: no record.json and no arm progress files")
+    names = {f.name for f in fields(EvalConfig)}
+    stored = next(iter(arms.values()))["rounds"][0]["metrics"]["eval"]
+    return {"config": {"task": task}, "round_config": {"eval": {k: v for k, v in stored.items() if k in names}},
+            "arms": arms}
+
+
+def evaluate(folder: str, arm: str, rnd: int, gamma: float, negative: str, task: str = "concise") -> dict:
     """One (round, γ) evaluation on a copy of the arm's database."""
     from alt_engine.db import Task, session_scope
     from alt_engine.evaluation import EvalConfig, evaluate_version
@@ -32,7 +52,7 @@ def evaluate(folder: str, arm: str, rnd: int, gamma: float, negative: str) -> di
     from alt_engine.settings import Settings
 
     set_threads(1)
-    record = json.loads((Path(folder) / "record.json").read_text())
+    record = load_record(folder, task)
     arm_record = record["arms"][arm]
     copy = Path(folder) / "guidance_sweep" / f"{arm}-r{rnd}-g{gamma:g}.db"
     copy.parent.mkdir(exist_ok=True)
@@ -97,11 +117,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, nargs="+", default=None, help="rounds (0 = base); default: all")
     ap.add_argument("--negative", default="worst")
     ap.add_argument("--parallel", type=int, default=2, help="evaluations at once, one thread each")
+    ap.add_argument("--task", default="concise", help="the task (read from record.json when there is one)")
+    ap.add_argument("--out", default=None, help="results file (default: FOLDER/guidance_sweep.json)")
     args = ap.parse_args()
-    record = json.loads((Path(args.folder) / "record.json").read_text())
+    record = load_record(args.folder, args.task)
     rounds = args.rounds if args.rounds is not None else [r["round"] for r in record["arms"][args.arm]["rounds"]]
-    jobs = [(args.folder, args.arm, r, g, args.negative) for g in args.gammas for r in rounds]
-    out = Path(args.folder) / "guidance_sweep.json"
+    jobs = [(args.folder, args.arm, r, g, args.negative, args.task) for g in args.gammas for r in rounds]
+    out = Path(args.out or Path(args.folder) / "guidance_sweep.json")
     rows: list[dict] = []
     with mp.get_context("spawn").Pool(args.parallel, maxtasksperchild=1) as pool:
         for result in pool.imap(_run, jobs):
