@@ -31,10 +31,12 @@ def load_record(folder: str, task: str = "concise") -> dict:
     from alt_engine.evaluation import EvalConfig
 
     path = Path(folder) / "record.json"
-    if path.exists():
-        return json.loads(path.read_text())
     arms = {f.stem: json.loads(f.read_text()) for f in Path(folder).glob("*.json") if (Path(folder) / f"{f.stem}.db")
             .exists()}
+    if path.exists():  # arms still running are only in their progress files
+        record = json.loads(path.read_text())
+        record["arms"] = {**arms, **record["arms"]}
+        return record
     if not arms:
         raise SystemExit(f"{folder}: no record.json and no arm progress files")
     names = {f.name for f in fields(EvalConfig)}
