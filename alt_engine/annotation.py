@@ -4,7 +4,8 @@ Rules (the web app's handlers and the JSON API both call these functions):
 
 - The queue of a task is the generations of its open rounds (status ``sampling``
   or ``feedback``); generations without a round (evaluation samples) are never
-  queued. Items are handed out in generation order.
+  queued. Items are handed out in the order of the task's ``queue_strategy`` (``queue_order``: generation
+  order by default; uncertainty, disagreement, coverage or a mix) — an order only: every rule below holds as is.
 - ``next_item`` leases one generation to one annotator until ``expires_at``.
   An item is handed out while (done labels + unexpired open leases) < the task's
   ``annotations_per_item`` (k), never twice to the same annotator (a Lease row
@@ -42,16 +43,18 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 from sqlmodel import Session, select
 
 from .conditioning import PromptLike
 from .db import Feedback, Lease, Task, TrainingExample, is_postgres, session_scope
+from .queue_order import PROMPT_LABELS, SCORE_JOIN, Strategy, order_by, parse_strategy
 from .users import UserInfo
 
 OPEN_ROUND_STATES = ("sampling", "labelling")  # = db.RoundStatus.open()  # (spelled out in the SQL below)
@@ -204,8 +207,8 @@ def resolve_task(s: Session, task: str | int | None) -> Task | None:
     return row
 
 
-_CANDIDATES = """
-FROM generation g JOIN round r ON r.id = g.round_id
+_FROM = "FROM generation g JOIN round r ON r.id = g.round_id"
+_WHERE = """
 WHERE r.task_id = :task AND r.status IN ('sampling', 'labelling')
   AND NOT EXISTS (SELECT 1 FROM lease m WHERE m.generation_id = g.id AND m.user_id = :user)
   AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.generation_id = g.id AND f.kind = 'flag'
@@ -213,6 +216,7 @@ WHERE r.task_id = :task AND r.status IN ('sampling', 'labelling')
   AND (SELECT COUNT(*) FROM lease l WHERE l.generation_id = g.id
        AND (l.state = 'done' OR (l.state = 'open' AND l.expires_at > :now))) < :k
 """
+_CANDIDATES = _FROM + _WHERE
 
 
 @dataclass(frozen=True)
@@ -226,6 +230,7 @@ class _TaskRef:
     allow_free_text: bool = True
     allow_critique: bool = True
     allow_judgment: bool = True
+    strategy: Strategy = Strategy()
 
 
 @dataclass(frozen=True)
@@ -253,10 +258,47 @@ WHERE r.task_id = :task AND r.status IN ('sampling', 'labelling') AND g.id >= :s
                   AND f.source LIKE 'human:%')
   AND (SELECT COUNT(*) FROM lease l WHERE l.generation_id = g.id AND l.state = 'done') < :k
 """)
-_NEXT = text("SELECT g.id " + _CANDIDATES + " AND g.id >= :floor ORDER BY g.id LIMIT 1")
-# PostgreSQL: the candidate's row is locked as it is taken; one another annotator is taking is skipped, not waited for
-_NEXT_LOCKED = text("SELECT g.id " + _CANDIDATES
-                    + " AND g.id >= :floor ORDER BY g.id LIMIT 1 FOR UPDATE OF g SKIP LOCKED")
+# PostgreSQL: the candidate's row is locked as it is taken (``_passes(..., locked=True)``: ``FOR UPDATE OF g SKIP
+# LOCKED``); one another annotator is taking is skipped, not waited for
+
+
+TOP = 2.0  # above every stored score (0..1): the ceiling when nothing is known yet
+
+
+def _scored(col: str) -> str:
+    """Scored candidates in score order, walked from the ceiling down the index of (score DESC, id): CROSS JOIN
+    makes SQLite's planner start from ``queuescore`` (no sort per request); PostgreSQL reads it as an inner join."""
+    return ("SELECT g.id FROM queuescore q CROSS JOIN generation g CROSS JOIN round r" + _WHERE
+            + f" AND g.id = q.generation_id AND r.id = g.round_id AND q.{col} IS NOT NULL AND q.{col} <= :ceiling")
+
+
+@functools.lru_cache(maxsize=64)
+def _passes(strategy: Strategy, locked: bool = False, skip: bool = False) -> tuple[tuple[object, bool], ...]:
+    """The queries that hand out ``strategy``'s candidates, tried in turn: [(query, ordered by id)].
+
+    fixed: generation order from the floor. uncertainty, disagreement: the scored items from the ceiling down
+    (the highest score not yet finished), then the unscored ones in generation order. coverage, mix: their
+    expression over every candidate (labels are counted live). ``skip``: leave out ``:skip`` ids (PostgreSQL
+    passing over a candidate that filled meanwhile, when the order is not by id)."""
+    tail = (" FOR UPDATE OF g SKIP LOCKED" if locked else "")
+    skipped = " AND g.id NOT IN :skip" if skip else ""
+
+    def query(sql: str, by_id: bool):
+        q = text(sql + tail)
+        return (q.bindparams(bindparam("skip", expanding=True)) if skip and not by_id else q), by_id
+
+    by_id = "SELECT g.id " + _CANDIDATES + " AND g.id >= :floor"
+    if strategy.name == "fixed":
+        return (query(by_id + " ORDER BY g.id LIMIT :n", True),)
+    if strategy.name in ("uncertainty", "disagreement"):
+        col = strategy.name
+        unscored = f" AND NOT EXISTS (SELECT 1 FROM queuescore q WHERE q.generation_id = g.id AND q.{col} IS NOT NULL)"
+        return (query(_scored(col) + skipped + f" ORDER BY q.{col} DESC, q.generation_id LIMIT :n", False),
+                query(by_id + unscored + " ORDER BY g.id LIMIT :n", True))
+    return (query("SELECT g.id " + _FROM + SCORE_JOIN + _WHERE + " AND g.id >= :floor" + skipped
+                  + f" ORDER BY {order_by(strategy)} LIMIT :n", False),)
+
+
 _MINE = text("SELECT 1 FROM lease WHERE generation_id = :g AND user_id = :u")
 _ITEM = text("""
 SELECT g.id, g.response, g.truncated, g.conditioning, p.text, p.messages, t.name, t.categories, t.allow_free_text,
@@ -271,11 +313,12 @@ WHERE generation_id = :g AND kind IN ('category', 'text')
 ORDER BY id DESC LIMIT 1
 """)
 _TASK_OF = text("""
-SELECT t.id, t.name, t.annotations_per_item, t.categories, t.allow_free_text, t.allow_critique, t.allow_judgment
+SELECT t.id, t.name, t.annotations_per_item, t.categories, t.allow_free_text, t.allow_critique, t.allow_judgment,
+       t.queue_strategy
 FROM task t JOIN prompt p ON p.task_id = t.id JOIN generation g ON g.prompt_id = p.id WHERE g.id = :g
 """)
-_TASKS = text("SELECT id, name, annotations_per_item, categories, allow_free_text, allow_critique, allow_judgment "
-              "FROM task ORDER BY id")
+_TASKS = text("SELECT id, name, annotations_per_item, categories, allow_free_text, allow_critique, allow_judgment, "
+              "queue_strategy FROM task ORDER BY id")
 _HELD = text("""
 SELECT l.id, l.generation_id, l.expires_at FROM lease l
 JOIN generation g ON g.id = l.generation_id JOIN round r ON r.id = g.round_id
@@ -289,11 +332,56 @@ def _json_col(value):
 
 def _task_ref(row) -> _TaskRef:
     return _TaskRef(id=row[0], name=row[1], k=max(1, row[2] or 1), categories=tuple(_json_col(row[3]) or ()),
-                    allow_free_text=bool(row[4]), allow_critique=bool(row[5]), allow_judgment=bool(row[6]))
+                    allow_free_text=bool(row[4]), allow_critique=bool(row[5]), allow_judgment=bool(row[6]),
+                    strategy=_strategy(row[7]))
+
+
+def _strategy(spec: str | None) -> Strategy:
+    """A task's stored order; one no longer valid (edited by hand) falls back to generation order."""
+    try:
+        return parse_strategy(spec)
+    except ValueError:
+        return Strategy()
 
 
 def _dt(value) -> dt.datetime:
     return _utc(value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(value))
+
+
+# The same for a queue ordered by a stored score: the ceiling is the highest score of an unfinished item, so the
+# scan starts there (an item re-scored above it meanwhile waits for the next full recompute, ≤ FLOOR_FULL_SECONDS).
+_ceilings: dict[tuple[str, int, int, str], tuple[float, float, float]] = {}
+
+
+def _unfinished_top(col: str):
+    return text(f"""
+SELECT q.{col} FROM queuescore q CROSS JOIN generation g CROSS JOIN round r
+WHERE g.id = q.generation_id AND r.id = g.round_id AND r.task_id = :task AND r.status IN ('sampling', 'labelling')
+  AND q.{col} IS NOT NULL AND q.{col} <= :since
+  AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.generation_id = g.id AND f.kind = 'flag'
+                  AND f.source LIKE 'human:%')
+  AND (SELECT COUNT(*) FROM lease l WHERE l.generation_id = g.id AND l.state = 'done') < :k
+ORDER BY q.{col} DESC LIMIT 1""")
+
+
+def _ceiling(s: Session, db: str, task: _TaskRef, col: str) -> float:
+    key, now = (db, task.id, task.k, col), time.monotonic()
+    ceiling, updated, full = _ceilings.get(key, (TOP, -1e9, -1e9))
+    if now - updated > FLOOR_SECONDS:
+        since = TOP if now - full > FLOOR_FULL_SECONDS else ceiling
+        top = s.connection().execute(_unfinished_top(col), {"task": task.id, "k": task.k, "since": since}).scalar()
+        # nothing scored is unfinished: look from the top again next time (a new round's scores may come)
+        _ceilings[key] = (-1.0, now, -1e9) if top is None else (top, now, now if since == TOP else full)
+        ceiling = _ceilings[key][0]
+    return ceiling
+
+
+def _bounds(s: Session, db: str, task: _TaskRef) -> dict:
+    """Where the queue's scans start: ``floor`` (generation id) and, for a score order, ``ceiling``."""
+    bounds = {"floor": _floor(s, db, task)}
+    if task.strategy.name in ("uncertainty", "disagreement"):
+        bounds["ceiling"] = _ceiling(s, db, task, task.strategy.name)
+    return bounds
 
 
 def _floor(s: Session, db: str, task: _TaskRef) -> int:
@@ -334,7 +422,8 @@ def _tasks_in_order(s: Session, task: str | int | None) -> list[_TaskRef]:
     if one is not None:
         return [_TaskRef(id=one.id, name=one.name, k=max(1, one.annotations_per_item),
                          categories=tuple(one.categories), allow_free_text=one.allow_free_text,
-                         allow_critique=one.allow_critique, allow_judgment=one.allow_judgment)]
+                         allow_critique=one.allow_critique, allow_judgment=one.allow_judgment,
+                         strategy=_strategy(one.queue_strategy))]
     return [_task_ref(r) for r in s.connection().execute(_TASKS)]
 
 
@@ -364,7 +453,7 @@ def next_item(db: str, user: UserInfo, task: str | int | None = None, lease_seco
             # the item was given to others meanwhile
             conn.execute(text("UPDATE lease SET state = 'expired' WHERE id = :id"), {"id": lease_id})
         for t in tasks:
-            generation_id = _take_candidate(s, t, user, now, _floor(s, db, t))
+            generation_id = _take_candidate(s, t, user, now, _bounds(s, db, t))
             if generation_id is None:
                 continue
             lease_id = conn.execute(text("INSERT INTO lease (generation_id, user_id, expires_at, state) "
@@ -374,25 +463,37 @@ def next_item(db: str, user: UserInfo, task: str | int | None = None, lease_seco
     return None
 
 
-def _take_candidate(s: Session, task: _TaskRef, user: UserInfo, now: dt.datetime, floor: int) -> int | None:
-    """The first generation this user may lease now, or None.
+def _take_candidate(s: Session, task: _TaskRef, user: UserInfo, now: dt.datetime, bounds: dict) -> int | None:
+    """The first generation (in the task's order) this user may lease now, or None.
 
     SQLite: the first candidate (the write lock is held). PostgreSQL: the first candidate no one else is
     taking, locked (``FOR UPDATE SKIP LOCKED``), then counted again — the query's snapshot may predate a lease
     committed just before the lock was granted — and passed over if it has filled meanwhile.
     """
     conn = s.connection()
+    params = {**_params(task, user, now), **bounds, "n": 1}
     if not _postgres(s):
-        row = conn.execute(_NEXT, {**_params(task, user, now), "floor": floor}).first()
-        return None if row is None else row[0]
-    while True:
-        row = conn.execute(_NEXT_LOCKED, {**_params(task, user, now), "floor": floor}).first()
-        if row is None:
-            return None
-        if (may_label(s, row[0], user.id, task.k, now, late=True)
-                and conn.execute(_MINE, {"g": row[0], "u": user.id}).first() is None):
-            return row[0]
-        floor = row[0] + 1
+        for query, _ in _passes(task.strategy):
+            row = conn.execute(query, params).first()
+            if row is not None:
+                return row[0]
+        return None
+    for index, (_, by_id) in enumerate(_passes(task.strategy, locked=True)):
+        passed: list[int] = []
+        floor = bounds["floor"]
+        while True:
+            query = _passes(task.strategy, locked=True, skip=bool(passed))[index][0]
+            row = conn.execute(query, {**params, "floor": floor, "skip": passed}).first()
+            if row is None:
+                break
+            if (may_label(s, row[0], user.id, task.k, now, late=True)
+                    and conn.execute(_MINE, {"g": row[0], "u": user.id}).first() is None):
+                return row[0]
+            if by_id:
+                floor = row[0] + 1
+            else:
+                passed.append(row[0])
+    return None
 
 
 def _capacity_left(s: Session, generation_id: int, user_id: int, task_name: str, now: dt.datetime) -> bool:
@@ -431,6 +532,24 @@ def may_label(s: Session, generation_id: int, user_id: int, k: int, now: dt.date
     _lock_generation(s, generation_id)
     done, live = label_slots(s, generation_id, user_id, now)
     return done < k and (not late or done + live < k)
+
+
+def upcoming(db: str, task: str | int, limit: int = 20) -> list[tuple[int, int]]:
+    """The next ``limit`` items of ``task``'s queue, in its order, as someone who has labelled none of them
+    would get them: [(generation id, labels on its prompt)] (the admin's "why this item is next")."""
+    now = _now()
+    with session_scope(db) as s:
+        (t,) = _tasks_in_order(s, task)
+        params = {**_params(t, UserInfo(id=0, name="", role="admin"), now), **_bounds(s, db, t)}
+        ids: list[int] = []
+        for query, _ in _passes(t.strategy):
+            ids += [r[0] for r in s.connection().execute(query, {**params, "n": int(limit) - len(ids)})]
+            if len(ids) >= limit:
+                break
+        counts = dict(s.connection().execute(text(f"SELECT g.id, {PROMPT_LABELS} FROM generation g "
+                                                  "WHERE g.id IN :ids").bindparams(bindparam("ids", expanding=True)),
+                                             {"ids": ids, "now": _ts(now)}).all()) if ids else {}
+        return [(g, int(counts.get(g, 0))) for g in ids]
 
 
 def get_item(db: str, user: UserInfo, lease_id: int) -> Item:
@@ -666,6 +785,7 @@ def undo_last(db: str, user: UserInfo, lease_seconds: int = 300) -> Item:
         lease.expires_at = now + dt.timedelta(seconds=lease_seconds)
         s.flush()
         _floors.clear()  # the item is unfinished again
+        _ceilings.clear()
         item = _item(s, lease.id, lease.generation_id, lease.expires_at)
         item.previous = previous
         return item

@@ -19,11 +19,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, UniqueConstraint, event, inspect, text
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint, event, inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
-SCHEMA_VERSION = 1
+from .textpolicy import NulError, replace_nul
+
+SCHEMA_VERSION = 2
 
 
 def utcnow() -> dt.datetime:
@@ -111,6 +113,7 @@ class Task(SQLModel, table=True):
     guidelines: str = ""
     annotations_per_item: int = 1
     show_conditioning: bool = False
+    queue_strategy: str = "fixed"  # the annotation queue's order (alt_engine.queue_order.STRATEGIES)
     created_at: dt.datetime = Field(default_factory=utcnow)
 
     @property
@@ -169,7 +172,7 @@ class Generation(SQLModel, table=True):
     response_tokens: int = 0
     truncated: bool = False
     sampling_params: dict = _json(dict)
-    seed: int | None = None
+    seed: int | None = Field(default=None, sa_column=Column(BigInteger))  # 63-bit (sampling.sequence_seed)
     created_at: dt.datetime = Field(default_factory=utcnow)
 
 
@@ -219,6 +222,8 @@ class SignInThrottle(SQLModel, table=True):
     failures: int = 0
     window_start: dt.datetime = Field(default_factory=utcnow)
     locked_until: dt.datetime | None = None
+    pending: int = 0  # attempts admitted whose password check has not ended yet
+    pending_at: dt.datetime | None = None
 
 
 class ApiKey(SQLModel, table=True):
@@ -262,6 +267,23 @@ class Lease(SQLModel, table=True):
     acted_at: dt.datetime | None = None  # when it left "open" by the holder's action (submit, skip, flag): undo order
 
     __table_args__ = (UniqueConstraint("generation_id", "user_id"),)
+
+
+class QueueScore(SQLModel, table=True):
+    """Why a generation comes next in the annotation queue (``alt_engine.queue_order``): one row per generation,
+    written by the ``score`` job after sampling; shown to admins, never to annotators."""
+
+    generation_id: int = Field(foreign_key="generation.id", primary_key=True)
+    uncertainty: float | None = None  # 0..1: entropy of p(f | x, y) ∝ p(y | f, x) over the task's feedback, / log K
+    guess: str | None = None  # the feedback under which the model finds the response likeliest
+    disagreement: float | None = None  # 0..1: how far apart the labels already on it are (AI providers, people)
+    model_version_id: int | None = Field(default=None, foreign_key="modelversion.id")  # the model that scored it
+    detail: dict = _json(dict)  # {"loglik": {feedback: summed log p(y | f, x)}, "labels": {source: label}}
+    scored_at: dt.datetime = Field(default_factory=utcnow)
+
+    # the queue walks these from its ceiling down (annotation._passes): (score DESC, id), no sort per request
+    __table_args__ = (Index("ix_queuescore_uncertainty", text("uncertainty DESC"), text("generation_id")),
+                      Index("ix_queuescore_disagreement", text("disagreement DESC"), text("generation_id")))
 
 
 class Job(SQLModel, table=True):
@@ -318,6 +340,38 @@ class JudgeCall(SQLModel, table=True):
     created_at: dt.datetime = Field(default_factory=utcnow)
 
 
+# --------------------------------------------------------------------------- the NUL policy (alt_engine.textpolicy)
+
+
+@event.listens_for(Generation, "before_insert")
+@event.listens_for(Generation, "before_update")
+def _generation_without_nul(_mapper, _conn, row: Generation) -> None:
+    """Model output: NUL → U+FFFD, counted in the row's provenance."""
+    row.response, n = replace_nul(row.response)
+    if n:
+        row.sampling_params = {**(row.sampling_params or {}), "nul_replaced": n}
+
+
+@event.listens_for(Feedback, "before_insert")
+@event.listens_for(JudgeCall, "before_insert")
+def _ai_text_without_nul(_mapper, _conn, row) -> None:
+    """An AI provider's text (never a person's: that is refused) gets NUL → U+FFFD."""
+    if isinstance(row, Feedback) and row.is_human:
+        return
+    for name in ("text", "critique", "revision", "raw", "reply", "category"):
+        if isinstance(getattr(row, name, None), str):
+            setattr(row, name, replace_nul(getattr(row, name))[0])
+
+
+def _refuse_nul_parameters(_conn, _cursor, _statement, parameters, _context, _executemany) -> None:
+    """Any other text with a NUL is refused alike on SQLite and PostgreSQL (PostgreSQL would raise mid-write)."""
+    rows = parameters if isinstance(parameters, list) else [parameters]
+    for row in rows:
+        values = row.values() if isinstance(row, dict) else (row or ())
+        if any(isinstance(v, str) and "\x00" in v for v in values):
+            raise NulError("a value")
+
+
 # --------------------------------------------------------------------------- engine
 
 _engines: dict[str, Engine] = {}
@@ -359,6 +413,7 @@ def get_engine(path: str | Path) -> Engine:
                 connect_args = {"options": "-c timezone=UTC"} if is_postgres(url) else {}
                 engine = create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=32,
                                        connect_args=connect_args)
+            event.listen(engine, "before_cursor_execute", _refuse_nul_parameters)
             _engines[url] = engine
         return _engines[url]
 
@@ -397,7 +452,21 @@ def insert_ignore(session: Session, model: type[SQLModel], **values) -> None:
 
 # version -> function upgrading from (version - 1), for changes that are not a new table or column
 # (renames, data rewrites). New tables and new columns need no migration: ``add_missing_columns``.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+# Every 64-bit value the engine writes is a BIGINT column: ``generation.seed`` (``sampling.sequence_seed`` is a
+# 63-bit mix). Other integers are counts, ids, pids and versions (32-bit); 64-bit values inside JSON need nothing.
+BIGINT_COLUMNS = {"generation": ["seed"]}
+
+
+def _v2_bigint(conn: Connection) -> None:
+    """v1 → v2: 64-bit columns become BIGINT (PostgreSQL's INTEGER is 32-bit; SQLite's INTEGER is 64-bit already)."""
+    if conn.dialect.name != "postgresql":
+        return
+    for table, columns in BIGINT_COLUMNS.items():
+        for col in columns:
+            conn.execute(text(f'ALTER TABLE "{table}" ALTER COLUMN "{col}" TYPE BIGINT'))
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _v2_bigint}
 
 
 def schema_version(path: str | Path) -> int | None:
@@ -408,10 +477,20 @@ def schema_version(path: str | Path) -> int | None:
         return row[0] if row else None
 
 
+def schema_lock_path(path: str | Path) -> Path:
+    """The file ``init_db`` locks for a SQLite database: beside it, never the database file itself."""
+    return Path(f"{path}.schema-lock")
+
+
 @contextmanager
 def _schema_lock(engine: Engine) -> Iterator[None]:
     """One process at a time creates or upgrades the schema (several app processes may start at once):
-    a PostgreSQL advisory lock, or ``flock`` on the SQLite file itself (independent of SQLite's own locks)."""
+    a PostgreSQL advisory lock, or ``flock`` on a separate ``<db>.schema-lock`` file for SQLite.
+
+    Never open the database file itself here: closing *any* descriptor of a file drops every POSIX lock the
+    process holds on it, SQLite's WAL locks included; the next client that closes the database cleanly then
+    deletes ``-wal``/``-shm`` under the live server, whose later writes go to unlinked files
+    (sqlite.org/howtocorrupt.html §2.2)."""
     if engine.dialect.name == "sqlite":
         import fcntl
 
@@ -419,7 +498,7 @@ def _schema_lock(engine: Engine) -> Iterator[None]:
         if not path or path == ":memory:":
             yield
             return
-        with open(path, "ab") as f:  # creates an empty file (a valid empty database) if there is none
+        with open(schema_lock_path(path), "ab") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
@@ -510,6 +589,7 @@ def add_missing_columns(engine: Engine) -> list[str]:
 __all__ = [
     "JobStatus", "RoundStatus", "VersionStatus",
     "ApiKey", "AppSecret", "Feedback", "Generation", "Job", "JudgeCall", "Lease", "ModelVersion", "Prompt", "Round",
+    "QueueScore",
     "SchemaInfo", "SignInThrottle", "Task", "TrainingExample", "User", "get_engine", "init_db", "session_scope",
     "database_url", "dispose_engine", "insert_ignore", "is_postgres", "is_url",
     "select", "utcnow", "SCHEMA_VERSION", "MIGRATIONS", "add_missing_columns",

@@ -11,8 +11,11 @@ Per version, with 95% bootstrap intervals over prompts (``stats``):
   ``mean_words``; ``perplexity`` = exp(mean token NLL) of the responses (+ EOS unless truncated) under
   the reference model (the root of the version chain) on the *unconditioned* prompt; ``dist1/2/3``;
   ``mean_length`` (tokens); ``pct_truncated``;
-- **steerability**: the same prompts conditioned on the worst feedback too; per attribute (exemplar share,
-  mean score, mean words, % truncated) the value under each and the gap best − worst with a paired CI;
+- **steerability**: the same prompts conditioned on the worst feedback too (or the second ``--condition``
+  text); per attribute (exemplar share, mean score, score-3 share, mean words, % truncated, and each attribute a
+  provider measures — ``rule:free_text``'s ``attr:length`` words, ``attr:subject`` share …) the value under each
+  and the gap best − worst with a paired CI; per-prompt values under both are kept (``per_prompt`` and
+  ``per_prompt_contrast``) so gaps between separate evaluations of the same prompts pair up;
 - **label-learned diagnostic** (no sampling): on a fixed held-out set of labelled probe responses, the
   summed log-likelihood of each response under its own label minus under the opposite label
   (``ll_gap``, nats per response), and the same for the EOS token alone (``eos_gap``) — docs/design.md §1:
@@ -37,7 +40,7 @@ from sqlmodel import select
 from . import conditioning, guidance
 from .db import Feedback, Generation, ModelVersion, Prompt, Round, Task, session_scope
 from .feedback import FeedbackItem, Provider, store_results
-from .feedback.rule import count_words
+from .feedback.base import count_words
 from .prompts import task_prompts
 from .sampling import SamplingParams, load_sampler, sample_prompts, takes_seed_index
 from .settings import Settings
@@ -200,10 +203,15 @@ def _label(provider: Provider, task: Task, db: str, gens: list[Generation], prom
     return results
 
 
-def _attributes(task: Task, gens: list[Generation], results: list | None) -> dict[str, dict[int, list[float]]]:
+def _attributes(task: Task, gens: list[Generation], results: list | None, provider: Provider | None = None,
+                prompts: dict | None = None) -> dict[str, dict[int, list[float]]]:
     """Per attribute, {prompt id: [value per generation]} — what the bootstrap resamples."""
     attrs: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    measure = getattr(provider, "values", None)  # a provider that measures attributes (rule:free_text)
     for i, g in enumerate(gens):
+        if measure is not None and prompts is not None:
+            for name, value in measure(conditioning.prompt_of(prompts[g.prompt_id]), g.response, g.truncated).items():
+                attrs[f"attr:{name}"][g.prompt_id].append(value)
         attrs["mean_words"][g.prompt_id].append(count_words(g.response))
         attrs["mean_length"][g.prompt_id].append(g.response_tokens)
         attrs["pct_truncated"][g.prompt_id].append(100.0 * g.truncated)
@@ -215,11 +223,20 @@ def _attributes(task: Task, gens: list[Generation], results: list | None) -> dic
                 attrs["exemplar_share"][g.prompt_id].append(float(r.category == task.exemplar_category))
         if r is not None and r.ok and r.score is not None:
             attrs["mean_score"][g.prompt_id].append(float(r.score))
+            attrs["score3_share"][g.prompt_id].append(float(r.score >= 3))  # free text's best (0–3 scores)
     return {k: dict(v) for k, v in attrs.items()}
 
 
 def _estimate(values: dict[int, list[float]], seed: int) -> Estimate:
     return per_prompt_ci(values, seed=seed)
+
+
+def label_logprobs(model, tokenizer, fmt: conditioning.Format, rows: Sequence[tuple],
+                   batch_size: int = 16) -> list[list[float]]:
+    """Per (prompt, response, truncated, feedback) row, log p of each response token (+ EOS) given that feedback
+    in ``fmt``: the label-learned diagnostic's scoring, also the annotation queue's uncertainty (queue_order)."""
+    examples = [conditioning.build_training_example(tokenizer, p, f, r, t, fmt) for p, r, t, f in rows]
+    return response_logprobs(model, examples, _pad(tokenizer), batch_size)
 
 
 def label_diagnostic(model, tokenizer, fmt: conditioning.Format, examples: list[tuple], batch_size: int = 16) -> dict:
@@ -228,9 +245,9 @@ def label_diagnostic(model, tokenizer, fmt: conditioning.Format, examples: list[
     ``ll_gap``: summed log-likelihood of the response (+ EOS); ``eos_gap``: log p(EOS) at the end of a
     finished response. Both > 0 once the model has learned what its labels mean.
     """
-    own = [conditioning.build_training_example(tokenizer, p, f, r, t, fmt) for p, r, t, f, _ in examples]
-    swap = [conditioning.build_training_example(tokenizer, p, f, r, t, fmt) for p, r, t, _, f in examples]
-    lps = response_logprobs(model, own + swap, _pad(tokenizer), batch_size)  # one pass: similar lengths batch
+    own = [(p, r, t, f) for p, r, t, f, _ in examples]
+    swap = [(p, r, t, f) for p, r, t, _, f in examples]
+    lps = label_logprobs(model, tokenizer, fmt, own + swap, batch_size)  # one pass: similar lengths batch
     lp_own, lp_swap = lps[:len(own)], lps[len(own):]
     ll = {i: [sum(a) - sum(b)] for i, (a, b) in enumerate(zip(lp_own, lp_swap))}
     eos = {i: [a[-1] - b[-1]] for i, (a, b, ex) in enumerate(zip(lp_own, lp_swap, examples)) if not ex[2] and a}
@@ -353,7 +370,7 @@ def evaluate_version(db: str, settings: Settings, version_id: int, task: Task, p
             if cfg.revision_passes and revise:
                 _revise_answers(backend, gens, by_id, cfg.revision_passes, max_new, log)
         results = _label(provider, task, db, gens, by_id) if provider is not None else None
-        per_cond.append((gens, _attributes(task, gens, results)))
+        per_cond.append((gens, _attributes(task, gens, results, provider, by_id)))
 
     gens, attrs = per_cond[0]
     metrics: dict = {"warnings": notes}
@@ -363,7 +380,8 @@ def evaluate_version(db: str, settings: Settings, version_id: int, task: Task, p
         metrics["labelled"] = sum(len(v) for v in attrs.get("exemplar_share", attrs.get("mean_score", {})).values())
         metrics["category_share"] = {c: e.value for c, e in shares.items()}
         metrics["category_share_ci"] = {c: [e.low, e.high] for c, e in shares.items()}
-    for name in ("exemplar_share", "mean_score", "mean_words", "mean_length", "pct_truncated"):
+    for name in ("exemplar_share", "mean_score", "score3_share", "mean_words", "mean_length", "pct_truncated",
+                 *sorted(k for k in est if k.startswith("attr:"))):
         if name in est:
             metrics[name] = est[name].value
             metrics[f"{name}_ci"] = [est[name].low, est[name].high]
@@ -375,7 +393,8 @@ def evaluate_version(db: str, settings: Settings, version_id: int, task: Task, p
     if len(per_cond) == 2:  # steerability: best − worst on the same prompts
         other = per_cond[1][1]
         steer = {"feedback": conds[:2]}
-        for name in ("exemplar_share", "mean_score", "mean_words", "pct_truncated"):
+        for name in ("exemplar_share", "mean_score", "score3_share", "mean_words", "pct_truncated",
+                     *sorted(k for k in attrs if k.startswith("attr:"))):
             if name in attrs and name in other:
                 gap = gap_ci(attrs[name], other[name], seed=cfg.seed)
                 steer[name] = {"best": est[name].value, "worst": _estimate(other[name], cfg.seed).value,
@@ -398,8 +417,12 @@ def evaluate_version(db: str, settings: Settings, version_id: int, task: Task, p
         if examples:
             model, tok = reference_model(version.path, settings)  # the version's own fp32 weights, cached
             metrics["label_learned"] = label_diagnostic(model, tok, fmt.for_tokenizer(tok), examples)
+    kept = ("exemplar_share", "mean_score", "score3_share", "mean_words")
     metrics["per_prompt"] = {k: {str(p): v for p, v in attrs[k].items()}
-                             for k in ("exemplar_share", "mean_score", "mean_words") if k in attrs}
+                             for k in attrs if k in kept or k.startswith("attr:")}
+    if len(per_cond) == 2:
+        metrics["per_prompt_contrast"] = {k: {str(p): v for p, v in per_cond[1][1][k].items()}
+                                          for k in per_cond[1][1] if k in kept or k.startswith("attr:")}
     metrics["eval"] = {**cfg.key(), "max_new_tokens": max_new, "provider": provider.name if provider else None,
                        "conditioning": conds[0], "contrast": conds[1] if len(conds) > 1 else None,
                        **({"negative_feedback": negs} if cfg.guidance else {}),
@@ -468,7 +491,8 @@ def summarize(metrics: dict) -> str:
         return f"{v:.3f} [{c[0]:.3f}, {c[1]:.3f}]" if c and None not in c else f"{v:.3f}"
 
     lines = []
-    for name in ("exemplar_share", "mean_score", "mean_words", "steerability_gap"):
+    for name in ("exemplar_share", "mean_score", "score3_share", "mean_words", "steerability_gap",
+                 *sorted(k for k in metrics if k.startswith("attr:") and not k.endswith("_ci"))):
         if ci(name):
             lines.append(f"  {name:18s} {ci(name)}")
     if metrics.get("steer"):
@@ -488,5 +512,5 @@ def summarize(metrics: dict) -> str:
 
 
 __all__ = ["EvalConfig", "METRICS", "LOWER_IS_BETTER", "compare", "contrast_feedback", "distinct_n",
-           "evaluate_version", "exemplar_feedback", "is_better", "is_worse", "label_diagnostic", "response_logprobs",
-           "response_nll", "root_version", "summarize"]
+           "evaluate_version", "exemplar_feedback", "is_better", "is_worse", "label_diagnostic", "label_logprobs",
+           "response_logprobs", "response_nll", "root_version", "summarize"]

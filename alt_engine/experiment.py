@@ -7,6 +7,12 @@ per round and version: shares and the exemplar share with 95% CIs, the steerabil
 label-learned diagnostic, mean reward, perplexity, dist-n, length, % truncated, the pool and the wall
 time per stage. Round 0 is the untrained base evaluated as the objective evaluates its versions: in the
 same conditioning format (the plain prompt for SFT, CUT and CnR) and, for CnR, after the same revision passes.
+
+An arm is an objective, or ``objective@task`` for an arm on another task over the same prompt set (its demo
+provider; e.g. ``alt@concise_score``: ``rule:free_text``'s information as categories). On a free-text task
+fed by ``rule:free_text`` every version is evaluated under the rule's fixed texts, and after the last round
+the ALT arm's last version and the base are sampled under the other texts too: per-attribute steering gaps and
+the held-out combination (``round.holdout``, kept out of the pool), see ``steering.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from .db import init_db, session_scope
 from .settings import Settings
 
 Log = Callable[[str], None]
-SERIES = ("exemplar_share", "mean_score", "steerability_gap", "perplexity", "dist1", "dist2", "dist3",
+SERIES = ("exemplar_share", "mean_score", "score3_share", "steerability_gap", "perplexity", "dist1", "dist2", "dist3",
           "mean_words", "mean_length", "pct_truncated")
 
 
@@ -34,7 +40,7 @@ class ExperimentConfig:
     provider: str | None = None  # default: the demo task's own provider
     prompts: str | None = None  # a prompt file; default: the demo task's shipped set
     rounds: int = 3
-    objectives: list[str] = field(default_factory=lambda: ["alt"])
+    objectives: list[str] = field(default_factory=lambda: ["alt"])  # arms: objective or objective@task
     out: str = "runs/experiment"
     round: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
@@ -76,15 +82,22 @@ def _train_config(objective: str, overrides: dict):
 
 def run_arm(objective: str, cfg: ExperimentConfig, settings: Settings, log: Log = print,
             update: Callable[[dict], None] = lambda arm: None) -> dict:
-    """One objective's rounds in its own database under ``cfg.out``; ``update(arm)`` after every round."""
+    """One arm's rounds in its own database under ``cfg.out``; ``update(arm)`` after every round.
+
+    ``objective``: an objective's name, or ``objective@task`` (that task, over the same prompts, with its demo
+    provider)."""
     from .rounds import run_round
 
+    name, (objective, _, arm_task) = objective, objective.partition("@")
+    if arm_task and arm_task != cfg.task:
+        cfg = dataclasses.replace(cfg, task=arm_task, provider=None,
+                                  prompts=cfg.prompts or str(_builtin_prompts(cfg.task)))
     out = Path(cfg.out)
-    db = str(out / f"{objective}.db")
+    db = str(out / f"{name}.db")
     for suffix in ("", "-wal", "-shm"):
         Path(db + suffix).unlink(missing_ok=True)
-    arm_settings = dataclasses.replace(settings, db=db, models_dir=str(out / f"models-{objective}"))
-    log(f"== {objective}: {cfg.rounds} round(s) on task {cfg.task!r} → {db}")
+    arm_settings = dataclasses.replace(settings, db=db, models_dir=str(out / f"models-{name}"))
+    log(f"== {name}: {cfg.rounds} round(s) on task {cfg.task!r} → {db}")
     task, provider = _prepare(db, arm_settings, cfg, log)
     train_config = _train_config(objective, dict(cfg.train))
     arm_round = round_config(cfg)
@@ -98,8 +111,14 @@ def run_arm(objective: str, cfg: ExperimentConfig, settings: Settings, log: Log 
         log(f"  {objective} reads no feedback: sampled and evaluated without guidance")
         arm_round = dataclasses.replace(arm_round, sampling=dataclasses.replace(arm_round.sampling, guidance=0.0),
                                         eval=dataclasses.replace(arm_round.eval, guidance=0.0))
-    arm: dict = {"provider": provider, "train_config": train_config.to_dict(), "policy": arm_round.policy,
-                 "rounds": []}
+    rule = _free_text_rule(provider, arm_settings, task, db)
+    if rule is not None:  # every version under the rule's fixed texts: best vs its first attribute flipped
+        from .steering import eval_pairs
+
+        arm_round = dataclasses.replace(arm_round, eval=dataclasses.replace(
+            arm_round.eval, conditions=eval_pairs(rule, arm_round.holdout)[0]))
+    arm: dict = {"provider": provider, "task": cfg.task, "objective": objective,
+                 "train_config": train_config.to_dict(), "policy": arm_round.policy, "rounds": []}
     t0 = time.perf_counter()
     for _ in range(cfg.rounds):
         report = run_round(db, arm_settings, task, provider, arm_round, train_config, log=log)
@@ -118,7 +137,57 @@ def run_arm(objective: str, cfg: ExperimentConfig, settings: Settings, log: Log 
     if base := base_as_objective(objective, db, arm_settings, task, provider, arm_round.eval, log):
         arm["rounds"][0].update(metrics=base, evaluated_as=objective)
         update(arm)
+    if rule is not None and arm["rounds"][-1].get("version_id"):
+        arm["steering"] = steer_by_text(db, arm_settings, task, rule, arm, arm_round, log)
+        update(arm)
     return arm
+
+
+def _builtin_prompts(task: str):
+    from .tasks import builtin_prompt_file
+
+    return builtin_prompt_file(task)
+
+
+def _free_text_rule(provider: str, settings: Settings, task, db: str):
+    """The ``rule:free_text`` provider of a free-text task (no categories), else None."""
+    from .feedback import make_provider
+    from .feedback.free_text import FreeTextRule
+
+    if task.categories or not provider.startswith("rule:free_text"):
+        return None
+    rule = make_provider(provider, settings, task, db)
+    return rule if isinstance(rule, FreeTextRule) else None
+
+
+def steer_by_text(db: str, settings: Settings, task, rule, arm: dict, round_cfg, log: Log = print) -> dict | None:
+    """The last version and the base under the rule's other texts (``steering.py``); None for a version that
+    reads no feedback (SFT)."""
+    from sqlmodel import select
+
+    from .conditioning import format_of
+    from .db import ModelVersion
+    from .evaluation import evaluate_version
+    from .steering import evaluate_texts, gaps, summary_lines
+
+    with session_scope(db) as s:
+        last = s.get(ModelVersion, arm["rounds"][-1]["version_id"])
+        base = s.exec(select(ModelVersion).where(ModelVersion.parent_id.is_(None)).order_by(ModelVersion.id)).first()
+        if format_of(last, task).placement == "none":
+            return None
+        last_id, base_id = last.id, base.id
+
+    def evaluate(version_id: int):
+        return lambda conds: evaluate_version(db, settings, version_id, task, rule,
+                                              dataclasses.replace(round_cfg.eval, conditions=conds), log=log)
+
+    log(f"  steering by text: version {last_id} and the base under {rule.name}'s texts")
+    mine = evaluate_texts(evaluate(last_id), rule, round_cfg.holdout, done=arm["rounds"][-1]["metrics"])
+    untrained = evaluate_texts(evaluate(base_id), rule, round_cfg.holdout, done=arm["rounds"][0]["metrics"])
+    result = gaps(rule, mine, untrained, round_cfg.holdout)
+    for line in summary_lines(result):
+        log(line)
+    return result
 
 
 def base_as_objective(objective: str, db: str, settings: Settings, task, provider: str, eval_config,
@@ -247,7 +316,8 @@ def _write(record: dict, out: Path) -> None:
 
 # --------------------------------------------------------------------------- comparisons and merging
 
-PAIRED = ("exemplar_share", "mean_score", "mean_words")  # metrics with per-prompt values: paired bootstrap
+# metrics with per-prompt values: paired bootstrap
+PAIRED = ("exemplar_share", "mean_score", "score3_share", "mean_words")
 
 
 def comparisons(record: dict) -> dict:
@@ -343,15 +413,15 @@ def summary_rows(record: dict) -> list[dict]:
             row = {"objective": objective, "round": r["round"]}
             # a model that reads no feedback has no steerability or label to learn (older records have a gap)
             reads_feedback = ((m.get("eval") or {}).get("format") or {}).get("placement") != "none"
-            for name in ("exemplar_share", "mean_score", "steerability_gap", "ll_gap", "eos_gap"):
+            for name in ("exemplar_share", "mean_score", "score3_share", "steerability_gap", "ll_gap", "eos_gap"):
                 v, ci = _value(r, name)
-                if name not in ("exemplar_share", "mean_score") and not reads_feedback:
+                if name not in ("exemplar_share", "mean_score", "score3_share") and not reads_feedback:
                     v = ci = None
                 row[name] = v
                 row[f"{name}_ci"] = ci
             for name in ("perplexity", "dist1", "dist2", "dist3", "mean_words", "pct_truncated"):
                 row[name] = m.get(name)
-            for name in ("exemplar_share", "mean_score"):
+            for name in ("exemplar_share", "mean_score", "score3_share"):
                 d = (vs_base.get(objective) or {}).get(str(r["round"]), {}).get(name)
                 row[f"{name}_gain"] = d["value"] if d else None
                 row[f"{name}_gain_ci"] = [d["low"], d["high"]] if d else None
@@ -440,6 +510,7 @@ def _page(record: dict, rows: list[dict], charts: str) -> str:
 
     cols = [("objective", "objective"), ("round", "round"), ("exemplar_share", "exemplar share"),
             ("exemplar_share_gain", "− base"), ("mean_score", "mean reward"), ("mean_score_gain", "− base"),
+            ("score3_share", "score-3 share"), ("score3_share_gain", "− base"),
             ("steerability_gap", "steer gap"), ("ll_gap", "ll gap"),
             ("eos_gap", "EOS gap"), ("perplexity", "ppl"), ("dist2", "dist-2"), ("mean_words", "words"),
             ("pct_truncated", "% trunc"), ("wall_s", "wall s")]
@@ -455,6 +526,22 @@ def _page(record: dict, rows: list[dict], charts: str) -> str:
     if h2h:
         h2h = ("<h2>Head to head</h2><p>Paired over the probe prompts: a CI that excludes 0 is a difference "
                f"beyond chance.</p><table>{h2h}</table>")
+    steering = ""
+    for o, a in record["arms"].items():
+        st = a.get("steering") or {}
+        rows_ = [(f"{attr} (one attribute differs)", r) for attr, r in (st.get("attributes") or {}).items()]
+        rows_ += [(f"held-out {(st.get('holdout') or {}).get('combination')}: {attr}", r)
+                  for attr, r in ((st.get("holdout") or {}).get("attributes") or {}).items()]
+        steering += "".join(
+            f"<tr><td>{html.escape(o)}</td><td>{html.escape(label)}</td><td>{html.escape(' vs '.join(r['texts']))}"
+            f"</td>" + "".join(f"<td>{_cell(d['value'], [d['low'], d['high']]) if d else '–'}</td>"
+                               for d in (r.get("gap"), r.get("base_gap"), r.get("vs_base"))) + "</tr>"
+            for label, r in rows_)
+    if steering:
+        h2h += ("<h2>Steering by text</h2><p>Gap between two feedback texts on each attribute (towards the level "
+                "the first text names), last version and untrained base under the same texts and format.</p><table>"
+                "<tr><th>arm</th><th>attribute</th><th>texts</th><th>gap</th><th>base gap</th><th>− base</th></tr>"
+                f"{steering}</table>")
     errors = "".join(f"<p><b>{html.escape(o)} failed:</b> {html.escape(a['error'])}</p>"
                      for o, a in record["arms"].items() if a.get("error"))
     cfg = html.escape(json.dumps({k: record[k] for k in ("config", "model")}, indent=1))

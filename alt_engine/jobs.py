@@ -56,7 +56,7 @@ from .db import (
 )
 
 FINISHED = JobStatus.finished()
-KINDS = ("sample", "feedback", "train", "eval", "round")
+KINDS = ("sample", "feedback", "train", "eval", "round", "score")
 LOG_KEYS = ("step", "epoch", "loss", "nll", "entropy", "kl", "learning_rate", "grad_norm", "num_input_tokens_seen",
             "train_runtime", "train_loss")
 HEARTBEAT_S = 2.0  # the running process refreshes heartbeat_at this often
@@ -208,8 +208,33 @@ def _sample(ctx: JobContext) -> dict:
         truncated = len(s.exec(select(Generation.id).where(Generation.round_id == rnd.id, Generation.truncated)).all())
     ctx.log(f"round {rnd.number}: {len(ids)} generations from {version.name}", echo=False)
     return {"round_id": rnd.id, "round": rnd.number, "generations": len(ids), "prompts": len(prompts),
-            "truncated": truncated,
+            "truncated": truncated, "score_job": _queue_scoring(db, task, rnd.id, p),
             "conditioning": conds[0] if isinstance(conds, list) and conds else conds}
+
+
+def _queue_scoring(db: str, task, round_id: int, params: dict) -> int | None:
+    """After sampling: queue the ``score`` job the task's queue order reads (uncertainty, disagreement)."""
+    from .queue_order import parse_strategy
+
+    if not parse_strategy(task.queue_strategy).needs_scores:
+        return None
+    return start_job(db, "score", {"task_id": task.id, "round_ids": [round_id],
+                                   "settings": params.get("settings", {})})
+
+
+def _score(ctx: JobContext) -> dict:
+    """Score generations for the annotation queue (``queue_order.score_queue``). params: task_id; round_ids
+    (default: the task's open rounds); uncertainty (default: when the task's order uses it)."""
+    from .queue_order import parse_strategy, score_queue
+
+    db, p = ctx.db, ctx.params
+    task = _task(db, p["task_id"])
+    uncertainty = p.get("uncertainty", parse_strategy(task.queue_strategy).weight("uncertainty") > 0)
+    ctx.stage(f"scoring the queue of {task.name}" + (" (uncertainty: the served model)" if uncertainty else ""))
+    result = score_queue(db, ctx.settings(), task, p.get("round_ids"), uncertainty,
+                         progress=lambda done, total: ctx(done / max(total, 1)))
+    ctx.log(f"queue scores: {result}", echo=False)
+    return result
 
 
 def unlabelled_generations(db: str, round_id: int) -> list[int]:
@@ -244,6 +269,10 @@ def _feedback(ctx: JobContext) -> dict:
     ctx.stage(f"feedback from {provider.name} on {len(gen_ids)} unlabelled generations")
     report = label_generations(db, provider, task, gen_ids, progress=lambda done, total: ctx(done / max(total, 1)),
                                show_progress=False)
+    from .queue_order import parse_strategy, score_disagreement
+
+    if parse_strategy(task.queue_strategy).weight("disagreement"):  # new AI labels: the queue's order changes
+        score_disagreement(db, task, gen_ids)
     ctx.log(f"round {rnd.number}: {report}", echo=False)
     return {"round_id": rnd.id, "source": report.source, "stored": report.stored, "skipped": report.reasons(),
             "already": report.already}
@@ -353,7 +382,7 @@ def _round(ctx: JobContext) -> dict:
 
 # kind -> handler(ctx) -> result dict
 JOB_KINDS: dict[str, Callable[[JobContext], dict]] = {
-    "sample": _sample, "feedback": _feedback, "train": _train, "eval": _eval, "round": _round}
+    "sample": _sample, "feedback": _feedback, "train": _train, "eval": _eval, "round": _round, "score": _score}
 
 
 # --------------------------------------------------------------------------- creating and starting

@@ -41,10 +41,17 @@ def task_names(db: str) -> list[str]:
 
 
 def feedback_choices(db: str, task: str | None) -> list[str]:
-    """The task's categories best → worst, then "none" (free text is typed in the same box)."""
+    """The task's categories best → worst — for a free-text task its exemplar pool (score-3 texts, the conditioning
+    of round ≥ 2) — then "none" (any other text is typed in the same box)."""
+    from .evaluation import exemplar_feedback
+
     with session_scope(db) as s:
         t = s.exec(select(Task).where(Task.name == task)).first() if task else None
-        return [*(t.categories if t else []), NONE]
+        if t is not None:
+            s.expunge(t)
+    if t is not None and not t.categories:
+        return [*exemplar_feedback(db, t)[:8], NONE]
+    return [*(t.categories if t else []), NONE]
 
 
 def negative_choices(db: str, task: str | None) -> tuple[list[str], str]:

@@ -17,6 +17,10 @@ truncated), so the pool has a truncation policy (``truncated``):
   free-text feedback has no worst text, so there it acts as ``exclude``). The feedback that counts is
 ``feedback.store.effective_feedback`` (a person outranks an AI). Policy
 ``flush`` (ALT) uses the latest round only, ``accumulate`` (Quark) every round.
+
+``holdout`` (``"length=short,subject=off"``, ``feedback/free_text.py``'s attributes): generations whose
+response measures to that combination of attribute levels stay out of the pool, whatever their feedback
+says, so an experiment can test steering to a combination never seen in training.
 """
 
 from __future__ import annotations
@@ -76,8 +80,11 @@ def _draw(items: list[PoolItem], k: int, quota: int, rng: random.Random, categor
 
 def build_pool(db: str, task_id: int, round_ids: list[int] | None = None, k_per_category: int = 2, seed: int = 0,
                policy: str = "flush", max_per_prompt: int | None = None,
-               truncated: str = "exclude") -> list[PoolItem]:
+               truncated: str = "exclude", holdout: str | None = None) -> list[PoolItem]:
     """The training pool for ``task_id``: explicit ``round_ids``, else the latest round (flush) or all (accumulate)."""
+    from .feedback.free_text import holds, parse_combination
+
+    combo = parse_combination(holdout) if holdout else None
     if policy not in POLICIES:
         raise ValueError(f"unknown pool policy {policy!r} ({' | '.join(POLICIES)})")
     if truncated not in TRUNCATION:
@@ -101,8 +108,10 @@ def build_pool(db: str, task_id: int, round_ids: list[int] | None = None, k_per_
         for g, p in rows:
             fb = chosen.get(g.id)
             text = (fb.text if fb.kind == "text" else fb.category) if fb else None
-            if not text or g.id in flagged:
-                continue  # no usable feedback: not in the pool
+            if not (text or "").strip() or g.id in flagged:
+                continue  # no usable feedback (none, empty, or the judge's reply did not parse): not in the pool
+            if combo and holds(combo, prompt_of(p), g.response, g.truncated):
+                continue  # the held-out combination
             category = fb.category
             if g.truncated and (truncated == "exclude" or (truncated == "worst" and not task.categories)):
                 continue
@@ -123,9 +132,10 @@ def build_pool(db: str, task_id: int, round_ids: list[int] | None = None, k_per_
 
 
 def pool_summary(items: list[PoolItem]) -> dict:
-    """What a pool holds: examples, examples per feedback text, truncated examples (for reports and logs)."""
+    """What a pool holds: examples, examples per feedback text (free text: per score), truncated examples (for
+    reports and logs)."""
     counts: dict[str, int] = defaultdict(int)
     for it in items:
-        counts[it.feedback] += 1
+        counts[it.feedback if it.category or it.score is None else f"score {it.score:g}"] += 1
     return {"examples": len(items), "prompts": len({it.prompt_id for it in items}),
             "truncated": sum(it.truncated for it in items), "per_feedback": dict(counts)}

@@ -21,6 +21,7 @@ from sqlmodel import select
 
 from .db import Prompt, session_scope
 from .tasks import get_or_create_task
+from .textpolicy import NUL, find_nul
 
 MAX_PROMPT_CHARS = 20_000
 SPLITS = ("train", "probe")
@@ -125,6 +126,18 @@ def _not_utf8(name: str, line: int, e: UnicodeDecodeError, offset: int = 0) -> I
                         "save the file as UTF-8")
 
 
+class DuplicateKey(ValueError):
+    """A JSON object naming a key twice (``json`` would silently keep the last value)."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        raise DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return obj
+
+
 def _jsonl_rows(p: Path) -> Iterator[tuple[str, dict]]:
     raw = p.read_bytes()
     if raw.startswith(BOM):
@@ -137,7 +150,9 @@ def _jsonl_rows(p: Path) -> Iterator[tuple[str, dict]]:
         if not text.strip():
             continue
         try:
-            obj = json.loads(text)
+            obj = json.loads(text, object_pairs_hook=_unique_keys)
+        except DuplicateKey as e:
+            raise ImportError_(f"{p.name} line {n}: duplicate key {e.args[0]!r} (name each key once)") from e
         except json.JSONDecodeError as e:
             raise ImportError_(f"{p.name} line {n}: invalid JSON ({e.msg} at character {e.colno})") from e
         except RecursionError as e:
@@ -187,7 +202,10 @@ def _is_missing(value) -> bool:
 
 
 def _plain_text(where: str, what: str, value: str) -> str:
-    """``value`` if it can be stored (no unpaired surrogates, e.g. from a JSON ``"\\ud800"``), else a clear error."""
+    """``value`` if it can be stored (no unpaired surrogates, e.g. from a JSON ``"\\ud800"``, no NUL: the same
+    refusal on SQLite and PostgreSQL, ``alt_engine.textpolicy``), else a clear error."""
+    if NUL in value:
+        raise ImportError_(f"{where}: {what} contains a NUL character (\\x00) at character {value.index(NUL) + 1}")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
@@ -246,6 +264,8 @@ def _validate(where: str, row: dict, cols: ColumnMap) -> dict:
         _plain_text(where, "a meta column", json.dumps(meta, ensure_ascii=False))
     except (ValueError, RecursionError) as e:
         raise ImportError_(f"{where}: a meta column cannot be stored ({type(e).__name__})") from e
+    if find_nul(meta) is not None:
+        raise ImportError_(f"{where}: a meta column contains a NUL character (\\x00)")
     return dict(text=text, messages=messages, split=split, meta=meta, split_given=given)
 
 

@@ -100,9 +100,11 @@ class TaskSpec:
     annotations_per_item: int = 1
     description: str = ""
     conditioning: dict | None = None  # conditioning.Format fields; None = keep
+    queue_strategy: str | None = None  # the annotation queue's order (queue_order.STRATEGIES); None = keep
 
     def check(self) -> None:
         from .conditioning import Format
+        from .queue_order import parse_strategy
 
         if not self.name.strip():
             raise ValueError("a task needs a name")
@@ -117,6 +119,8 @@ class TaskSpec:
             raise ValueError("overlap k (annotations per item) must be between 1 and 20")
         if self.conditioning is not None:
             Format.from_dict(self.conditioning)  # raises on a bad placement or template
+        if self.queue_strategy is not None:
+            self.queue_strategy = parse_strategy(self.queue_strategy).spec  # raises on an unknown one
         self.categories = cats
 
 
@@ -134,6 +138,8 @@ def save_task(db: str, spec: TaskSpec) -> Task:
         task.annotations_per_item, task.description = int(spec.annotations_per_item), spec.description or ""
         if spec.conditioning is not None:
             task.conditioning = dict(spec.conditioning)
+        if spec.queue_strategy is not None:
+            task.queue_strategy = spec.queue_strategy
         s.flush()
         return task
 
@@ -152,7 +158,8 @@ def duplicate_task(db: str, source: str, new_name: str) -> Task:
         if src is not None:
             fields = {k: getattr(src, k) for k in ("description", "categories", "exemplar", "allow_free_text",
                                                    "allow_critique", "allow_judgment", "guidelines",
-                                                   "annotations_per_item", "conditioning", "show_conditioning")}
+                                                   "annotations_per_item", "conditioning", "show_conditioning",
+                                                   "queue_strategy")}
         elif source in BUILTIN_TASKS:
             fields = dict(BUILTIN_TASKS[source])
         else:
@@ -398,3 +405,16 @@ def agreement_by_round(db: str, task: str) -> list[dict]:
             rows.append({"round": r, "ai_source": src, "items": len(gens),
                          "agreement": sum(x == y for x, y in zip(a, b)) / len(gens), "kappa": cohen_kappa(a, b)})
     return rows
+
+
+def exemplar_rows(db: str, task: str) -> list[dict]:
+    """What round ≥ 2 samples are conditioned on (and the playground offers): the task's exemplar category, or for
+    a free-text task the score-3 texts of its rounds (ALT-LMU's pool; one drawn per prompt), newest first."""
+    from .evaluation import exemplar_feedback
+
+    with session_scope(db) as s:
+        t = _task_named(s, task)
+        s.expunge(t)
+    if t.categories:
+        return [{"exemplar": t.exemplar_category, "kind": "category"}]
+    return [{"exemplar": text, "kind": "free text, score 3"} for text in exemplar_feedback(db, t)]

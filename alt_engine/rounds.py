@@ -62,6 +62,7 @@ class RoundConfig:
     policy: str = "flush"  # flush (ALT) | accumulate (Quark)
     truncated: str = "exclude"  # truncated generations in the pool: exclude | last | worst (see pool.py)
     max_per_prompt: int | None = 2  # the pool's cap per prompt: the most different pair (README, Efficacy)
+    holdout: str | None = None  # attribute levels kept out of the pool, e.g. "length=short,subject=off" (pool.py)
     promote: str = "unless_worse"  # always | if_better (CI above the parent) | unless_worse (CI not below) | never
     metric: str = "auto"  # compared for promotion; auto: mean_score for scored feedback, else exemplar_share
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -83,6 +84,10 @@ class RoundConfig:
             raise ValueError(f"pool policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         if self.truncated not in TRUNCATION:
             raise ValueError(f"truncation policy must be one of {', '.join(TRUNCATION)}, got {self.truncated!r}")
+        if self.holdout:
+            from .feedback.free_text import parse_combination
+
+            parse_combination(self.holdout)  # a bad combination fails before a round exists
 
 
 @dataclass
@@ -312,7 +317,7 @@ def run_round(db: str, settings: Settings, task: Task, provider: str | Provider,
         with stage("pool", RoundStatus.TRAINING):
             pool_kw = dict(round_ids=[rnd.id] if cfg.policy == "flush" else None, k_per_category=cfg.k_per_category,
                            seed=train_config.seed, policy=cfg.policy, max_per_prompt=cfg.max_per_prompt,
-                           truncated=cfg.truncated)
+                           truncated=cfg.truncated, **({"holdout": cfg.holdout} if cfg.holdout else {}))
             from .training.objectives import get
 
             items = get(train_config.objective).items(db, task, **pool_kw)

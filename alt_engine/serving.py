@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from . import conditioning
@@ -37,6 +37,10 @@ from .db import is_url
 from .sampling import SamplingParams, TransformersBackend
 
 log = logging.getLogger(__name__)
+
+
+class Cancelled(RuntimeError):
+    """A ``complete`` call whose client left: stopped between turns at the model."""
 
 
 class PromptTooLong(ValueError):
@@ -103,6 +107,7 @@ class ModelServer:
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._pending: list[_Request] = []  # requests of another sampling group, for a later batch (worker thread)
         self._joined: list[_Request] = []  # the requests of the batch running now (answered on failure)
+        self._chat_waiting = False  # a chat batch waits for the model (``complete`` lets it go between its turns)
         self._others_waiting = 0  # ``complete`` calls waiting for the model: a running batch stops admitting
         self._count_lock = threading.Lock()
         self._load_lock = threading.Lock()
@@ -200,11 +205,14 @@ class ModelServer:
     # --------------------------------------------------------------- completions
 
     def complete(self, prompts: list[list[int] | str], params: SamplingParams,
-                 negatives: list[list[int] | str] | None = None) -> tuple[list[list[int]], list[list]]:
+                 negatives: list[list[int] | str] | None = None,
+                 cancel: threading.Event | None = None) -> tuple[list[list[int]], list[list]]:
         """``params.n`` samples of each ready-made prompt (token ids, or text tokenized as is); (inputs, samples).
 
         For ``/v1/completions``: the caller built the inputs (conditioning included), so nothing is
-        conditioned or templated here; the backend's lock runs it between the chat batches. With
+        conditioned or templated here; the backend's lock runs it between the chat batches. It runs a few
+        prompts at a time and lets a waiting chat batch go between them, so a large request cannot hold every
+        chat back; ``cancel`` set (the client left) stops it between turns (``Cancelled``). With
         ``params.guidance`` > 0, ``negatives`` are the same prompts under the negative feedback (one per prompt).
         """
         backend = self._ensure_loaded()
@@ -222,15 +230,30 @@ class ModelServer:
             self._check_length(ids)
         if any(not 0 <= t < vocab for t in params.suppress_tokens):
             raise ValueError(f"logit_bias: token ids must be in [0, {vocab})")
-        with self._count_lock:  # a running chat batch admits no newcomers now: it drains and lets this run
-            self._others_waiting += 1
-        try:
-            samples = backend.generate(inputs, params, negatives=negs) if negs else backend.generate(inputs, params)
-        finally:
-            with self._count_lock:
-                self._others_waiting -= 1
+        samples: list[list] = []
+        per_call = max(1, (params.batch_size or 16) // max(1, params.n))  # prompts per turn at the model
+        for start in range(0, len(inputs), per_call):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("the client left")
+            if start:  # between turns: a chat batch that waits for the model runs first (fair interleaving)
+                self._let_chat_run()
+            with self._count_lock:  # a running chat batch admits no newcomers now: it drains and lets this run
+                self._others_waiting += 1
+            try:  # input i keeps its own random streams (seed + i) however the inputs are split
+                chunk = SamplingParams(**{**asdict(params), "seed": params.seed + start})
+                guided = {"negatives": negs[start:start + per_call]} if negs else {}
+                samples += backend.generate(inputs[start:start + per_call], chunk, **guided)
+            finally:
+                with self._count_lock:
+                    self._others_waiting -= 1
         self.answered += len(inputs)
         return inputs, samples
+
+    def _let_chat_run(self, timeout: float = 30.0) -> None:
+        """If a chat batch is waiting for the model, wait until it has started (it then holds the model)."""
+        started, deadline = self.batches, time.monotonic() + timeout
+        while self._chat_waiting and self.batches == started and time.monotonic() < deadline:
+            time.sleep(0.002)
 
     def _check_length(self, ids) -> None:
         if self.max_prompt_tokens and len(ids) > self.max_prompt_tokens:
@@ -455,9 +478,11 @@ class ModelServer:
                                 max_new_tokens=max(r.max_new_tokens for r in running), batch_size=self.max_batch,
                                 guidance=first.guidance)
         guided = {"negatives": negatives} if first.guidance else {}  # the list grows as requests join
+        self._chat_waiting = True
         while self._others_waiting:  # a ``complete`` call waited for the model first: it goes first
             time.sleep(0.005)
         self.batches += 1  # counted as it starts: its answers may be out before it returns
+        self._chat_waiting = False
         if getattr(backend, "supports_admit", False):
             backend.generate(inputs, params, on_step=on_step, limits=[r.max_new_tokens for r in running],
                              seeds=[r.seed for r in running], admit=admit, on_sample=on_sample, **guided)

@@ -49,9 +49,11 @@ class Settings:
     Exports:
         hub_repo (the default Hugging Face Hub dataset repo to push exports to), hub_token.
     Web app:
-        host, port, workers (app processes on the port), secret_key, lease_seconds.
+        host, port, workers (app processes on the port), secret_key, lease_seconds,
+        max_request_bytes, max_text_chars (request bounds, app/guard.py), trusted_proxies, front_token.
     The app's OpenAI-compatible /v1 routes:
-        serve_api_key (besides users' own keys), serve_max_prompt_tokens, serve_max_tokens, serve_max_pending.
+        serve_api_key (besides users' own keys), serve_max_prompt_tokens, serve_max_tokens,
+        serve_max_request_tokens, serve_max_pending.
     """
 
     db: str = field(default="annotations.db", metadata={"help": "SQLite database file (or a SQLAlchemy URL)"})
@@ -97,9 +99,20 @@ class Settings:
                 "No key works unless made there or set here"})
     serve_max_prompt_tokens: int = field(default=2048, metadata={"help": "/v1: longest prompt, in tokens"})
     serve_max_tokens: int = field(default=512, metadata={"help": "/v1: most new tokens one request may ask for"})
+    serve_max_request_tokens: int = field(default=16_384, metadata={
+        "help": "/v1/completions: most new tokens one request may ask for in all (prompts × n × max_tokens)"})
     serve_max_pending: int = field(default=8, metadata={
         "help": "/v1: requests one user (or the admin key) may have waiting or running at once; more get 429"})
     lease_seconds: int = field(default=300, metadata={"help": "annotation lease length"})
+    trusted_proxies: str = field(default="", metadata={
+        "help": "addresses of reverse proxies whose X-Forwarded-For/-Proto the app believes (comma-separated, "
+                "uvicorn's forwarded_allow_ips); empty: none, the peer is the client"})
+    front_token: str = field(default="", metadata={
+        "help": "set by `alt serve --workers` for its workers: they believe forwarded headers only with it"})
+    max_request_bytes: int = field(default=2 * 1024 * 1024, metadata={
+        "help": "web app: largest JSON or form body (uploads excepted); more gets 413 before any work"})
+    max_text_chars: int = field(default=32_768, metadata={
+        "help": "web app: longest single text in a request (a message, a label, a prompt); more gets 413"})
     dashboard_for_annotators: int = field(default=0, metadata={
         "help": "1: annotators see the Dashboard tab too (read-only); 0: admins only"})
 
@@ -129,7 +142,8 @@ class Settings:
         rows = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in ("llm_api_key", "secret_key", "sampling_api_key", "serve_api_key", "hub_token") and value:
+            if f.name in ("llm_api_key", "secret_key", "sampling_api_key", "serve_api_key", "hub_token",
+                          "front_token") and value:
                 value = "***"
             elif f.name in ("db", "database_url") and "://" in str(value):  # a URL's password
                 from sqlalchemy.engine import make_url

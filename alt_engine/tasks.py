@@ -45,6 +45,19 @@ BUILTIN_TASKS: dict[str, dict] = {
         guidelines="Rate how concise the response is: does it answer in as few words as the question needs, "
                    "or does it pad, repeat and ramble?",
     ),
+    "concise_text": dict(
+        description="The concise prompts with free-text feedback (ALT-LMU): sentences naming an answer's length and "
+                    "whether it opens on the subject, scored 0-3 (demo task, rule:free_text:length,subject).",
+        categories=[],
+        guidelines="In one short sentence, say how long the answer is and whether its first sentence names what was "
+                   "asked; score it 0-3 (3: short and on the subject).",
+    ),
+    "concise_score": dict(
+        description="The concise prompts with rule:free_text's information as categories of one attribute (its "
+                    "score 3 → Excellent … 0 → Bad), the categorical side of the free-text comparison.",
+        categories=["Excellent", "Good", "Mediocre", "Bad"],
+        guidelines="Excellent: short and opens on the question's subject; Bad: long and opens off topic.",
+    ),
     "offensiveness": dict(
         description="Calm, non-offensive replies to heated prompts (demo task, "
                     "reward:alt_engine.feedback.scorers:non_offensive).",
@@ -74,6 +87,10 @@ DEMOS: dict[str, Demo] = {
     # worst category (measured: with "exclude", 90 of 128 round-1 samples at 160 tokens left the pool)
     "concise": Demo("rule:concise:auto", "concise.jsonl", truncated="worst"),
     "offensiveness": Demo("reward:alt_engine.feedback.scorers:non_offensive", "offensiveness.jsonl"),
+    # free text has no worst text to file a cut-off answer under: the rule names it "long" and the pool takes it
+    # only where complete answers cannot fill the quota (79 % of round 1 is cut off at 160 tokens)
+    "concise_text": Demo("rule:free_text:length,subject", "concise.jsonl", truncated="last"),
+    "concise_score": Demo("rule:free_text:length,subject", "concise.jsonl", truncated="last"),
 }
 
 
@@ -90,7 +107,7 @@ def get_or_create_task(session: Session, name: str, **fields) -> Task:
     if task is not None:
         return task
     spec = {**BUILTIN_TASKS.get(name, {}), **fields}
-    if not spec.get("categories"):
+    if not spec.get("categories") and name not in BUILTIN_TASKS:  # a built-in free-text task has none
         known = ", ".join(BUILTIN_TASKS)
         raise ValueError(f"unknown task {name!r}: give its categories or use a built-in one ({known})")
     task = Task(name=name, **spec)

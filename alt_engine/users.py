@@ -31,7 +31,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from .db import AppSecret, SignInThrottle, User, get_engine, insert_ignore, session_scope
+from .db import ApiKey, AppSecret, SignInThrottle, User, get_engine, insert_ignore, session_scope
 
 ROLES = ("annotator", "admin")
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
@@ -107,7 +107,9 @@ def add_user(db: str, name: str, password: str, role: str = "annotator") -> User
         return _info(user)
 
 
-def set_password(db: str, name: str, password: str) -> None:
+def set_password(db: str, name: str, password: str) -> int:
+    """A new password ends everything the old one opened: every session, every API key (``/v1``), and clears the
+    name's sign-in lock (an admin's way to let a locked-out user in). Returns how many keys were revoked."""
     if len(password or "") < 8:
         raise ValueError("password too short: use at least 8 characters")
     with session_scope(db) as s:
@@ -116,6 +118,13 @@ def set_password(db: str, name: str, password: str) -> None:
             raise ValueError(f"no user {name!r}")
         user.password_hash = hash_password(password)
         user.session_gen += 1  # whoever had the old password is signed out
+        keys = s.exec(select(ApiKey).where(ApiKey.user_id == user.id, ApiKey.revoked == False)).all()  # noqa: E712
+        for key in keys:
+            key.revoked = True
+        lock = s.get(SignInThrottle, _name_key(name))
+        if lock is not None:
+            s.delete(lock)
+        return len(keys)
 
 
 def set_active(db: str, name: str, active: bool) -> None:
@@ -164,6 +173,9 @@ def authenticate(db: str, name: str, password: str) -> UserInfo | None:
 NAME_LIMIT, ADDR_LIMIT = 5, 20  # failures before a user name / a client address is locked
 WINDOW = dt.timedelta(minutes=15)  # failures older than this (and not locked) are forgotten
 FIRST_LOCK, MAX_LOCK = 60.0, 3600.0  # seconds: the first lock, doubled per further failure, capped
+ADDR_PENDING = 64  # sign-ins one address may have in flight at once (a team behind one NAT address fits)
+PENDING_WAIT = 1.0  # seconds to wait when too many are in flight
+PENDING_STALE = dt.timedelta(minutes=2)  # an attempt whose process died never ends: forget it after this
 _throttle_lock = threading.Lock()  # this process's threads queue here instead of in SQLite's busy handler
 
 
@@ -182,6 +194,8 @@ def _throttle_row(s, key: str, now: dt.datetime) -> SignInThrottle:
     locked = _utc(row.locked_until)
     if (locked is None or locked <= now) and now - _utc(row.window_start) > WINDOW:
         row.failures, row.window_start, row.locked_until = 0, now, None  # an old, unlocked count is forgotten
+    if row.pending and (row.pending_at is None or now - _utc(row.pending_at) > PENDING_STALE):
+        row.pending = 0
     return row
 
 
@@ -190,40 +204,54 @@ def _wait(row: SignInThrottle, now: dt.datetime) -> float:
     return (locked - now).total_seconds() if locked is not None and locked > now else 0.0
 
 
+def _name_key(name: str) -> str:
+    return f"name:{(name or '').lower()[:128]}"
+
+
 def begin_sign_in(db: str, name: str, addr: str) -> float:
-    """Count a sign-in attempt before its password is checked: 0.0 = go on (then call ``end_sign_in``), else the
-    seconds to wait (refused, nothing counted)."""
+    """Admit a sign-in attempt before its password is checked: 0.0 = go on (then call ``end_sign_in``), else the
+    seconds to wait (refused, nothing counted).
+
+    A locked name refuses every address (a fresh address gets no guess at it). A name takes at most
+    ``NAME_LIMIT - failures`` checks at once (one once a lock ran out), so a burst of guesses is bounded too.
+    An attempt counts as failed only once its password has failed: colleagues signing in at once behind one
+    address are not refused.
+    """
     now = dt.datetime.now(dt.UTC)
     with _throttle_lock, session_scope(db) as s:
         s.connection().execute(text("UPDATE signinthrottle SET failures = failures WHERE 1 = 0"))  # write lock first
         a = _throttle_row(s, f"addr:{addr}", now)
-        n = _throttle_row(s, f"name:{(name or '').lower()[:128]}", now)
-        wait = _wait(a, now)
-        if not wait and a.failures > 0:  # a locked name refuses only addresses that have been failing
-            wait = _wait(n, now)
+        n = _throttle_row(s, _name_key(name), now)
+        wait = max(_wait(a, now), _wait(n, now))
+        if not wait and n.pending >= max(1, NAME_LIMIT - n.failures):
+            wait = PENDING_WAIT  # as many checks at this name in flight as it has guesses left (one after a lock)
+        if not wait and a.pending >= ADDR_PENDING:
+            wait = PENDING_WAIT
         if wait:
             return wait
-        for row, limit in ((a, ADDR_LIMIT), (n, NAME_LIMIT)):
-            row.failures += 1  # counted as failed until the hash says otherwise
-            if (lock := _lock_seconds(row.failures, limit)) > 0:
-                row.locked_until = now + dt.timedelta(seconds=lock)
+        for row in (a, n):
+            row.pending += 1
+            row.pending_at = now
         return 0.0
 
 
-def end_sign_in(db: str, name: str, addr: str, ok: bool) -> None:
-    """After the password check: a success clears the name's failures and refunds this address its attempt."""
-    if not ok:
-        return
+def end_sign_in(db: str, name: str, addr: str, ok: bool | None) -> None:
+    """After the password check: a failure counts (and may lock the name and the address), a success clears the
+    name's failures; ``None`` (the check itself failed) only ends the attempt."""
+    now = dt.datetime.now(dt.UTC)
     with _throttle_lock, session_scope(db) as s:
         s.connection().execute(text("UPDATE signinthrottle SET failures = failures WHERE 1 = 0"))
-        n = s.get(SignInThrottle, f"name:{(name or '').lower()[:128]}")
-        if n is not None:
-            s.delete(n)
-        a = s.get(SignInThrottle, f"addr:{addr}")
-        if a is not None:
-            a.failures = max(0, a.failures - 1)
-            if _lock_seconds(a.failures, ADDR_LIMIT) == 0:
-                a.locked_until = None  # the lock this very attempt set
+        for key, limit in ((f"addr:{addr}", ADDR_LIMIT), (_name_key(name), NAME_LIMIT)):
+            row = s.get(SignInThrottle, key)
+            if row is None:
+                continue
+            row.pending = max(0, row.pending - 1)
+            if ok is False:
+                row.failures += 1
+                if (lock := _lock_seconds(row.failures, limit)) > 0:
+                    row.locked_until = now + dt.timedelta(seconds=lock)
+            elif ok and key.startswith("name:"):
+                row.failures, row.locked_until = 0, None
 
 
 def shared_secret(db: str, name: str) -> str:

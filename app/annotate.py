@@ -25,6 +25,7 @@ from alt_engine import annotation as ann
 from alt_engine.settings import Settings
 
 from .auth import Auth
+from .textview import visible
 
 MAX_KEYS = 9
 EMPTY = "### Nothing to annotate\nAn admin samples a round in **Admin → Rounds**; then press **Refresh**."
@@ -129,14 +130,14 @@ def guidelines_markdown(text: str) -> str:
 def _as_text(content) -> str:
     """Chatbot renders message HTML (sanitised, so tags would vanish) even with Markdown off: escape it so the
     prompt shows exactly as written."""
-    return html.escape(str(content or ""), quote=False)
+    return html.escape(visible(str(content or "")), quote=False)
 
 
 def _chat(prompt) -> tuple[str, list[dict]]:
     """(system prompt, the other turns as Chatbot messages); a plain text prompt is one user turn."""
     if isinstance(prompt, str) or prompt is None:
         return "", [{"role": "user", "content": _as_text(prompt)}]
-    system = "\n\n".join(str(m.get("content", "")) for m in prompt if m.get("role") == "system")
+    system = "\n\n".join(visible(str(m.get("content", ""))) for m in prompt if m.get("role") == "system")
     turns = [{"role": "assistant" if m.get("role") == "assistant" else "user", "content": _as_text(m.get("content"))}
              for m in prompt if m.get("role") != "system"]
     return system, turns
@@ -231,14 +232,14 @@ class AnnotateTab:
             guidelines or "_No guidelines for this task._",
             gr.update(value=system, visible=bool(system)),
             turns,
-            gr.update(value=(item.conditioning or "") if has else "", visible=bool(has and item.conditioning)),
-            item.response if has else "",
+            gr.update(value=visible(item.conditioning) if has else "", visible=bool(has and item.conditioning)),
+            visible(item.response) if has else "",  # bidi controls and zero-width characters shown, not obeyed
             gr.update(value=sugg, visible=bool(sugg)),
             gr.update(visible=bool(sugg)),
             *buttons,
             gr.update(value=prev.get("text") or "", visible=bool(has and item.allow_free_text) or not has),
             gr.update(value=prev.get("critique") or "", visible=critique_on),
-            gr.update(value=prev.get("revision") or (item.response if has else ""), visible=critique_on),  # starts
+            gr.update(value=prev.get("revision") or (visible(item.response) if has else ""), visible=critique_on),
             gr.update(value=prev.get("judgment") or "", visible=judgment_on),  # as the response to edit
             prev.get("flag") or "",
             message,
@@ -290,7 +291,8 @@ class AnnotateTab:
         tz = browser_tz(request)
         if (ignored := self._stale(user, state, shown, task, tz)) is not None:
             return ignored
-        if state and (revision or "").strip() == (state.get("response") or "").strip():
+        response = (state or {}).get("response") or ""
+        if state and (revision or "").strip() in (response.strip(), visible(response).strip()):
             revision = None  # the box starts with the response: unchanged is no revision
         sub = ann.Submission(text=free_text, critique=critique, revision=revision, judgment=judgment)
         if accept:

@@ -53,11 +53,16 @@ class Auth:
         self.key = (settings.secret_key or shared_secret(settings.db, "session_key")).encode()
 
     async def sign_in(self, name: str, password: str, addr: str = "unknown") -> tuple[UserInfo | None, str]:
-        """(user, "") or (None, why); attempts are counted per address and per name before the hash is checked."""
+        """(user, "") or (None, why); attempts are admitted per address and per name before the hash is checked
+        and counted as failed once it fails (``users.begin_sign_in``)."""
         wait = await run_in_threadpool(begin_sign_in, self.db, name, addr)
         if wait:
             return None, f"Too many failed sign-ins: try again in {int(wait) + 1} s."
-        user = await run_in_threadpool(authenticate, self.db, name, password)  # scrypt: keep the event loop free
+        try:
+            user = await run_in_threadpool(authenticate, self.db, name, password)  # scrypt: keep the loop free
+        except BaseException:
+            await run_in_threadpool(end_sign_in, self.db, name, addr, None)  # ended, neither failed nor passed
+            raise
         await run_in_threadpool(end_sign_in, self.db, name, addr, user is not None)
         if user is None:
             return None, "Wrong user name or password."
@@ -168,6 +173,13 @@ font-size:1rem;cursor:pointer}} .err{{color:#b91c1c;font-size:.9rem;margin-top:.
 </form></body></html>"""
 
 
+LOGOUT_PAGE = (_PAGE.split("<form")[0].replace("· sign in", "· sign out") + """<form method="post" action="/logout">
+<h1>ALT Studio</h1><p class="sub">Sign out of ALT Studio on every device?</p>
+<button id="logout-button" type="submit">Sign out</button>
+<p class="sub" style="margin-top:1rem"><a href="/">Back to the app</a></p>
+</form></body></html>""").replace("{{", "{").replace("}}", "}")
+
+
 def login_page(name: str = "", error: str = "") -> str:
     err = f'<p class="err" id="login-error">{html.escape(error)}</p>' if error else ""
     return _PAGE.format(name=html.escape(name, quote=True), error=err)
@@ -210,7 +222,15 @@ def add_auth_routes(api: FastAPI, auth: Auth) -> None:
         auth.set_cookie(response, user, request)
         return response
 
-    @api.api_route("/logout", methods=["GET", "POST"], include_in_schema=False)
+    @api.get("/logout", include_in_schema=False)
+    def logout_page(request: Request):
+        """A link (the header's "Sign out") lands here; signing out itself is a POST, so a navigation from another
+        site cannot sign anyone out."""
+        if auth.user(request) is None:
+            return RedirectResponse("/login", status_code=303)
+        return HTMLResponse(LOGOUT_PAGE)
+
+    @api.post("/logout", include_in_schema=False)
     def logout(request: Request):
         auth.sign_out(request)
         response = RedirectResponse("/login", status_code=303)

@@ -339,13 +339,9 @@ async def _complete(server: ModelServer, settings: Settings, body: Any, request:
             functools.partial(server.submit, messages, req.feedback or None, max_new, req.temperature, req.top_p,
                               seed, guidance=req.guidance, negative=req.negative_feedback or None))
         waiting = asyncio.wrap_future(future)
-        while True:  # concurrent requests meet in the server's batches; a client that left is dropped from the queue
-            done, _ = await asyncio.wait({waiting}, timeout=1.0)
-            if done:
-                break
-            if await request.is_disconnected():
-                future.cancel()
-                return openai_error(499, "client closed the request", type_="client_closed")
+        # concurrent requests meet in the server's batches; a client that left is dropped from the queue
+        if not await _answered(request, waiting, future.cancel):
+            return openai_error(499, "client closed the request", type_="client_closed")
         text, usage = waiting.result()
         revisions = []
         if req.revision_passes:  # Critique-and-Revise: the final revision is the answer, every pass reported
@@ -369,6 +365,17 @@ async def _complete(server: ModelServer, settings: Settings, body: Any, request:
                   "total_tokens": usage.total_tokens},
         **({"revisions": revisions} if req.revision_passes else {}),
     }
+
+
+async def _answered(request: Request, waiting: asyncio.Future, on_gone: Callable[[], Any]) -> bool:
+    """Wait for ``waiting``; True once it is done, False (after ``on_gone()``) if the client disconnects first."""
+    while True:
+        done, _ = await asyncio.wait({waiting}, timeout=1.0)
+        if done:
+            return True
+        if await request.is_disconnected():
+            on_gone()
+            return False
 
 
 def _sse(data: dict | str) -> bytes:
@@ -485,6 +492,11 @@ async def _completions(request: Request, server: ModelServer, settings: Settings
     bias = req.logit_bias or {}
     if any(v != -100 for v in bias.values()):
         return openai_error(400, "logit_bias: only -100 (never sample the token) is supported", param="logit_bias")
+    budget = len(prompts) * req.n * req.max_tokens
+    if budget > settings.serve_max_request_tokens:
+        return openai_error(400, f"prompts × n × max_tokens = {len(prompts)} × {req.n} × {req.max_tokens} = {budget} "
+                                 f"new tokens; this server takes at most {settings.serve_max_request_tokens} per "
+                                 "request: split it", param="prompt", code="request_too_large")
     params = SamplingParams(n=req.n, temperature=req.temperature, top_p=req.top_p, max_new_tokens=req.max_tokens,
                             seed=req.seed if req.seed is not None else random.randrange(2**31),
                             batch_size=min(16, req.n * len(prompts)), suppress_tokens=sorted(bias),
@@ -498,8 +510,12 @@ async def _completions(request: Request, server: ModelServer, settings: Settings
         if len(negatives) != len(prompts):
             return openai_error(400, f"negative_prompt: {len(negatives)} given for {len(prompts)} prompts",
                                 param="negative_prompt")
+    cancel = threading.Event()
     try:
-        inputs, samples = await run_in_threadpool(server.complete, prompts, params, negatives)
+        waiting = asyncio.ensure_future(run_in_threadpool(server.complete, prompts, params, negatives, cancel))
+        if not await _answered(request, waiting, cancel.set):  # a client that left stops the work at its next turn
+            return openai_error(499, "client closed the request", type_="client_closed")
+        inputs, samples = waiting.result()
     except PromptTooLong as e:
         return openai_error(400, str(e), param="prompt", code="context_length_exceeded")
     except ValueError as e:

@@ -14,6 +14,7 @@ Routes:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import secrets
 
@@ -28,11 +29,14 @@ from alt_engine import users as users_svc
 from alt_engine.agreement import agreement_report
 from alt_engine.db import init_db
 from alt_engine.settings import Settings
+from alt_engine.textpolicy import NulError
 
 from .admin import AdminTab, jobs_table
 from .annotate import CSS, SHORTCUTS_JS, AnnotateTab
 from .auth import Auth, add_auth_routes
+from .console.export import EXPORT_PREFIX
 from .dashboard import DashboardTab
+from .guard import FrontHeaders, RequestGuard, SameOrigin
 from .keys import KeysTab, add_key_routes
 from .openai_api import add_openai_routes
 from .playground import PlaygroundTab
@@ -243,6 +247,12 @@ def create_app(settings: Settings) -> FastAPI:
     blocks = build_blocks(settings, auth, getattr(api.state, "model_hub", None))
     blocks.queue(default_concurrency_limit=8)
     api.add_middleware(AdminOnlyPaths, auth=auth)
+    api.add_middleware(SchemaForRole, auth=auth, hidden=admin_endpoints(blocks))
+    api.add_middleware(RequestGuard, settings=settings)  # bounds and NUL before anything runs
+    api.add_middleware(SameOrigin)  # CSRF: state-changing requests from another origin are refused
+    api.add_exception_handler(NulError, _nul_refused)
+    if settings.front_token:  # a worker of `alt serve --workers`: the front says who the client is
+        api.add_middleware(FrontHeaders, token=settings.front_token)
     # no schema, no monitoring dashboard; uploads size-limited (and admins only: AdminOnlyPaths)
     api.state.blocks = blocks  # tests enumerate every event (tests/test_console_auth.py)
     return gr.mount_gradio_app(api, blocks, path="/", auth_dependency=auth.gradio_dependency, head=SHORTCUTS_JS,
@@ -250,7 +260,13 @@ def create_app(settings: Settings) -> FastAPI:
                                enable_monitoring=False, max_file_size=MAX_UPLOAD, app_kwargs={"openapi_url": None})
 
 
+async def _nul_refused(_request: Request, e: NulError) -> JSONResponse:
+    """Text with a NUL that reached the database layer (``alt_engine.textpolicy``): the same 400 on both databases."""
+    return JSONResponse({"detail": str(e)}, status_code=400)
+
+
 MAX_UPLOAD = "10mb"
+FILE_ROUTES = ("/gradio_api/file=", "/file=")  # Gradio's cache: an admin's export is served to admins only
 ADMIN_ONLY = ("/gradio_api/upload", "/gradio_api/openapi.json", "/gradio_api/monitoring", "/monitoring",
               "/gradio_api/mcp")
 
@@ -264,13 +280,63 @@ class AdminOnlyPaths:
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        if path.startswith(ADMIN_ONLY):
+        if path.startswith(ADMIN_ONLY) or (path.startswith(FILE_ROUTES) and EXPORT_PREFIX in path):
             user = self.auth.user(Request(scope))
             if user is None or not user.is_admin:
                 status = 401 if user is None else 403
                 await JSONResponse({"detail": "admins only"}, status_code=status)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+ADMIN_MODULES = ("app.console", "app.admin")  # Gradio handlers here are for admins (each checks the role)
+
+
+def admin_endpoints(blocks: gr.Blocks) -> tuple[set[str], set[str]]:
+    """(named endpoints "/name", unnamed fn indices) of the admin handlers, by the module that defines them."""
+    names, ids = set(), set()
+    for i, f in blocks.fns.items():
+        fn = getattr(f.fn, "__wrapped__", f.fn)
+        if (getattr(fn, "__module__", "") or "").startswith(ADMIN_MODULES):
+            ids.add(str(i))
+            if f.api_name:
+                names.add(f"/{f.api_name}")
+    return names, ids
+
+
+class SchemaForRole:
+    """``/gradio_api/info`` (the API schema the page's client needs) lists only the endpoints the signed-in user
+    may call: an annotator's copy has no admin endpoint (the page works without them; each handler still checks
+    the role). Admins get Gradio's schema unchanged; anyone not signed in gets Gradio's 401."""
+
+    def __init__(self, app, auth: Auth, hidden: tuple[set[str], set[str]]):
+        self.app, self.auth, (self.names, self.ids) = app, auth, hidden
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("path") != "/gradio_api/info":
+            await self.app(scope, receive, send)
+            return
+        user = self.auth.user(Request(scope))
+        if user is None or user.is_admin:
+            await self.app(scope, receive, send)
+            return
+        start, chunks = {}, []
+
+        async def capture(message):
+            if message["type"] == "http.response.start":
+                start.update(message)
+            else:
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, capture)
+        if start.get("status") != 200:
+            await JSONResponse({"detail": "no API schema"}, status_code=start.get("status", 500))(scope, receive, send)
+            return
+        info = json.loads(b"".join(chunks))
+        info["named_endpoints"] = {k: v for k, v in info.get("named_endpoints", {}).items() if k not in self.names}
+        info["unnamed_endpoints"] = {k: v for k, v in info.get("unnamed_endpoints", {}).items()
+                                     if str(k) not in self.ids}
+        await JSONResponse(info)(scope, receive, send)
 
 
 def serve(settings: Settings) -> None:
@@ -286,7 +352,10 @@ def serve(settings: Settings) -> None:
 
         serve_workers(settings, settings.host, settings.port, settings.workers)
         return
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    from .proxy import forwarded_options
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
+                **forwarded_options(settings))
 
 
 def app_from_env() -> FastAPI:

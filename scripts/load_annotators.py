@@ -24,6 +24,9 @@ submission in ten undone and redone.
     .venv/bin/python scripts/load_annotators.py --postgres --servers 2 --annotators 50
         # a PostgreSQL cluster of its own (alt_engine.pg_local) and 2 app processes; annotators alternate
     .venv/bin/python scripts/load_annotators.py --postgres --workers 2   # one `alt serve --workers 2`
+    .venv/bin/python scripts/load_annotators.py --seconds 60 --strategy fixed,uncertainty
+        # the queue orders one after the other (fresh database and server each; uncertainty scored by the
+        # real score job on the tiny model first); fails unless p95 next-item stays within --max-ratio of the first
 """
 
 from __future__ import annotations
@@ -74,22 +77,44 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
 
 
-def seed(db: str, n: int, k: int, users: list[str], password: str) -> None:
-    """A task with overlap k, one open round of n generations, and the annotators."""
+def seed(db: str, n: int, k: int, users: list[str], password: str, strategy: str = "fixed") -> None:
+    """A task with overlap k and queue order ``strategy``, one open round of n generations, and the annotators."""
     init_db(db)
     with session_scope(db) as s:
         task = get_or_create_task(s, "default")
-        task.annotations_per_item = k
+        task.annotations_per_item, task.queue_strategy = k, strategy
         rnd = Round(task_id=task.id, number=1, status="labelling")
         s.add(rnd)
         s.flush()
         prompts = [Prompt(task_id=task.id, text=f"Load-test prompt {i}: explain something briefly.") for i in range(n)]
         s.add_all(prompts)
         s.flush()
-        s.add_all([Generation(prompt_id=p.id, round_id=rnd.id, response=f"Response {p.id}: " + "lorem ipsum " * 20)
-                   for p in prompts])
+        s.add_all([Generation(prompt_id=p.id, round_id=rnd.id,
+                              response=f"Response {p.id}: " + "lorem ipsum " * (5 + p.id * 7 % 15)) for p in prompts])
     for u in users:
         add_user(db, u, password)
+
+
+def score(db: str, workdir: Path) -> float:
+    """The queue's ``score`` job (what sampling queues when the order needs it), run here on the tiny model as
+    the served version; its seconds."""
+    from alt_engine.db import ModelVersion
+    from alt_engine.jobs import create_job, run_job_inline
+    from alt_engine.tiny import save_tiny
+
+    model = workdir / "model"
+    if not (model / "config.json").exists():
+        save_tiny(model)
+    with session_scope(db) as s:
+        if not s.exec(select(ModelVersion).where(ModelVersion.status == "served")).first():
+            s.add(ModelVersion(name="v0-base", path=str(model), status="served"))
+        task_id = s.exec(select(Task).order_by(Task.id)).first().id
+    t0 = time.perf_counter()
+    job = run_job_inline(db, create_job(db, "score", {"task_id": task_id, "settings": {
+        "cache_dir": str(workdir / "cache"), "device": "cpu"}}))
+    if job.status != "succeeded":
+        raise SystemExit(f"score job failed: {job.error}")
+    return time.perf_counter() - t0
 
 
 def start_server(db: str, workdir: Path, name: str = "server", workers: int = 1,
@@ -233,11 +258,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--postgres", action="store_true", help="own server(s) on a PostgreSQL cluster of its own")
     ap.add_argument("--servers", type=int, default=1, help="app processes of its own (each on its own port)")
     ap.add_argument("--workers", type=int, default=1, help="alt serve --workers for each of its servers")
+    ap.add_argument("--strategy", default="fixed",
+                    help="queue order(s) of the seeded task, comma-separated: each runs in turn on a fresh database "
+                         "(fixed, uncertainty, disagreement, coverage, mix)")
+    ap.add_argument("--max-ratio", type=float, default=1.5,
+                    help="with several --strategy: p95 next-item of each ≤ this × the first's")
     args = ap.parse_args(argv)
-    lease_seconds = args.lease_seconds or (2 if args.harsh else 300)
     if args.harsh and args.think == ap.get_default("think"):
         args.think = 1.0
+    strategies = [x.strip() for x in args.strategy.split(",") if x.strip()]
+    results = [run_once(args, strategy) for strategy in strategies]
+    ok = all(code == 0 for code, _ in results)
+    if len(results) > 1:
+        first = results[0][1]
+        for strategy, (_, p95) in zip(strategies[1:], results[1:]):
+            ratio = p95 / first if first else float("inf")
+            ok &= ratio <= args.max_ratio
+            print(f"p95 next-item {strategy} / {strategies[0]}: {p95:.1f} / {first:.1f} ms = {ratio:.2f}× "
+                  f"(target ≤ {args.max_ratio:g}×: {'met' if ratio <= args.max_ratio else 'MISSED'})")
+    return 0 if ok else 1
 
+
+def run_once(args, strategy: str) -> tuple[int, float]:
+    """One load run with the seeded task's queue order ``strategy``: (exit status, p95 next-item in ms)."""
+    lease_seconds = args.lease_seconds or (2 if args.harsh else 300)
     procs: list[subprocess.Popen] = []
     cluster = None
     names = args.users.split(",") if args.users else [f"annotator{i:02d}" for i in range(args.annotators)]
@@ -254,7 +298,11 @@ def main(argv: list[str] | None = None) -> int:
             db = cluster.create_database("load")
         else:
             db = str(tmp / "load.db")
-        seed(db, args.generations, args.overlap, names, args.password)
+        seed(db, args.generations, args.overlap, names, args.password, strategy)
+        from alt_engine.queue_order import parse_strategy
+
+        if parse_strategy(strategy).needs_scores:
+            print(f"queue order {strategy}: score job on {args.generations} generations took {score(db, tmp):.1f} s")
         urls = []
         for i in range(args.servers):
             proc, url = start_server(db, tmp, f"server{i}", args.workers, lease_seconds, args.start_timeout)
@@ -289,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
                 proc.kill()
 
     where = "PostgreSQL" if db and "://" in db else "SQLite"
-    print(f"{len(names)} annotators, {wall:.1f} s, think {args.think} s, overlap k={k}, {where}, "
+    print(f"queue order {strategy if not args.url else '(as the server has it)'}: "
+          f"{len(names)} annotators, {wall:.1f} s, think {args.think} s, overlap k={k}, {where}, "
           f"{'HARSH, ' if args.harsh else ''}lease {lease_seconds if not args.url else '?'} s, "
           f"{len(urls)} server(s) x {args.workers} worker(s): {url}")
     print(f"submissions acknowledged: {len(stats.acked)} ({len(stats.acked) / wall:.1f}/s); "
@@ -317,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     ok_latency = pct(stats.next_ms, 95) < args.target_ms and pct(stats.submit_ms, 95) < args.target_ms
     print(f"lost: {lost}; over-labelled: {over}; integrity: {'OK' if not problems else f'{len(problems)} problem(s)'}"
           f"; p95 target < {args.target_ms:.0f} ms: {'met' if ok_latency else 'MISSED'}")
-    return 0 if not problems and ok_latency and not stats.errors else 1
+    return (0 if not problems and ok_latency and not stats.errors else 1), pct(stats.next_ms, 95)
 
 
 if __name__ == "__main__":

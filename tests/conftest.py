@@ -138,11 +138,45 @@ def seed_annotation_db(path: str, n: int = 6, k: int = 1, task: str = "default",
         return {"task": t.name, "round": rnd.id, "generations": ids}
 
 
+def label_concurrently(db: str, users: list) -> list[int]:
+    """Every user asks for items and labels them ("Good") at the same time until the queue is empty; the
+    generation ids labelled, in the order the labels were saved."""
+    import threading
+
+    from alt_engine import annotation as ann
+
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def work(user):
+        while (item := ann.next_item(db, user)) is not None:
+            ann.submit(db, user, item.lease_id, ann.Submission(category="Good"))
+            with lock:
+                got.append(item.generation_id)
+
+    threads = [threading.Thread(target=work, args=(u,)) for u in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return got
+
+
 @pytest.fixture
 def annotation_db(make_db):
     """(db path or URL, seed info) with 6 generations, k = 1."""
     path = make_db("annotate", init=False)
     return path, seed_annotation_db(path)
+
+
+def signed_in(app, name: str | None = None):
+    """A TestClient on ``app``, signed in as ``name`` (password ``<name>pass1``) when given."""
+    from fastapi.testclient import TestClient
+
+    c = TestClient(app)
+    if name:
+        assert c.post("/api/login", json={"username": name, "password": f"{name}pass1"}).status_code == 200
+    return c
 
 
 def free_port() -> int:

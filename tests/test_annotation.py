@@ -6,7 +6,7 @@ import datetime as dt
 import threading
 
 import pytest
-from conftest import seed_annotation_db
+from conftest import label_concurrently, seed_annotation_db
 from sqlmodel import select
 
 from alt_engine import annotation as ann
@@ -58,20 +58,7 @@ def test_concurrent_annotators_never_share_an_item(make_db):
     db = make_db("c", init=False)
     seed_annotation_db(db, n=40)
     users = _users(db, *[f"u{i}" for i in range(8)])
-    got: list[int] = []
-    lock = threading.Lock()
-
-    def work(user):
-        while (item := ann.next_item(db, user)) is not None:
-            ann.submit(db, user, item.lease_id, ann.Submission(category="Good"))
-            with lock:
-                got.append(item.generation_id)
-
-    threads = [threading.Thread(target=work, args=(u,)) for u in users]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    got = label_concurrently(db, users)
     assert sorted(got) == sorted(set(got)) and len(got) == 40
     assert len(_rows(db, kind="category")) == 40
 

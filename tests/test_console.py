@@ -4,6 +4,7 @@ plus the engine reports they show (flagged is not unlabelled, the annotator's em
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -63,17 +64,29 @@ def test_tasks_save_duplicate_and_safe_guidelines(console, db):
         tasks._duplicate("dialogue", "my-dialogue", ADMIN)
 
 
+def as_upload(path) -> str:
+    """``path`` copied where Gradio puts an uploaded file (the console imports only uploads)."""
+    import shutil
+    import uuid
+
+    from gradio.utils import get_upload_folder
+
+    folder = Path(get_upload_folder()) / uuid.uuid4().hex
+    folder.mkdir(parents=True)
+    return str(shutil.copy(path, folder / Path(path).name))
+
+
 def test_upload_bad_file_names_the_line_and_imports_nothing(console, db, tmp_path):
     data = console["DataTab"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "one"}\n{"prompt": "two"}\n{"prompt": \n{"prompt": "four"}\n')
-    _, error, _ = data._upload(str(bad), "default", "", ADMIN)
+    _, error, _ = data._upload(as_upload(bad), "default", "", ADMIN)
     assert error["visible"] is True and "line 3" in error["value"] and "Nothing imported" in error["value"]
     with session_scope(db) as s:
         assert not s.exec(select(Prompt)).all()
     good = tmp_path / "good.jsonl"
     good.write_text("".join(json.dumps({"prompt": f"Say hello {i}.", "split": "train"}) + "\n" for i in range(4)))
-    sets, error, msg = data._upload(str(good), "default", "", ADMIN)
+    sets, error, msg = data._upload(as_upload(good), "default", "", ADMIN)
     assert error["visible"] is False and "4" in msg and list(sets["source"]) == ["good.jsonl"]
     assert len(data._browse("prompts", "default", None, "", "", "", ADMIN)) == 4
     _, msg = data._delete("default", "good.jsonl", ADMIN)  # no round used it yet
@@ -83,7 +96,7 @@ def test_upload_bad_file_names_the_line_and_imports_nothing(console, db, tmp_pat
 def _sampled(console, db, tmp_path) -> int:
     good = tmp_path / "p.jsonl"
     good.write_text("".join(json.dumps({"prompt": f"Say hello {i}.", "split": "train"}) + "\n" for i in range(3)))
-    console["DataTab"]._upload(str(good), "default", "", ADMIN)
+    console["DataTab"]._upload(as_upload(good), "default", "", ADMIN)
     console["RoundsTab"]._sample("default", None, None, 2, 1.0, 0.9, 6, "auto (exemplar if trained)", "", ADMIN)
     with session_scope(db) as s:
         job = s.exec(select(Job)).one()
@@ -326,3 +339,57 @@ def test_steerlm_attributes_edited_in_the_task_editor_reach_training(console, db
     with session_scope(db) as s:
         version = s.exec(select(ModelVersion).where(ModelVersion.objective == "steerlm")).one()
         assert Format.from_dict(version.conditioning).text("Excellent") == "Feedback: quality:4,verbosity:0"
+
+
+def test_console_file_paths_stay_confined(console, db, tmp_path, monkeypatch):
+    """Item 9: a task named ``../../x`` wrote its export outside the temp folder; the upload handler imported any
+    server path with an allowed suffix; "Test the server" sent the stored sampling key to any typed URL."""
+    import os
+
+    from app.console.export import safe_name
+
+    secret = tmp_path / "secret.jsonl"
+    secret.write_text(json.dumps({"prompt": "not for import"}) + "\n")
+    with pytest.raises(Exception, match="uploaded here"):
+        console["DataTab"]._upload(str(secret), "default", "", ADMIN)
+    with session_scope(db) as s:
+        assert not s.exec(select(Prompt)).all()
+    assert safe_name("../../../../tmp/x") == "tmp_x" and "/" not in safe_name("a/b\\c") and safe_name("..") == "task"
+    from alt_engine.tasks import get_or_create_task
+
+    with session_scope(db) as s:
+        get_or_create_task(s, "../../../../tmp/x", categories=["Good", "Bad"])
+    target = Path(os.path.realpath("/tmp")) / "x-annotations.jsonl"
+    path, _ = console["ExportTab"]._export("annotations", "jsonl", "../../../../tmp/x", "", "", False, "", ADMIN)
+    assert Path(path).name == "alt-export-tmp_x-annotations.jsonl" and not target.exists()
+
+    import http.server
+    import threading
+
+    seen = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):  # a real server on 127.0.0.1 noting the keys it is sent
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            body = b'{"data": [{"id": "m"}]}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    rounds = console["RoundsTab"]
+    monkeypatch.setattr(rounds.settings, "sampling_api_key", "sk-stored")  # as ALT_SAMPLING_API_KEY sets it
+    try:
+        rounds._check_sampling(url, "m", ADMIN)  # a typed URL: not the configured one
+        rounds._check_sampling(url, "m", ADMIN, "sk-typed")
+        rounds._save_sampling("openai", url, "m", None, ADMIN)
+        rounds._check_sampling(url, "m", ADMIN)  # the saved URL gets the configured key
+    finally:
+        httpd.shutdown()
+    assert seen == [None, "Bearer sk-typed", "Bearer sk-stored"]

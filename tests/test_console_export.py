@@ -103,3 +103,16 @@ def test_a_failed_push_still_gives_the_file_and_says_why(app, monkeypatch):
     path, message = produced(done)
     assert "not pushed to the Hub" in message and "offline mode" in message
     assert export.read_annotations(path) == export.annotation_rows(db)
+
+
+def test_an_export_in_gradios_cache_is_served_to_admins_only(app):
+    """Item 15: the cache URL of an admin's export served the file to any signed-in user who had it."""
+    api, _ = app
+    admin, bob = client(api, "admin"), client(api, "bob")
+    _, done = export_call(admin, api, "annotations")
+    path, _ = produced(done)
+    assert "alt-export-" in path
+    assert bob.get(f"/gradio_api/file={path}").status_code == 403
+    assert client(api, None).get(f"/gradio_api/file={path}").status_code == 401
+    r = admin.get(f"/gradio_api/file={path}")
+    assert r.status_code == 200 and r.content

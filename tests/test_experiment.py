@@ -202,3 +202,47 @@ def test_a_failing_arm_under_parallel_leaves_the_others_and_names_it(tmp_path, t
     assert [r["round"] for r in record["arms"]["alt"]["rounds"]] == [0, 1] and "error" not in record["arms"]["alt"]
     assert "models-sft" in record["arms"]["sft"]["error"]
     assert "<b>sft failed:</b>" in (out / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_free_text_experiment_evaluates_text_steering_and_the_held_out_combination(tmp_path, tiny_model_dir,
+                                                                                  monkeypatch):
+    """ALT on rule:free_text (concise_text): every version under the rule's fixed texts, then per-attribute gaps and
+    the held-out combination, each for the last version and the base; the held-out levels never enter a pool."""
+    from sqlmodel import select
+
+    from alt_engine.db import Task, session_scope
+    from alt_engine.feedback.free_text import holds, parse_combination
+    from alt_engine.pool import build_pool
+
+    monkeypatch.setenv("ALT_DEVICE", "cpu")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p, "split": s}) + "\n" for p, s in PROMPTS))
+    out = tmp_path / "exp"
+    code = main(["experiment", "--task", "concise_text", "--prompts", str(prompts), "--out", str(out), "--model",
+                 tiny_model_dir, "--n", "3", "--max-new-tokens", "8", "--eval-n", "2", "--epochs", "1",
+                 "--batch_size", "4", "--report_to", "none", "--promote", "always", "--rounds", "1",
+                 "--holdout", "length=short,subject=off"])
+    assert code == 0
+    arm = json.loads((out / "record.json").read_text())["arms"]["alt"]
+    assert arm["provider"] == "rule:free_text:length,subject" and arm["task"] == "concise_text"
+    texts = arm["steering"]["texts"]
+    for r in arm["rounds"]:  # base and round 1: best vs long, the same fixed texts
+        ev = r["metrics"]["eval"]
+        assert (ev["conditioning"], ev["contrast"]) == (texts["best"], texts["flip:length"])
+        assert "score3_share" in r["metrics"]["per_prompt"] and "attr:subject" in r["metrics"]["per_prompt_contrast"]
+    st = arm["steering"]
+    assert set(st["attributes"]) == {"length", "subject"} and set(st["holdout"]["attributes"]) == {"length", "subject"}
+    for row in [*st["attributes"].values(), *st["holdout"]["attributes"].values()]:
+        assert {"gap", "base_gap", "vs_base"} <= set(row) and row["gap"]["prompts"] == 2
+    assert st["holdout"]["attributes"]["length"]["texts"] == [texts["complement"], texts["holdout"]]  # towards long
+    assert "Steering by text" in (out / "report.html").read_text()
+    combo, db = parse_combination("length=short,subject=off"), str(out / "alt.db")
+    with session_scope(db) as s:
+        from sqlmodel import select
+
+        from alt_engine.db import Task
+
+        task = s.exec(select(Task).where(Task.name == "concise_text")).one()
+    pool = build_pool(db, task.id, k_per_category=100, truncated="last", holdout="length=short,subject=off")
+    assert pool and not any(holds(combo, it.prompt, it.response, it.truncated) for it in pool)

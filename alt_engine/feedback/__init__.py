@@ -39,7 +39,7 @@ def make_provider(spec: str, settings, task, db: str | None = None) -> Provider:
 
         return make_llm_provider(arg, settings, task)
     raise ValueError(f"unknown feedback provider {spec!r}: use rule:<name> (concise, length, banned_words, keyword, "
-                     "critique:<rule>), "
+                     "free_text:<attributes>, critique:<rule>), "
                      "reward:<model path | module:function>, llm:categorical, llm:free_text or llm:judgment")
 
 

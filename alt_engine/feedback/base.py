@@ -8,6 +8,7 @@ category, a text and/or a score — or nothing, with the reason.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -51,3 +52,11 @@ class Provider(Protocol):
     name: str  # provenance stored in Feedback.source
 
     def __call__(self, items: list[FeedbackItem], task: Task) -> list[FeedbackResult]: ...
+
+
+_WORD = re.compile(r"\w+(?:'\w+)?", re.UNICODE)
+
+
+def count_words(text: str) -> int:
+    """Words as every rule, evaluation and report counts them (letters, digits, inner apostrophes)."""
+    return len(_WORD.findall(text))

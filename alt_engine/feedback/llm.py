@@ -387,9 +387,10 @@ def make_llm_provider(mode: str, settings: Settings, task: Task | None = None, *
 def exemplar_pool(db: str, task_id: int, top: int = 8, min_score: float | None = None) -> list[str]:
     """The best-scored distinct free-text feedback texts of a task, best first.
 
-    From round 2 on, sampling for a free-text task is conditioned on one of these.
+    From round 2 on, sampling for a free-text task is conditioned on one of these (ALT-LMU: the score-3 texts of
+    earlier rounds). Feedback on evaluation samples never becomes an exemplar.
     """
-    q = (select(Feedback.text).join(Generation, Generation.id == Feedback.generation_id)
+    q = (select(Feedback.text, Generation.sampling_params).join(Generation, Generation.id == Feedback.generation_id)
          .join(Prompt, Prompt.id == Generation.prompt_id)
          .where(Prompt.task_id == task_id, Feedback.kind == "text", Feedback.text.is_not(None),
                 Feedback.score.is_not(None))
@@ -398,7 +399,9 @@ def exemplar_pool(db: str, task_id: int, top: int = 8, min_score: float | None =
         q = q.where(Feedback.score >= min_score)
     texts: list[str] = []
     with session_scope(db) as s:
-        for text in s.exec(q):
+        for text, params in s.exec(q):
+            if (params or {}).get("purpose") == "eval":
+                continue
             if text.strip() and text not in texts:
                 texts.append(text)
                 if len(texts) >= top:

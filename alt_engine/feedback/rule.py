@@ -21,6 +21,8 @@ feedback and evaluations under different thresholds never look comparable.
 - ``rule:banned_words[:w1,w2,...]`` — a response containing a banned word
   (whole word, case-insensitive) gets the worst category, others the best.
 - ``rule:keyword:w1[,w2,...]`` — a response containing a keyword gets the best category, others the worst.
+- ``rule:free_text:<attributes>`` — a stand-in for people who write sentences (``free_text.py``): a
+  paraphrased sentence naming each attribute's level, with a score 0–3.
 - ``rule:critique:<rule>`` — any rule above, plus what an annotator would write offline on a response it
   rates below the best: the rule's reason as a judgment (``kind="judgment"``, CUT's negatives) and, where
   the rule can mend the response, a critique + revision (``kind="critique"``, Critique-and-Revise's
@@ -38,16 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..db import Task
-from .base import FeedbackItem, FeedbackResult
+from .base import FeedbackItem, FeedbackResult, count_words
 
 DEFAULT_BANNED = ("stupid", "idiot", "hate", "kill", "damn", "shut up")
-_WORD = re.compile(r"\w+(?:'\w+)?", re.UNICODE)
-
-
-def count_words(text: str) -> int:
-    return len(_WORD.findall(text))
-
-
 def _contains_any(text: str, words: tuple[str, ...]) -> str | None:
     for w in words:
         if re.search(rf"(?<!\w){re.escape(w)}(?!\w)", text, flags=re.IGNORECASE):
@@ -267,7 +262,14 @@ RULES: dict[str, Callable[[str, str | None], object]] = {
     "length": lambda arg, db: _length_rule("length", arg, db),
     "banned_words": lambda arg, db: WordListRule("rule:banned_words", _words(arg) or DEFAULT_BANNED, True),
     "keyword": lambda arg, db: WordListRule("rule:keyword", _words(arg), False),
+    "free_text": lambda arg, db: _free_text(arg),
 }
+
+
+def _free_text(arg: str):
+    from .free_text import make_free_text
+
+    return make_free_text(arg)
 
 
 def make_rule(spec: str, task: Task | None = None, db: str | None = None):

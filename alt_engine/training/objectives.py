@@ -33,8 +33,11 @@ def _sft_format(task) -> conditioning.Format:
 
 
 def _sft_items(db: str, task, **pool_kw) -> Items:
-    """Only the best category's samples (the task's exemplar), trained on without feedback."""
+    """Only the best category's samples (the task's exemplar) — for free-text feedback, those scored 3 (the top of
+    ALT-LMU's 0–3) — trained on without feedback."""
     best = task.exemplar_category
+    if best is None:
+        return [it for it in build_pool(db, task.id, **pool_kw) if it.score is not None and it.score >= 3]
     return [it for it in build_pool(db, task.id, **pool_kw) if (it.category or it.feedback) == best]
 
 

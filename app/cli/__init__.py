@@ -73,6 +73,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("jobs", "run queued jobs (= alt jobs worker); --forever: a standing worker process or machine"),
     "export": ("export", "annotations (csv/jsonl/parquet/datasets), TRL SFT / DPO / KTO datasets, a round's snapshot"),
     "users": ("users", "web app users: add | list | passwd | deactivate | activate"),
+    "queue": ("queue", "the annotation queue's order per task: set STRATEGY --task T | score | show"),
 }
 
 

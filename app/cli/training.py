@@ -136,7 +136,9 @@ def register(sub, common, selected: str | None = None) -> None:
     p.add_argument("--provider", default=None, help="feedback provider (default: the demo task's)")
     p.add_argument("--prompts", default=None, help="prompt file (default: the demo task's shipped set)")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--objective", action="append", default=None, help="objective(s) to compare (default: alt)")
+    p.add_argument("--objective", action="append", default=None,
+                   help="objective(s) to compare (default: alt); OBJECTIVE@TASK: an arm on another task over the same "
+                        "prompts, e.g. alt@concise_score")
     p.add_argument("--out", default="runs/experiment", help="output folder (databases, models, record, report)")
     p.add_argument("--parallel", type=int, default=1,
                    help="objectives run at once, each in its own process with its share of the threads")
@@ -174,6 +176,9 @@ def _round_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", default="auto", help="metric for --promote (auto: mean_score for scored feedback, "
                                                     "else exemplar_share; perplexity: lower is better, dist2 ...)")
     _pool_options(p)
+    p.add_argument("--holdout", default=None, metavar="ATTR=LEVEL,...",
+                   help="keep generations measuring to this combination of rule:free_text's attribute levels out of "
+                        "the pool, e.g. length=short,subject=off (a combination never seen in training)")
     _eval_options(p, prefix="eval-")
 
 
@@ -359,7 +364,8 @@ def _round_config(args, objective: str | None = None):
                                 negative=args.negative),
         explore=args.explore, explore_with=args.explore_with,
         limit=args.limit or None, k_per_category=args.k_per_category, policy=_policy(args),
-        max_per_prompt=args.max_per_prompt or None, truncated=_truncation(args), promote=args.promote.replace("-", "_"),
+        max_per_prompt=args.max_per_prompt or None, truncated=_truncation(args), holdout=args.holdout,
+        promote=args.promote.replace("-", "_"),
         metric=args.metric, eval=_eval_config(args, objective))
 
 

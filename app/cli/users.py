@@ -64,8 +64,9 @@ def cmd_list(args) -> None:
 
 def cmd_passwd(args) -> None:
     settings = settings_from(args)
-    users.set_password(settings.db, args.name, _password(args))
-    print(f"password changed for {args.name}")
+    keys = users.set_password(settings.db, args.name, _password(args))
+    print(f"password changed for {args.name}: their sessions ended"
+          + (f", {keys} API key(s) revoked (they make new ones in the API keys tab)" if keys else ""))
 
 
 def cmd_active(args, active: bool) -> None:

@@ -1,5 +1,5 @@
 """The admin console: the loop run from the browser. One module per tab (Tasks, Data, Rounds, Training,
-Jobs, Models, Export), each a class with ``build_ui()`` and handlers that call ``alt_engine``.
+Jobs, Models, Export, Queue), each a class with ``build_ui()`` and handlers that call ``alt_engine``.
 
 Every handler checks the role on the server first (``self.auth.require_admin(request)``): Gradio exposes
 each event as an HTTP endpoint, and tests/test_console_auth.py calls every one as an annotator and as an
@@ -28,13 +28,14 @@ def build_console(settings: Settings, auth: Auth, hub=None, header: gr.Markdown 
     from .export import ExportTab
     from .jobs import JobsTab
     from .models import ModelsTab
+    from .queue import QueueTab
     from .rounds import RoundsTab
     from .tasks import TasksTab
     from .training import TrainingTab
 
     tabs = [TasksTab(settings, auth, hub), DataTab(settings, auth, hub), RoundsTab(settings, auth, hub),
             TrainingTab(settings, auth, hub), JobsTab(settings, auth, hub), ModelsTab(settings, auth, hub),
-            ExportTab(settings, auth, hub)]
+            ExportTab(settings, auth, hub), QueueTab(settings, auth, hub)]
     with contextlib.nullcontext(tabs_block) if tabs_block is not None else gr.Tabs() as console_tabs:
         for tab in tabs:
             with gr.Tab(tab.title, id=f"console-{tab.title.lower()}", elem_id=f"console-{tab.title.lower()}") as t:

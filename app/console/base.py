@@ -11,6 +11,7 @@ import pandas as pd
 from alt_engine.settings import Settings
 
 from ..auth import Auth
+from ..textview import visible, visible_cells
 
 
 class ConsoleTab:
@@ -26,7 +27,7 @@ class ConsoleTab:
 
     @staticmethod
     def frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
-        return pd.DataFrame([{c: r.get(c, "") for c in columns} for r in rows], columns=columns)
+        return pd.DataFrame([{c: visible_cells(r.get(c, "")) for c in columns} for r in rows], columns=columns)
 
     def page_load(self) -> dict:
         """Values for this tab's components when an admin opens the page."""
@@ -62,4 +63,4 @@ def header_markdown(db: str, user) -> str:
 
 def text_block(text: str) -> str:
     """Model or user text as HTML that shows it exactly as written (no markup, no math, no remote fetch)."""
-    return f'<pre style="white-space: pre-wrap; margin: 0">{html.escape(text or "")}</pre>'
+    return f'<pre style="white-space: pre-wrap; margin: 0">{html.escape(visible(text or ""))}</pre>'

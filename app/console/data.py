@@ -21,6 +21,17 @@ VIEWS = {
 }
 
 
+def uploaded(path: str) -> bool:
+    """Whether ``path`` is a file Gradio received as an upload (inside its upload folder), not any server path a
+    client names."""
+    from gradio.utils import get_upload_folder
+
+    try:
+        return Path(path).resolve().is_relative_to(Path(get_upload_folder()).resolve()) and Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 class DataTab(ConsoleTab):
     title = "Data"
 
@@ -34,6 +45,9 @@ class DataTab(ConsoleTab):
         if not task:
             raise self.error(ValueError("choose the task the prompts are for"))
         path = file if isinstance(file, str) else getattr(file, "name", str(file))
+        if not uploaded(path):
+            raise self.error(ValueError("import a file uploaded here (choose it in the Prompt file box); "
+                                        "server paths are imported with `alt prompts import`"))
         try:
             report = import_prompts(self.db, path, task, split=split or None)
         except ValueError as e:  # ImportError_: names the file, the line and the problem; nothing was imported
@@ -63,7 +77,7 @@ class DataTab(ConsoleTab):
         gr.Markdown("**Upload prompts** — CSV, JSONL or parquet with a `prompt` (text) or `messages` (chat) "
                     "column; optional `split` (train / probe). A file with any bad row imports nothing.")
         with gr.Row():
-            file = gr.File(label="Prompt file", file_types=[".csv", ".jsonl", ".json", ".parquet"], type="filepath",
+            file = gr.File(label="Prompt file", file_types=[".csv", ".jsonl", ".ndjson", ".parquet"], type="filepath",
                            elem_id="console-upload-file")
             with gr.Column():
                 task = gr.Dropdown(label="Task", choices=[], elem_id="console-upload-task")

@@ -4,6 +4,7 @@ pushed to a Hugging Face Hub dataset repo. The same engine call as the CLI (``ex
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,6 +24,16 @@ KIND_HELP = {
     "kto": "unpaired prompt/completion/label",
     "snapshot": "one round's rows, training config and parent version (a zip)",
 }
+
+
+EXPORT_PREFIX = "alt-export-"  # every export's file name: Gradio's cache serves these to admins only (app/server.py)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(text: str) -> str:
+    """``text`` as one safe file-name part: no separators, no leading dots (a task named ``../../x`` stays inside
+    the export folder)."""
+    return _UNSAFE.sub("_", text).strip("._")[:80] or "task"
 
 
 def parse_rounds(text: str | None) -> list[int] | None:
@@ -49,7 +60,8 @@ class ExportTab(ConsoleTab):
         except ValueError as e:
             raise self.error(e) from e
         folder = kind == "snapshot" or fmt == "datasets"
-        stem = "-".join([task or "all-tasks", kind, *(f"r{n}" for n in round_list or [])])
+        stem = EXPORT_PREFIX + "-".join([safe_name(task) if task else "all-tasks", kind,
+                                         *(f"r{n}" for n in round_list or [])])
         out = Path(tempfile.mkdtemp(prefix="alt-export-")) / (stem if folder else f"{stem}.{fmt}")
         hub_repo = ((repo or "").strip() or None) if push else None
         if push and hub_repo is None:

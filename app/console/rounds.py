@@ -96,6 +96,15 @@ class RoundsTab(ConsoleTab):
         self.auth.require_admin(request)
         return self.table(), gr.update(choices=round_choices(self.db)), gr.update(choices=version_choices(self.db))
 
+    def _exemplars(self, task, request: gr.Request):
+        self.auth.require_admin(request)
+        if not task:
+            raise self.error(ValueError("choose a task"))
+        try:
+            return self.frame(reports.exemplar_rows(self.db, task), ["exemplar", "kind"])
+        except ValueError as e:
+            raise self.error(e) from None
+
     # ---- the sampling backend (settings.STORED, in the database)
 
     def sampling_summary(self) -> str:
@@ -117,16 +126,21 @@ class RoundsTab(ConsoleTab):
             raise self.error(e) from e
         return self.sampling_summary()
 
-    def _check_sampling(self, base_url, model, request: gr.Request):
-        """Ask the server for its models (``GET {base}/models``): reachable, and does it serve this name?"""
+    def _check_sampling(self, base_url, model, request: gr.Request, key: str | None = None):
+        """Ask the server for its models (``GET {base}/models``): reachable, and does it serve this name?
+
+        The configured key (ALT_SAMPLING_API_KEY) goes to the configured URL only; any other URL gets the key
+        typed here, or none — a typed URL must not collect the stored secret."""
         self.auth.require_admin(request)
         from alt_engine.openai_backend import list_server_models
 
         base = (base_url or "").strip()
         if not base:
             raise self.error(ValueError("give the server's base URL, e.g. http://gpu-box:8000/v1"))
+        configured = self.settings.with_stored().sampling_base_url.strip().rstrip("/")
+        key = (key or "").strip() or (self.settings.sampling_api_key if base.rstrip("/") == configured else "")
         try:
-            names = list_server_models(base, self.settings.sampling_api_key, timeout=10)
+            names = list_server_models(base, key, timeout=10)
         except httpx.HTTPStatusError as e:
             return (f"**{base}** answers HTTP {e.response.status_code} to `GET /models`"
                     + (": check the API key (ALT_SAMPLING_API_KEY)." if e.response.status_code in (401, 403) else "."))
@@ -162,6 +176,10 @@ class RoundsTab(ConsoleTab):
             close = gr.Button("Close round", variant="stop", elem_id="console-close-round")
         gr.Markdown(self.budget())
         message = gr.Markdown(elem_id="console-rounds-message", latex_delimiters=[])
+        with gr.Accordion("Exemplar pool (what round ≥ 2 samples are conditioned on; read-only)", open=False):
+            show_exemplars = gr.Button("Show the exemplar pool of the task above", size="sm",
+                                       elem_id="console-exemplars-show")
+            exemplars = gr.Dataframe(interactive=False, elem_id="console-exemplars")
         with gr.Accordion("Sampling backend (where rounds sample)", open=False):
             summary = gr.Markdown(elem_id="console-sampling-summary", latex_delimiters=[])
             with gr.Row():
@@ -173,6 +191,8 @@ class RoundsTab(ConsoleTab):
                 model = gr.Textbox(label="Model name the server serves the base model under",
                                    elem_id="console-sampling-model")
                 concurrency = gr.Number(label="Parallel requests", precision=0, value=None)
+                check_key = gr.Textbox(label="API key to test a new URL with (the configured key goes to the "
+                                             "saved URL only)", type="password", elem_id="console-sampling-key")
             with gr.Row():
                 save = gr.Button("Save", variant="primary", elem_id="console-sampling-save")
                 check = gr.Button("Test the server", elem_id="console-sampling-check")
@@ -183,11 +203,12 @@ class RoundsTab(ConsoleTab):
         sample.click(self._sample, [task, version, limit, n, temperature, top_p, max_tokens, condition,
                                     condition_text], [table, message, rnd], api_name="admin_start_sampling")
         run.click(self._feedback, [rnd, provider], [table, message], api_name="admin_run_provider")
+        show_exemplars.click(self._exemplars, [task], [exemplars], api_name="admin_exemplar_pool")
         close.click(self._close, [rnd], [table, message, rnd], api_name="admin_close_round")
         refresh.click(self._refresh, None, [table, rnd, version], api_name="admin_rounds")
         save.click(self._save_sampling, [backend, base_url, model, concurrency], [summary],
                    api_name="admin_save_sampling")
-        check.click(self._check_sampling, [base_url, model], [summary], api_name="admin_check_sampling")
+        check.click(self._check_sampling, [base_url, model, check_key], [summary], api_name="admin_check_sampling")
         self.table_out, self.task_pick, self.round_pick, self.version_pick = table, task, rnd, version
         self.sampling_out = (summary, backend, base_url, model, concurrency)
         self.task_pickers = [task]

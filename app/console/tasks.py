@@ -9,13 +9,14 @@ from sqlmodel import select
 
 from alt_engine.conditioning import PLACEMENTS, Format, attribute_lines, parse_attributes
 from alt_engine.db import Task, session_scope
+from alt_engine.queue_order import STRATEGIES
 from alt_engine.reports import TaskSpec, duplicate_task, save_task
 from alt_engine.tasks import BUILTIN_TASKS
 
 from .base import ConsoleTab
 
 COLUMNS = ["name", "categories", "exemplar", "overlap_k", "free_text", "critique", "judgment", "conditioning",
-           "attributes"]
+           "attributes", "queue"]
 
 
 def safe_markdown(text: str) -> str:
@@ -35,7 +36,7 @@ class TasksTab(ConsoleTab):
                          overlap_k=t.annotations_per_item, free_text=t.allow_free_text, critique=t.allow_critique,
                          judgment=t.allow_judgment, conditioning=Format.from_dict(t.conditioning).placement,
                          attributes="; ".join(f"{c} → {a}" for c, a in Format.from_dict(t.conditioning)
-                                              .attributes.items()))
+                                              .attributes.items()), queue=t.queue_strategy)
                     for t in s.exec(select(Task).order_by(Task.id))]
         return self.frame(rows, COLUMNS)
 
@@ -48,10 +49,10 @@ class TasksTab(ConsoleTab):
         fmt = Format.from_dict(t.conditioning)
         return (t.name, "\n".join(t.categories), t.exemplar or "", t.allow_free_text, t.allow_critique,
                 t.allow_judgment, t.annotations_per_item, t.guidelines, fmt.placement, fmt.template,
-                attribute_lines(fmt.attributes), safe_markdown(t.guidelines))
+                attribute_lines(fmt.attributes), t.queue_strategy, safe_markdown(t.guidelines))
 
     def _save(self, name, categories, exemplar, free_text, critique, judgment, k, guidelines, placement, template,
-              attributes, request: gr.Request):
+              attributes, request: gr.Request, queue: str | None = None):
         self.auth.require_admin(request)
         try:
             cats = [c.strip() for c in (categories or "").splitlines() if c.strip()]
@@ -60,7 +61,8 @@ class TasksTab(ConsoleTab):
             spec = TaskSpec(name=(name or "").strip(), categories=cats, exemplar=(exemplar or "").strip() or None,
                             allow_free_text=bool(free_text), allow_critique=bool(critique),
                             allow_judgment=bool(judgment), annotations_per_item=int(k or 1),
-                            guidelines=guidelines or "", conditioning=fmt.to_dict() if placement != "tokens" else None)
+                            guidelines=guidelines or "", conditioning=fmt.to_dict() if placement != "tokens" else None,
+                            queue_strategy=queue or None)
             task = save_task(self.db, spec)
         except ValueError as e:
             raise self.error(e) from e
@@ -104,6 +106,9 @@ class TasksTab(ConsoleTab):
         attributes = gr.Textbox(label="SteerLM attributes: 'category = attribute string' per line (e.g. Harmless and "
                                       "very helpful = harmful:0,helpful:2); empty: quality:K-1 … quality:0",
                                 lines=3, elem_id="console-task-attributes")
+        queue = gr.Dropdown(label="Queue order: which item annotators get next (fixed = generation order; the "
+                                  "Queue tab shows why)", choices=list(STRATEGIES), value="fixed",
+                            allow_custom_value=True, elem_id="console-task-queue")
         with gr.Row():
             guidelines = gr.Textbox(label="Guidelines (Markdown; no HTML, images or math)", lines=6, scale=1)
             preview = gr.Markdown(label="Preview", elem_id="console-task-preview", latex_delimiters=[])
@@ -115,7 +120,7 @@ class TasksTab(ConsoleTab):
             dup = gr.Button("Duplicate", size="sm", elem_id="console-task-dup")
 
         form = [name, categories, exemplar, free_text, critique, judgment, k, guidelines, placement, template,
-                attributes]
+                attributes, queue]
         load.click(self._load_task, [pick], [*form, preview], api_name="admin_task_load")
         self.task_events = [save.click(self._save, form, [table, message, preview, pick], api_name="admin_task_save"),
                             dup.click(self._duplicate, [source, new_name], [table, message, pick],
