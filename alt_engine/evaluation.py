@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 import torch
 from sqlmodel import select
 
-from . import conditioning
+from . import conditioning, guidance
 from .db import Feedback, Generation, ModelVersion, Prompt, Round, Task, session_scope
 from .feedback import FeedbackItem, Provider, store_results
 from .feedback.base import count_words
@@ -70,12 +70,15 @@ class EvalConfig:
     conditioned: bool = True  # False: the plain prompt (what a user of the untuned model gets)
     mask_control_tokens: bool = False  # Quark: no control token is ever sampled (SamplingParams')
     revision_passes: int = 0  # Critique-and-Revise versions: each answer revised this many times before scoring
+    guidance: float = 0.0  # feedback guidance γ at decoding (``guidance.py``); 0 = plain sampling
+    negative: str = "worst"  # f⁻ of guidance: worst | plain | a feedback text
 
     def key(self) -> dict:
         """What must match for two evaluations to be comparable (an option at its default is left out, so
         evaluations stored before it existed stay comparable)."""
         return {k: v for k, v in asdict(self).items()
-                if k != "batch_size" and not (k in ("mask_control_tokens", "revision_passes") and not v)}
+                if k != "batch_size" and not (k in ("mask_control_tokens", "revision_passes", "guidance") and not v)
+                and not (k == "negative" and not self.guidance)}
 
 
 def distinct_n(texts_per_prompt: Sequence[Sequence[str]], n: int) -> float:
@@ -294,7 +297,7 @@ def _revise_answers(backend, gens: list[Generation], prompts: dict, passes: int,
 
 def _sample_conditionings(db: str, backend, version: ModelVersion, prompts: list[Prompt], params: SamplingParams,
                           conds: list[str | None], fmt: conditioning.Format, show_progress: bool,
-                          log) -> list[list[int]]:
+                          log, negs: list[str | None]) -> list[list[int]]:
     """The probe prompts sampled under each conditioning; generation ids per conditioning.
 
     A backend that ``takes_seed_index`` samples all conditionings in one pass (fuller batches, one drain at
@@ -302,14 +305,16 @@ def _sample_conditionings(db: str, backend, version: ModelVersion, prompts: list
     (paired samples, as separate passes with the same seed give).
     """
     if log:
-        for c in conds:
-            log(f"  evaluate {version.name}: {len(prompts)} probe prompts × {params.n} conditioned on {c!r}")
+        for c, n in zip(conds, negs):
+            log(f"  evaluate {version.name}: {len(prompts)} probe prompts × {params.n} conditioned on {c!r}"
+                + (f", guidance γ={params.guidance:g} away from {n!r}" if params.guidance and c is not None else ""))
     if len(conds) < 2 or not takes_seed_index(backend):
         return [sample_prompts(db, backend, prompts, params, conditioning_text=c, fmt=fmt, model_version_id=version.id,
-                               show_progress=show_progress) for c in conds]
+                               show_progress=show_progress, negative_text=n) for c, n in zip(conds, negs)]
     ids = sample_prompts(db, backend, list(prompts) * len(conds), params,
                          conditioning_text=[c for c in conds for _ in prompts], fmt=fmt, model_version_id=version.id,
-                         show_progress=show_progress, seed_index=list(range(len(prompts))) * len(conds))
+                         show_progress=show_progress, seed_index=list(range(len(prompts))) * len(conds),
+                         negative_text=[n for n in negs for _ in prompts])
     per = len(prompts) * params.n  # ids come prompt by prompt, n each
     return [ids[k * per:(k + 1) * per] for k in range(len(conds))]
 
@@ -350,11 +355,14 @@ def evaluate_version(db: str, settings: Settings, version_id: int, task: Task, p
             conds = conds[:1]  # a second pass would sample the very same plain prompts again
     max_new = eval_max_new_tokens(db, task, cfg)
     params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=max_new,
-                            seed=cfg.seed, batch_size=cfg.batch_size, mask_control_tokens=cfg.mask_control_tokens)
+                            seed=cfg.seed, batch_size=cfg.batch_size, mask_control_tokens=cfg.mask_control_tokens,
+                            guidance=cfg.guidance, negative=cfg.negative)
     backend = backend or load_sampler(settings, version)
+    negs = guidance.negatives(db, task, cfg.negative, conds[:2]) if cfg.guidance else [None] * len(conds[:2])
     by_id = {p.id: p for p in prompts}
     per_cond: list[tuple[list[Generation], dict]] = []
-    for gen_ids in _sample_conditionings(db, backend, version, prompts, params, conds[:2], fmt, show_progress, log):
+    for gen_ids in _sample_conditionings(db, backend, version, prompts, params, conds[:2], fmt, show_progress, log,
+                                         negs):
         with session_scope(db) as s:
             gens = list(s.exec(select(Generation).where(Generation.id.in_(gen_ids)).order_by(Generation.id)))
             for g in gens:
@@ -417,6 +425,7 @@ def evaluate_version(db: str, settings: Settings, version_id: int, task: Task, p
                                           for k in per_cond[1][1] if k in kept or k.startswith("attr:")}
     metrics["eval"] = {**cfg.key(), "max_new_tokens": max_new, "provider": provider.name if provider else None,
                        "conditioning": conds[0], "contrast": conds[1] if len(conds) > 1 else None,
+                       **({"negative_feedback": negs} if cfg.guidance else {}),
                        "format": fmt.to_dict(), "reference": ref_path, "probe_prompts": len(prompts),
                        "generations": len(gens)}
     metrics = _json_safe(metrics)

@@ -105,6 +105,12 @@ def run_arm(objective: str, cfg: ExperimentConfig, settings: Settings, log: Log 
         from .training.objectives import get
 
         arm_round = dataclasses.replace(arm_round, policy=get(objective).pool_policy)
+    from .guidance import FEEDBACK_FREE
+
+    if objective in FEEDBACK_FREE and (arm_round.sampling.guidance or arm_round.eval.guidance):
+        log(f"  {objective} reads no feedback: sampled and evaluated without guidance")
+        arm_round = dataclasses.replace(arm_round, sampling=dataclasses.replace(arm_round.sampling, guidance=0.0),
+                                        eval=dataclasses.replace(arm_round.eval, guidance=0.0))
     rule = _free_text_rule(provider, arm_settings, task, db)
     if rule is not None:  # every version under the rule's fixed texts: best vs its first attribute flipped
         from .steering import eval_pairs

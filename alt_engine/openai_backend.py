@@ -8,6 +8,8 @@ asking for ``n`` samples with ``seed``, ``temperature``, ``top_p`` and
 ``openai`` client retries 429/5xx/timeouts with backoff (``max_retries``), and
 at most ``concurrency`` requests are in flight, as in the LLM judge.
 ``sample_prompts`` writes each batch in one transaction, whatever the backend.
+Feedback guidance goes as the studio's extra fields ``guidance`` and ``negative_prompt``; the studio's own
+``/v1/completions`` guides and echoes ``guidance``; a server that does not (vLLM) is a clear error.
 
 vLLM spreads one model over GPUs and nodes itself (``--tensor-parallel-size``,
 ``--pipeline-parallel-size``, Ray); the studio only needs its URL. A trained
@@ -34,6 +36,10 @@ FATAL_ERRORS = (openai.AuthenticationError, openai.PermissionDeniedError, openai
                 openai.BadRequestError)
 
 
+class GuidanceUnsupported(RuntimeError):
+    """The server answered a guided request without guiding (e.g. vLLM ignores unknown fields)."""
+
+
 class OpenAIBackend:
     """Samples from ``model`` on the server at ``base_url``; the tokenizer builds the inputs locally."""
 
@@ -50,16 +56,25 @@ class OpenAIBackend:
                                               max_retries=max_retries)
         self.retries = 0  # HTTP retries the client made (monitoring)
 
-    def _sample(self, ids: list[int], params: SamplingParams, seed: int) -> list[Sample]:
-        """``params.n`` samples of one input: one request."""
+    def _sample(self, ids: list[int], params: SamplingParams, seed: int,
+                negative: list[int] | None = None) -> list[Sample]:
+        """``params.n`` samples of one input: one request (guided: with the input under f⁻ as ``negative_prompt``)."""
         greedy = params.temperature == 0
+        extra: dict = {"return_token_ids": True}  # vLLM (and the studio's own /v1) send the sampled ids back
+        if negative is not None:
+            extra |= {"guidance": params.guidance, "negative_prompt": list(negative)}
         raw = self.client.completions.with_raw_response.create(
             model=self.model, prompt=list(ids), n=params.n, seed=seed, temperature=params.temperature,
             top_p=1.0 if greedy else params.top_p, max_tokens=params.max_new_tokens,
             **({"logit_bias": {str(t): -100 for t in params.suppress_tokens}} if params.suppress_tokens else {}),
-            extra_body={"return_token_ids": True})  # vLLM (and the studio's own /v1) send the sampled ids back
+            extra_body=extra)
         self.retries += raw.retries_taken
         completion = raw.parse()
+        if negative is not None and (completion.model_extra or {}).get("guidance") != params.guidance:
+            raise GuidanceUnsupported(
+                f"the sampling server at {self.base_url} ignored feedback guidance (no 'guidance' in its reply): "
+                "a vLLM server does not guide. Sample with --guidance 0, the transformers backend, or a studio "
+                "server (`alt serve`: its /v1/completions takes guidance and negative_prompt)")
         choices = sorted(completion.choices, key=lambda c: c.index)
         if len(choices) != params.n:
             raise RuntimeError(f"{self.base_url} returned {len(choices)} choices, asked for n={params.n}")
@@ -73,18 +88,27 @@ class OpenAIBackend:
             out.append(Sample(list(token_ids), c.text, c.finish_reason == "length", len(ids), seed))
         return out
 
-    def generate(self, inputs, params: SamplingParams, progress=None) -> list[list[Sample]]:
-        """Input i is sampled with seed ``params.seed + i``: reproducible on a server that honours seeds."""
+    def generate(self, inputs, params: SamplingParams, progress=None,
+                 negatives: list[list[int] | None] | None = None) -> list[list[Sample]]:
+        """Input i is sampled with seed ``params.seed + i``: reproducible on a server that honours seeds.
+
+        ``negatives`` (with ``params.guidance`` > 0): per input, its ids under f⁻ — sent as the studio's
+        ``guidance`` / ``negative_prompt`` fields; a server that does not echo ``guidance`` fails the batch."""
         results: list[list[Sample] | None] = [None] * len(inputs)
+        negs = list(negatives) if params.guidance and negatives is not None else [None] * len(inputs)
         done = 0
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            futures = {pool.submit(self._sample, list(x), params, params.seed + i): i for i, x in enumerate(inputs)}
+            futures = {pool.submit(self._sample, list(x), params, params.seed + i, negs[i]): i
+                       for i, x in enumerate(inputs)}
             try:
                 for fut in futures:  # in order; a failure (after the client's retries) fails the batch
                     results[futures[fut]] = fut.result()
                     done += params.n
                     if progress:
                         progress(done, len(inputs) * params.n)
+            except GuidanceUnsupported:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
             except FATAL_ERRORS as e:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise RuntimeError(f"the sampling server at {self.base_url} refused the request "

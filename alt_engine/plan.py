@@ -40,8 +40,15 @@ class RoundConfig:
     metric: str = "auto"  # compared for promotion; auto: mean_score for scored feedback, else exemplar_share
     eval: EvalConfig = field(default_factory=EvalConfig)
     background_training: bool = False  # train in a subprocess job (the CLI's foreground runs it in-process)
+    # exploration (round >= 2): this share of each prompt's n samples is drawn under ``explore_with`` (worst |
+    # plain | a feedback text), unguided, instead of under the exemplar — so the pool keeps both ends of the
+    # feedback scale when the model has learned to answer the exemplar (docs/guidance.md, "Steering that lasts")
+    explore: float = 0.0
+    explore_with: str = "worst"
 
     def __post_init__(self):
+        if not 0 <= self.explore < 1:
+            raise ValueError(f"explore is a share of each prompt's samples in [0, 1), got {self.explore}")
         if self.promote not in PROMOTE:
             raise ValueError(f"promote must be one of {', '.join(PROMOTE)}, got {self.promote!r}")
         if self.metric != "auto" and self.metric not in METRICS:
@@ -254,20 +261,29 @@ def _latest_round(db: str, task: Task) -> int:
     return rid
 
 
-def _sampling(d: Defaults, n, temperature, top_p, max_new_tokens, seed, batch_size, mask_control_tokens=False):
+def _sampling(d: Defaults, n, temperature, top_p, max_new_tokens, seed, batch_size, mask_control_tokens=False,
+              guidance: float = 0.0, negative: str | None = None):
     """SamplingParams from the choices, the defaults ``d`` where they are None (0 tokens / n: the default too)."""
     return SamplingParams(n=int(n or d.n), temperature=d.temperature if temperature is None else float(temperature),
                           top_p=d.top_p if top_p is None else float(top_p),
                           max_new_tokens=int(max_new_tokens or d.max_new_tokens), seed=int(seed),
-                          batch_size=int(batch_size or 0), mask_control_tokens=bool(mask_control_tokens))
+                          batch_size=int(batch_size or 0), mask_control_tokens=bool(mask_control_tokens),
+                          guidance=float(guidance or 0.0), negative=negative or "worst")
 
 
 def plan_sample(task: Task, *, version_id: int | None = None, split: str = "train", limit: int | None = None,
                 n: int | None = None, temperature: float | None = None, top_p: float | None = None,
                 max_new_tokens: int | None = None, seed: int = 0, batch_size: int = 0,
-                condition: str | None = "auto", backend: str | None = None) -> SampleSpec:
-    """A sampling job; ``limit``: None or 0 = every prompt of the split."""
-    sampling = _sampling(defaults(task), n, temperature, top_p, max_new_tokens, seed, batch_size)
+                condition: str | None = "auto", backend: str | None = None, guidance: float | None = None,
+                negative: str | None = None, objective: str | None = None) -> SampleSpec:
+    """A sampling job; ``limit``: None or 0 = every prompt of the split. ``guidance`` (γ, None = 0) is refused
+    for a version whose ``objective`` reads no feedback."""
+    from .guidance import check_objective
+
+    if guidance:
+        check_objective(objective or "alt", guidance)
+    sampling = _sampling(defaults(task), n, temperature, top_p, max_new_tokens, seed, batch_size,
+                         guidance=guidance or 0.0, negative=negative)
     return SampleSpec(task.id, sampling, version_id, split, int(limit) if limit else None, condition, backend)
 
 
@@ -293,11 +309,24 @@ def plan_train(db: str, task: Task, config=None, *, objective: str | None = None
                      round_id=pool.round_ids[-1] if pool.round_ids else None)
 
 
+def default_eval(objective: str) -> EvalConfig:
+    """The evaluation a version of ``objective`` gets by default: guided (``guidance.EVAL_GUIDANCE``) where it reads
+    feedback, plain where it does not — the CLI's and the console's alike."""
+    from .guidance import EVAL_GUIDANCE, resolve
+
+    return EvalConfig(guidance=resolve("alt" if objective == "base" else objective, None, EVAL_GUIDANCE))
+
+
 def plan_eval(db: str, task: Task, *, version_id: int | None = None, provider: str | None = None,
               eval: EvalConfig | None = None, reference: str | None = None) -> EvalSpec:
     """An evaluation of ``version_id`` (None: the served one), judged by ``provider`` (None: the demo task's)."""
-    return EvalSpec(task.id, version_id or _served_id(db), provider or defaults(task).provider, eval or EvalConfig(),
-                    reference)
+    from .db import ModelVersion
+
+    version_id = version_id or _served_id(db)
+    if eval is None:
+        with session_scope(db) as s:
+            eval = default_eval(s.get(ModelVersion, version_id).objective)
+    return EvalSpec(task.id, version_id, provider or defaults(task).provider, eval, reference)
 
 
 def round_config(task: Task | str, objective: str = "alt", *, n: int | None = None, limit: int | None = None,
@@ -305,16 +334,25 @@ def round_config(task: Task | str, objective: str = "alt", *, n: int | None = No
                  sample_seed: int = 0, sample_batch_size: int = 0, mask_control_tokens: bool = False,
                  k_per_category: int | None = None, policy: str | None = None, max_per_prompt: int | None = None,
                  truncated: str | None = None, holdout: str | None = None, promote: str | None = None,
-                 metric: str | None = None, eval: EvalConfig | None = None) -> RoundConfig:
-    """A round's configuration for these choices (``limit`` 0 = every prompt); also what an experiment's arms run."""
+                 metric: str | None = None, eval: EvalConfig | None = None, guidance: float | None = None,
+                 negative: str | None = None, explore: float | None = None,
+                 explore_with: str | None = None) -> RoundConfig:
+    """A round's configuration for these choices (``limit`` 0 = every prompt); also what an experiment's arms run.
+    Guidance (γ, round sampling under the exemplar and evaluation) and exploration default to the measured values
+    (``guidance.py``) for an objective that reads feedback, to none for one that does not."""
+    from .guidance import EXPLORE, FEEDBACK_FREE, ROUND_GUIDANCE, resolve
+
     d = defaults(task)
     pool = pool_options(task, objective, k_per_category=k_per_category, policy=policy, max_per_prompt=max_per_prompt,
                         truncated=truncated)
-    sampling = _sampling(d, n, temperature, top_p, max_new_tokens, sample_seed, sample_batch_size, mask_control_tokens)
+    sampling = _sampling(d, n, temperature, top_p, max_new_tokens, sample_seed, sample_batch_size, mask_control_tokens,
+                         guidance=resolve(objective, guidance, ROUND_GUIDANCE), negative=negative)
+    explore = (0.0 if objective in FEEDBACK_FREE else EXPLORE) if explore is None else float(explore)
     return RoundConfig(sampling=sampling, limit=_count(limit, d.limit), k_per_category=pool.k_per_category,
                        policy=pool.policy, truncated=pool.truncated, max_per_prompt=pool.max_per_prompt,
                        holdout=holdout or None, promote=(promote or d.promote).replace("-", "_"),
-                       metric=metric or d.metric, eval=eval or EvalConfig())
+                       metric=metric or d.metric, eval=eval or default_eval(objective), explore=explore,
+                       explore_with=explore_with or "worst")
 
 
 def plan_round(db: str, task: Task, config=None, *, provider: str | None = None, objective: str | None = None,

@@ -54,6 +54,13 @@ def feedback_choices(db: str, task: str | None) -> list[str]:
     return [*(t.categories if t else []), NONE]
 
 
+def negative_choices(db: str, task: str | None) -> tuple[list[str], str]:
+    """What guidance may steer away from: the task's categories worst first, then "none" (the plain prompt);
+    and the default, the worst category (else "none")."""
+    choices = [c for c in feedback_choices(db, task) if c != NONE][::-1] + [NONE]
+    return choices, choices[0]
+
+
 def server_for(hub, version: str | None) -> ModelServer:
     """The hub's server for ``version`` (a name); the served one for None or an unknown-to-the-database model."""
     if not version or version == hub.served.version_name:
@@ -68,6 +75,8 @@ class Panel:
     version: str | None
     feedback: str | None
     messages: list[dict] = field(default_factory=list)  # the chat so far, the new user turn last
+    guidance: float = 0.0  # steering strength γ (feedback guidance, ``guidance.py``); needs ``feedback``
+    negative: str | None = None  # the feedback guidance steers away from (None: the plain prompt)
 
 
 @dataclass
@@ -101,8 +110,10 @@ def stream_panels(hub, panels: list[Panel], max_new_tokens: int, temperature: fl
     futures = []
     for i, p in enumerate(panels):
         server = server_for(hub, p.version)
+        guidance = p.guidance if p.feedback is not None else 0.0  # unconditioned: nothing to steer by
         future = server.submit(p.messages, p.feedback, max_new_tokens, temperature, top_p, seed,
-                               on_text=lambda piece, i=i: events.put((i, piece)))
+                               on_text=lambda piece, i=i: events.put((i, piece)), guidance=guidance,
+                               negative=p.negative)
         future.add_done_callback(lambda _, i=i: events.put((i, None)))
         futures.append(future)
     try:
@@ -184,4 +195,5 @@ def send_to_queue(db: str, task: str, panels: list[Panel], user_name: str) -> tu
 
 
 __all__ = ["NONE", "Panel", "ModelInput", "parse_feedback", "version_names", "task_names", "feedback_choices",
+           "negative_choices",
            "server_for", "model_input", "stream_panels", "render", "send_to_queue"]

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from sqlalchemy import func
 from sqlmodel import select
 
-from . import conditioning
+from . import conditioning, guidance
 from .db import ModelVersion, Prompt, Round, RoundStatus, Task, session_scope
 from .evaluation import (
     EvalConfig,
@@ -129,12 +129,21 @@ def sample_round(db: str, settings: Settings, task: Task, rnd: Round, version: M
     """The sampling stage of a round: ``params.n`` generations per prompt from ``version``, stored.
 
     ``sampler``: an already loaded backend for ``version`` (a round reuses it for the parent's evaluation).
-    ``progress(done, total)``: per finished sequence.
+    ``progress(done, total)``: per finished sequence. ``params.guidance`` > 0 guides the conditioned prompts away
+    from ``params.negative`` (``guidance.py``).
     """
     sampler = sampler or load_sampler(settings, version, backend)
-    return sample_prompts(db, sampler, prompts, params, conditioning_text=feedback,
+    conds = feedback if isinstance(feedback, list) else [feedback] * len(prompts)
+    negs = guidance.negatives(db, task, params.negative, conds) if params.guidance else None
+    return sample_prompts(db, sampler, prompts, params, conditioning_text=conds, negative_text=negs,
                           fmt=conditioning.format_of(version, task), round_id=rnd.id, model_version_id=version.id,
                           progress=progress)
+
+
+def explore_conditioning(db: str, task: Task, spec: str, conds: list[str | None]) -> list[str | None]:
+    """What the exploration samples are conditioned on: per prompt, ``spec``'s feedback (``guidance.negatives``'
+    reading of it: worst | plain | a text) where the prompt is conditioned, else None."""
+    return guidance.negatives(db, task, spec, conds)
 
 
 
@@ -247,9 +256,18 @@ def run_round(db: str, settings: Settings, task: Task, provider: str | Provider,
         with stage("sample"):
             params = replace(cfg.sampling, seed=cfg.sampling.seed + 1000 * rnd.number)
             conds = sampling_conditioning(db, task, served, len(prompts), params.seed)
+            if conds[0] is None:  # a base model samples the plain prompt: nothing to guide or explore
+                params = replace(params, guidance=0.0)
             sampler = load_sampler(settings, served)  # one load: sampling, then the parent's evaluation
-            gen_ids = sample_round(db, settings, task, rnd, served, prompts, params, conds, sampler=sampler,
+            explore = min(int(cfg.explore * params.n), params.n - 1) if conds[0] is not None else 0  # floor
+            gen_ids = sample_round(db, settings, task, rnd, served, prompts, replace(params, n=params.n - explore),
+                                   conds, sampler=sampler,
                                    progress=lambda done, total: report_progress("sample", done / max(total, 1)))
+            if explore:
+                log(f"  exploration: {explore} of {params.n} samples per prompt under {cfg.explore_with!r}, unguided")
+                gen_ids += sample_round(db, settings, task, rnd, served, prompts,
+                                        replace(params, n=explore, guidance=0.0, seed=params.seed + 500),
+                                        explore_conditioning(db, task, cfg.explore_with, conds), sampler=sampler)
             report.generations, report.conditioning = len(gen_ids), conds[0]
         with stage("feedback", RoundStatus.LABELLING):
             labels: LabelReport = label_generations(db, provider, task, gen_ids)

@@ -43,12 +43,24 @@ class SamplingParams:
     # Quark: mask every control token of the input's format (the conditioning token's siblings and itself) —
     # resolved to ``suppress_tokens`` where the format is known (``sample_prompts``, the playground)
     mask_control_tokens: bool = False
+    # feedback guidance (docs/guidance.md): logits l(f) + γ·(l(f) − l(f⁻)) per step; 0 = plain sampling. Applies
+    # to inputs conditioned on feedback; ``negative`` names f⁻: "worst" (the worst feedback; for the worst
+    # itself, the best), "plain" (the prompt without feedback) or any feedback text — resolved by the caller
+    guidance: float = 0.0
+    negative: str = "worst"
 
     def __post_init__(self):
         if self.n < 1 or self.max_new_tokens < 1 or self.batch_size < 0:
             raise ValueError("n and max_new_tokens must be >= 1, batch_size >= 0 (0 = automatic)")
         if not 0 < self.top_p <= 1 or self.temperature < 0:
             raise ValueError("need 0 < top_p <= 1 and temperature >= 0")
+        if not 0 <= self.guidance <= MAX_GUIDANCE:
+            raise ValueError(f"guidance must be between 0 and {MAX_GUIDANCE}, got {self.guidance}")
+        if not (self.negative or "").strip():
+            raise ValueError("negative: 'worst', 'plain' or a feedback text")
+
+
+MAX_GUIDANCE = 10.0  # beyond this the guided distribution is all on the few tokens the two inputs disagree most on
 
 
 @dataclass
@@ -116,6 +128,23 @@ def sequence_seed(seed: int, i: int, j: int) -> int:
     for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):  # splitmix64 finaliser
         x = ((x ^ (x >> shift)) * mult) & (2**64 - 1)
     return (x ^ (x >> 31)) >> 1
+
+
+def guided_logits(cond: torch.Tensor, neg: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Feedback guidance (classifier-free guidance over the feedback): ``lp(f) + γ·(lp(f) − lp(f⁻))``.
+
+    ``cond``: logits [rows, vocab] of the inputs conditioned on the feedback f; ``neg``: logits [rows, vocab] of
+    the same rows' twins, conditioned on f⁻ (the worst feedback, the plain prompt or any text) with the same
+    tokens generated so far. Combined as log-probabilities (each row's log-softmax; a per-row constant, so the
+    distribution is that of the raw logits, but bounded), clamped so no ``-inf − -inf`` appears; γ = 0 returns
+    ``cond``'s log-probabilities (the same distribution as plain sampling). Returns [rows, vocab], fed to the
+    same temperature and nucleus as plain logits. The only place the two conditionings meet.
+    """
+    lp_c = torch.log_softmax(cond.float(), -1).clamp(min=-1e4)  # [rows, vocab]
+    if gamma == 0:
+        return lp_c
+    lp_n = torch.log_softmax(neg.float(), -1).clamp(min=-1e4)  # [rows, vocab]
+    return lp_c + gamma * (lp_c - lp_n)  # [rows, vocab]
 
 
 def next_tokens(logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor) -> torch.Tensor:
@@ -236,6 +265,10 @@ class _Row:
     length: int
     tokens: list[int]  # generated
     done: bool = False
+    # feedback guidance: a sample's row and its twin (the input under f⁻, fed the same tokens) point at each
+    # other; the twin (``negative``) draws nothing and yields no sample
+    twin: _Row | None = field(default=None, repr=False)
+    negative: bool = False
 
 
 @dataclass
@@ -297,11 +330,22 @@ class TransformersBackend:
     def generate(self, inputs, params, progress=None, on_step: OnStep | None = None,
                  index: Sequence[int] | None = None, *, limits: Sequence[int] | None = None,
                  seeds: Sequence[int] | None = None,
-                 admit: Callable[[int], list[tuple[list[int], int, int]]] | None = None,
-                 on_sample: Callable[[int, int, Sample], None] | None = None):
+                 admit: Callable[[int], list[tuple]] | None = None,
+                 on_sample: Callable[[int, int, Sample], None] | None = None,
+                 negatives: Sequence[list[int] | None] | None = None):
         """``index``: per input, the input index whose random streams it draws from (default: its own), so
-        inputs may share streams (the same probe prompt under two conditionings: common random numbers)."""
+        inputs may share streams (the same probe prompt under two conditionings: common random numbers).
+
+        ``negatives``: per input, the ids of the same prompt under f⁻ (None: that input is not guided), used when
+        ``params.guidance`` > 0 — each guided sample decodes with a twin row under f⁻ in the same batched forward
+        (its own KV cache; the batch's rows count both) and draws its tokens from ``guided_logits``. ``admit``
+        may then return ``(ids, limit, seed, negative ids or None)``."""
         inputs = list(inputs)  # admitted inputs are appended
+        if params.guidance and negatives is None:
+            raise ValueError("feedback guidance needs the inputs under the negative feedback (negatives)")
+        negatives = list(negatives) if negatives is not None else [None] * len(inputs)
+        if len(negatives) != len(inputs):
+            raise ValueError("one negative input (or None) per input")
         limits = list(limits) if limits is not None else [params.max_new_tokens] * len(inputs)
         if seeds is None:  # input i draws sample j from sequence_seed(params.seed, index[i], j)
             seeds = [params.seed + k for k in (index if index is not None else range(len(inputs)))]
@@ -314,9 +358,14 @@ class TransformersBackend:
         batch: _Batch | None = None
         size = params.batch_size or self.auto_batch_size()
         if not params.batch_size and inputs:  # automatic: bounded in tokens too
-            longest = max(len(x) + limit for x, limit in zip(inputs, limits))
+            longest = max(len(x) + limit for x, limit in zip([*inputs, *filter(None, negatives)], [*limits, *(
+                limit for x, limit in zip(negatives, limits) if x)]))
             size = max(1, min(size, KV_TOKEN_BUDGET // longest))
         refill = max(1, size // 8)  # prefill when this many slots are free: fewer, larger prefills
+
+        def guided(i: int) -> bool:
+            return bool(params.guidance) and negatives[i] is not None
+
         threads = self.threads
         if threads == "auto":
             from .modeling import choose_threads
@@ -326,10 +375,11 @@ class TransformersBackend:
             while True:
                 alive = sum(not r.done for r in batch.rows) if batch else 0
                 if admit is not None and alive + len(pending) < size:  # newcomers join the running batch
-                    for ids, limit, seed in admit(size - alive - len(pending)):
+                    for ids, limit, seed, *neg in admit(size - alive - len(pending)):
                         inputs.append(ids)
                         limits.append(limit)
                         seeds.append(seed)
+                        negatives.append(neg[0] if neg else None)
                         out.append([None] * params.n)
                         jobs += [(len(inputs) - 1, j) for j in range(params.n)]
                         pending[:0] = [(len(inputs) - 1, j) for j in reversed(range(params.n))]  # after the waiting
@@ -338,8 +388,11 @@ class TransformersBackend:
                 dead = len(batch.rows) - alive if batch else 0
                 free = size - alive
                 if (pending and free >= min(refill, len(pending))) or (not pending and dead >= max(1, alive // 4)):
-                    admitted = [pending.pop() for _ in range(min(free, len(pending)))]
-                    batch = self._rebuild(batch, inputs, params, admitted, meter, on_step, seeds)
+                    admitted = []  # a guided sample takes two rows
+                    while pending and (not (alive or admitted) or free >= 1 + guided(pending[-1][0])):
+                        free -= 1 + guided(pending[-1][0])
+                        admitted.append(pending.pop())
+                    batch = self._rebuild(batch, inputs, params, admitted, meter, on_step, seeds, negatives)
                 else:
                     self._step(batch, params, meter, on_step)
                 done += self._finish(batch, inputs, limits, out, on_sample) if batch else 0
@@ -368,7 +421,7 @@ class TransformersBackend:
                             position_ids=positions, cache=batch.cache, use_cache=True).logits[:, -1]
         batch.last = self._sample(logits, batch.rows, params, meter, on_step)
 
-    def _rebuild(self, batch, inputs, params, admitted, meter, on_step, seeds) -> _Batch | None:
+    def _rebuild(self, batch, inputs, params, admitted, meter, on_step, seeds, negatives) -> _Batch | None:
         """The batch without its finished rows, with ``admitted`` (i, j) jobs prefilled into it."""
         sources, rows, last = [], [], []  # sources: (cache, row indices, columns in use)
         if batch and (alive := [k for k, r in enumerate(batch.rows) if not r.done]):
@@ -377,7 +430,7 @@ class TransformersBackend:
             sources.append((batch.cache, keep, max(batch.rows[k].length for k in alive) - 1))
             last.append(batch.last[keep])
         if admitted:
-            cache, fresh, first = self._prefill(inputs, params, admitted, meter, on_step, seeds)
+            cache, fresh, first = self._prefill(inputs, params, admitted, meter, on_step, seeds, negatives)
             rows += fresh
             sources.append((cache, torch.arange(len(fresh)), cache.layers[0].length))
             last.append(first)
@@ -391,52 +444,79 @@ class TransformersBackend:
             mask[k, width - (row.length - 1):width] = 1
         return _Batch(rows, cache, mask, torch.cat(last), width)
 
-    def _prefill(self, inputs, params, admitted, meter, on_step, seeds) -> tuple[Cache, list[_Row], torch.Tensor]:
-        """The prompts of ``admitted`` (i, j) jobs through the model: their cache, rows and first tokens."""
+    def _prefill(self, inputs, params, admitted, meter, on_step, seeds,
+                 negatives) -> tuple[Cache, list[_Row], torch.Tensor]:
+        """The prompts of ``admitted`` (i, j) jobs through the model: their cache, rows and first tokens.
+
+        A guided job adds its twin: the input under f⁻, prefilled in the same forward (rows after the samples')."""
         device = self.model.device
-        lengths = [len(inputs[i]) for i, _ in admitted]
+        twins = [(i, j) for i, j in admitted if params.guidance and negatives[i] is not None]
+        seqs = [inputs[i] for i, _ in admitted] + [negatives[i] for i, _ in twins]
+        lengths = [len(x) for x in seqs]
         width = max(lengths)
-        ids = torch.full((len(admitted), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(admitted), width), dtype=torch.long)
-        for k, (i, _) in enumerate(admitted):  # left padding
-            ids[k, width - lengths[k]:] = torch.tensor(inputs[i])
+        ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for k, x in enumerate(seqs):  # left padding
+            ids[k, width - lengths[k]:] = torch.tensor(x)
             mask[k, width - lengths[k]:] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = Cache(layers=[_Slots() for _ in range(self.layers)])
         logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
                             cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-        rows = []
+        rows, by_job = [], {}
         for (i, j), n in zip(admitted, lengths):
             seed = sequence_seed(seeds[i], 0, j)  # = sequence_seed(params.seed, index[i], j) by default
             rows.append(_Row(i, j, seed, torch.Generator().manual_seed(seed), n, []))
+            by_job[i, j] = rows[-1]
+        for (i, j), n in zip(twins, lengths[len(admitted):]):
+            twin = _Row(i, j, by_job[i, j].seed, by_job[i, j].generator, n, [], twin=by_job[i, j], negative=True)
+            by_job[i, j].twin = twin
+            rows.append(twin)
         return cache, rows, self._sample(logits, rows, params, meter, on_step)
 
     def _sample(self, logits, rows, params, meter, on_step=None) -> torch.Tensor:
-        """Each row's next token, appended to its tokens; returned as the next input [rows, 1]."""
+        """Each row's next token, appended to its tokens; returned as the next input [rows, 1].
+
+        A guided sample's token comes from ``guided_logits`` of its row and its twin's; the twin is fed it too."""
+        at = {id(r): k for k, r in enumerate(rows)}
+        own = [k for k, r in enumerate(rows) if not r.negative]  # rows that draw a token
+        if len(own) < len(rows):
+            cond = logits[own]  # [samples, vocab]
+            pairs = [(n, at[id(rows[k].twin)]) for n, k in enumerate(own) if rows[k].twin is not None]
+            which = torch.tensor([n for n, _ in pairs], device=logits.device)
+            cond = cond.float().index_copy(0, which, guided_logits(
+                cond[which], logits[torch.tensor([m for _, m in pairs], device=logits.device)], params.guidance))
+            logits = cond
         if params.suppress_tokens:
             logits = logits.index_fill(-1, torch.tensor(params.suppress_tokens, device=logits.device), float("-inf"))
-        uniforms = torch.cat([torch.rand(1, generator=r.generator) for r in rows])
-        chosen = next_tokens(logits.cpu(), params, uniforms)
+        uniforms = torch.cat([torch.rand(1, generator=rows[k].generator) for k in own])
+        chosen = next_tokens(logits.cpu(), params, uniforms).tolist()  # [samples]
+        token_of = {id(rows[k]): t for k, t in zip(own, chosen)}
         live = []
-        for row, token in zip(rows, chosen.tolist()):
+        for row in rows:
+            token = token_of[id(row.twin if row.negative else row)]
             if not row.done:
                 row.tokens.append(token)
                 row.length += 1
-                meter.tokens += 1
-                live.append(row)
+                if not row.negative:
+                    meter.tokens += 1
+                    live.append(row)
+            token_of.setdefault(id(row), token)
         if on_step and live:
             on_step([(r.i, r.j) for r in live], [r.tokens[-1] for r in live])
-        return chosen.unsqueeze(-1).to(self.model.device)
+        return torch.tensor([[token_of[id(r)]] for r in rows], device=self.model.device)
 
     def _finish(self, batch, inputs, limits, out, on_sample=None) -> int:
         """Mark the rows that stopped and store their samples; returns how many stopped now."""
         finished = 0
         for row in batch.rows:
-            if row.done:
+            if row.done or row.negative:  # a twin stops with its sample
                 continue
             stopped = row.tokens[-1] in self.stop_ids
             if stopped or len(row.tokens) >= limits[row.i]:
                 row.done, finished = True, finished + 1
+                if row.twin is not None:
+                    row.twin.done = True
                 kept = row.tokens[:-1] if stopped else row.tokens
                 out[row.i][row.j] = Sample(kept, self.tokenizer.decode(kept, skip_special_tokens=True),
                                            not stopped, len(inputs[row.i]), row.seed)
@@ -498,24 +578,35 @@ def sample_prompts(db: str, backend: Backend, prompts: Sequence[Prompt], params:
                    conditioning_text: str | None | Sequence[str | None] = None, fmt: conditioning.Format | None = None,
                    round_id: int | None = None, model_version_id: int | None = None,
                    progress: Progress | None = None, show_progress: bool = True,
-                   seed_index: Sequence[int] | None = None) -> list[int]:
+                   seed_index: Sequence[int] | None = None,
+                   negative_text: str | None | Sequence[str | None] = None) -> list[int]:
     """Sample ``params.n`` generations per prompt and store them; returns the new generation ids.
 
     ``conditioning_text`` is one feedback text for every prompt, one per prompt, or None.
     ``seed_index``: per prompt, the position whose random streams it draws from (default: its own); only for
     a backend that ``takes_seed_index``.
+    ``negative_text``: with ``params.guidance`` > 0, f⁻ for each conditioned prompt (one text for all, one per
+    prompt; None = the plain prompt), resolved from ``params.negative`` by the caller (``guidance.negatives``);
+    stored in each generation's ``sampling_params`` as ``negative_feedback``. Unconditioned prompts are not guided.
     Each batch of prompts is written in one transaction, so an interrupted run keeps whole batches.
     """
     if isinstance(conditioning_text, str) or conditioning_text is None:
         conditioning_text = [conditioning_text] * len(prompts)
+    if isinstance(negative_text, str) or negative_text is None:
+        negative_text = [negative_text] * len(prompts)
+    guided = bool(params.guidance) and any(c is not None for c in conditioning_text)
+    if guided:
+        check_guidance(backend, fmt, params)
     params = with_masks(params, backend.tokenizer, fmt)
     rows_per_pass = params.batch_size or getattr(backend, "auto_batch_size", lambda: 16)()
     per_batch = max(1, rows_per_pass // params.n) * 4  # prompts per generate call and database write
     total = len(prompts) * params.n
     bar = tqdm(total=total, desc="sampling", unit="seq", disable=not show_progress)
     ids: list[int] = []
-    meta = {k: v for k, v in asdict(params).items()  # the masks only when set (older rows have no such keys)
-            if k != "batch_size" and (v or k not in ("suppress_tokens", "mask_control_tokens"))}
+    meta = {k: v for k, v in asdict(params).items()  # masks, guidance only when set (older rows have no such keys)
+            if k != "batch_size" and (v or k not in ("suppress_tokens", "mask_control_tokens", "guidance"))}
+    if not params.guidance:
+        meta.pop("negative")
     meta["backend"] = backend.name
     if getattr(backend, "dtype", None) is not None:
         meta["dtype"] = str(backend.dtype).removeprefix("torch.")
@@ -533,16 +624,24 @@ def sample_prompts(db: str, backend: Backend, prompts: Sequence[Prompt], params:
         conds = conditioning_text[start:start + per_batch]
         inputs = [conditioning.build_input(backend.tokenizer, conditioning.prompt_of(p), c, fmt)
                   for p, c in zip(chunk, conds)]
+        negs = negative_text[start:start + per_batch]
+        extra = {}
+        if guided:  # f⁻ built by the same function, in the same format: only the feedback segment differs
+            extra["negatives"] = [
+                conditioning.build_input(backend.tokenizer, conditioning.prompt_of(p), n, fmt).input_ids
+                if c is not None else None for p, c, n in zip(chunk, conds, negs)]
         if seed_index is None:
             chunk_params = SamplingParams(**{**asdict(params), "seed": params.seed + start})
-            samples = backend.generate([x.input_ids for x in inputs], chunk_params, chunk_progress)
+            samples = backend.generate([x.input_ids for x in inputs], chunk_params, chunk_progress, **extra)
         else:
             samples = backend.generate([x.input_ids for x in inputs], params, chunk_progress,
-                                       index=seed_index[start:start + per_batch])
+                                       index=seed_index[start:start + per_batch], **extra)
         rows = [Generation(prompt_id=p.id, round_id=round_id, model_version_id=model_version_id, conditioning=c,
                            response=s.text, prompt_tokens=len(x.prompt_ids), response_tokens=len(s.token_ids),
-                           truncated=s.truncated, sampling_params=meta, seed=s.seed)
-                for p, c, x, ss in zip(chunk, conds, inputs, samples) for s in ss]
+                           truncated=s.truncated, seed=s.seed,
+                           sampling_params={**meta, "negative_feedback": n} if guided and c is not None else
+                           {k: v for k, v in meta.items() if k not in ("guidance", "negative")})
+                for p, c, n, x, ss in zip(chunk, conds, negs, inputs, samples) for s in ss]
         with session_scope(db) as session:
             session.add_all(rows)
             session.flush()
@@ -553,6 +652,23 @@ def sample_prompts(db: str, backend: Backend, prompts: Sequence[Prompt], params:
         report(progress, len(ids), total, meter.info(len(ids), total))
     bar.close()
     return ids
+
+
+def check_guidance(backend, fmt: conditioning.Format | None, params: SamplingParams) -> None:
+    """Refuse feedback guidance where it cannot work, with the reason: a model that reads no feedback (SFT, CUT,
+    Critique-and-Revise versions: format ``none``) or a backend whose ``generate`` takes no negative inputs."""
+    if not params.guidance:
+        return
+    if fmt is not None and fmt.placement == "none":
+        raise ValueError("feedback guidance needs a model that reads feedback; this version's objective reads none "
+                         "(sft, cut, cnr sample the plain prompt): use --guidance 0")
+    try:
+        takes = "negatives" in inspect.signature(backend.generate).parameters
+    except (TypeError, ValueError):
+        takes = False
+    if not takes or getattr(backend, "supports_guidance", True) is False:
+        raise ValueError(f"the {getattr(backend, 'name', 'sampling')} backend does not support feedback guidance "
+                         "(it needs the logits of two inputs per step): use --guidance 0 or the transformers backend")
 
 
 def takes_seed_index(backend) -> bool:

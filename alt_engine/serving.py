@@ -73,10 +73,13 @@ class _Request:
     seed: int
     future: Future = field(default_factory=Future)
     on_text: Callable[[str], None] | None = None  # streaming: called with each new piece of the reply
+    guidance: float = 0.0  # feedback guidance γ (``guidance.py``), away from ``negative`` (None: the plain prompt)
+    negative: str | None = None
 
     @property
-    def group(self) -> tuple[float, float]:
-        return (0.0, 1.0) if self.temperature == 0 else (self.temperature, self.top_p)
+    def group(self) -> tuple[float, float, float]:
+        """Requests that can share a batch: the same sampling settings and guidance strength."""
+        return (0.0, 1.0, self.guidance) if self.temperature == 0 else (self.temperature, self.top_p, self.guidance)
 
 
 class ModelServer:
@@ -202,18 +205,26 @@ class ModelServer:
     # --------------------------------------------------------------- completions
 
     def complete(self, prompts: list[list[int] | str], params: SamplingParams,
+                 negatives: list[list[int] | str] | None = None,
                  cancel: threading.Event | None = None) -> tuple[list[list[int]], list[list]]:
         """``params.n`` samples of each ready-made prompt (token ids, or text tokenized as is); (inputs, samples).
 
         For ``/v1/completions``: the caller built the inputs (conditioning included), so nothing is
         conditioned or templated here; the backend's lock runs it between the chat batches. It runs a few
         prompts at a time and lets a waiting chat batch go between them, so a large request cannot hold every
-        chat back; ``cancel`` set (the client left) stops it between turns (``Cancelled``).
+        chat back; ``cancel`` set (the client left) stops it between turns (``Cancelled``). With
+        ``params.guidance`` > 0, ``negatives`` are the same prompts under the negative feedback (one per prompt).
         """
         backend = self._ensure_loaded()
         vocab = len(backend.tokenizer)
         inputs = [list(backend.tokenizer(p)["input_ids"]) if isinstance(p, str) else list(p) for p in prompts]
-        for ids in inputs:
+        negs = None
+        if params.guidance:
+            if negatives is None or len(negatives) != len(inputs):
+                raise ValueError("guidance needs one negative_prompt per prompt (the prompt under the negative "
+                                 "feedback)")
+            negs = [list(backend.tokenizer(p)["input_ids"]) if isinstance(p, str) else list(p) for p in negatives]
+        for ids in inputs + (negs or []):
             if not ids or any(not 0 <= t < vocab for t in ids):
                 raise ValueError(f"a prompt must be a non-empty list of token ids in [0, {vocab})")
             self._check_length(ids)
@@ -230,7 +241,8 @@ class ModelServer:
                 self._others_waiting += 1
             try:  # input i keeps its own random streams (seed + i) however the inputs are split
                 chunk = SamplingParams(**{**asdict(params), "seed": params.seed + start})
-                samples += backend.generate(inputs[start:start + per_call], chunk)
+                guided = {"negatives": negs[start:start + per_call]} if negs else {}
+                samples += backend.generate(inputs[start:start + per_call], chunk, **guided)
             finally:
                 with self._count_lock:
                     self._others_waiting -= 1
@@ -252,35 +264,47 @@ class ModelServer:
 
     def chat(self, messages: conditioning.PromptLike, feedback: str | None = None, max_new_tokens: int = 128,
              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-             timeout: float | None = None) -> tuple[str, Usage]:
+             timeout: float | None = None, *, guidance: float = 0.0, negative: str | None = None) -> tuple[str, Usage]:
         """The model's reply to a chat (or plain prompt), conditioned on ``feedback`` when given."""
-        return self.submit(messages, feedback, max_new_tokens, temperature, top_p, seed).result(timeout)
+        return self.submit(messages, feedback, max_new_tokens, temperature, top_p, seed, guidance=guidance,
+                           negative=negative).result(timeout)
 
     def submit(self, messages: conditioning.PromptLike, feedback: str | None = None, max_new_tokens: int = 128,
                temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-               on_text: Callable[[str], None] | None = None) -> Future:
+               on_text: Callable[[str], None] | None = None, *, guidance: float = 0.0,
+               negative: str | None = None) -> Future:
         """Queue a chat; the future gives ``(text, usage)``. Cancelling it before its batch starts skips it.
 
         ``on_text`` streams: it is called from the model's thread with each new piece of the reply as the
-        tokens are generated (the pieces joined are the final text)."""
+        tokens are generated (the pieces joined are the final text). ``guidance`` > 0 decodes with feedback
+        guidance away from ``negative`` (a feedback text; None: the plain prompt) — it needs ``feedback``."""
         if max_new_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
             raise ValueError("need max_new_tokens >= 1, temperature >= 0 and 0 < top_p <= 1")
+        from .sampling import MAX_GUIDANCE
+
+        if not 0 <= guidance <= MAX_GUIDANCE:
+            raise ValueError(f"guidance must be between 0 and {MAX_GUIDANCE}")
+        if guidance and feedback is None:
+            raise ValueError("guidance steers by the feedback: give a feedback to condition on (or guidance 0)")
         if self._closed:
             raise RuntimeError("the model server is closed")
         self._ensure_loaded()
-        request = _Request(messages, feedback, max_new_tokens, temperature, top_p, seed, on_text=on_text)
+        request = _Request(messages, feedback, max_new_tokens, temperature, top_p, seed, on_text=on_text,
+                           guidance=float(guidance), negative=negative if guidance else None)
         self._start_worker()
         self._queue.put(request)
         return request.future
 
     def stream(self, messages: conditioning.PromptLike, feedback: str | None = None, max_new_tokens: int = 128,
                temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-               timeout: float | None = None) -> Iterator[tuple[str, Usage | None]]:
+               timeout: float | None = None, *, guidance: float = 0.0,
+               negative: str | None = None) -> Iterator[tuple[str, Usage | None]]:
         """The reply as it is generated: ``(piece, None)`` per new piece, then ``("", usage)`` once at the end.
 
         Closing the iterator early cancels the request if its batch has not started."""
         pieces: queue.Queue = queue.Queue()
-        future = self.submit(messages, feedback, max_new_tokens, temperature, top_p, seed, on_text=pieces.put)
+        future = self.submit(messages, feedback, max_new_tokens, temperature, top_p, seed, on_text=pieces.put,
+                             guidance=guidance, negative=negative)
         future.add_done_callback(lambda _: pieces.put(None))
         try:
             while (piece := pieces.get(timeout=timeout)) is not None:
@@ -368,6 +392,7 @@ class ModelServer:
         backend, version_name, fmt = self._current()  # a batch runs on one model, even if a reload happens meanwhile
         running: list[_Request] = []  # input index → request
         inputs: list[list[int]] = []
+        negatives: list[list[int] | None] = []  # guidance: the input under the negative feedback
         streams: list[_Stream | None] = []
         self._joined = running
 
@@ -378,7 +403,17 @@ class ModelServer:
             try:  # one malformed chat fails alone, not its batch
                 ids = conditioning.build_input(backend.tokenizer, r.messages, r.feedback, fmt).input_ids
                 self._check_length(ids)
+                neg = None
+                if r.guidance:
+                    if fmt.for_tokenizer(backend.tokenizer).placement == "none":
+                        raise ValueError(f"version {version_name} reads no feedback (an sft, cut or cnr version): "
+                                         "guidance has nothing to steer; use guidance 0")
+                    neg = conditioning.build_input(backend.tokenizer, r.messages, r.negative, fmt).input_ids
+                    self._check_length(neg)
             except PromptTooLong as e:
+                r.future.set_exception(e)
+                return None
+            except ValueError as e:
                 r.future.set_exception(e)
                 return None
             except Exception as e:
@@ -386,6 +421,7 @@ class ModelServer:
                 return None
             running.append(r)
             inputs.append(ids)
+            negatives.append(neg)
             streams.append(_Stream(r.on_text, r.max_new_tokens, backend) if r.on_text else None)
             return ids
 
@@ -395,19 +431,19 @@ class ModelServer:
             return
         group, closing = running[0].group, False
 
-        def admit(free: int) -> list[tuple[list[int], int, int]]:
+        def admit(free: int) -> list[tuple]:
             """Up to ``free`` requests of this batch's sampling group that came in meanwhile. None once another
             group or a ``complete`` call waits (the batch drains, then they run: no starvation) or another
             version is served (a promotion's newcomers go to the new model)."""
             nonlocal closing
-            new: list[tuple[list[int], int, int]] = []
+            new: list[tuple] = []
             if self.backend is not backend or self.version_name != version_name or self._others_waiting or any(
                     r.group != group for r in self._pending):
                 return new
             keep: list[_Request] = []
             for r in self._pending:  # same-group requests set aside earlier first
                 if len(new) < free and r.group == group and (ids := prepare(r)) is not None:
-                    new.append((ids, r.max_new_tokens, r.seed))
+                    new.append((ids, r.max_new_tokens, r.seed, negatives[-1]))
                 elif len(new) >= free or r.group != group:
                     keep.append(r)
             self._pending = keep
@@ -423,7 +459,7 @@ class ModelServer:
                     self._pending.append(r)
                     break  # it waits for this batch to drain: admit no more
                 elif (ids := prepare(r)) is not None:
-                    new.append((ids, r.max_new_tokens, r.seed))
+                    new.append((ids, r.max_new_tokens, r.seed, negatives[-1]))
             return new
 
         def on_step(rows, tokens):  # rows = (input index, 0): one sample per request
@@ -439,7 +475,9 @@ class ModelServer:
 
         first = running[0]
         params = SamplingParams(n=1, temperature=first.temperature, top_p=first.top_p, seed=first.seed,
-                                max_new_tokens=max(r.max_new_tokens for r in running), batch_size=self.max_batch)
+                                max_new_tokens=max(r.max_new_tokens for r in running), batch_size=self.max_batch,
+                                guidance=first.guidance)
+        guided = {"negatives": negatives} if first.guidance else {}  # the list grows as requests join
         self._chat_waiting = True
         while self._others_waiting:  # a ``complete`` call waited for the model first: it goes first
             time.sleep(0.005)
@@ -447,10 +485,10 @@ class ModelServer:
         self._chat_waiting = False
         if getattr(backend, "supports_admit", False):
             backend.generate(inputs, params, on_step=on_step, limits=[r.max_new_tokens for r in running],
-                             seeds=[r.seed for r in running], admit=admit, on_sample=on_sample)
+                             seeds=[r.seed for r in running], admit=admit, on_sample=on_sample, **guided)
         else:  # a backend without joining: the batch as it is, each answer cut to its own limit
-            samples = backend.generate(inputs, params, on_step=on_step) if any(streams) else backend.generate(
-                inputs, params)
+            samples = backend.generate(inputs, params, on_step=on_step, **guided) if any(streams) else \
+                backend.generate(inputs, params, **guided)
             for i, (s,) in enumerate(samples):
                 limit = running[i].max_new_tokens
                 on_sample(i, 0, replace(s, token_ids=s.token_ids[:limit], truncated=len(s.token_ids) >= limit))

@@ -11,6 +11,7 @@ from .sampling import Sample, SamplingParams
 
 class VLLMBackend:
     name = "vllm"
+    supports_guidance = False  # ``sampling.check_guidance`` refuses guided sampling up front
 
     def __init__(self, model_path: str, gpu_memory_utilization: float = 0.5, **kw):
         from vllm import LLM  # imported here: the extra is optional
@@ -18,7 +19,10 @@ class VLLMBackend:
         self.llm = LLM(model=model_path, gpu_memory_utilization=gpu_memory_utilization, **kw)
         self.tokenizer = self.llm.get_tokenizer()
 
-    def generate(self, inputs, params: SamplingParams, progress=None):
+    def generate(self, inputs, params: SamplingParams, progress=None, negatives=None):
+        if params.guidance:  # vLLM computes one input's logits per sequence: no second conditioning per step
+            raise ValueError("the vllm backend does not support feedback guidance (it needs the logits of two inputs "
+                             "per step): use --guidance 0, or the transformers backend")
         from vllm import SamplingParams as VParams
         from vllm.inputs import TokensPrompt
 

@@ -30,6 +30,10 @@ version (``alt models list``): one that is not served is loaded on demand (an LR
 Extra field ``feedback``: a feedback text to condition the generation on (steering), built by
 ``conditioning.build_input`` with that version's own format, exactly as in training; e.g.
 ``client.chat.completions.create(model="v2-alt", messages=[...], stream=True, extra_body={"feedback": "Concise"})``.
+Extra fields ``guidance`` (γ, 0-10) and ``negative_feedback`` (a feedback text; absent or null: the plain prompt):
+feedback guidance at decoding, logits ``l(feedback) + γ·(l(feedback) − l(negative_feedback))`` (docs/guidance.md);
+it needs ``feedback``. ``/v1/completions`` takes ``guidance`` with ``negative_prompt`` (each prompt under f⁻, as
+token ids or text) and echoes ``guidance`` in its response, so a client knows the server guided.
 Extra field ``revision_passes`` (0-5, not with ``stream``): a Critique-and-Revise version critiques and revises
 its answer that many times (greedy); the answer is the last revision and ``revisions`` lists every pass
 (``answer``, ``critique``, ``revision``). Bad requests get 400 with an OpenAI-style ``{"error": {...}}`` body.
@@ -38,6 +42,7 @@ its answer that many times (greedy); the answer is the last revision and ``revis
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import random
@@ -99,6 +104,8 @@ class ChatRequest(BaseModel):
     stream_options: StreamOptions | None = None
     feedback: str | None = None  # ALT steering: the feedback to condition on
     revision_passes: int = Field(0, ge=0, le=5)  # Critique-and-Revise: revise the answer this many times
+    guidance: float = Field(0.0, ge=0, le=10)  # feedback guidance γ (needs feedback); 0 = plain sampling
+    negative_feedback: str | None = None  # f⁻ of guidance: a feedback text; null = the plain prompt
 
 
 def openai_error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
@@ -312,12 +319,15 @@ async def _complete(server: ModelServer, settings: Settings, body: Any, request:
     if (too_many := _max_tokens_error(max_new, settings, param)) is not None:
         return too_many
     messages = [m.as_dict() for m in req.messages]
-    chars = sum(len(m["content"]) for m in messages) + len(req.feedback or "")
+    chars = sum(len(m["content"]) for m in messages) + len(req.feedback or "") + len(req.negative_feedback or "")
     if chars > CHARS_PER_TOKEN * settings.serve_max_prompt_tokens:
         return openai_error(400, f"the prompt has {chars} characters; this server takes at most "
                                  f"{settings.serve_max_prompt_tokens} tokens", param="messages",
                             code="context_length_exceeded")
     seed = req.seed if req.seed is not None else random.randrange(2**31)
+    if req.guidance and not req.feedback:
+        return openai_error(400, "guidance steers by the feedback: give feedback too (or guidance 0)",
+                            param="guidance")
     if req.stream:
         if req.revision_passes:
             return openai_error(400, "revision_passes needs stream: false (the answer is revised after it is "
@@ -326,7 +336,8 @@ async def _complete(server: ModelServer, settings: Settings, body: Any, request:
     try:
         # loading the model (first request only) blocks: do it off the event loop
         future = await run_in_threadpool(
-            server.submit, messages, req.feedback or None, max_new, req.temperature, req.top_p, seed)
+            functools.partial(server.submit, messages, req.feedback or None, max_new, req.temperature, req.top_p,
+                              seed, guidance=req.guidance, negative=req.negative_feedback or None))
         waiting = asyncio.wrap_future(future)
         # concurrent requests meet in the server's batches; a client that left is dropped from the queue
         if not await _answered(request, waiting, future.cancel):
@@ -379,8 +390,9 @@ async def _stream(server: ModelServer, req: ChatRequest, messages: list[dict], m
     pieces: asyncio.Queue = asyncio.Queue()
     try:
         future = await run_in_threadpool(
-            server.submit, messages, req.feedback or None, max_new, req.temperature, req.top_p, seed,
-            lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece))
+            functools.partial(server.submit, messages, req.feedback or None, max_new, req.temperature, req.top_p,
+                              seed, lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece),
+                              guidance=req.guidance, negative=req.negative_feedback or None))
     except ValueError as e:
         return openai_error(400, str(e))
     except Exception as e:
@@ -441,6 +453,8 @@ class CompletionRequest(BaseModel):
     stream: Literal[False] = False
     echo: Literal[False] = False
     return_token_ids: bool = False
+    guidance: float = Field(0.0, ge=0, le=10)  # the studio's extra: feedback guidance γ (echoed in the response)
+    negative_prompt: str | list[int] | list[str] | list[list[int]] | None = None  # per prompt, under f⁻
 
     def prompts(self) -> list[list[int] | str]:
         p = self.prompt
@@ -485,10 +499,20 @@ async def _completions(request: Request, server: ModelServer, settings: Settings
                                  "request: split it", param="prompt", code="request_too_large")
     params = SamplingParams(n=req.n, temperature=req.temperature, top_p=req.top_p, max_new_tokens=req.max_tokens,
                             seed=req.seed if req.seed is not None else random.randrange(2**31),
-                            batch_size=min(16, req.n * len(prompts)), suppress_tokens=sorted(bias))
+                            batch_size=min(16, req.n * len(prompts)), suppress_tokens=sorted(bias),
+                            guidance=req.guidance)
+    negatives = None
+    if req.guidance:
+        if req.negative_prompt is None:
+            return openai_error(400, "guidance needs negative_prompt: each prompt under the negative feedback",
+                                param="negative_prompt")
+        negatives = CompletionRequest(model=req.model, prompt=req.negative_prompt).prompts()
+        if len(negatives) != len(prompts):
+            return openai_error(400, f"negative_prompt: {len(negatives)} given for {len(prompts)} prompts",
+                                param="negative_prompt")
     cancel = threading.Event()
     try:
-        waiting = asyncio.ensure_future(run_in_threadpool(server.complete, prompts, params, cancel))
+        waiting = asyncio.ensure_future(run_in_threadpool(server.complete, prompts, params, negatives, cancel))
         if not await _answered(request, waiting, cancel.set):  # a client that left stops the work at its next turn
             return openai_error(499, "client closed the request", type_="client_closed")
         inputs, samples = waiting.result()
@@ -511,4 +535,5 @@ async def _completions(request: Request, server: ModelServer, settings: Settings
     return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
             "model": server.version_name, "system_fingerprint": server.version_name, "choices": choices,
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens}}
+                      "total_tokens": prompt_tokens + completion_tokens},
+            **({"guidance": req.guidance} if req.guidance else {})}  # a server that guided says so

@@ -1,7 +1,8 @@
 """The Playground tab (every signed-in user): steer the model by the feedback it is conditioned on.
 
 Two panels side by side — the same conversation under two feedback texts or two versions — stream their
-replies at once; any version (loaded on demand by the model hub); regenerate; sampling settings; revision
+replies at once; each panel has a steering strength γ (feedback guidance away from a chosen negative feedback,
+docs/guidance.md); any version (loaded on demand by the model hub); regenerate; sampling settings; revision
 passes (a Critique-and-Revise version critiques and revises its answer up to 5 times); "show the exact model
 input" (built by the conditioning module with the version's own format). Model text is shown
 in plain text boxes, never as HTML or Markdown. Admins can send the conversation to the annotation queue.
@@ -37,9 +38,12 @@ class PlaygroundTab:
 
     # ------------------------------------------------------------------ handlers
 
-    def _panels(self, state, side_by_side, va, fa, vb, fb) -> list[tuple[str, pg.Panel]]:
-        chosen = [("a", va, fa)] + ([("b", vb, fb)] if side_by_side else [])
-        return [(k, pg.Panel(v or None, pg.parse_feedback(f), list(state[k]))) for k, v, f in chosen]
+    def _panels(self, state, side_by_side, va, fa, vb, fb, steering=()) -> list[tuple[str, pg.Panel]]:
+        """``steering``: (γ A, negative A, γ B, negative B), the panels' guidance sliders and choices."""
+        ga, na, gb, nb = (tuple(steering) + (0, None, 0, None))[:4]
+        chosen = [("a", va, fa, ga, na)] + ([("b", vb, fb, gb, nb)] if side_by_side else [])
+        return [(k, pg.Panel(v or None, pg.parse_feedback(f), list(state[k]), float(g or 0), pg.parse_feedback(n)))
+                for k, v, f, g, n in chosen]
 
     def _run(self, state, panels, settings, show_input, revision_passes=0):
         """Stream every panel's next reply (then revise it ``revision_passes`` times: Critique-and-Revise);
@@ -90,8 +94,10 @@ class PlaygroundTab:
             state[key] = panel.messages + [{"role": "assistant", "content": out_text[key]}]
         took = time.monotonic() - t0
         tokens = sum(u.completion_tokens for u in usage.values())
-        status = " · ".join(f"{k.upper()}: {p.version or 'served'} / {p.feedback or 'no feedback'} → "
-                            f"{usage[k].completion_tokens if k in usage else 0} tokens" for k, p in panels)
+        status = " · ".join(f"{k.upper()}: {p.version or 'served'} / {p.feedback or 'no feedback'}"
+                            + (f" (γ {p.guidance:g} away from {p.negative or 'no feedback'})"
+                               if p.guidance and p.feedback else "")
+                            + f" → {usage[k].completion_tokens if k in usage else 0} tokens" for k, p in panels)
         status += f" · first token {first or 0:.2f} s · {tokens / max(took, 1e-6):.1f} tokens/s"
         if passes:
             status += f" · {passes} revision pass{'es' if passes > 1 else ''} (Critique-and-Revise)"
@@ -99,7 +105,7 @@ class PlaygroundTab:
                self.status: status, self.state: state}
 
     def _send(self, message, state, side_by_side, va, fa, vb, fb, temperature, top_p, max_tokens, seed, show_input,
-              revision_passes=0, request: gr.Request = None):
+              revision_passes=0, ga=0, na=None, gb=0, nb=None, request: gr.Request = None):
         self.auth.require_user(request)
         message = (message or "").strip()
         if not message:
@@ -109,12 +115,12 @@ class PlaygroundTab:
             state["b"] = list(state["a"])  # B joins the conversation where A is
         for k in SIDES:
             state[k] = state[k] + [{"role": "user", "content": message}]
-        panels = self._panels(state, side_by_side, va, fa, vb, fb)
+        panels = self._panels(state, side_by_side, va, fa, vb, fb, (ga, na, gb, nb))
         yield {self.message: ""}
         yield from self._run(state, panels, (temperature, top_p, max_tokens, seed), show_input, revision_passes)
 
     def _regenerate(self, state, side_by_side, va, fa, vb, fb, temperature, top_p, max_tokens, seed, show_input,
-                    revision_passes=0, request: gr.Request = None):
+                    revision_passes=0, ga=0, na=None, gb=0, nb=None, request: gr.Request = None):
         self.auth.require_user(request)
         state = dict(state or _empty_state())
         if not state["a"]:
@@ -123,7 +129,7 @@ class PlaygroundTab:
             if state[k] and state[k][-1]["role"] == "assistant":
                 state[k] = state[k][:-1]
         state["turn"] += 1
-        panels = self._panels(state, side_by_side, va, fa, vb, fb)
+        panels = self._panels(state, side_by_side, va, fa, vb, fb, (ga, na, gb, nb))
         yield from self._run(state, panels, (temperature, top_p, max_tokens, seed), show_input, revision_passes)
 
     def _clear(self, request: gr.Request):
@@ -144,16 +150,20 @@ class PlaygroundTab:
     def _feedback_for_task(self, task, request: gr.Request):
         self.auth.require_user(request)
         choices = pg.feedback_choices(self.db, task)
-        return {self.feedback[k]: gr.update(choices=choices, value=choices[i if i < len(choices) else 0])
-                for i, k in enumerate(SIDES)}
+        negatives, worst = pg.negative_choices(self.db, task)
+        return {**{self.feedback[k]: gr.update(choices=choices, value=choices[i if i < len(choices) else 0])
+                   for i, k in enumerate(SIDES)},
+                **{self.negative[k]: gr.update(choices=negatives, value=worst) for k in SIDES}}
 
     # ------------------------------------------------------------------ layout
 
     def build_ui(self) -> None:
+        from alt_engine.guidance import EVAL_GUIDANCE
         from alt_engine.revise import MAX_PASSES
+        from alt_engine.sampling import MAX_GUIDANCE
 
         self.transcripts, self.inputs, self.input_info, self.versions, self.feedback = {}, {}, {}, {}, {}
-        self.revisions = {}
+        self.revisions, self.guidance, self.negative = {}, {}, {}
         with gr.Row():
             self.task = gr.Dropdown(label="Task (its categories are the feedback choices)", choices=[],
                                     elem_id="pg-task", scale=2)
@@ -168,6 +178,13 @@ class PlaygroundTab:
                         self.feedback[k] = gr.Dropdown(label=f"{k.upper()}: feedback (pick or type; none = "
                                                        "unconditioned)", choices=[pg.NONE], value=pg.NONE,
                                                        allow_custom_value=True, elem_id=f"pg-feedback-{k}")
+                    with gr.Row():  # feedback guidance: l(f) + γ(l(f) − l(f⁻)); 0 = plain sampling
+                        self.guidance[k] = gr.Slider(0, MAX_GUIDANCE, value=EVAL_GUIDANCE, step=0.25,
+                                                     label=f"{k.upper()}: steering strength γ (0 = off)",
+                                                     elem_id=f"pg-guidance-{k}")
+                        self.negative[k] = gr.Dropdown(label=f"{k.upper()}: steer away from (none = the plain "
+                                                       "prompt)", choices=[pg.NONE], value=pg.NONE,
+                                                       allow_custom_value=True, elem_id=f"pg-negative-{k}")
                     self.transcripts[k] = gr.Textbox(label=f"{k.upper()}: conversation", lines=12, max_lines=30,
                                                      interactive=False, elem_id=f"pg-out-{k}")
                     self.input_info[k] = gr.Textbox(label=f"{k.upper()}: feedback placement", visible=False,
@@ -201,7 +218,8 @@ class PlaygroundTab:
         self.state = gr.State(_empty_state())
 
         args = [self.state, self.side_by_side, self.versions["a"], self.feedback["a"], self.versions["b"],
-                self.feedback["b"], temperature, top_p, max_tokens, seed, self.show_input, passes]
+                self.feedback["b"], temperature, top_p, max_tokens, seed, self.show_input, passes,
+                self.guidance["a"], self.negative["a"], self.guidance["b"], self.negative["b"]]
         outputs = [self.state, self.message, self.status, *self.transcripts.values(), *self.inputs.values(),
                    *self.input_info.values(), *self.revisions.values()]
         send.click(self._send, [self.message, *args], outputs, api_name="playground_send")
@@ -210,7 +228,8 @@ class PlaygroundTab:
         clear.click(self._clear, None, [self.state, self.status, *self.transcripts.values()],
                     api_name="playground_clear")
         to_queue.click(self._to_queue, [self.task, *args[:6]], queue_msg, api_name="playground_to_queue")
-        self.task.change(self._feedback_for_task, self.task, list(self.feedback.values()), api_visibility="private")
+        self.task.change(self._feedback_for_task, self.task, [*self.feedback.values(), *self.negative.values()],
+                         api_visibility="private")
         self.side_by_side.change(lambda on: gr.update(visible=on), self.side_by_side, panel_b,
                                  api_visibility="private")
         self.show_input.change(lambda on: [gr.update(visible=on)] * 4, self.show_input,

@@ -13,7 +13,12 @@ processes hits both):
   which runs for every token even when tied to the embedding). Attention over the context, norms and
   sampling are not counted, so the limit is a little optimistic;
 - batched sampling tokens/s and its share of the limit; one-at-a-time tokens/s and the ratio;
-- with ``--baseline``: transformers' ``model.generate`` on batches of 16 (the previous backend), same prompts.
+- with ``--baseline``: transformers' ``model.generate`` on batches of 16 (the previous backend), same prompts;
+- with ``--guidance G``: the same prompts conditioned on "Very concise", sampled plain and with feedback guidance
+  γ = G away from "Very wordy" (each sample decodes with a twin row under f⁻ in the same batch, which counts both):
+  the guided run's cost per generated token relative to plain sampling of the same conditioned inputs.
+
+    python scripts/bench_sampling.py --guidance 1.5 --single 0        # the guidance cost (docs/guidance.md)
 """
 
 from __future__ import annotations
@@ -111,6 +116,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="0: choose by measurement")
     ap.add_argument("--dtype", default="auto", help="auto (by measurement) | float32 | bfloat16")
     ap.add_argument("--baseline", action="store_true", help="also time transformers' generate (previous backend)")
+    ap.add_argument("--guidance", type=float, default=0.0, help="also time feedback guidance at this γ")
     args = ap.parse_args()
 
     settings = Settings.from_env(model=args.model)
@@ -130,6 +136,16 @@ def main() -> None:
     rates = [matmul_rate(shapes)]
     batched = timed(lambda: backend.generate(inputs, SamplingParams(n=args.n, batch_size=args.batch_size, **common)))
     rates.append(matmul_rate(shapes))
+    guided = None
+    if args.guidance:
+        texts = (PROMPTS * 8)[: args.prompts]
+        cond = [build_input(tokenizer, p, "Very concise").input_ids for p in texts]
+        neg = [build_input(tokenizer, p, "Very wordy").input_ids for p in texts]
+        params = SamplingParams(n=args.n, batch_size=args.batch_size, **common)
+        guided = (timed(lambda: backend.generate(cond, params)),
+                  timed(lambda: backend.generate(cond, SamplingParams(**{**params.__dict__, "guidance": args.guidance}),
+                                                 negatives=neg)))
+        rates.append(matmul_rate(shapes))
     single = [0, 0.0]
     for k in range(args.single):  # one sequence per call
         one = SamplingParams(n=1, batch_size=1, **{**common, "seed": k})
@@ -145,7 +161,7 @@ def main() -> None:
 
     rate = sum(rates) / len(rates)
     limit = rate * 1e9 / flops
-    batched_rate, single_rate = batched[0] / batched[1], single[0] / single[1]
+    batched_rate, single_rate = batched[0] / batched[1], single[0] / max(single[1], 1e-9)
     print(f"model {path}; sampling in {backend.dtype}, {threads} thread(s), batch {args.batch_size}; "
           f"{len(inputs)} prompts x {args.n} samples, max_new_tokens={args.max_new_tokens}, top_p 0.9, T 1.0")
     print(f"fp32 matmul rate: {rate:.0f} GFLOP/s (runs: {', '.join(f'{r:.0f}' for r in rates)}); "
@@ -154,13 +170,21 @@ def main() -> None:
           f"({(sum(k * n for k, n in shapes) - head) / 1e6:.1f}M in the layers + {head / 1e6:.1f}M LM head)")
     print(f"compute limit (fp32): {limit:.0f} tokens/s")
     print(f"{'mode':<24}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}{'of limit':>10}")
-    rows = [("one-at-a-time", single), (f"batched ({args.batch_size})", batched)]
+    rows = [("one-at-a-time", single)] if args.single else []
+    rows.append((f"batched ({args.batch_size})", batched))
     if baseline:
         rows.append(("generate (previous, 16)", baseline))
+    if guided:
+        rows += [("conditioned, plain", guided[0]), (f"conditioned, γ={args.guidance:g}", guided[1])]
     for name, (tokens, secs) in rows:
         print(f"{name:<24}{tokens:>8}{secs:>10.1f}{tokens / secs:>10.1f}{tokens / secs / limit:>10.0%}")
-    print(f"batched / one-at-a-time: {batched_rate / single_rate:.1f}x"
-          + (f"; batched / previous backend: {batched_rate / (baseline[0] / baseline[1]):.1f}x" if baseline else ""))
+    if args.single:
+        previous = f"; batched / previous backend: {batched_rate * baseline[1] / baseline[0]:.1f}x" if baseline else ""
+        print(f"batched / one-at-a-time: {batched_rate / single_rate:.1f}x{previous}")
+    if guided:
+        (pt, ps), (gt, gs) = guided
+        print(f"feedback guidance γ={args.guidance:g}: {gs / gt * 1000:.1f} ms per generated token vs "
+              f"{ps / pt * 1000:.1f} plain = {(gs / gt) / (ps / pt):.2f}x the cost per token")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,10 @@ def register(sub, common, selected: str | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--condition", default=None, help="feedback text to condition on")
     p.add_argument("--exemplar", action="store_true", help="condition on the task's exemplar category")
+    p.add_argument("--guidance", type=float, default=0.0, metavar="GAMMA",
+                   help="feedback guidance γ for conditioned samples (0 = plain sampling; docs/guidance.md)")
+    p.add_argument("--negative", default="worst", metavar="F",
+                   help="f⁻ of guidance: worst (the worst feedback), plain (no feedback) or any text")
     p.add_argument("--background", action="store_true", help="queue a job, print its id and return")
     p.set_defaults(func=cmd_sample)
 
@@ -137,7 +141,8 @@ def cmd_sample(args) -> None:
     try:  # bad values are refused before a job exists
         spec = plan_sample(task, version_id=version.id, split=args.split, limit=args.limit, n=args.n,
                            temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                           seed=args.seed, batch_size=args.batch_size,
+                           seed=args.seed, batch_size=args.batch_size, guidance=args.guidance,
+                           negative=args.negative, objective=version.objective,
                            condition=args.condition or ("exemplar" if args.exemplar else "none"), backend=args.backend)
     except ValueError as exc:
         raise CLIError(str(exc)) from None

@@ -16,6 +16,7 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from alt_engine.db import Generation, ModelVersion, Round, Task, init_db, session_scope
+from alt_engine.guidance import EVAL_GUIDANCE, EXPLORE, ROUND_GUIDANCE
 from alt_engine.pool import POLICIES, TRUNCATION
 
 from . import CLIError, command_help, settings_from
@@ -68,6 +69,15 @@ def _eval_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
     p.add_argument(f"--{prefix}revision-passes", dest="eval_revision_passes", type=int, default=0,
                    help="Critique-and-Revise versions: score each answer after this many revision passes (0 = the "
                         "first answer)")
+    _guidance_options(p, prefix, "eval_", EVAL_GUIDANCE, "evaluation")
+
+
+def _guidance_options(p: argparse.ArgumentParser, prefix: str, dest: str, default: float, what: str) -> None:
+    p.add_argument(f"--{prefix}guidance", dest=f"{dest}guidance", type=float, default=None, metavar="GAMMA",
+                   help=f"{what}: feedback guidance γ, logits l(f) + γ(l(f) − l(f⁻)) (0 = plain sampling; default "
+                        f"{default:g} for objectives that read feedback, 0 for sft/cut/cnr; docs/guidance.md)")
+    p.add_argument(f"--{prefix}negative", dest=f"{dest}negative", default="worst", metavar="F",
+                   help=f"{what}: f⁻ of guidance: worst (the worst feedback), plain (no feedback) or any text")
 
 
 def register(sub, common, selected: str | None = None) -> None:
@@ -155,6 +165,12 @@ def _round_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-batch-size", type=int, default=0, help="sequences decoded together (0: measured)")
     p.add_argument("--sample-seed", type=int, default=0)
     _mask_option(p)
+    _guidance_options(p, "", "", ROUND_GUIDANCE, "round sampling under the exemplar")
+    p.add_argument("--explore", type=float, default=EXPLORE,
+                   help="round >= 2: share of each prompt's samples drawn unguided under --explore-with instead of "
+                        "the exemplar (keeps both ends of the feedback scale in the pool)")
+    p.add_argument("--explore-with", default="worst", metavar="F",
+                   help="what exploration samples are conditioned on: worst | plain | a feedback text")
     p.add_argument("--promote", choices=PROMOTE_CHOICES, default=None,
                    help="if-better: the new version's 95%% CI beats the parent's; unless-worse: promote unless it is "
                         "worse beyond chance (default; the loop goes on from the newest model, as in the paper)")
@@ -210,14 +226,26 @@ def _policy(args) -> str:
     return args.policy or get(objective if isinstance(objective, str) else "alt").pool_policy
 
 
-def _eval_config(args):
+def _guidance(args, name: str, objective: str, default: float) -> float:
+    """γ for ``objective`` (``guidance.resolve``): a feedback-free objective refuses one given explicitly."""
+    from alt_engine.guidance import resolve
+
+    try:
+        return resolve(objective, getattr(args, name, None), default)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _eval_config(args, objective: str = "alt"):
     from alt_engine.evaluation import EvalConfig
 
     return EvalConfig(n=args.eval_n, max_new_tokens=args.eval_max_new_tokens, seed=args.eval_seed,
                       limit=args.eval_limit, steer=args.eval_steer, conditions=getattr(args, "condition", None),
                       conditioned=not getattr(args, "unconditioned", False),
                       mask_control_tokens=getattr(args, "mask_control_tokens", False),
-                      revision_passes=args.eval_revision_passes)
+                      revision_passes=args.eval_revision_passes,
+                      guidance=_guidance(args, "eval_guidance", objective, EVAL_GUIDANCE),
+                      negative=args.eval_negative)
 
 
 def _served(session) -> ModelVersion:
@@ -234,7 +262,8 @@ def _print_metrics(name: str, metrics: dict) -> None:
 
     ev = metrics.get("eval") or {}
     print(f"{name}: conditioned on {ev.get('conditioning')!r}, {ev.get('probe_prompts')} probe prompts × "
-          f"{ev.get('n')}, provider {ev.get('provider')}")
+          f"{ev.get('n')}, provider {ev.get('provider')}"
+          + (f", guidance γ={ev['guidance']:g} away from {ev.get('negative')!r}" if ev.get("guidance") else ""))
     if metrics.get("category_share"):
         print("  categories: " + ", ".join(f"{c} {s:.0%}" for c, s in metrics["category_share"].items()))
     print(summarize(metrics))
@@ -310,8 +339,8 @@ def cmd_eval(args) -> None:
             raise CLIError(f"no model version {args.version}")
     from alt_engine.plan import plan_eval
 
-    spec = plan_eval(settings.db, task, version_id=version.id, provider=args.provider, eval=_eval_config(args),
-                     reference=args.reference)
+    spec = plan_eval(settings.db, task, version_id=version.id, provider=args.provider,
+                     eval=_eval_config(args, _objective_of(version)), reference=args.reference)
     job = run_job(settings, spec.kind, spec.params(), args.background)
     if args.background:
         print(f"started evaluation job {job}: follow it with `alt jobs list`")
@@ -322,23 +351,40 @@ def cmd_eval(args) -> None:
         print(json.dumps(metrics, indent=2))
 
 
-def _round_choices(args) -> dict:
-    """The round options given (None where left to the planner's default)."""
+def _objective_of(version: ModelVersion) -> str:
+    """The objective whose format a version reads (the base reads feedback as the task's format places it)."""
+    return "alt" if version.objective == "base" else version.objective
+
+
+def _round_choices(args, objective: str | None = None) -> dict:
+    """The round options given (None where left to the planner's default); γ resolved for ``objective``."""
+    objective = objective or (args.objective if isinstance(getattr(args, "objective", None), str) else "alt")
     return dict(n=args.n, limit=args.limit, temperature=args.temperature, top_p=args.top_p,
                 max_new_tokens=args.max_new_tokens, sample_seed=args.sample_seed,
                 sample_batch_size=args.sample_batch_size, mask_control_tokens=args.mask_control_tokens,
+                guidance=_guidance(args, "guidance", objective, ROUND_GUIDANCE), negative=args.negative,
+                explore=args.explore, explore_with=args.explore_with,
                 k_per_category=args.k_per_category, policy=args.policy, max_per_prompt=args.max_per_prompt,
                 truncated=args.truncated, holdout=args.holdout, promote=args.promote, metric=args.metric,
-                eval=_eval_config(args))
+                eval=_eval_config(args, objective))
 
 
 def _experiment_round(args):
     from alt_engine.plan import round_config
 
     try:
-        return round_config(args.task, **_round_choices(args))
+        return round_config(args.task, **_round_choices(args, _experiment_objective(args)))
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+
+
+def _experiment_objective(args) -> str:
+    """The objective whose guidance defaults an experiment takes: the first that reads feedback (a feedback-free
+    arm drops guidance, ``experiment.run_arm``); only feedback-free arms: the first (explicit guidance refused)."""
+    from alt_engine.guidance import FEEDBACK_FREE
+
+    objectives = args.objective or ["alt"]
+    return next((o for o in objectives if o not in FEEDBACK_FREE), objectives[0])
 
 
 def cmd_experiment(args) -> None:
