@@ -39,6 +39,7 @@ from sqlmodel import select
 
 from . import conditioning, guidance
 from .db import Feedback, Generation, ModelVersion, Prompt, Round, Task, session_scope
+from .exemplars import contrast_feedback, exemplar_feedback
 from .feedback import FeedbackItem, Provider, store_results
 from .feedback.base import count_words
 from .prompts import task_prompts
@@ -150,30 +151,6 @@ def root_version(session, version: ModelVersion) -> ModelVersion:
     while version.parent_id is not None:
         version = session.get(ModelVersion, version.parent_id)
     return version
-
-
-def exemplar_feedback(db: str, task: Task) -> list[str]:
-    """f̂: the exemplar category, or for a task without categories free-text feedback that scored 3 (the top
-    score, ALT-LMU), else the best-scored texts there are."""
-    if task.exemplar_category:
-        return [task.exemplar_category]
-    from .feedback.llm import exemplar_pool
-
-    return exemplar_pool(db, task.id, top=64, min_score=3.0) or exemplar_pool(db, task.id)
-
-
-def contrast_feedback(db: str, task: Task) -> list[str]:
-    """[best, worst]: the first and last category, or the best- and worst-scored free texts."""
-    if task.categories:
-        return [task.exemplar_category, task.categories[-1]]
-    with session_scope(db) as s:
-        rows = s.exec(select(Feedback.text, Feedback.score).join(Generation).join(Prompt).where(
-            Prompt.task_id == task.id, Feedback.kind == "text", Feedback.score.is_not(None),
-            Feedback.text.is_not(None))).all()
-    if not rows:
-        return exemplar_feedback(db, task)[:1]
-    rows = sorted(rows, key=lambda r: r[1])
-    return [rows[-1][0], rows[0][0]] if rows[-1][1] > rows[0][1] else [rows[-1][0]]
 
 
 def eval_max_new_tokens(db: str, task: Task, cfg: EvalConfig) -> int:

@@ -46,7 +46,7 @@ def negatives(db: str, task, spec: str, conds: Sequence[str | None]) -> list[str
     """f⁻ per conditioning in ``conds`` (None where a prompt is unconditioned: it is not guided)."""
     contrast: list[str] = []
     if spec == "worst" and any(c is not None for c in conds):
-        from .evaluation import contrast_feedback
+        from .exemplars import contrast_feedback
 
         contrast = contrast_feedback(db, task)
     return [negative_for(spec, c, contrast) if c is not None else None for c in conds]

@@ -132,7 +132,7 @@ def feedback_texts(db: str, task: Task) -> list[str]:
     """The feedback the uncertainty compares: the task's categories, else the best- and worst-scored free texts."""
     if len(task.categories) >= 2:
         return list(task.categories)
-    from .evaluation import contrast_feedback
+    from .exemplars import contrast_feedback
 
     return contrast_feedback(db, task)
 
