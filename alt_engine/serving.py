@@ -204,7 +204,7 @@ class ModelServer:
 
     # --------------------------------------------------------------- completions
 
-    def complete(self, prompts: list[list[int] | str], params: SamplingParams,
+    def complete(self, prompts: list[list[int] | str], params: SamplingParams, *,
                  negatives: list[list[int] | str] | None = None,
                  cancel: threading.Event | None = None) -> tuple[list[list[int]], list[list]]:
         """``params.n`` samples of each ready-made prompt (token ids, or text tokenized as is); (inputs, samples).

@@ -512,7 +512,8 @@ async def _completions(request: Request, server: ModelServer, settings: Settings
                                 param="negative_prompt")
     cancel = threading.Event()
     try:
-        waiting = asyncio.ensure_future(run_in_threadpool(server.complete, prompts, params, negatives, cancel))
+        waiting = asyncio.ensure_future(run_in_threadpool(server.complete, prompts, params, negatives=negatives,
+                                                          cancel=cancel))
         if not await _answered(request, waiting, cancel.set):  # a client that left stops the work at its next turn
             return openai_error(499, "client closed the request", type_="client_closed")
         inputs, samples = waiting.result()

@@ -63,7 +63,19 @@ def test_a_completion_whose_client_left_stops(server):
     cancel = threading.Event()
     params = SamplingParams(n=16, temperature=1.0, max_new_tokens=32, seed=1, batch_size=16)
     answered = server.answered
-    threading.Timer(0.05, cancel.set).start()
-    with pytest.raises(Cancelled):
-        server.complete([[5 + i, 6, 7] for i in range(40)], params, cancel)
+    backend = server._ensure_loaded()
+    real, turns = backend.generate, []
+
+    def generate(*args, **kwargs):  # the client leaves while the first turn runs (a timer raced a fast model)
+        turns.append(1)
+        cancel.set()
+        return real(*args, **kwargs)
+
+    backend.generate = generate
+    try:
+        with pytest.raises(Cancelled):
+            server.complete([[5 + i, 6, 7] for i in range(40)], params, cancel=cancel)
+    finally:
+        backend.generate = real
+    assert len(turns) == 1  # it stopped at the next turn, not after all 40 prompts
     assert server.answered == answered  # nothing more was reported done
