@@ -132,10 +132,9 @@ def fresh_server(tmp_path_factory):
 
 
 @pytest.mark.xfail(run=False, reason="known bug, not fixed: on an admin's first page load (a new database) the "
-                   "console's "
-                   "2-second gr.Timer never ticks until a tab is clicked by hand, so the round's stage bar stays on "
-                   "its first state though the round job succeeds (~30 s); moving the timer out of the tabs or "
-                   "creating it active did not help. Fix, then drop this mark.")
+                   "console's 2-second gr.Timer never ticks until a tab is clicked by hand, so the round's stage "
+                   "bar stays on its first state though the round job succeeds (~30 s); moving the timer out of "
+                   "the tabs or creating it active did not help. Fix, then drop this mark.")
 def test_fresh_database_to_a_better_served_model_in_the_browser(fresh_server, browser):  # noqa: F811
     out = fresh_server.output()
     assert f"password:  {PASSWORD}" in out and out.rindex("#" * 20) > out.index("ALT Studio on http")
