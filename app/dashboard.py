@@ -159,9 +159,24 @@ class DashboardTab:
                                      elem_id="dash-versions")
         outputs = [self.note, self.evals, self.plot, self.diversity, self.throughput_plot, self.agreement,
                    self.versions]
+        self.outputs = outputs
         refresh.click(self._refresh, self.task, outputs, api_name="dashboard_refresh")
         self.task.change(self._refresh, self.task, outputs, api_visibility="private")
         self.load_outputs = [self.task]
+
+    def _open(self, task, request: gr.Request):
+        """The tab opened: the task list as it is now (a demo started since the page loaded adds one), kept on the
+        chosen task if it has rounds, else on the newest round's, and the figures refreshed."""
+        self._check(request)
+        tasks = pg.task_names(self.db)
+        latest = reports.latest_task(self.db)
+        if task not in tasks or (latest and task != latest and not reports.round_rows(self.db, task)):
+            task = latest or (tasks[0] if tasks else None)
+        return {self.task: gr.update(choices=tasks, value=task), **self._refresh(task, request)}
+
+    def wire_open(self, tab: gr.Tab) -> None:
+        tab.select(self._open, self.task, [self.task, *self.outputs], api_visibility="private",
+                   show_progress="hidden")
 
     def page_load(self, user) -> tuple:
         if not self.allowed(user):

@@ -194,6 +194,7 @@ def build_blocks(settings: Settings, auth: Auth, hub=None) -> gr.Blocks:
         with gr.Row():
             gr.Markdown("## ALT Studio")
             header = gr.Markdown(elem_id="alt-whoami", latex_delimiters=[])
+        clock = gr.Timer(2, active=False)  # the console's refresh: outside every tab, so it ticks on any tab
         with gr.Tabs() as main_tabs:
             with gr.Tab("Annotate", id="annotate"):
                 annotate.build_ui()
@@ -203,11 +204,12 @@ def build_blocks(settings: Settings, auth: Auth, hub=None) -> gr.Blocks:
                 dashboard.build_ui()
             with gr.Tab("Admin", id="admin", visible=False, elem_id="alt-admin-tab") as admin_tab:
                 with gr.Tabs() as admin_tabs:  # the console (Tasks, Data, Rounds, Training, Jobs, Models, Export)
-                    console = build_console(settings, auth, hub, header, admin_tabs)
+                    console = build_console(settings, auth, hub, header, admin_tabs, clock)
                     admin.build_ui()  # Users, Agreement
             with gr.Tab("API keys", id="keys", elem_id="alt-keys-tab") as keys_tab:
                 keys.build_ui()
         keys_tab.select(keys._list, None, [keys.table], api_visibility="private")
+        dashboard.wire_open(dashboard_tab)
 
         def page_load(request: gr.Request):
             from .console.start import first_run

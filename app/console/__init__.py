@@ -20,10 +20,13 @@ from .base import ConsoleTab, default_task, header_markdown, refusable, text_blo
 
 
 def build_console(settings: Settings, auth: Auth, hub=None, header: gr.Markdown | None = None,
-                  tabs_block: gr.Tabs | None = None) -> list:
+                  tabs_block: gr.Tabs | None = None, clock: gr.Timer | None = None) -> list:
     """Lay out the console's tabs (inside the Admin tab); returns the tabs (``page_load`` fills their
     ``load_outputs``). ``header``: the page's header, which promote and roll back update; ``tabs_block``: the
-    ``gr.Tabs`` they are laid out in (opened by the caller, who may add tabs of its own), else one of their own."""
+    ``gr.Tabs`` they are laid out in (opened by the caller, who may add tabs of its own), else one of their own;
+    ``clock``: the 2-second ``gr.Timer`` behind the jobs table and the round's stage bar. It must sit outside every
+    tab: Gradio mounts a tab's components only once the tab is opened, and a timer that is not mounted never ticks
+    (a new admin lands on Admin → Start, so a timer in the Jobs tab stayed silent until Jobs was clicked)."""
     from .data import DataTab
     from .export import ExportTab
     from .jobs import JobsTab
@@ -34,9 +37,10 @@ def build_console(settings: Settings, auth: Auth, hub=None, header: gr.Markdown 
     from .tasks import TasksTab
     from .training import TrainingTab
 
-    start = StartTab(settings, auth, hub)
+    start, jobs = StartTab(settings, auth, hub), JobsTab(settings, auth, hub)
+    jobs.timer = clock
     tabs = [TasksTab(settings, auth, hub), DataTab(settings, auth, hub), RoundsTab(settings, auth, hub),
-            TrainingTab(settings, auth, hub), JobsTab(settings, auth, hub), ModelsTab(settings, auth, hub),
+            TrainingTab(settings, auth, hub), jobs, ModelsTab(settings, auth, hub),
             ExportTab(settings, auth, hub), QueueTab(settings, auth, hub), start]
     with contextlib.nullcontext(tabs_block) if tabs_block is not None else gr.Tabs() as console_tabs:
         for tab in [start, *tabs[:-1]]:  # Start first: the page a new admin reads

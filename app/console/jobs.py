@@ -45,6 +45,7 @@ def progress_html(jobs) -> str:
 
 class JobsTab(ConsoleTab):
     title = "Jobs"
+    timer: gr.Timer | None = None  # the page's 2-second clock, set by build_console before build_ui
 
     def views(self):
         jobs = list_jobs(self.db, 50)
@@ -100,8 +101,8 @@ class JobsTab(ConsoleTab):
             retry = gr.Button("Retry", size="sm", elem_id="console-job-retry")
         message = gr.Markdown(elem_id="console-job-message", latex_delimiters=[])
         log = gr.Textbox(label="Log", lines=14, max_lines=30, interactive=False, elem_id="console-job-log")
-        self.timer = gr.Timer(2, active=False)  # switched on for admins by page_load
-
+        if self.timer is None:  # build_console passes the page's clock (outside the tabs); else one of its own
+            self.timer = gr.Timer(2, active=False)  # switched on for admins by page_load
         self.timer.tick(self._refresh, None, [bars, table], api_name="admin_jobs_tick", show_progress="hidden")
         self.click(logs, self._logs, [job_id], [log, message], message, api_name="admin_job_logs")
         self.click(cancel, self._cancel, [job_id], [bars, table, message], message, api_name="admin_job_cancel")

@@ -256,10 +256,14 @@ class RoundsTab(ConsoleTab):
         r_progress = gr.HTML(elem_id="console-round-progress")
         round_form = [r_task, r_provider, r_promote, r_n, r_limit, r_tokens]
         estimate = refusable(self._estimate, [r_estimate], r_estimate)
-        r_task.change(estimate, round_form, [r_estimate], api_name="admin_round_estimate", show_progress="hidden")
+        # one at a time and the newest last: the queue runs 8 events at once, and an estimate for the task the page
+        # loaded with could otherwise land after (and over) the one for the demo just started
+        one_by_one = dict(concurrency_id="round_estimate", concurrency_limit=1, trigger_mode="always_last",
+                          show_progress="hidden")
+        r_task.change(estimate, round_form, [r_estimate], api_name="admin_round_estimate", **one_by_one)
         for part in (r_promote, r_provider, r_n, r_limit, r_tokens):
             (part.change if part is r_promote else part.blur)(estimate, round_form, [r_estimate],
-                                                               api_visibility="private", show_progress="hidden")
+                                                               api_visibility="private", **one_by_one)
         self.click(r_start, self._start_round, round_form, [r_message], r_message,  # the bar: the Jobs clock's
                    api_name="admin_start_round")
         self.round_task, self.round_progress, self.round_form = r_task, r_progress, round_form
