@@ -3,7 +3,7 @@
 A key is ``alt-`` + 43 random URL-safe characters, shown once when it is made; the
 database keeps only its SHA-256 (a random 256-bit key needs no slow hash) and its first
 characters to tell keys apart. A key works while it is not revoked and its owner is active;
-requests are attributed to the owner (the fairness cap in ``app/openai_api.py`` counts per
+requests are attributed to the owner (the fairness cap in ``app/openai_api/`` counts per
 owner). Besides these, the admin may set one key in the settings (``ALT_SERVE_API_KEY``).
 """
 

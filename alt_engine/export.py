@@ -3,13 +3,7 @@
 - ``annotation_rows`` / ``export_annotations``: one row per feedback row, joined to its generation,
   prompt, round, model version and user (CSV, JSONL, parquet, a ``datasets`` folder, or the Hub);
   ``read_annotations`` reads any of them back to the same rows.
-- ``sft_rows``: conditional SFT as TRL's prompt/completion — the prompt is the conditioned input built by
-  ``conditioning.build_training_example`` (what ``training.run.build_examples`` feeds the trainer), decoded
-  to text, for the data pool ``pool.build_pool`` selects (the rows training would use).
-- ``dpo_rows``: preference pairs within a prompt from the task's category order (best → worst):
-  ``prompt`` / ``chosen`` / ``rejected`` in TRL's conversational format, the plain prompt (no feedback).
-- ``kto_rows``: unpaired ``prompt`` / ``completion`` / ``label``: the better half of the categories is
-  desirable, the worse half undesirable (the middle one of an odd count is left out).
+- ``sft_rows`` / ``dpo_rows`` / ``kto_rows``: training-ready datasets in TRL's formats (``export_training``).
 - ``round_snapshot``: a folder with a round's rows, its pool as SFT rows, the training config and the
   parent version, so the round can be reproduced.
 - ``push_to_hub``: any of them also pushed to a Hugging Face Hub dataset repo (``Dataset.push_to_hub``; a snapshot
@@ -17,23 +11,36 @@
   saved login). The file is written first; a Hub that cannot be reached (offline mode, no network, a refused token)
   is a ``HubError`` that says so and where the local copy is.
 
-Every export is a list of plain dicts first (testable), then written by ``write_rows``.
+Every export is a list of plain dicts first (testable), then written by ``write_rows``. This module is the one
+entry point (``export_to``) and re-exports the rest: the files and the Hub are ``export_files``, the TRL datasets
+and the pool they count ``export_training``; here are the annotation rows and the round snapshot.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections import defaultdict
 from pathlib import Path
 
 from sqlmodel import select
 
 from . import conditioning
 from .db import Feedback, Generation, ModelVersion, Prompt, Round, Task, User, session_scope
+from .export_files import FORMATS, HubError, _coerce, check_hub, format_of_path, push_folder, read_rows, write_rows
+from .export_training import (
+    _load_task,
+    _pool_rounds,
+    _round_ids,
+    _rounds_filter,
+    _task,
+    dpo_rows,
+    kto_rows,
+    left_out,
+    sft_rows,
+    training_pool,
+)
 from .feedback.store import effective_feedback
 
-FORMATS = ("jsonl", "csv", "parquet", "datasets")
 KINDS = ("annotations", "sft", "dpo", "kto", "snapshot")
 
 # column → type; JSON-valued columns are stored as JSON text so every format holds the same values
@@ -49,25 +56,6 @@ ANNOTATION_COLUMNS: dict[str, type] = {
 
 def _iso(t: dt.datetime | None) -> str | None:
     return t.isoformat() if t is not None else None
-
-
-def _rounds_filter(session, task: Task | None, rounds: list[int] | None) -> list[int] | None:
-    """Round numbers (of ``task``) → round ids; None = every round."""
-    if rounds is None:
-        return None
-    q = select(Round.id).where(Round.number.in_(rounds))
-    if task is not None:
-        q = q.where(Round.task_id == task.id)
-    return list(session.exec(q))
-
-
-def _task(session, name: str | None) -> Task | None:
-    if name is None:
-        return None
-    task = session.exec(select(Task).where(Task.name == name)).first()
-    if task is None:
-        raise ValueError(f"no task {name!r}")
-    return task
 
 
 def annotation_rows(db: str, task: str | None = None, rounds: list[int] | None = None) -> list[dict]:
@@ -106,130 +94,7 @@ def annotation_rows(db: str, task: str | None = None, rounds: list[int] | None =
     return rows
 
 
-# --------------------------------------------------------------------------- writing and reading
-
-
-def format_of_path(path: str | Path, fmt: str | None = None) -> str:
-    """The export format: given, else from the file's suffix (a folder without one: ``datasets``)."""
-    if fmt:
-        if fmt not in FORMATS:
-            raise ValueError(f"unknown export format {fmt!r} ({' | '.join(FORMATS)})")
-        return fmt
-    suffix = Path(path).suffix.lower().lstrip(".")
-    if suffix in ("jsonl", "csv", "parquet"):
-        return suffix
-    if suffix == "json":
-        return "jsonl"
-    if suffix == "":
-        return "datasets"
-    raise ValueError(f"cannot tell the format of {path!r} from its suffix: give --format ({' | '.join(FORMATS)})")
-
-
-class HubError(RuntimeError):
-    """The Hub cannot be reached or refused the push (the local export is written all the same)."""
-
-
-def check_hub(token: str | None, written: str | Path) -> str:
-    """The token to push with, after checking the Hub answers to it (``whoami``); else a ``HubError`` naming why
-    and ``written`` (the local copy, to push later)."""
-    from huggingface_hub import HfApi, constants, get_token
-    from huggingface_hub.errors import HfHubHTTPError
-
-    later = f"The export was written to {written}; push it once the Hub can be reached."
-    if constants.HF_HUB_OFFLINE:
-        raise HubError(f"cannot push to the Hub: offline mode is on (HF_HUB_OFFLINE). {later}")
-    token = token or get_token()
-    if not token:
-        raise HubError(f"cannot push to the Hub: no token (set ALT_HUB_TOKEN or HF_TOKEN, or run `hf auth login`). "
-                       f"{later}")
-    try:
-        HfApi(endpoint=constants.ENDPOINT, token=token).whoami()
-    except HfHubHTTPError as e:
-        status = getattr(e.response, "status_code", None)
-        why = "the token was refused" if status in (401, 403) else f"it answered {status}"
-        raise HubError(f"cannot push to the Hub at {constants.ENDPOINT}: {why}. {later}") from e
-    except Exception as e:  # no network, DNS, refused connection, timeout
-        raise HubError(f"the Hub at {constants.ENDPOINT} cannot be reached ({type(e).__name__}: {e}). {later}") from e
-    return token
-
-
-def push_folder(folder: str | Path, repo: str, token: str | None) -> None:
-    """A folder (a round's snapshot) into the dataset repo ``repo``, after ``check_hub``."""
-    from huggingface_hub import HfApi, constants
-
-    token = check_hub(token, folder)
-    api = HfApi(endpoint=constants.ENDPOINT, token=token)
-    try:
-        api.create_repo(repo, repo_type="dataset", exist_ok=True)
-        api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type="dataset",
-                          commit_message="ALT Studio round snapshot")
-    except Exception as e:
-        raise HubError(f"pushing {folder} to {repo} failed ({type(e).__name__}: {e})") from e
-
-
-def write_rows(rows: list[dict], path: str | Path, fmt: str | None = None, columns: list[str] | None = None,
-               push_to_hub: str | None = None, token: str | None = None) -> str:
-    """Write ``rows`` to ``path`` as jsonl | csv | parquet | datasets (``save_to_disk``); returns the format.
-
-    ``push_to_hub``: then also ``Dataset.push_to_hub(repo, token=token)`` (``check_hub`` first: a clear
-    ``HubError`` when the Hub cannot be reached; the file at ``path`` is written either way).
-    """
-    import pandas as pd
-
-    fmt = format_of_path(path, fmt)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(rows, columns=columns or (list(rows[0]) if rows else None))
-    if fmt == "jsonl":
-        with path.open("w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    elif fmt == "csv":
-        frame.to_csv(path, index=False)
-    elif fmt == "parquet":
-        frame.to_parquet(path, index=False)
-    if fmt == "datasets" or push_to_hub:
-        from datasets import Dataset
-
-        ds = Dataset.from_list(rows) if rows else Dataset.from_pandas(frame)
-        if fmt == "datasets":
-            ds.save_to_disk(str(path))
-        if push_to_hub:
-            token = check_hub(token, path)
-            try:
-                ds.push_to_hub(push_to_hub, token=token, commit_message="ALT Studio export")
-            except Exception as e:
-                raise HubError(f"pushing to {push_to_hub} failed ({type(e).__name__}: {e}); the export was "
-                               f"written to {path}") from e
-    return fmt
-
-
-def _coerce(value, kind: type):
-    """A value read back from CSV/parquet as its column's type (empty / NaN → None)."""
-    if value is None or (isinstance(value, float) and value != value) or value == "":
-        return None
-    if kind is bool:
-        return value if isinstance(value, bool) else str(value).lower() in ("true", "1")
-    if kind is int:
-        return int(float(value))
-    return kind(value)
-
-
-def read_rows(path: str | Path, fmt: str | None = None) -> list[dict]:
-    """Rows as written by ``write_rows`` (CSV values are strings: see ``read_annotations``)."""
-    import pandas as pd
-
-    fmt = format_of_path(path, fmt)
-    if fmt == "jsonl":
-        with Path(path).open(encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
-    if fmt == "csv":
-        return pd.read_csv(path, dtype=str, keep_default_na=False).to_dict("records")
-    if fmt == "parquet":
-        return pd.read_parquet(path).to_dict("records")
-    from datasets import load_from_disk
-
-    return load_from_disk(str(path)).to_list()
+# --------------------------------------------------------------------------- the annotations export, read back
 
 
 def read_annotations(path: str | Path, fmt: str | None = None) -> list[dict]:
@@ -243,112 +108,6 @@ def export_annotations(db: str, path: str | Path, fmt: str | None = None, task: 
     rows = annotation_rows(db, task, rounds)
     write_rows(rows, path, fmt, columns=list(ANNOTATION_COLUMNS), push_to_hub=push_to_hub, token=token)
     return len(rows)
-
-
-# --------------------------------------------------------------------------- training datasets (TRL formats)
-
-
-def _round_ids(db: str, task: Task, rounds: list[int] | None) -> list[int]:
-    with session_scope(db) as s:
-        ids = _rounds_filter(s, task, rounds)
-        return ids if ids is not None else list(s.exec(select(Round.id).where(Round.task_id == task.id)))
-
-
-def _load_task(db: str, name: str | None) -> Task:
-    with session_scope(db) as s:
-        if name is None:
-            tasks = list(s.exec(select(Task)))
-            if len(tasks) != 1:
-                raise ValueError(f"the database holds {len(tasks)} tasks: choose one with --task")
-            return tasks[0]
-        return _task(s, name)
-
-
-def sft_rows(db: str, tokenizer, task: str | None = None, rounds: list[int] | None = None,
-             fmt: conditioning.Format | None = None, config=None, **pool_kw) -> list[dict]:
-    """The data pool as TRL prompt/completion rows, the prompt conditioned exactly as training conditions it.
-
-    ``prompt`` = the decoded ``input_ids`` of ``build_training_example`` (feedback where ``fmt`` puts it,
-    chat template applied); ``completion`` = the response (TRL appends EOS; ``truncated`` rows have none in
-    our trainer). ``rounds`` None: the pool's own choice (latest round for flush).
-    """
-    from .pool import build_pool
-    from .training.config import AltTrainConfig
-
-    t = _load_task(db, task)
-    config = config or AltTrainConfig()
-    fmt = (fmt or conditioning.format_of(None, t)).for_tokenizer(tokenizer)
-    round_ids = _round_ids(db, t, rounds) if rounds is not None else None
-    rows = []
-    for item in build_pool(db, t.id, round_ids, **pool_kw):
-        ex = conditioning.build_training_example(tokenizer, item.prompt, item.feedback, item.response, item.truncated,
-                                                 fmt, config.max_response_tokens, config.max_prompt_tokens)
-        eos = tokenizer.eos_token_id
-        response_ids = ex.response_ids[:-1] if ex.response_ids and ex.response_ids[-1] == eos else ex.response_ids
-        rows.append({"prompt": tokenizer.decode(ex.input_ids), "completion": tokenizer.decode(response_ids),
-                     "feedback": item.feedback, "truncated": item.truncated, "prompt_id": item.prompt_id,
-                     "generation_id": item.generation_id, "feedback_id": item.feedback_id})
-    return rows
-
-
-def _ranked(db: str, task: Task, rounds: list[int] | None, include_truncated: bool) -> dict[int, list[dict]]:
-    """prompt id → its labelled generations with the category's rank (0 = best); flagged ones left out."""
-    order = {c: i for i, c in enumerate(task.categories)}
-    if not order:
-        raise ValueError(f"task {task.name!r} has no categories: preference exports need an order")
-    round_ids = _round_ids(db, task, rounds)
-    with session_scope(db) as s:
-        found = s.exec(select(Generation, Prompt).join(Prompt, Generation.prompt_id == Prompt.id)
-                       .where(Prompt.task_id == task.id, Generation.round_id.in_(round_ids))
-                       .order_by(Generation.id)).all()
-        chosen = effective_feedback(s, [g.id for g, _ in found], kinds=("category",))
-        flagged = set(s.exec(select(Feedback.generation_id).where(
-            Feedback.generation_id.in_([g.id for g, _ in found]), Feedback.kind == "flag")))
-        per_prompt: dict[int, list[dict]] = defaultdict(list)
-        for g, p in found:
-            fb = chosen.get(g.id)
-            if fb is None or fb.category not in order or g.id in flagged or (g.truncated and not include_truncated):
-                continue
-            per_prompt[p.id].append({"prompt": conditioning.as_messages(conditioning.prompt_of(p)),
-                                     "response": g.response, "rank": order[fb.category], "category": fb.category,
-                                     "generation_id": g.id, "feedback_id": fb.id, "prompt_id": p.id})
-    return per_prompt
-
-
-def _assistant(text: str) -> list[dict]:
-    return [{"role": "assistant", "content": text}]
-
-
-def dpo_rows(db: str, task: str | None = None, rounds: list[int] | None = None, include_truncated: bool = False,
-             max_pairs_per_prompt: int | None = None) -> list[dict]:
-    """Every pair within a prompt whose categories differ: the better-ranked one is ``chosen``."""
-    t = _load_task(db, task)
-    rows = []
-    for prompt_id, gens in sorted(_ranked(db, t, rounds, include_truncated).items()):
-        pairs = [(a, b) for a in gens for b in gens if a["rank"] < b["rank"]]
-        pairs.sort(key=lambda ab: (ab[0]["rank"] - ab[1]["rank"], ab[0]["generation_id"], ab[1]["generation_id"]))
-        for a, b in pairs[:max_pairs_per_prompt]:  # widest gaps first
-            rows.append({"prompt": a["prompt"], "chosen": _assistant(a["response"]),
-                         "rejected": _assistant(b["response"]), "chosen_category": a["category"],
-                         "rejected_category": b["category"], "prompt_id": prompt_id,
-                         "chosen_generation_id": a["generation_id"], "rejected_generation_id": b["generation_id"]})
-    return rows
-
-
-def kto_rows(db: str, task: str | None = None, rounds: list[int] | None = None,
-             include_truncated: bool = False) -> list[dict]:
-    """Unpaired rows: the better half of the categories desirable, the worse half not, an odd middle left out."""
-    t = _load_task(db, task)
-    k = len(t.categories)
-    rows = []
-    for prompt_id, gens in sorted(_ranked(db, t, rounds, include_truncated).items()):
-        for g in gens:
-            if k % 2 and g["rank"] == k // 2:
-                continue
-            rows.append({"prompt": g["prompt"], "completion": _assistant(g["response"]),
-                         "label": g["rank"] < k / 2, "category": g["category"], "prompt_id": prompt_id,
-                         "generation_id": g["generation_id"], "feedback_id": g["feedback_id"]})
-    return rows
 
 
 # --------------------------------------------------------------------------- a round's snapshot
@@ -479,56 +238,8 @@ def export_to(settings, kind: str, out: str | Path, fmt: str | None = None, task
     return f"{len(rows)} {kind} rows → {out} ({written}); from {counted}{note}{pushed}"
 
 
-def training_pool(db: str, task: Task, version: ModelVersion | None = None):
-    """The pool options training counts with: those ``version``'s training job used, else the planner's defaults
-    for ``task`` (``plan.pool_options``: the same as ``alt train`` and the console's Training)."""
-    from .db import Job
-    from .plan import TrainSpec, pool_options
-
-    if version is not None:
-        with session_scope(db) as s:
-            job = s.exec(select(Job).where(Job.kind == "train", Job.version_id == version.id)).first()
-        if job is not None and job.params.get("task_id") == task.id:
-            return TrainSpec.from_params(job.params).pool
-    return pool_options(task)
-
-
-def _pool_rounds(db: str, task: Task, pool) -> list[int]:
-    """The rounds a pool with no explicit rounds draws from (flush: the latest; accumulate: all)."""
-    ids = _round_ids(db, task, None)
-    return ids[-1:] if pool.policy == "flush" else ids
-
-
-def left_out(db: str, task: Task, round_ids: list[int], used: set[int], kind: str, pool) -> dict[str, int]:
-    """Why the rounds' generations that made no ``kind`` row were left out: reason → how many."""
-    with session_scope(db) as s:
-        gens = s.exec(select(Generation).where(Generation.round_id.in_(round_ids))).all()
-        ids = [g.id for g in gens]
-        labelled = effective_feedback(s, ids, kinds=("category",) if kind != "sft" else ("category", "text"))
-        flagged = set(s.exec(select(Feedback.generation_id).where(Feedback.generation_id.in_(ids),
-                                                                  Feedback.kind == "flag")))
-    by_prompt: dict[int, set] = defaultdict(set)
-    for g in gens:
-        if g.id in labelled and g.id not in flagged and (pool.truncated != "exclude" or not g.truncated):
-            by_prompt[g.prompt_id].add(labelled[g.id].category)
-    reasons: dict[str, int] = defaultdict(int)
-    for g in gens:
-        if g.id in used:
-            continue
-        if g.id in flagged:
-            reasons["flagged"] += 1
-        elif g.id not in labelled:
-            reasons["unlabelled"] += 1
-        elif g.truncated and pool.truncated == "exclude":
-            reasons["truncated (no EOS; truncated = exclude)"] += 1
-        elif kind == "dpo" and len(by_prompt[g.prompt_id]) < 2:
-            reasons["in prompts with one category only (no pair)"] += 1
-        elif kind == "kto" and len(task.categories) % 2 and labelled[g.id].category == \
-                task.categories[len(task.categories) // 2]:
-            reasons["of the middle category (neither desirable nor not)"] += 1
-        elif kind == "sft":
-            cap = f"at most {pool.max_per_prompt} per prompt, " if pool.max_per_prompt else ""
-            reasons[f"not drawn ({cap}{pool.k_per_category} per category)"] += 1
-        else:
-            reasons["not used"] += 1
-    return dict(reasons)
+__all__ = [
+    "FORMATS", "KINDS", "ANNOTATION_COLUMNS", "HubError", "check_hub", "format_of_path", "push_folder", "read_rows",
+    "write_rows", "annotation_rows", "read_annotations", "export_annotations", "sft_rows", "dpo_rows", "kto_rows",
+    "training_pool", "left_out", "round_snapshot", "export_to", "select",
+]

@@ -220,12 +220,14 @@ def auto_batch_size(dtype: torch.dtype = torch.float32, device: str = "cpu") -> 
 # One model load per round: sampling, evaluation and perplexity share loaded weights through this cache.
 # path → {what: loaded}: a model's float32 weights, its sampling backend and its tokenizer are one entry.
 _CACHE: OrderedDict[str, dict[tuple, object]] = OrderedDict()
-_CACHE_LOCK = threading.RLock()  # cached_backend builds inside, calling cached_model
+_CACHE_LOCK = threading.RLock()  # backend_factory.cached_backend builds inside, calling cached_model
 CACHE_SIZE = int(os.environ.get("ALT_MODEL_CACHE", "2"))  # models kept; the least recently used goes first
 
 
-def _cached(path: str, what: tuple, build):
-    """``build()`` once per (path, what); the ``CACHE_SIZE`` most recently used paths are kept."""
+def cached(path: str, what: tuple, build):
+    """``build()`` once per (path, what); the ``CACHE_SIZE`` most recently used paths are kept.
+
+    Public so that ``backend_factory.cached_backend`` keeps a model's backend in the model's entry."""
     key = str(path)
     with _CACHE_LOCK:
         entry = _CACHE.setdefault(key, {})
@@ -248,34 +250,14 @@ def cached_model(path: str, device: str = "auto") -> PreTrainedModel:
     recently used models, each with its backend and tokenizer (one entry); ``release()`` frees them.
     """
     device = pick_device(device)
-    return _cached(path, ("model", device), lambda: load_model(path, device))
+    return cached(path, ("model", device), lambda: load_model(path, device))
 
 
 def cached_tokenizer(path: str) -> PreTrainedTokenizerBase:
     """``load_tokenizer(path)``, once per process, for inference (sampling, scoring): never change it.
 
     Training and exports load their own (they may add tokens)."""
-    return _cached(path, ("tokenizer",), lambda: load_tokenizer(path))
-
-
-def cached_backend(path: str, device: str = "auto", dtype: torch.dtype | str | None = "auto"):
-    """A ``TransformersBackend`` on ``cached_model(path, device)``, built once per process.
-
-    ``dtype="auto"``: ``fastest_dtype`` (bfloat16 on AMX CPUs: a converted copy, the cached float32
-    weights stay for perplexity); ``None``: the model's own. Threads (unless ``ALT_THREADS`` is set) and
-    batch size are chosen by measurement (``choose_threads``, ``auto_batch_size``).
-    """
-    from .sampling import TransformersBackend
-
-    device = pick_device(device)
-
-    def build():
-        model = cached_model(path, device)
-        chosen = fastest_dtype(device, model.config.get_text_config().hidden_size) if dtype == "auto" else dtype
-        threads = int(os.environ.get("ALT_THREADS", "0")) or "auto"  # the user's setting wins
-        return TransformersBackend(model, cached_tokenizer(path), dtype=chosen, threads=threads)
-
-    return _cached(path, ("backend", device, str(dtype)), build)
+    return cached(path, ("tokenizer",), lambda: load_tokenizer(path))
 
 
 def release(path: str | None = None) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 import openai
 
-from .sampling import Sample, SamplingParams
+from .backend_types import Sample, SamplingParams
 
 log = logging.getLogger(__name__)
 FATAL_ERRORS = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -41,17 +40,20 @@ from .evaluation import (
 from .feedback import LabelReport, Provider, label_generations, make_provider
 from .openai_backend import publish_version
 from .plan import PROMOTE, RoundConfig, TrainSpec
-from .pool import check_pool, pool_summary
+from .pool import pool_summary
 from .prompts import task_prompts
 from .sampling import SamplingParams, load_sampler, sample_prompts
 from .settings import Settings
 from .versions import promote as promote_version
 from .versions import served_version
 
-__all__ = ["PROMOTE", "STAGES", "RoundConfig", "RoundReport", "run_round", "train_version"]
+__all__ = ["PROMOTE", "STAGES", "RoundConfig", "RoundReport", "Trainer", "run_round"]
 Log = Callable[[str], None]
 STAGES = ("sample", "feedback", "evaluate_parent", "pool", "train", "evaluate", "promote")  # in the order they run
 StageProgress = Callable[[int, str, float], None]  # (round id, stage, fraction of that stage done)
+# ``jobs.train_version``'s signature: (db, settings, spec, background, *, log, progress) -> (job id, version id);
+# given by the caller, so a stage never imports the job queue
+Trainer = Callable[..., tuple[int, int | None]]
 
 
 @dataclass
@@ -156,75 +158,13 @@ def comparable(metrics: dict, cfg: EvalConfig, provider: Provider | None, fmt: c
     return all(stored.get(k) == v for k, v in wanted.items()) and "per_prompt" in (metrics or {})
 
 
-def train_version(db: str, settings: Settings, spec: TrainSpec, background: bool = False, wait: bool = True,
-                  log: Log = print, progress: Callable[[float], None] | None = None) -> tuple[int, int | None]:
-    """Run the training job ``spec`` (``plan.plan_train``, or a round's own); (job id, version id).
-
-    The pool is checked first, so no feedback / one category fails with its cause and fix before any job or
-    version row exists. Foreground: the job runs in this process; background: a subprocess job (waited for
-    unless ``wait=False``, then the version id is None). The Job row records progress, the loss log, errors.
-    """
-    from .jobs import create_job, run_job_inline, start_job, wait_job
-    from .training.objectives import get
-
-    check_pool(db, _task_row(db, spec.task_id), get(spec.objective), spec.pool)
-    params = {**spec.params(),
-              "settings": {k: getattr(settings, k) for k in ("models_dir", "cache_dir", "device", "threads")}}
-    if background:
-        job_id = start_job(db, "train", params)
-        log(f"  training job {job_id} (background)")
-        if not wait:
-            return job_id, None
-        with _watch(db, job_id, log, progress):
-            job = wait_job(db, job_id, timeout=None)
-    else:
-        job_id = create_job(db, "train", params)
-        log(f"  training job {job_id}")
-        with _watch(db, job_id, log, progress):
-            job = run_job_inline(db, job_id)
-    if job.status != "succeeded":
-        raise RuntimeError(f"training job {job_id} failed: {job.error or job.message}")
-    return job_id, int(job.result["version_id"])
-
-
-def _task_row(db: str, task_id: int) -> Task:
-    with session_scope(db) as s:
-        return s.get(Task, task_id)
-
-
-@contextmanager
-def _watch(db: str, job_id: int, log: Log, progress: Callable[[float], None] | None = None, every: float = 2.0):
-    """Print the job's progress while it runs (the trainer's own bar is off: the Job row is the record)."""
-    from .jobs import get_job
-
-    stop = threading.Event()
-
-    def loop():
-        last = None
-        while not stop.wait(every):
-            job = get_job(db, job_id)
-            line = f"  train {job.progress:4.0%}  {job.message}"
-            if line != last and job.status == "running":
-                log(line)
-                last = line
-                if progress is not None:
-                    progress(job.progress)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
 def run_round(db: str, settings: Settings, task: Task, provider: str | Provider, config: RoundConfig | None = None,
-              train_config=None, log: Log = print, progress: StageProgress | None = None) -> RoundReport:
+              train_config=None, log: Log = print, progress: StageProgress | None = None, *,
+              train: Trainer) -> RoundReport:
     """Run one full round for ``task`` with feedback from ``provider`` (a spec or a provider object).
 
-    ``progress(round_id, stage, fraction)``: each stage of ``STAGES`` as it starts (0.0) and, for sampling (per
-    sequence) and training, as it goes."""
+    ``train``: runs the training stage's job (``jobs.train_version``). ``progress(round_id, stage, fraction)``:
+    each stage of ``STAGES`` as it starts (0.0) and, for sampling (per sequence) and training, as it goes."""
     def report_progress(stage: str, fraction: float) -> None:
         if progress is not None:
             progress(rnd.id, stage, fraction)
@@ -303,8 +243,8 @@ def run_round(db: str, settings: Settings, task: Task, provider: str | Provider,
             spec = TrainSpec(task_id=task.id, parent_version_id=served.id, objective=objective.name,
                              config=train_config.to_dict(), conditioning=objective.task_format(task).to_dict(),
                              pool=pool, round_id=rnd.id)
-            report.job_id, report.version_id = train_version(db, settings, spec, cfg.background_training, log=log,
-                                                             progress=lambda f: report_progress("train", f))
+            report.job_id, report.version_id = train(db, settings, spec, cfg.background_training, log=log,
+                                                     progress=lambda f: report_progress("train", f))
         if settings.backend == "openai":  # the new version must reach the sampling server before evaluation
             with session_scope(db) as s:
                 published = publish_version(settings, s.get(ModelVersion, report.version_id))

@@ -6,7 +6,7 @@ each out; ``finish_reason == "length"`` marks a truncated sample.
 
 from __future__ import annotations
 
-from .sampling import Sample, SamplingParams
+from .backend_types import Sample, SamplingParams
 
 
 class VLLMBackend:

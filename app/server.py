@@ -7,7 +7,7 @@ Routes:
   /api/annotate/...            next, submit, replace, skip, flag, undo, progress (signed in)
   /api/admin/...               users, jobs, agreement (admins)
   /api/keys                    your own API keys for /v1 (signed in; app/keys.py)
-  /v1/...                      OpenAI-compatible, API key instead of sign-in (app/openai_api.py)
+  /v1/...                      OpenAI-compatible, API key instead of sign-in (app/openai_api/)
   /                            the Gradio app (Annotate, Playground, Dashboard, Admin tabs), sign-in required
 """
 

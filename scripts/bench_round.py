@@ -92,6 +92,7 @@ def main() -> None:
     from alt_engine.db import init_db, session_scope
     from alt_engine.evaluation import EvalConfig
     from alt_engine.feedback import make_provider
+    from alt_engine.jobs import train_version
     from alt_engine.modeling import resolve_model
     from alt_engine.prompts import import_prompts
     from alt_engine.rounds import RoundConfig, run_round
@@ -133,7 +134,7 @@ def main() -> None:
             stage = re.fullmatch(r"round \d+: (\w+) …", line)
             current[:] = [stage.group(1) if stage else None, now]
 
-    report = run_round(settings.db, settings, task, provider, config, train, log=log)
+    report = run_round(settings.db, settings, task, provider, config, train, log=log, train=train_version)
     total = time.perf_counter() - t0
 
     wall = {k: v for k, v in report.wall_s.items() if k != "total"}

@@ -131,8 +131,9 @@ def per_prompt(db: str, version_id: int, condition: str, source: str, exemplar: 
 def run_arm(name: str, template: str, out: Path, settings: Settings, args, log) -> dict:
     from alt_engine.evaluation import EvalConfig, evaluate_version
     from alt_engine.feedback import make_provider
+    from alt_engine.jobs import train_version
+    from alt_engine.plan import plan_train
     from alt_engine.queue_order import set_strategy
-    from alt_engine.rounds import train_version
     from alt_engine.training.config import AltTrainConfig
     from alt_engine.users import add_user
     from alt_engine.versions import promote
@@ -159,12 +160,11 @@ def run_arm(name: str, template: str, out: Path, settings: Settings, args, log) 
             size = len(s.exec(select(Generation.id).where(Generation.round_id == rnd.id)).all())
         budget = round(share_f * size)
         labels = annotate(db, args, provider, budget, user)
-        pool_kw = dict(round_ids=[rnd.id], k_per_category=2, seed=0, policy="flush", max_per_prompt=2,
-                       truncated=args.truncated)
         served = _served(db)
-        try:
-            _, version_id = train_version(db, arm_settings, task, served.id, AltTrainConfig(), pool_kw, rnd.id,
-                                          log=lambda line: None)
+        try:  # the pool's seed is the config's (0)
+            spec = plan_train(db, task, AltTrainConfig(), round_ids=[rnd.id], k_per_category=2, policy="flush",
+                              max_per_prompt=2, truncated=args.truncated, parent_version_id=served.id, check=False)
+            _, version_id = train_version(db, arm_settings, spec, log=lambda line: None)
             refused = None
         except ValueError as e:  # e.g. the labels gave the pool one category: nothing to train, the parent stays
             version_id, refused = served.id, str(e)

@@ -26,7 +26,7 @@ def console(db, tmp_path, tiny_model_dir, monkeypatch):
     from app.auth import Auth
     from app.console import build_console
 
-    monkeypatch.setattr("alt_engine.jobs.ensure_worker", lambda db: None)
+    monkeypatch.setattr("alt_engine.jobs.queue.ensure_worker", lambda db: None)
     add_user(db, "admin", "adminpass1", "admin")
     add_user(db, "bob", "bobpass12")
     with session_scope(db) as s:

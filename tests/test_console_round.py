@@ -31,7 +31,7 @@ def _console(db, tmp_path, model, monkeypatch):
     from app.auth import Auth
     from app.console import build_console
 
-    monkeypatch.setattr("alt_engine.jobs.ensure_worker", lambda db: None)
+    monkeypatch.setattr("alt_engine.jobs.queue.ensure_worker", lambda db: None)
     monkeypatch.setenv("ALT_DEVICE", "cpu")
     add_user(db, "admin", "adminpass1", "admin")
     with session_scope(db) as s:

@@ -34,7 +34,7 @@ def studio(db, tmp_path, tiny_model_dir, monkeypatch):
     from app.auth import Auth
     from app.console import build_console
 
-    monkeypatch.setattr("alt_engine.jobs.ensure_worker", lambda db: None)
+    monkeypatch.setattr("alt_engine.jobs.queue.ensure_worker", lambda db: None)
     monkeypatch.setenv("ALT_MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("ALT_DEVICE", "cpu")
     add_user(db, "admin", "adminpass1", "admin")

@@ -22,7 +22,7 @@ def console(make_db, tmp_path, tiny_model_dir, monkeypatch):
     from app.auth import Auth
     from app.console import build_console
 
-    monkeypatch.setattr("alt_engine.jobs.ensure_worker", lambda db: None)  # the test runs the job itself
+    monkeypatch.setattr("alt_engine.jobs.queue.ensure_worker", lambda db: None)  # the test runs the job itself
     db = make_db("console", init=False)
     seed_annotation_db(db, n=4, responses=["Yes.", "No, not at all, never.", "Maybe", "It depends on the case."])
     add_user(db, "admin", "adminpass1", "admin")

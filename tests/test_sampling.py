@@ -119,7 +119,7 @@ def test_a_sample_does_not_depend_on_its_batch(backend):
 
 def test_an_automatic_batch_of_long_contexts_is_bounded_in_tokens(backend, monkeypatch):
     """Long contexts decode in fewer rows (bounded KV cache), with the very samples a free batch draws."""
-    from alt_engine import sampling
+    from alt_engine import transformers_backend
 
     tok = backend.tokenizer
     inputs = [build_input(tok, f"Prompt {i}: " + "word " * 20).input_ids for i in range(6)]
@@ -132,7 +132,7 @@ def test_an_automatic_batch_of_long_contexts_is_bounded_in_tokens(backend, monke
 
     free_rows, free = widest(params)
     longest = max(len(x) for x in inputs) + params.max_new_tokens
-    monkeypatch.setattr(sampling, "KV_TOKEN_BUDGET", 3 * longest)
+    monkeypatch.setattr(transformers_backend, "KV_TOKEN_BUDGET", 3 * longest)
     bounded_rows, bounded = widest(params)
     assert free_rows == 12 and bounded_rows == 3  # 6 inputs x n=2 rows at once, against 3 within the budget
     assert bounded == free
@@ -213,19 +213,20 @@ def test_bfloat16_backend_keeps_the_float32_model(tiny_model_dir):
 
 
 def test_model_cache_loads_once_and_releases(tiny_model_dir, tmp_path, monkeypatch):
+    from alt_engine.backend_factory import cached_backend
     from alt_engine.tiny import save_tiny
 
     modeling.release()
     monkeypatch.setattr(modeling, "CACHE_SIZE", 2)
     model = modeling.cached_model(tiny_model_dir, "cpu")
-    backend = modeling.cached_backend(tiny_model_dir, "cpu", dtype=None)
+    backend = cached_backend(tiny_model_dir, "cpu", dtype=None)
     assert modeling.cached_model(tiny_model_dir, "cpu") is model  # one load: the backend samples with it
-    assert backend.model is model and modeling.cached_backend(tiny_model_dir, "cpu", dtype=None) is backend
+    assert backend.model is model and cached_backend(tiny_model_dir, "cpu", dtype=None) is backend
     assert modeling.cached_tokenizer(tiny_model_dir) is backend.tokenizer  # perplexity reuses it too
     other, third = save_tiny(tmp_path / "other"), save_tiny(tmp_path / "third")
     other_model = modeling.cached_model(other, "cpu")  # a second model: the first with its backend stays
     assert modeling.cached_model(tiny_model_dir, "cpu") is model
-    assert modeling.cached_backend(tiny_model_dir, "cpu", dtype=None) is backend
+    assert cached_backend(tiny_model_dir, "cpu", dtype=None) is backend
     modeling.cached_model(third, "cpu")  # a third model: the least recently used one (other) goes
     assert modeling.cached_model(tiny_model_dir, "cpu") is model
     assert modeling.cached_model(other, "cpu") is not other_model

@@ -306,8 +306,8 @@ def cmd_train(args) -> int:
         if round_ids is None and _policy(args) == "flush":
             _round(s, task, None)  # no round yet: the CLI's message
         parent = _served(s)
+    from alt_engine.jobs import train_version
     from alt_engine.plan import plan_train
-    from alt_engine.rounds import train_version
 
     try:
         spec = plan_train(settings.db, task, config, round_ids=round_ids, k_per_category=args.k_per_category,
