@@ -37,28 +37,28 @@ def build_console(settings: Settings, auth: Auth, hub=None, header: gr.Markdown 
     from .tasks import TasksTab
     from .training import TrainingTab
 
-    start, tasks, data, rounds, training, jobs, models, export, queue = (
-        cls(settings, auth, hub) for cls in (StartTab, TasksTab, DataTab, RoundsTab, TrainingTab, JobsTab, ModelsTab,
-                                             ExportTab, QueueTab))
+    start, jobs = StartTab(settings, auth, hub), JobsTab(settings, auth, hub)
     jobs.timer = clock
-    tabs = [tasks, data, rounds, training, jobs, models, export, queue, start]
+    tabs = [TasksTab(settings, auth, hub), DataTab(settings, auth, hub), RoundsTab(settings, auth, hub),
+            TrainingTab(settings, auth, hub), jobs, ModelsTab(settings, auth, hub),
+            ExportTab(settings, auth, hub), QueueTab(settings, auth, hub), start]
     with contextlib.nullcontext(tabs_block) if tabs_block is not None else gr.Tabs() as console_tabs:
         for tab in [start, *tabs[:-1]]:  # Start first: the page a new admin reads
             with gr.Tab(tab.title, id=f"console-{tab.title.lower()}", elem_id=f"console-tab-{tab.title.lower()}") as t:
                 tab.build_ui()
             if tab.select_outputs:  # what the tab refreshes when it is opened
                 t.select(tab.on_select, None, tab.select_outputs, api_visibility="private", show_progress="hidden")
-    header = header if header is not None else gr.Markdown(visible=False)
-    models.wire(header, console_tabs, jobs)
+    models, jobs, rounds = tabs[5], tabs[4], tabs[2]
+    models.wire(header if header is not None else gr.Markdown(visible=False), console_tabs, jobs)
     start.task_events = start.wire(console_tabs, rounds.round_task)
-    jobs.timer.tick(rounds._round_tick, None, [rounds.round_progress, rounds.table_out, header],
-                    api_name="admin_round_tick", show_progress="hidden")  # a round's stages, on the page's clock
+    jobs.timer.tick(rounds._round_tick, None, [rounds.round_progress], api_name="admin_round_tick",
+                    show_progress="hidden")  # a round's stages, on the Jobs tab's clock
     pickers = [p for tab in tabs for p in tab.task_pickers]
 
     def task_choices(request: gr.Request):
         """A task saved or duplicated in Tasks is at once in every tab's task dropdown (values kept)."""
         auth.require_admin(request)
-        return [gr.update(choices=tasks.task_names())] * len(pickers)
+        return [gr.update(choices=tabs[0].task_names())] * len(pickers)
 
     for event in (e for tab in tabs for e in tab.task_events):
         event.success(task_choices, None, pickers, api_visibility="private", show_progress="hidden")

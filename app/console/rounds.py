@@ -17,7 +17,7 @@ from alt_engine.jobs import refresh, start_job
 from alt_engine.plan import PROMOTE, defaults, plan_round, plan_sample
 from alt_engine.settings import BACKENDS, save_settings, stored_settings
 
-from .base import ConsoleTab, default_task, header_markdown, refusable
+from .base import ConsoleTab, default_task, refusable
 
 COLUMNS = ["task", "round", "status", "model", "prompts", "generations", "human", "ai", "unlabelled", "flagged",
            "truncated"]
@@ -126,17 +126,8 @@ class RoundsTab(ConsoleTab):
         return round_progress_html(job, self.db)
 
     def _round_tick(self, request: gr.Request):
-        """The stage bar every 2 s; when it changes (a stage done, the round finished) also the rounds table and the
-        page header, which shows the version the round promoted."""
-        user = self.auth.require_admin(request)
-        bar = self._round_progress_html()
-        seen = self._bars.setdefault(request.session_hash, None)
-        self._bars[request.session_hash] = bar
-        if len(self._bars) > 1000:  # sessions come and go: forget the oldest
-            self._bars.pop(next(iter(self._bars)))
-        if bar == seen:
-            return bar, gr.update(), gr.update()
-        return bar, self.table(), header_markdown(self.db, user)
+        self.auth.require_admin(request)
+        return self._round_progress_html()
 
     def table(self):
         return self.frame(reports.round_rows(self.db), COLUMNS)
@@ -242,15 +233,11 @@ class RoundsTab(ConsoleTab):
                 + ("" if found or not model else f" — not `{model.strip()}`: check the name."))
 
     def build_ui(self) -> None:
-        self._bars: dict[str, str | None] = {}  # per browser session: the stage bar it last showed
         d = defaults()
         gr.Markdown("**Run a round** — sample → feedback → train → evaluate → promote, as `alt round` (the "
                     "defaults are the CLI's)")
         with gr.Row():
-            # allow_custom_value: Gradio checks a value against the choices it last recorded for the session, and a
-            # demo's new task could reach the form before its choices did ("not in the list of choices"); the
-            # handlers check the name themselves (an unknown task is refused with its cause)
-            r_task = gr.Dropdown(label="Task", choices=[], allow_custom_value=True, elem_id="console-round-task")
+            r_task = gr.Dropdown(label="Task", choices=[], elem_id="console-round-task")
             r_provider = gr.Textbox(label="Feedback provider (empty: the task's own, e.g. rule:concise:auto for "
                                           "concise)", elem_id="console-round-provider")
             r_promote = gr.Dropdown(label="Promote the new version", choices=list(PROMOTE), value=d.promote,
