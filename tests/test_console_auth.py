@@ -42,16 +42,43 @@ def app(tmp_path_factory):
     return create_app(Settings(db=db, device="cpu", model=save_tiny(work / "m"), secret_key="s" * 32))
 
 
-def client(app, user: str | None) -> TestClient:
-    c = TestClient(app, raise_server_exceptions=False)
-    c.__enter__()
-    if user:
-        password = {"admin": "adminpass1", "bob": "bobpass12"}[user]
-        assert c.post("/api/login", json={"username": user, "password": password}).status_code == 200
-    return c
+class Caller:
+    """One user's requests, all through the module's one entered TestClient: a client per user would start the
+    app's lifespan (and Gradio's queue loop) once per client, each on its own event loop, with the queue's state
+    shared between them — the full suite once hung on that. A user is the session cookie sent with each request."""
+
+    def __init__(self, c: TestClient, cookie: str | None):
+        self.c, self.headers = c, {"cookie": cookie} if cookie else {}
+
+    def request(self, method: str, url: str, **kw):
+        self.c.cookies.clear()  # nothing a response set travels with another user's request
+        return self.c.request(method, url, headers=self.headers, **kw)
+
+    def post(self, url: str, **kw):
+        return self.request("POST", url, **kw)
+
+    def stream(self, method: str, url: str, **kw):
+        self.c.cookies.clear()
+        return self.c.stream(method, url, headers=self.headers, **kw)
 
 
-def call(c: TestClient, fn_index: int, n_inputs: int) -> tuple[int, dict | None]:
+@pytest.fixture(scope="module")
+def entered(app):
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def client(c: TestClient, user: str | None) -> Caller:
+    if not user:
+        return Caller(c, None)
+    password = {"admin": "adminpass1", "bob": "bobpass12"}[user]
+    r = c.post("/api/login", json={"username": user, "password": password})
+    assert r.status_code == 200
+    c.cookies.clear()  # the cookie travels only with this user's requests
+    return Caller(c, "; ".join(f"{k}={v}" for k, v in r.cookies.items()))
+
+
+def call(c: Caller, fn_index: int, n_inputs: int) -> tuple[int, dict | None]:
     """Call one Gradio event the way any client can (queue join by fn_index); (HTTP status, completion)."""
     session = uuid.uuid4().hex
     r = c.post("/gradio_api/queue/join", json={"data": [None] * n_inputs, "fn_index": fn_index,
@@ -72,14 +99,14 @@ def module_of(fn) -> str:
     return getattr(getattr(fn, "__wrapped__", fn), "__module__", "") or ""
 
 
-def test_every_gradio_event_is_classified_and_admin_ones_are_refused(app):
+def test_every_gradio_event_is_classified_and_admin_ones_are_refused(app, entered):
     fns = app.state.blocks.fns
     admin_fns = {i: f for i, f in fns.items() if module_of(f.fn).startswith(ADMIN_MODULES)}
     unclassified = [(f.api_name, module_of(f.fn)) for f in fns.values()
                     if not module_of(f.fn).startswith(ADMIN_MODULES + USER_MODULES)]
     assert not unclassified, f"classify these events (admin or user) and check the role: {unclassified}"
     assert len(admin_fns) >= 25  # the console's tabs and the admin tab are all here
-    anon, bob, admin = client(app, None), client(app, "bob"), client(app, "admin")
+    anon, bob, admin = client(entered, None), client(entered, "bob"), client(entered, "admin")
     for i, f in admin_fns.items():
         print(f.api_name, flush=True)
         status, _ = call(anon, i, len(f.inputs))
@@ -91,10 +118,10 @@ def test_every_gradio_event_is_classified_and_admin_ones_are_refused(app):
         assert done is None or (done["output"] or {}).get("error") != REFUSED, f.api_name
 
 
-def test_console_data_is_not_sent_to_annotators(app):
+def test_console_data_is_not_sent_to_annotators(app, entered):
     """The page's load events fill the console for admins only."""
     fns = app.state.blocks.fns
-    bob = client(app, "bob")
+    bob = client(entered, "bob")
     (index,) = [i for i, f in fns.items() if f.api_name == "console_load"]
     _, done = call(bob, index, 0)
     assert done["success"] is True, done
@@ -105,13 +132,13 @@ def test_console_data_is_not_sent_to_annotators(app):
     assert [v for v in done["output"]["data"] if not empty(v)] == []
 
 
-def test_every_route_is_classified_and_admin_routes_are_refused(app):
+def test_every_route_is_classified_and_admin_routes_are_refused(app, entered):
     routes = [r for r in app.routes if isinstance(r, APIRoute)]
     unclassified = [r.path for r in routes if not r.path.startswith(ADMIN_ROUTES + USER_ROUTES + PUBLIC_ROUTES)]
     assert not unclassified, f"classify these routes and check the role: {unclassified}"
     admin_routes = [r for r in routes if r.path.startswith(ADMIN_ROUTES)]
     assert admin_routes
-    anon, bob = client(app, None), client(app, "bob")
+    anon, bob = client(entered, None), client(entered, "bob")
     for r in admin_routes:
         path, params, body = valid_request(r)  # past FastAPI's validation, so the role check is what answers
         for method in r.methods - {"HEAD", "OPTIONS"}:

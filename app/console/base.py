@@ -70,7 +70,8 @@ class ConsoleTab:
     load_outputs: list = []  # the components ``page_load`` fills (set by ``build_ui``)
     task_pickers: list = []  # this tab's task dropdowns: refreshed when a task is created (``build_console``)
     task_events: list = []  # events that create a task (the Tasks tab's save and duplicate)
-    select_outputs: list = []  # refreshed by ``on_select(request)`` when the tab is opened
+    select_outputs: list = []  # refreshed by ``on_select(*select_inputs, request)`` when the tab is opened
+    select_inputs: list = []
 
     def job_settings(self) -> dict:
         """The settings a job started here runs with: the app's, with what an admin stored in the console."""
