@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from sqlmodel import select
 
-from .db import Feedback, Generation, Prompt, Task, session_scope
+from .db import HUMAN_PREFIX, Feedback, FeedbackKind, Generation, Prompt, Task, session_scope
 
 
 def cohen_kappa(a: Sequence[Hashable], b: Sequence[Hashable]) -> float:
@@ -100,7 +100,7 @@ def labels_by_rater(db: str, task: str | int) -> tuple[str, dict[str, dict[int, 
             raise ValueError(f"no task {task!r}")
         q = (select(Feedback.source, Feedback.generation_id, Feedback.category)
              .join(Generation, Generation.id == Feedback.generation_id).join(Prompt, Prompt.id == Generation.prompt_id)
-             .where(Prompt.task_id == t.id, Feedback.kind == "category", Feedback.category.is_not(None))
+             .where(Prompt.task_id == t.id, Feedback.kind == FeedbackKind.CATEGORY, Feedback.category.is_not(None))
              .order_by(Feedback.id))
         by_rater: dict[str, dict[int, str]] = defaultdict(dict)
         for source, gen_id, category in s.exec(q):
@@ -111,8 +111,9 @@ def labels_by_rater(db: str, task: str | int) -> tuple[str, dict[str, dict[int, 
 def agreement_report(db: str, task: str | int) -> AgreementReport:
     """Per-annotator counts, Fleiss' κ and pairwise Cohen's κ on overlapping items, and human-vs-AI per source."""
     name, by_rater = labels_by_rater(db, task)
-    humans = {src.removeprefix("human:"): labels for src, labels in by_rater.items() if src.startswith("human:")}
-    ais = {src: labels for src, labels in by_rater.items() if not src.startswith("human:")}
+    humans = {src.removeprefix(HUMAN_PREFIX): labels for src, labels in by_rater.items()
+              if src.startswith(HUMAN_PREFIX)}
+    ais = {src: labels for src, labels in by_rater.items() if not src.startswith(HUMAN_PREFIX)}
     report = AgreementReport(task=name, annotators={u: len(lbl) for u, lbl in sorted(humans.items())})
     per_item: dict[int, list[str]] = defaultdict(list)
     for labels in humans.values():

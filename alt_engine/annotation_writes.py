@@ -32,7 +32,7 @@ from .annotation_items import (
 )
 from .annotation_limits import _local_lock, _take_write_lock, may_label
 from .annotation_queue import _forget_bounds
-from .db import Feedback, Lease, TrainingExample, session_scope
+from .db import Feedback, FeedbackKind, Lease, TrainingExample, session_scope
 from .users import UserInfo
 
 
@@ -43,7 +43,7 @@ def _feedback_rows(task: _TaskRef, lease: _LeaseRef, user: UserInfo, sub: Submis
         fb = s.get(Feedback, _id(sub.accept_suggestion, "accept_suggestion"))
         if fb is None or fb.generation_id != lease.generation_id or not fb.source.startswith(AI_PREFIXES):
             raise AnnotationError(f"suggestion {sub.accept_suggestion} is not an AI label on this item")
-        category, free_text = fb.category, fb.text if fb.kind == "text" else free_text
+        category, free_text = fb.category, fb.text if fb.kind == FeedbackKind.TEXT else free_text
         raw = json.dumps({"accepted_suggestion": fb.id, "from": fb.source})
     if category is not None and category not in task.categories:
         raise AnnotationError(f"{category!r} is not a category of task {task.name!r} ({', '.join(task.categories)})")
@@ -87,11 +87,11 @@ def _saved(rows: list[Feedback]) -> dict:
     """What a lease's feedback rows say, as the fields of a ``Submission`` (flag: its reason as ``flag``)."""
     out = dict(category=None, text=None, critique=None, revision=None, judgment=None, flag=None)
     for r in rows:
-        if r.kind == "critique":
+        if r.kind == FeedbackKind.CRITIQUE:
             out.update(critique=r.critique, revision=r.revision)
-        elif r.kind == "judgment":
+        elif r.kind == FeedbackKind.JUDGMENT:
             out["judgment"] = r.text
-        elif r.kind == "flag":
+        elif r.kind == FeedbackKind.FLAG:
             out["flag"] = r.text
         else:
             out.update(category=r.category, text=r.text)

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .vocab import Placement
+
 SEPARATOR = "\n<|feedback_end|>\n"  # fixed text marker closing a ``prefix`` feedback segment
-PLACEMENTS = ("prefix", "system", "user", "tokens", "none")
+PLACEMENTS = tuple(p.value for p in Placement)  # prefix | system | user | tokens | none
 _MARK = "\u27e6alt-feedback\u27e7"  # stands in for the feedback while the chat template renders
 
 Messages = list[dict]
@@ -38,7 +40,7 @@ PromptLike = str | Messages
 class Format:
     """Where the feedback goes and how it reads; saved with every model version."""
 
-    placement: str = "system"
+    placement: str = "system"  # Placement
     template: str = "Feedback: {feedback}"
     separator: str = SEPARATOR  # closes the segment for ``prefix``; "\n\n" after it for ``user``/``system``
     tokens: dict[str, str] = field(default_factory=dict)  # placement ``tokens``: feedback text → control token
@@ -47,18 +49,18 @@ class Format:
     def __post_init__(self):
         if self.placement not in PLACEMENTS:
             raise ValueError(f"unknown placement {self.placement!r} ({' | '.join(PLACEMENTS)})")
-        if self.placement not in ("tokens", "none") and "{feedback}" not in self.template:
+        if self.placement not in (Placement.TOKENS, Placement.NONE) and "{feedback}" not in self.template:
             raise ValueError(f"a conditioning template needs '{{feedback}}', got {self.template!r}")
 
     def text(self, feedback: str) -> str:
         """The feedback segment as the model reads it (separator excluded)."""
-        if self.placement == "tokens":
+        if self.placement == Placement.TOKENS:
             return self.tokens.get(feedback, feedback)
         return self.template.replace("{feedback}", self.attributes.get(feedback, feedback))
 
     def for_tokenizer(self, tokenizer) -> Format:
         """The format as it applies to ``tokenizer``: in-template placements need a chat template."""
-        if self.placement in ("system", "user") and not getattr(tokenizer, "chat_template", None):
+        if self.placement in (Placement.SYSTEM, Placement.USER) and not getattr(tokenizer, "chat_template", None):
             return Format("prefix", self.template, SEPARATOR, attributes=dict(self.attributes))
         return self
 
@@ -70,9 +72,9 @@ class Format:
         return cls(**data) if data else cls()
 
     def describe(self) -> str:
-        if self.placement == "tokens":
+        if self.placement == Placement.TOKENS:
             return f"control tokens {self.tokens}"
-        if self.placement == "none":
+        if self.placement == Placement.NONE:
             return "unconditioned"
         attributes = f", attributes {self.attributes}" if self.attributes else ""
         return f"{self.placement}: {self.template!r}{attributes}"
@@ -156,22 +158,22 @@ def prompt_ids(tokenizer, prompt: PromptLike) -> list[int]:
 def feedback_ids(tokenizer, feedback: str, fmt: Format | None = None) -> list[int]:
     """The feedback segment's ids (the separator included for ``prefix``)."""
     fmt = (fmt or Format()).for_tokenizer(tokenizer)
-    if fmt.placement == "none":
+    if fmt.placement == Placement.NONE:
         return []
-    if fmt.placement == "tokens":
+    if fmt.placement == Placement.TOKENS:
         token = fmt.text(feedback)
         token_id = tokenizer.convert_tokens_to_ids(token)
         if token_id is None or token_id == tokenizer.unk_token_id or tokenizer.convert_ids_to_tokens(token_id) != token:
             raise ValueError(f"control token {token!r} for feedback {feedback!r} is not in the tokenizer")
         return [token_id]
-    if fmt.placement == "prefix":
+    if fmt.placement == Placement.PREFIX:
         return _ids(tokenizer, fmt.text(feedback) + fmt.separator)
     return _ids(tokenizer, fmt.text(feedback))
 
 
 def control_token_ids(tokenizer, fmt: Format | None) -> list[int]:
     """The ids of ``fmt``'s control tokens (placement ``tokens``; none for other placements)."""
-    if fmt is None or fmt.placement != "tokens":
+    if fmt is None or fmt.placement != Placement.TOKENS:
         return []
     return sorted({feedback_ids(tokenizer, text, fmt)[0] for text in fmt.tokens})
 
@@ -180,7 +182,7 @@ def _in_template(tokenizer, prompt: PromptLike, feedback: str, fmt: Format) -> C
     """Render the chat with a marker where the feedback goes, then tokenize around it in three parts."""
     messages = as_messages(prompt)
     sep = "\n\n"
-    if fmt.placement == "system":
+    if fmt.placement == Placement.SYSTEM:
         if messages and messages[0]["role"] == "system":
             messages[0]["content"] = _MARK + sep + messages[0]["content"]
         else:
@@ -202,9 +204,9 @@ def build_input(tokenizer, prompt: PromptLike, feedback: str | None = None,
                 fmt: Format | None = None) -> ConditionedInput:
     """The model input for ``prompt`` conditioned on ``feedback`` (None: the plain prompt) under ``fmt``."""
     fmt = (fmt or Format()).for_tokenizer(tokenizer)
-    if feedback is None or fmt.placement == "none":
+    if feedback is None or fmt.placement == Placement.NONE:
         return ConditionedInput(prompt_ids(tokenizer, prompt))
-    if fmt.placement in ("system", "user"):
+    if fmt.placement in (Placement.SYSTEM, Placement.USER):
         return _in_template(tokenizer, prompt, feedback, fmt)
     segment = feedback_ids(tokenizer, feedback, fmt)
     return ConditionedInput(segment + prompt_ids(tokenizer, prompt), 0, len(segment))

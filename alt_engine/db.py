@@ -8,8 +8,9 @@ so a multi-row write is one transaction. Schema changes are numbered
 migrations in ``MIGRATIONS``; ``init_db`` creates a new database at the newest
 version or upgrades an old one in place.
 
-The tables are ``alt_engine.tables`` and the statuses ``alt_engine.vocab``; both are re-exported here, so
-``from alt_engine.db import Task, RoundStatus, session_scope`` is the one import the rest of the code needs.
+The tables are ``alt_engine.tables`` and the vocabulary (statuses, kinds, placements) ``alt_engine.vocab``; both are
+re-exported here, so ``from alt_engine.db import Task, RoundStatus, session_scope`` is the one import the rest of the
+code needs.
 """
 
 from __future__ import annotations
@@ -45,7 +46,18 @@ from .tables import (
     utcnow,
 )
 from .textpolicy import NulError
-from .vocab import OLD_ROUND_STATUSES, JobStatus, RoundStatus, VersionStatus
+from .vocab import (
+    HUMAN_PREFIX,
+    OLD_ROUND_STATUSES,
+    FeedbackKind,
+    JobKind,
+    JobStatus,
+    ObjectiveName,
+    Placement,
+    RoundStatus,
+    SubmitStatus,
+    VersionStatus,
+)
 
 SCHEMA_VERSION = 2
 
@@ -279,6 +291,7 @@ def add_missing_columns(engine: Engine) -> list[str]:
 
 __all__ = [
     "JobStatus", "RoundStatus", "VersionStatus",
+    "JobKind", "FeedbackKind", "Placement", "ObjectiveName", "SubmitStatus", "HUMAN_PREFIX",
     "ApiKey", "AppSecret", "Feedback", "Generation", "Job", "JudgeCall", "Lease", "ModelVersion", "Prompt", "Round",
     "QueueScore", "StoredSetting",
     "SchemaInfo", "SignInThrottle", "Task", "TrainingExample", "User", "get_engine", "init_db", "session_scope",

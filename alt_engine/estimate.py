@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func
 from sqlmodel import select
 
-from .db import Generation, Job, JobStatus, ModelVersion, Prompt, Round, Task, session_scope
+from .db import Generation, Job, JobKind, JobStatus, ModelVersion, Prompt, Round, Task, VersionStatus, session_scope
 from .plan import RoundConfig
 
 # the default model on 2 cores (DESIGN.md §3): ~66 tokens/s for a batch; a step of 8 × 128 tokens ~11 s
@@ -54,14 +54,15 @@ def _sampling_rate(s) -> tuple[float, float, str] | None:
     """(tokens/s, mean response tokens, where) of the newest finished sampling run on this database."""
     import json
 
-    for job in s.exec(select(Job).where(Job.kind.in_(("sample", "round")), Job.status == JobStatus.SUCCEEDED,
-                                        Job.round_id.is_not(None)).order_by(Job.id.desc()).limit(5)):
+    for job in s.exec(select(Job).where(Job.kind.in_((JobKind.SAMPLE, JobKind.ROUND)),
+                                        Job.status == JobStatus.SUCCEEDED, Job.round_id.is_not(None))
+                      .order_by(Job.id.desc()).limit(5)):
         rnd = s.get(Round, job.round_id)
         tokens, n = s.exec(select(func.sum(Generation.response_tokens), func.count())
                            .where(Generation.round_id == job.round_id)).one()
         if not n or not tokens:
             continue
-        wall = (json.loads(rnd.notes or "{}").get("wall_s") or {}).get("sample") if job.kind == "round" else None
+        wall = (json.loads(rnd.notes or "{}").get("wall_s") or {}).get("sample") if job.kind == JobKind.ROUND else None
         return tokens / (wall or _seconds(job)), tokens / n, f"round {rnd.number}"
     return None
 
@@ -76,7 +77,8 @@ def estimate_round(db: str, task: Task, cfg: RoundConfig, epochs: float = 2.0) -
         trained = next((v for v in s.exec(select(ModelVersion).where(ModelVersion.parent_id.is_not(None))
                                           .order_by(ModelVersion.id.desc()).limit(5))
                         if (v.metrics or {}).get("runtime_s") and (v.metrics or {}).get("examples")), None)
-        served_metrics = next(iter(s.exec(select(ModelVersion.metrics).where(ModelVersion.status == "served"))), {})
+        served_metrics = next(iter(s.exec(select(ModelVersion.metrics)
+                                          .where(ModelVersion.status == VersionStatus.SERVED))), {})
     prompts = min(cfg.limit or train, train)
     if rate:
         tokens_per_s, mean_tokens, where = rate

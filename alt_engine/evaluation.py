@@ -38,7 +38,7 @@ import torch
 from sqlmodel import select
 
 from . import conditioning, guidance
-from .db import Feedback, Generation, ModelVersion, Prompt, Round, Task, session_scope
+from .db import Feedback, Generation, ModelVersion, ObjectiveName, Placement, Prompt, Round, Task, session_scope
 from .exemplars import contrast_feedback, exemplar_feedback
 from .feedback import FeedbackItem, Provider, store_results
 from .feedback.base import count_words
@@ -317,7 +317,7 @@ def evaluate_version(db: str, settings: Settings, version_id: int, task: Task, p
         root = root_version(s, version)
         ref_path = reference or root.path
     fmt = fmt or conditioning.format_of(version, task)
-    revise = version.objective == "cnr" if revise is None else revise
+    revise = version.objective == ObjectiveName.CNR if revise is None else revise
     notes: list[str] = []
     if len(prompts) < MIN_PROBE_PROMPTS or cfg.n < MIN_N:
         notes.append(f"{len(prompts)} probe prompts × n={cfg.n}: too few to resolve a 15-point change in a share "
@@ -328,7 +328,7 @@ def evaluate_version(db: str, settings: Settings, version_id: int, task: Task, p
         conds = list(cfg.conditions or contrast_feedback(db, task))
         if not conds or not conds[0]:
             raise ValueError(f"task {task.name!r} has no exemplar feedback to condition on")
-        if not cfg.steer or fmt.placement == "none":  # a model that reads no feedback has no steerability:
+        if not cfg.steer or fmt.placement == Placement.NONE:  # a model that reads no feedback has no steerability:
             conds = conds[:1]  # a second pass would sample the very same plain prompts again
     max_new = eval_max_new_tokens(db, task, cfg)
     params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=max_new,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from sqlmodel import select
 
-from .db import Feedback, Generation, Prompt, Task, session_scope
+from .db import Feedback, FeedbackKind, Generation, Prompt, Task, session_scope
 
 
 def exemplar_feedback(db: str, task: Task) -> list[str]:
@@ -25,7 +25,7 @@ def contrast_feedback(db: str, task: Task) -> list[str]:
         return [task.exemplar_category, task.categories[-1]]
     with session_scope(db) as s:
         rows = s.exec(select(Feedback.text, Feedback.score).join(Generation).join(Prompt).where(
-            Prompt.task_id == task.id, Feedback.kind == "text", Feedback.score.is_not(None),
+            Prompt.task_id == task.id, Feedback.kind == FeedbackKind.TEXT, Feedback.score.is_not(None),
             Feedback.text.is_not(None))).all()
     if not rows:
         return exemplar_feedback(db, task)[:1]

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .db import init_db, session_scope
+from .db import ObjectiveName, Placement, init_db, session_scope
 from .experiment_report import PAIRED, comparisons, render_report, summary_rows
 from .settings import Settings
 
@@ -75,7 +75,7 @@ def _prepare(db: str, settings: Settings, cfg: ExperimentConfig, log: Log):
 def _train_config(objective: str, overrides: dict):
     from .training.config import AltTrainConfig
 
-    if objective != "alt":
+    if objective != ObjectiveName.ALT:
         try:
             from .training.objectives import make_config  # the objectives registry (issue 11)
         except ImportError:
@@ -178,7 +178,7 @@ def steer_by_text(db: str, settings: Settings, task, rule, arm: dict, round_cfg,
     with session_scope(db) as s:
         last = s.get(ModelVersion, arm["rounds"][-1]["version_id"])
         base = s.exec(select(ModelVersion).where(ModelVersion.parent_id.is_(None)).order_by(ModelVersion.id)).first()
-        if format_of(last, task).placement == "none":
+        if format_of(last, task).placement == Placement.NONE:
             return None
         last_id, base_id = last.id, base.id
 
@@ -213,10 +213,10 @@ def base_as_objective(objective: str, db: str, settings: Settings, task, provide
     from .training.objectives import get
 
     fmt = get(objective).task_format(task)
-    revise = objective == "cnr" and eval_config.revision_passes > 0
+    revise = objective == ObjectiveName.CNR and eval_config.revision_passes > 0
     with session_scope(db) as s:
         base = s.exec(select(ModelVersion).where(ModelVersion.parent_id.is_(None)).order_by(ModelVersion.id)).first()
-    if fmt.placement == "tokens":  # Quark's control tokens exist only once trained: the base reads the text
+    if fmt.placement == Placement.TOKENS:  # Quark's control tokens exist only once trained: the base reads the text
         fmt = format_of(base, task)
     if fmt.to_dict() == format_of(base, task).to_dict() and not revise:
         return None

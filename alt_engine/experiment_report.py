@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from .vocab import Placement
+
 # metrics with per-prompt values: paired bootstrap
 PAIRED = ("exemplar_share", "mean_score", "score3_share", "mean_words")
 
@@ -59,7 +61,7 @@ def summary_rows(record: dict) -> list[dict]:
             m = r["metrics"]
             row = {"objective": objective, "round": r["round"]}
             # a model that reads no feedback has no steerability or label to learn (older records have a gap)
-            reads_feedback = ((m.get("eval") or {}).get("format") or {}).get("placement") != "none"
+            reads_feedback = ((m.get("eval") or {}).get("format") or {}).get("placement") != Placement.NONE
             for name in ("exemplar_share", "mean_score", "score3_share", "steerability_gap", "ll_gap", "eos_gap"):
                 v, ci = _value(r, name)
                 if name not in ("exemplar_share", "mean_score", "score3_share") and not reads_feedback:

@@ -17,7 +17,7 @@ from collections import defaultdict
 from sqlmodel import select
 
 from . import conditioning
-from .db import Feedback, Generation, ModelVersion, Prompt, Round, Task, session_scope
+from .db import Feedback, FeedbackKind, Generation, JobKind, ModelVersion, Prompt, Round, Task, session_scope
 from .feedback.store import effective_feedback
 
 
@@ -93,9 +93,9 @@ def _ranked(db: str, task: Task, rounds: list[int] | None, include_truncated: bo
         found = s.exec(select(Generation, Prompt).join(Prompt, Generation.prompt_id == Prompt.id)
                        .where(Prompt.task_id == task.id, Generation.round_id.in_(round_ids))
                        .order_by(Generation.id)).all()
-        chosen = effective_feedback(s, [g.id for g, _ in found], kinds=("category",))
+        chosen = effective_feedback(s, [g.id for g, _ in found], kinds=(FeedbackKind.CATEGORY,))
         flagged = set(s.exec(select(Feedback.generation_id).where(
-            Feedback.generation_id.in_([g.id for g, _ in found]), Feedback.kind == "flag")))
+            Feedback.generation_id.in_([g.id for g, _ in found]), Feedback.kind == FeedbackKind.FLAG)))
         per_prompt: dict[int, list[dict]] = defaultdict(list)
         for g, p in found:
             fb = chosen.get(g.id)
@@ -151,7 +151,7 @@ def training_pool(db: str, task: Task, version: ModelVersion | None = None):
 
     if version is not None:
         with session_scope(db) as s:
-            job = s.exec(select(Job).where(Job.kind == "train", Job.version_id == version.id)).first()
+            job = s.exec(select(Job).where(Job.kind == JobKind.TRAIN, Job.version_id == version.id)).first()
         if job is not None and job.params.get("task_id") == task.id:
             return TrainSpec.from_params(job.params).pool
     return pool_options(task)
@@ -168,9 +168,10 @@ def left_out(db: str, task: Task, round_ids: list[int], used: set[int], kind: st
     with session_scope(db) as s:
         gens = s.exec(select(Generation).where(Generation.round_id.in_(round_ids))).all()
         ids = [g.id for g in gens]
-        labelled = effective_feedback(s, ids, kinds=("category",) if kind != "sft" else ("category", "text"))
+        labelled = effective_feedback(s, ids,
+                                      kinds=(FeedbackKind.CATEGORY,) if kind != "sft" else FeedbackKind.labels())
         flagged = set(s.exec(select(Feedback.generation_id).where(Feedback.generation_id.in_(ids),
-                                                                  Feedback.kind == "flag")))
+                                                                  Feedback.kind == FeedbackKind.FLAG)))
     by_prompt: dict[int, set] = defaultdict(set)
     for g in gens:
         if g.id in labelled and g.id not in flagged and (pool.truncated != "exclude" or not g.truncated):

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .vocab import ObjectiveName
+
 # The CLI's defaults (`alt round`, `alt experiment`, `alt eval`) for objectives that read feedback; the engine's
 # dataclasses default to 0 (off). Chosen by measurement on the default model (docs/guidance.md, "Measured": concise,
 # 3 rounds, ALT − SFT +0.14 [+0.05, +0.23] in exemplar share, steer gap +0.73 [+0.63, +0.82] vs the base's +0.07).
@@ -25,7 +27,7 @@ ROUND_GUIDANCE = 1.0  # γ for round sampling under the exemplar
 EVAL_GUIDANCE = 1.0  # γ for evaluation (and what the playground's slider starts at)
 EXPLORE = 0.5  # share of each prompt's samples drawn under the worst feedback, unguided, from round 2 on
 NEGATIVES = ("worst", "plain")  # the named choices; anything else is a feedback text
-FEEDBACK_FREE = ("sft", "cut", "cnr")  # objectives whose versions read no feedback
+FEEDBACK_FREE = (ObjectiveName.SFT, ObjectiveName.CUT, ObjectiveName.CNR)  # objectives whose versions read no feedback
 
 
 def negative_for(spec: str, feedback: str | None, contrast: Sequence[str]) -> str | None:

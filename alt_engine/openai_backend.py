@@ -30,6 +30,7 @@ import httpx
 import openai
 
 from .backend_types import Sample, SamplingParams
+from .vocab import ObjectiveName
 
 log = logging.getLogger(__name__)
 FATAL_ERRORS = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError,
@@ -129,7 +130,7 @@ def list_server_models(base_url: str, api_key: str = "", timeout: float = 10.0) 
 def sampling_model_name(settings, version) -> str:
     """The name to ask the server for: the configured name for a base version, else the version's own name
     (the name ``publish_version`` loads the adapter under, or tells the admin to serve it under)."""
-    if version.objective == "base":
+    if version.objective == ObjectiveName.BASE:
         return settings.sampling_model or version.name
     return version.name
 

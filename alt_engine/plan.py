@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
-from .db import Round, Task, session_scope
+from .db import ObjectiveName, Round, Task, session_scope
 from .evaluation import METRICS, EvalConfig
 from .pool import POLICIES, TRUNCATION, PoolOptions, check_pool
 from .sampling import SamplingParams
@@ -314,7 +314,8 @@ def default_eval(objective: str) -> EvalConfig:
     feedback, plain where it does not — the CLI's and the console's alike."""
     from .guidance import EVAL_GUIDANCE, resolve
 
-    return EvalConfig(guidance=resolve("alt" if objective == "base" else objective, None, EVAL_GUIDANCE))
+    objective = ObjectiveName.ALT if objective == ObjectiveName.BASE else objective
+    return EvalConfig(guidance=resolve(objective, None, EVAL_GUIDANCE))
 
 
 def plan_eval(db: str, task: Task, *, version_id: int | None = None, provider: str | None = None,

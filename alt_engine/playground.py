@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from sqlmodel import select
 
-from .db import ModelVersion, Prompt, Task, session_scope
+from .db import ModelVersion, Prompt, Task, VersionStatus, session_scope
 from .serving import ModelServer, Usage
 from .versions import served_version
 
@@ -29,7 +29,8 @@ def parse_feedback(text: str | None) -> str | None:
 def version_names(db: str) -> tuple[list[str], str | None]:
     """Every usable version's name (newest first) and the served one's."""
     with session_scope(db) as s:
-        rows = list(s.exec(select(ModelVersion).where(ModelVersion.status.in_(("ready", "served")))
+        usable = (VersionStatus.READY, VersionStatus.SERVED)
+        rows = list(s.exec(select(ModelVersion).where(ModelVersion.status.in_(usable))
                            .order_by(ModelVersion.id.desc())))
         served = served_version(s)
     return [r.name for r in rows], served.name if served else None

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from sqlmodel import select
 
 from .conditioning import PromptLike, prompt_of
-from .db import Feedback, Generation, Prompt, Round, Task, session_scope
+from .db import HUMAN_PREFIX, Feedback, FeedbackKind, Generation, Prompt, Round, Task, session_scope
 from .feedback.store import effective_feedback
 
 POLICIES = ("flush", "accumulate")
@@ -116,7 +116,7 @@ def truncation_cause(db: str, task: Task, options: PoolOptions) -> str:
             rounds = list(s.exec(select(Round.id).where(Round.task_id == task.id).order_by(Round.number)))
             round_ids = rounds[-1:] if options.policy == "flush" else rounds
         gens = s.exec(select(Generation).where(Generation.round_id.in_(round_ids))).all()
-        labelled = effective_feedback(s, [g.id for g in gens], kinds=("category", "text"))
+        labelled = effective_feedback(s, [g.id for g in gens], kinds=FeedbackKind.labels())
         used = [g for g in gens if g.id in labelled]
         cut = [g for g in used if g.truncated]
         if not cut or len(cut) * 4 < len(used):  # a few truncated ones explain nothing
@@ -182,13 +182,14 @@ def build_pool(db: str, task_id: int, round_ids: list[int] | None = None, k_per_
         rows = s.exec(select(Generation, Prompt).join(Prompt, Generation.prompt_id == Prompt.id).where(
             Prompt.task_id == task_id, Generation.round_id.in_(round_ids)).order_by(Generation.id)).all()
         gen_ids = [g.id for g, _ in rows]
-        chosen = effective_feedback(s, gen_ids, kinds=("category", "text"))
+        chosen = effective_feedback(s, gen_ids, kinds=FeedbackKind.labels())
         flagged = set(s.exec(select(Feedback.generation_id).where(
-            Feedback.generation_id.in_(gen_ids), Feedback.kind == "flag", Feedback.source.like("human:%"))))
+            Feedback.generation_id.in_(gen_ids), Feedback.kind == FeedbackKind.FLAG,
+            Feedback.source.like(f"{HUMAN_PREFIX}%"))))
         per_prompt: dict[int, list[PoolItem]] = defaultdict(list)
         for g, p in rows:
             fb = chosen.get(g.id)
-            text = (fb.text if fb.kind == "text" else fb.category) if fb else None
+            text = (fb.text if fb.kind == FeedbackKind.TEXT else fb.category) if fb else None
             if not (text or "").strip() or g.id in flagged:
                 continue  # no usable feedback (none, empty, or the judge's reply did not parse): not in the pool
             if combo and holds(combo, prompt_of(p), g.response, g.truncated):

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from sqlmodel import select
 
-from .db import Feedback, Generation, Prompt, QueueScore, Round, RoundStatus, Task, session_scope, utcnow
+from .db import Feedback, FeedbackKind, Generation, Prompt, QueueScore, Round, RoundStatus, Task, session_scope, utcnow
 
 STRATEGIES = ("fixed", "uncertainty", "disagreement", "coverage", "mix")
 SCORES = ("uncertainty", "disagreement", "coverage")  # what a mix weighs
@@ -194,7 +194,7 @@ def score_disagreement(db: str, task: Task, generation_ids: Sequence[int]) -> in
     cats = list(task.categories)
     with session_scope(db) as s:
         rows = s.exec(select(Feedback).where(Feedback.generation_id.in_(list(generation_ids)),
-                                             Feedback.kind.in_(("category", "text"))).order_by(Feedback.id)).all()
+                                             Feedback.kind.in_(FeedbackKind.labels())).order_by(Feedback.id)).all()
     labels: dict[int, dict[str, float]] = {}
     shown: dict[int, dict[str, str]] = {}
     for f in rows:  # newest per source wins (ordered by id)

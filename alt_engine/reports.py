@@ -16,6 +16,7 @@ from sqlmodel import select
 from .agreement import cohen_kappa, labels_by_rater
 from .db import Feedback, Generation, Job, ModelVersion, Prompt, QueueScore, Round, RoundStatus, Task, session_scope
 from .jobs import refresh
+from .vocab import HUMAN_PREFIX, FeedbackKind, JobKind, ObjectiveName
 
 
 def round_rows(db: str, task: str | None = None) -> list[dict]:
@@ -30,13 +31,15 @@ def round_rows(db: str, task: str | None = None) -> list[dict]:
         for rnd, t in s.exec(q):
             gens = select(Generation.id).where(Generation.round_id == rnd.id)
             n_gen = s.exec(select(func.count()).select_from(gens.subquery())).one()
-            labelled = select(Feedback.generation_id).where(Feedback.generation_id.in_(gens), Feedback.kind != "flag")
+            labelled = select(Feedback.generation_id).where(Feedback.generation_id.in_(gens),
+                                                            Feedback.kind != FeedbackKind.FLAG)
             human = s.exec(select(func.count(func.distinct(Feedback.generation_id))).where(
-                Feedback.generation_id.in_(gens), Feedback.source.like("human:%"), Feedback.kind != "flag")).one()
+                Feedback.generation_id.in_(gens), Feedback.source.like(f"{HUMAN_PREFIX}%"),
+                Feedback.kind != FeedbackKind.FLAG)).one()
             any_fb = s.exec(select(func.count(func.distinct(Feedback.generation_id))).where(
                 Feedback.generation_id.in_(labelled))).one()
             flagged_only = s.exec(select(func.count(func.distinct(Feedback.generation_id))).where(
-                Feedback.generation_id.in_(gens), Feedback.kind == "flag",
+                Feedback.generation_id.in_(gens), Feedback.kind == FeedbackKind.FLAG,
                 Feedback.generation_id.not_in(labelled))).one()
             trunc = s.exec(select(func.count()).where(Generation.round_id == rnd.id, Generation.truncated)).one()
             n_prompts = s.exec(select(func.count(func.distinct(Generation.prompt_id))).where(
@@ -68,7 +71,7 @@ def version_rows(db: str) -> list[dict]:
         versions = list(s.exec(select(ModelVersion).order_by(ModelVersion.id)))
         names = {v.id: v.name for v in versions}
         makers = {j.version_id: j.id for j in s.exec(select(Job).where(Job.version_id.is_not(None),
-                                                                       Job.kind == "train"))}
+                                                                       Job.kind == JobKind.TRAIN))}
         rounds = {r.id: r.number for r in s.exec(select(Round))}
         rows = []
         for v in versions:
@@ -242,9 +245,9 @@ def browse_generations(db: str, task: str | None = None, round_number: int | Non
         rows = []
         for g, p, r, tname in s.exec(q):
             fbs = list(s.exec(select(Feedback).where(Feedback.generation_id == g.id)))
-            labels = [f for f in fbs if f.kind != "flag"]
+            labels = [f for f in fbs if f.kind != FeedbackKind.FLAG]
             human = [f for f in labels if f.is_human]
-            flagged = any(f.kind == "flag" for f in fbs)
+            flagged = any(f.kind == FeedbackKind.FLAG for f in fbs)
             kind = "human" if human else "ai" if labels else "flagged" if flagged else "unlabelled"
             if state and state != kind and not (state == "flagged" and flagged):
                 continue
@@ -270,11 +273,11 @@ def browse_feedback(db: str, task: str | None = None, round_number: int | None =
         if round_number:
             q = q.where(Round.number == int(round_number))
         if source == "human":
-            q = q.where(Feedback.source.like("human:%"), Feedback.kind != "flag")
+            q = q.where(Feedback.source.like(f"{HUMAN_PREFIX}%"), Feedback.kind != FeedbackKind.FLAG)
         elif source == "ai":
-            q = q.where(Feedback.source.not_like("human:%"))
+            q = q.where(Feedback.source.not_like(f"{HUMAN_PREFIX}%"))
         elif source == "flag":
-            q = q.where(Feedback.kind == "flag")
+            q = q.where(Feedback.kind == FeedbackKind.FLAG)
         elif source:
             q = q.where(Feedback.source == source)
         if category:
@@ -334,9 +337,9 @@ def _version_rounds(session, task: Task) -> dict[int, int]:
         round_id = (v.hyperparameters or {}).get("round_id")
         if round_id in rounds:
             out[v.id] = rounds[round_id]
-        elif number is not None and round_id is None and v.objective != "base":
+        elif number is not None and round_id is None and v.objective != ObjectiveName.BASE:
             out[v.id] = number
-        elif v.objective == "base" and v.parent_id is None:
+        elif v.objective == ObjectiveName.BASE and v.parent_id is None:
             out[v.id] = 0
     return out
 
@@ -373,8 +376,9 @@ def throughput(db: str, task: str) -> list[dict]:
         t = _task_named(s, task)
         q = (select(Round.number, Feedback.source).join(Generation, Generation.id == Feedback.generation_id)
              .join(Prompt, Prompt.id == Generation.prompt_id).join(Round, Round.id == Generation.round_id)
-             .where(Prompt.task_id == t.id, Feedback.source.like("human:%"), Feedback.kind != "flag"))
-        counts = Counter((number, source.removeprefix("human:")) for number, source in s.exec(q))
+             .where(Prompt.task_id == t.id, Feedback.source.like(f"{HUMAN_PREFIX}%"),
+                    Feedback.kind != FeedbackKind.FLAG))
+        counts = Counter((number, source.removeprefix(HUMAN_PREFIX)) for number, source in s.exec(q))
     return [{"round": r, "annotator": a, "labels": n} for (r, a), n in sorted(counts.items())]
 
 

@@ -27,7 +27,7 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from . import conditioning, guidance
-from .db import ModelVersion, Prompt, Round, RoundStatus, Task, session_scope
+from .db import ModelVersion, ObjectiveName, Placement, Prompt, Round, RoundStatus, Task, session_scope
 from .evaluation import (
     EvalConfig,
     compare,
@@ -111,7 +111,7 @@ def draw_exemplars(db: str, task: Task, n_prompts: int, seed: int) -> list[str]:
 def sampling_conditioning(db: str, task: Task, version: ModelVersion, n_prompts: int, seed: int) -> list[str | None]:
     """Per prompt: None for a base model (it never saw feedback) or an unconditioned objective's version
     (sft, cut, cnr: format placement ``none``), else an exemplar."""
-    if version.objective == "base" or conditioning.format_of(version, task).placement == "none":
+    if version.objective == ObjectiveName.BASE or conditioning.format_of(version, task).placement == Placement.NONE:
         return [None] * n_prompts
     return draw_exemplars(db, task, n_prompts, seed)
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from . import conditioning
 from .backend_factory import cached_backend, load_sampler, make_backend
 from .backend_types import MAX_GUIDANCE, Backend, OnStep, Progress, Sample, SamplingParams, Throughput, report
-from .db import Generation, Prompt, session_scope
+from .db import Generation, Placement, Prompt, session_scope
 from .transformers_backend import TransformersBackend, guided_logits, next_tokens, sequence_seed, using_threads
 
 __all__ = ["MAX_GUIDANCE", "Backend", "OnStep", "Progress", "Sample", "SamplingParams", "Throughput",
@@ -120,7 +120,7 @@ def check_guidance(backend, fmt: conditioning.Format | None, params: SamplingPar
     Critique-and-Revise versions: format ``none``) or a backend whose ``generate`` takes no negative inputs."""
     if not params.guidance:
         return
-    if fmt is not None and fmt.placement == "none":
+    if fmt is not None and fmt.placement == Placement.NONE:
         raise ValueError("feedback guidance needs a model that reads feedback; this version's objective reads none "
                          "(sft, cut, cnr sample the plain prompt): use --guidance 0")
     try:

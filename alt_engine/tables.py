@@ -14,7 +14,7 @@ from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint, event,
 from sqlmodel import Field, SQLModel
 
 from .textpolicy import replace_nul
-from .vocab import JobStatus, RoundStatus, VersionStatus
+from .vocab import HUMAN_PREFIX, JobStatus, RoundStatus, VersionStatus
 
 
 def utcnow() -> dt.datetime:
@@ -136,7 +136,7 @@ class Feedback(SQLModel, table=True):
 
     @property
     def is_human(self) -> bool:
-        return self.source.startswith("human:")
+        return self.source.startswith(HUMAN_PREFIX)
 
 
 class User(SQLModel, table=True):

@@ -31,7 +31,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from .db import ApiKey, AppSecret, SignInThrottle, User, get_engine, insert_ignore, session_scope
+from .db import HUMAN_PREFIX, ApiKey, AppSecret, SignInThrottle, User, get_engine, insert_ignore, session_scope
 
 ROLES = ("annotator", "admin")
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
@@ -55,7 +55,7 @@ class UserInfo:
     @property
     def source(self) -> str:
         """Provenance string stored in ``Feedback.source``."""
-        return f"human:{self.name}"
+        return f"{HUMAN_PREFIX}{self.name}"
 
 
 def _b64(raw: bytes) -> str:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from sqlmodel import Session, select
 
 from . import conditioning
-from .db import ModelVersion, TrainingExample, session_scope
+from .db import ModelVersion, ObjectiveName, TrainingExample, VersionStatus, session_scope
 from .pool import PoolItem
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ Progress = Callable[[float, dict], None]  # (fraction done, latest logs), as ``t
 
 
 def served_version(session: Session) -> ModelVersion | None:
-    return session.exec(select(ModelVersion).where(ModelVersion.status == "served")).first()
+    return session.exec(select(ModelVersion).where(ModelVersion.status == VersionStatus.SERVED)).first()
 
 
 def ensure_base_version(session: Session, model: str, path: str) -> ModelVersion:
@@ -32,7 +32,7 @@ def ensure_base_version(session: Session, model: str, path: str) -> ModelVersion
     if served is not None:
         return served
     version = session.exec(select(ModelVersion).where(ModelVersion.path == path,
-                                                      ModelVersion.objective == "base")).first()
+                                                      ModelVersion.objective == ObjectiveName.BASE)).first()
     if version is None:
         n = len(session.exec(select(ModelVersion.id)).all())
         version = ModelVersion(name="v0-base" if n == 0 else f"v0-base-{n}", path=path, objective="base",
@@ -52,9 +52,9 @@ def promote(session: Session, version_id: int) -> ModelVersion:
     version = session.get(ModelVersion, version_id)
     if version is None:
         raise ValueError(f"no model version {version_id}")
-    if version.status not in ("ready", "served", "retired"):
+    if version.status not in (VersionStatus.READY, VersionStatus.SERVED, VersionStatus.RETIRED):
         raise ValueError(f"version {version.name} is {version.status}; only a ready version can be served")
-    for other in session.exec(select(ModelVersion).where(ModelVersion.status == "served")):
+    for other in session.exec(select(ModelVersion).where(ModelVersion.status == VersionStatus.SERVED)):
         other.status = "ready"
     version.status = "served"
     close_trained_rounds(session, version)
@@ -101,7 +101,8 @@ def _resumable(session, parent_id: int, objective: str, round_id: int | None, fe
 
     failed = session.exec(select(ModelVersion).where(ModelVersion.parent_id == parent_id,
                                                      ModelVersion.objective == objective,
-                                                     ModelVersion.status == "failed").order_by(ModelVersion.id.desc()))
+                                                     ModelVersion.status == VersionStatus.FAILED)
+                               .order_by(ModelVersion.id.desc()))
     for version in failed:
         if (version.hyperparameters or {}).get("round_id") != round_id or not Path(version.path).is_dir():
             continue

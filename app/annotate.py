@@ -23,6 +23,7 @@ import gradio as gr
 
 from alt_engine import annotation as ann
 from alt_engine.settings import Settings
+from alt_engine.vocab import SubmitStatus
 
 from .auth import Auth
 from .textview import visible
@@ -315,21 +316,21 @@ class AnnotateTab:
             raise gr.Error(str(e)) from e
         label = sub.category or ("AI suggestion" if accept else "feedback")
         session = getattr(request, "session_hash", None)
-        if res.status == "already_labelled" and session and self._saved_by.get(session) == state["lease_id"]:
+        if res.status == SubmitStatus.ALREADY_LABELLED and session and self._saved_by.get(session) == state["lease_id"]:
             # this very tab saved that lease a moment ago: two keys in quick succession, both sent for the item then
             # on screen — the second is not a relabel (a stale *second tab* is another session: offered Replace)
             return self._after(user, task, "Ignored a second key press meant for the previous item.", tz)
-        if res.status == "saved" and session:
+        if res.status == SubmitStatus.SAVED and session:
             self._saved_by[session] = state["lease_id"]
             while len(self._saved_by) > 10_000:  # one entry per browser tab; the oldest go first
                 self._saved_by.pop(next(iter(self._saved_by)))
-        if res.status == "already_labelled":  # a stale second tab: say so, offer to replace
+        if res.status == SubmitStatus.ALREADY_LABELLED:  # a stale second tab: say so, offer to replace
             saved, label = html.escape(_describe(res.existing), quote=False), html.escape(label, quote=False)
             note = (f"⚠ You already labelled item #{state['generation_id']} ({saved}), e.g. in another tab. "
                     f"Press **Replace my saved label** to save {label} instead, or **Refresh** to keep it.")
             return self._render(user, ann.get_item(self.db, user, state["lease_id"]), task, note, tz,
                                 pending=dataclasses.asdict(sub))
-        note = (f"Saved item #{state['generation_id']}: {label}." if res.status == "saved"
+        note = (f"Saved item #{state['generation_id']}: {label}." if res.status == SubmitStatus.SAVED
                 else "Already saved; the extra key press was ignored.")
         return self._after(user, task, html.escape(note), tz)
 

@@ -57,6 +57,9 @@ class Caller:
     def post(self, url: str, **kw):
         return self.request("POST", url, **kw)
 
+    def get(self, url: str, **kw):
+        return self.request("GET", url, **kw)
+
     def stream(self, method: str, url: str, **kw):
         self.c.cookies.clear()
         return self.c.stream(method, url, headers=self.headers, **kw)

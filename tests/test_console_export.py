@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from alt_engine import export
-from tests.test_console_auth import REFUSED, client  # client signs admin / bob in
+from tests.test_console_auth import REFUSED, Caller, client  # client signs admin / bob in
 from tests.test_export import seed
 
 
@@ -32,7 +32,14 @@ def app(tmp_path_factory, tiny_model_dir):
     return create_app(settings), db
 
 
-def export_call(c: TestClient, api, kind: str, fmt: str = "jsonl", task: str = "", rounds: str = "",
+@pytest.fixture(scope="module")
+def entered(app):
+    """The module's one entered client (``test_console_auth.Caller``: one queue loop for every user)."""
+    with TestClient(app[0], raise_server_exceptions=False) as c:
+        yield c
+
+
+def export_call(c: Caller, api, kind: str, fmt: str = "jsonl", task: str = "", rounds: str = "",
                 push: bool = False, repo: str = "") -> tuple[int, dict | None]:
     """POST the Export button's event (api_name ``admin_export``) through the queue; (status, completion)."""
     (index,) = [i for i, f in api.state.blocks.fns.items() if f.api_name == "admin_export"]
@@ -55,18 +62,18 @@ def produced(done: dict) -> tuple[str, str]:
     return file["path"], message
 
 
-def test_export_refused_to_anonymous_and_annotators(app):
+def test_export_refused_to_anonymous_and_annotators(app, entered):
     api, _ = app
-    status, _ = export_call(client(api, None), api, "annotations")
+    status, _ = export_call(client(entered, None), api, "annotations")
     assert status == 401
-    status, done = export_call(client(api, "bob"), api, "annotations")
+    status, done = export_call(client(entered, "bob"), api, "annotations")
     assert status == 200 and done["success"] is False and done["output"]["error"] == REFUSED
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet", "datasets"])
-def test_admin_exports_annotations_in_every_format(app, fmt, tmp_path):
+def test_admin_exports_annotations_in_every_format(app, entered, fmt, tmp_path):
     api, db = app
-    status, done = export_call(client(api, "admin"), api, "annotations", fmt)
+    status, done = export_call(client(entered, "admin"), api, "annotations", fmt)
     path, message = produced(done)
     if fmt == "datasets":  # a folder, downloaded as a zip
         zipfile.ZipFile(path).extractall(tmp_path / "ds")
@@ -75,9 +82,9 @@ def test_admin_exports_annotations_in_every_format(app, fmt, tmp_path):
     assert f"{len(export.annotation_rows(db))} annotation rows" in message
 
 
-def test_admin_exports_training_sets_and_a_snapshot(app, tmp_path):
+def test_admin_exports_training_sets_and_a_snapshot(app, entered, tmp_path):
     api, db = app
-    admin = client(api, "admin")
+    admin = client(entered, "admin")
     _, done = export_call(admin, api, "dpo", "jsonl", "default", "1")
     assert export.read_rows(produced(done)[0]) == json.loads(json.dumps(export.dpo_rows(db, "default", [1])))
     _, done = export_call(admin, api, "kto", "parquet", "default")
@@ -94,25 +101,25 @@ def test_admin_exports_training_sets_and_a_snapshot(app, tmp_path):
     assert done["success"] is False and "one round" in done["output"]["error"]
 
 
-def test_a_failed_push_still_gives_the_file_and_says_why(app, monkeypatch):
+def test_a_failed_push_still_gives_the_file_and_says_why(app, entered, monkeypatch):
     from huggingface_hub import constants
 
     api, db = app
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    _, done = export_call(client(api, "admin"), api, "annotations", "csv", push=True, repo="me/alt")
+    _, done = export_call(client(entered, "admin"), api, "annotations", "csv", push=True, repo="me/alt")
     path, message = produced(done)
     assert "not pushed to the Hub" in message and "offline mode" in message
     assert export.read_annotations(path) == export.annotation_rows(db)
 
 
-def test_an_export_in_gradios_cache_is_served_to_admins_only(app):
+def test_an_export_in_gradios_cache_is_served_to_admins_only(app, entered):
     """Item 15: the cache URL of an admin's export served the file to any signed-in user who had it."""
     api, _ = app
-    admin, bob = client(api, "admin"), client(api, "bob")
+    admin, bob = client(entered, "admin"), client(entered, "bob")
     _, done = export_call(admin, api, "annotations")
     path, _ = produced(done)
     assert "alt-export-" in path
     assert bob.get(f"/gradio_api/file={path}").status_code == 403
-    assert client(api, None).get(f"/gradio_api/file={path}").status_code == 401
+    assert client(entered, None).get(f"/gradio_api/file={path}").status_code == 401
     r = admin.get(f"/gradio_api/file={path}")
     assert r.status_code == 200 and r.content

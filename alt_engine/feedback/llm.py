@@ -34,7 +34,7 @@ import openai
 from sqlmodel import select
 from tqdm.auto import tqdm
 
-from ..db import Feedback, Generation, JudgeCall, Prompt, Task, session_scope
+from ..db import Feedback, FeedbackKind, Generation, JudgeCall, Prompt, Task, session_scope
 from ..settings import Settings
 from . import judge_prompts as jp
 from .base import FeedbackItem, FeedbackResult
@@ -392,7 +392,7 @@ def exemplar_pool(db: str, task_id: int, top: int = 8, min_score: float | None =
     """
     q = (select(Feedback.text, Generation.sampling_params).join(Generation, Generation.id == Feedback.generation_id)
          .join(Prompt, Prompt.id == Generation.prompt_id)
-         .where(Prompt.task_id == task_id, Feedback.kind == "text", Feedback.text.is_not(None),
+         .where(Prompt.task_id == task_id, Feedback.kind == FeedbackKind.TEXT, Feedback.text.is_not(None),
                 Feedback.score.is_not(None))
          .order_by(Feedback.score.desc(), Feedback.id.desc()))
     if min_score is not None:

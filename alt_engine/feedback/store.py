@@ -11,10 +11,11 @@ from collections.abc import Iterable
 
 from sqlmodel import Session, select
 
-from ..db import Feedback, session_scope
+from ..db import Feedback, FeedbackKind, session_scope
 from .base import FeedbackItem, FeedbackResult
 
-FEEDBACK_KINDS = ("category", "text", "critique", "judgment")
+# every kind but flags
+FEEDBACK_KINDS = (FeedbackKind.CATEGORY, FeedbackKind.TEXT, FeedbackKind.CRITIQUE, FeedbackKind.JUDGMENT)
 
 
 def store_results(db: str, source: str, items: list[FeedbackItem], results: list[FeedbackResult],

@@ -12,12 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..db import Job, JobStatus, ModelVersion, Round, RoundStatus, VersionStatus, select, session_scope, utcnow
+from ..db import Job, JobKind, JobStatus, ModelVersion, Round, RoundStatus, VersionStatus, select, session_scope, utcnow
 from .context import JobContext
 from .lock import _lock_free, jobs_dir
 
 FINISHED = JobStatus.finished()
-KINDS = ("sample", "feedback", "train", "eval", "round", "score")
+KINDS = tuple(k.value for k in JobKind)  # sample | feedback | train | eval | round | score
 STALE_S = 30.0  # a running job without a heartbeat for this long is dead (e.g. on another host)
 HOST = socket.gethostname()
 # settings a job must not carry in its params (the worker inherits them from the environment)
@@ -32,7 +32,7 @@ JOB_KINDS: dict[str, Callable[[JobContext], dict]] = {}
 
 def _links(kind: str, params: dict) -> dict:
     links = {"task_id": params.get("task_id")}
-    if kind in ("feedback",) or (kind == "train" and train_rounds(params)):
+    if kind == JobKind.FEEDBACK or (kind == JobKind.TRAIN and train_rounds(params)):
         links["round_id"] = params.get("round_id") or train_rounds(params)[-1]
     return links
 
@@ -118,8 +118,8 @@ def _fail_outputs(session, job: Job, reason: str) -> None:
         if version.id == job.version_id or (version.hyperparameters or {}).get("job_id") == job.id:
             version.status = VersionStatus.FAILED
             version.metrics = {**(version.metrics or {}), "error": reason}
-    rounds = set(train_rounds(job.params or {})) if job.kind == "train" else set()
-    if job.round_id and job.kind in ("sample", "round", "train"):
+    rounds = set(train_rounds(job.params or {})) if job.kind == JobKind.TRAIN else set()
+    if job.round_id and job.kind in (JobKind.SAMPLE, JobKind.ROUND, JobKind.TRAIN):
         rounds.add(job.round_id)
     for rid in rounds:
         rnd = session.get(Round, rid)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from ..db import Task, session_scope
+from ..db import JobStatus, Task, session_scope
 from .queue import create_job, get_job, start_job, wait_job
 from .run import run_job_inline
 
@@ -45,7 +45,7 @@ def train_version(db: str, settings: Settings, spec: TrainSpec, background: bool
         log(f"  training job {job_id}")
         with _watch(db, job_id, log, progress):
             job = run_job_inline(db, job_id)
-    if job.status != "succeeded":
+    if job.status != JobStatus.SUCCEEDED:
         raise RuntimeError(f"training job {job_id} failed: {job.error or job.message}")
     return job_id, int(job.result["version_id"])
 
@@ -65,7 +65,7 @@ def _watch(db: str, job_id: int, log: Log, progress: Callable[[float], None] | N
         while not stop.wait(every):
             job = get_job(db, job_id)
             line = f"  train {job.progress:4.0%}  {job.message}"
-            if line != last and job.status == "running":
+            if line != last and job.status == JobStatus.RUNNING:
                 log(line)
                 last = line
                 if progress is not None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from .. import conditioning
 from ..sampling import SamplingParams, TransformersBackend
+from ..vocab import Placement
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class ChatBatcher:
                 self._check_length(ids)
                 neg = None
                 if r.guidance:
-                    if fmt.for_tokenizer(backend.tokenizer).placement == "none":
+                    if fmt.for_tokenizer(backend.tokenizer).placement == Placement.NONE:
                         raise ValueError(f"version {version_name} reads no feedback (an sft, cut or cnr version): "
                                          "guidance has nothing to steer; use guidance 0")
                     neg = conditioning.build_input(backend.tokenizer, r.messages, r.negative, fmt).input_ids

@@ -20,7 +20,7 @@ from sqlmodel import select
 
 from .. import conditioning
 from ..conditioning import REQUEST, revision_input, revision_target  # the CnR layout, shared with revise.py
-from ..db import Feedback, Generation, Prompt, Round, session_scope
+from ..db import Feedback, FeedbackKind, Generation, Prompt, Round, session_scope
 from ..pool import PoolItem
 from .collator import AltCollator
 from .config import TrainConfig
@@ -58,7 +58,7 @@ def critique_items(db: str, task, round_ids: list[int] | None = None, policy: st
             round_ids = rounds[-1:] if policy == "flush" else rounds
         rows = s.exec(select(Feedback, Generation, Prompt).join(Generation, Feedback.generation_id == Generation.id)
                       .join(Prompt, Generation.prompt_id == Prompt.id).where(
-            Prompt.task_id == task.id, Generation.round_id.in_(round_ids), Feedback.kind == "critique",
+            Prompt.task_id == task.id, Generation.round_id.in_(round_ids), Feedback.kind == FeedbackKind.CRITIQUE,
             Feedback.critique.is_not(None), Feedback.revision.is_not(None)).order_by(Feedback.id)).all()
         return [PoolItem(g.id, f.id, p.id, conditioning.prompt_of(p), f.critique, g.response, g.truncated,
                          revision=f.revision) for f, g, p in rows if f.critique.strip() and f.revision.strip()]

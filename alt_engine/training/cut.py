@@ -31,7 +31,7 @@ import torch
 from sqlmodel import select
 
 from .. import conditioning
-from ..db import Feedback, Generation, Prompt, Round, session_scope
+from ..db import HUMAN_PREFIX, Feedback, FeedbackKind, Generation, Prompt, Round, session_scope
 from ..feedback.store import effective_feedback
 from ..pool import PoolItem
 from .collator import IGNORE, AltCollator
@@ -164,10 +164,12 @@ def judgment_items(db: str, task, round_ids: list[int] | None = None, policy: st
             query = query.where(Generation.truncated == False)  # noqa: E712
         rows = s.exec(query.order_by(Generation.id)).all()
         ids = [g.id for g, _ in rows]
-        categories = effective_feedback(s, ids, kinds=("category",))
-        judgments = {g: f for g, f in effective_feedback(s, ids, kinds=("judgment",)).items() if (f.text or "").strip()}
+        categories = effective_feedback(s, ids, kinds=(FeedbackKind.CATEGORY,))
+        judgments = {g: f for g, f in effective_feedback(s, ids, kinds=(FeedbackKind.JUDGMENT,)).items()
+                     if (f.text or "").strip()}
         flagged = set(s.exec(select(Feedback.generation_id).where(
-            Feedback.generation_id.in_(ids), Feedback.kind == "flag", Feedback.source.like("human:%"))))
+            Feedback.generation_id.in_(ids), Feedback.kind == FeedbackKind.FLAG,
+            Feedback.source.like(f"{HUMAN_PREFIX}%"))))
         best = task.exemplar_category
         items = []
         for g, p in rows:

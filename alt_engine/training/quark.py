@@ -19,6 +19,7 @@ from typing import ClassVar
 from .. import conditioning
 from ..feedback.reward import quantile_bins
 from ..pool import PoolItem, build_pool
+from ..vocab import Placement
 from .config import AltTrainConfig
 
 TOKEN = "<|quantile_{i}|>"
@@ -57,7 +58,7 @@ def quark_format(task) -> conditioning.Format:
 def with_tokens(tokenizer, items, config, fmt: conditioning.Format) -> conditioning.Format:
     """The tokens format named by ``config.token_template`` over ``fmt``'s categories (best → worst; from the
     items if ``fmt`` has none), tokens added to the tokenizer."""
-    categories = list(fmt.tokens) if fmt.placement == "tokens" and fmt.tokens else \
+    categories = list(fmt.tokens) if fmt.placement == Placement.TOKENS and fmt.tokens else \
         list(dict.fromkeys(it.feedback for it in items))
     fmt = conditioning.Format("tokens", tokens=control_tokens(categories, config.token_template))
     add_control_tokens(tokenizer, fmt.tokens)

@@ -8,7 +8,7 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from alt_engine import prompts as prompt_import
-from alt_engine.db import ModelVersion, Prompt, Task, init_db, session_scope
+from alt_engine.db import ModelVersion, Prompt, Task, VersionStatus, init_db, session_scope
 from alt_engine.tasks import BUILTIN_TASKS, DEMOS, get_or_create_task
 from alt_engine.versions import ensure_base_version, list_versions, promote, rollback, served_version
 
@@ -193,7 +193,7 @@ def cmd_models_list(args) -> None:
     refresh(settings.db)
     with session_scope(settings.db) as s:
         for v in list_versions(s):
-            mark = "*" if v.status == "served" else " "
+            mark = "*" if v.status == VersionStatus.SERVED else " "
             metrics = ", ".join(f"{k}={x:.3g}" if isinstance(x, float) else f"{k}={x}"
                                 for k, x in (v.metrics or {}).items() if not isinstance(x, dict))
             print(f"{mark} {v.id:>3} {v.name:<16} {v.status:<8} {v.objective:<6} parent={v.parent_id} {v.path}"

@@ -5,6 +5,8 @@ the same PostgreSQL database as the app processes)."""
 
 from __future__ import annotations
 
+from alt_engine.vocab import JobStatus
+
 from . import CLIError, command_help, settings_from
 
 
@@ -56,7 +58,7 @@ def cmd_cancel(args) -> None:
     from alt_engine.jobs import cancel_job
 
     job = cancel_job(settings_from(args).db, args.job)
-    print(f"job {job.id}: {job.status}" + (" (cancel requested)" if job.status == "running" else ""))
+    print(f"job {job.id}: {job.status}" + (" (cancel requested)" if job.status == JobStatus.RUNNING else ""))
 
 
 def cmd_retry(args) -> None:

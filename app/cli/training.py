@@ -15,7 +15,7 @@ import json
 from sqlalchemy import func
 from sqlmodel import select
 
-from alt_engine.db import Generation, ModelVersion, Round, Task, init_db, session_scope
+from alt_engine.db import Generation, ModelVersion, ObjectiveName, Round, Task, init_db, session_scope
 from alt_engine.guidance import EVAL_GUIDANCE, EXPLORE, ROUND_GUIDANCE
 from alt_engine.pool import POLICIES, TRUNCATION
 
@@ -353,7 +353,7 @@ def cmd_eval(args) -> None:
 
 def _objective_of(version: ModelVersion) -> str:
     """The objective whose format a version reads (the base reads feedback as the task's format places it)."""
-    return "alt" if version.objective == "base" else version.objective
+    return ObjectiveName.ALT.value if version.objective == ObjectiveName.BASE else version.objective
 
 
 def _round_choices(args, objective: str | None = None) -> dict:

@@ -8,6 +8,7 @@ import html
 import gradio as gr
 
 from alt_engine.jobs import cancel_job, job_logs, list_jobs, retry_job
+from alt_engine.vocab import JobStatus
 
 from .base import ConsoleTab
 
@@ -26,7 +27,7 @@ def _eta(s: float | None) -> str:
 
 def progress_html(jobs) -> str:
     """A progress bar per queued or running job (all text escaped)."""
-    active = [j for j in jobs if j.status in ("queued", "running")]
+    active = [j for j in jobs if j.status in JobStatus.active()]
     if not active:
         return '<div id="console-no-active-jobs">No job running.</div>'
     parts = []
@@ -75,7 +76,8 @@ class JobsTab(ConsoleTab):
             job = cancel_job(self.db, int(job_id or 0))
         except ValueError as e:
             raise self.error(e) from e
-        return (*self.views(), f"Job {job.id}: {'cancelled' if job.status == 'cancelled' else 'cancel requested'}.")
+        said = "cancelled" if job.status == JobStatus.CANCELLED else "cancel requested"
+        return (*self.views(), f"Job {job.id}: {said}.")
 
     def _retry(self, job_id, request: gr.Request):
         self.auth.require_admin(request)

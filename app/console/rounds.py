@@ -12,7 +12,7 @@ import httpx
 from sqlmodel import select
 
 from alt_engine import reports
-from alt_engine.db import Job, ModelVersion, Round, Task, session_scope
+from alt_engine.db import Job, JobKind, JobStatus, ModelVersion, Round, Task, VersionStatus, session_scope
 from alt_engine.jobs import refresh, start_job
 from alt_engine.plan import PROMOTE, defaults, plan_round, plan_sample
 from alt_engine.settings import BACKENDS, save_settings, stored_settings
@@ -34,7 +34,7 @@ def round_choices(db: str) -> list[tuple[str, int]]:
 def version_choices(db: str) -> list[tuple[str, int]]:
     with session_scope(db) as s:
         return [(f"{v.name} ({v.status})", v.id) for v in s.exec(select(ModelVersion).order_by(ModelVersion.id.desc()))
-                if v.status in ("served", "ready")]
+                if v.status in (VersionStatus.SERVED, VersionStatus.READY)]
 
 
 STAGE_NAMES = {"sample": "sample", "feedback": "feedback", "evaluate_parent": "evaluate parent", "pool": "pool",
@@ -49,24 +49,24 @@ def round_progress_html(job: Job | None, rounds_db: str) -> str:
     if job is None:
         return '<div id="console-round-none">No round run from here yet.</div>'
     n = len(STAGES)
-    at = STAGES.index(job.stage) if job.stage in STAGES else (n if job.status == "succeeded" else -1)
+    at = STAGES.index(job.stage) if job.stage in STAGES else (n if job.status == JobStatus.SUCCEEDED else -1)
     within = max(0.0, min(1.0, (job.progress or 0) * n - at)) if 0 <= at < n else 0.0
     cells = []
     for i, stage in enumerate(STAGES):
-        done = i < at or job.status == "succeeded"
+        done = i < at or job.status == JobStatus.SUCCEEDED
         share = 100 if done else round(100 * within) if i == at else 0
-        state = "done" if done else ("failed" if i == at and job.status in ("failed", "cancelled") else
+        state = "done" if done else ("failed" if i == at and job.status in (JobStatus.FAILED, JobStatus.CANCELLED) else
                                      "running" if i == at else "todo")
         cells.append(f'<div class="alt-stage" data-stage="{stage}" data-state="{state}" style="flex: 1">'
                      f'<div style="font-size: 0.85em">{"✓ " if done else ""}{STAGE_NAMES[stage]}</div>'
                      f'<progress value="{share}" max="100" style="width: 100%"></progress></div>')
     head = f"<b>round job {job.id}</b> — {html.escape(str(job.status))}"
-    if job.status == "running" and job.stage:
+    if job.status == JobStatus.RUNNING and job.stage:
         head += f" · {html.escape(STAGE_NAMES.get(job.stage, job.stage))}"
     tail = ""
-    if job.status == "succeeded" and job.result:
+    if job.status == JobStatus.SUCCEEDED and job.result:
         tail = f"<div>{html.escape(str(job.result.get('decision', '')))}</div>"
-    elif job.status in ("failed", "cancelled"):
+    elif job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
         tail = f'<div class="alt-refusal">{html.escape((job.error or job.message or "").splitlines()[0][:500])}</div>'
     return (f'<div id="console-round-job" data-job="{job.id}" data-status="{html.escape(str(job.status))}">{head}'
             f'<div style="display: flex; gap: 4px">{"".join(cells)}</div>{tail}</div>')
@@ -122,7 +122,7 @@ class RoundsTab(ConsoleTab):
     def _round_progress_html(self) -> str:
         refresh(self.db)
         with session_scope(self.db) as s:
-            job = s.exec(select(Job).where(Job.kind == "round").order_by(Job.id.desc())).first()
+            job = s.exec(select(Job).where(Job.kind == JobKind.ROUND).order_by(Job.id.desc())).first()
         return round_progress_html(job, self.db)
 
     def _round_tick(self, request: gr.Request):

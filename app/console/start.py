@@ -10,7 +10,7 @@ import gradio as gr
 from sqlalchemy import func
 from sqlmodel import select
 
-from alt_engine.db import Job, ModelVersion, Prompt, Round, Task, session_scope
+from alt_engine.db import Job, JobStatus, ModelVersion, Prompt, Round, Task, session_scope
 from alt_engine.prompts import import_builtin
 from alt_engine.tasks import BUILTIN_TASKS, DEMOS
 
@@ -29,7 +29,7 @@ def next_step(db: str) -> str:
         prompts = s.exec(select(func.count()).select_from(Prompt)).one()
         rounds = s.exec(select(func.count()).select_from(Round)).one()
         trained = s.exec(select(ModelVersion).where(ModelVersion.parent_id.is_not(None))).all()
-        running = s.exec(select(Job).where(Job.status.in_(("queued", "running")))).first()
+        running = s.exec(select(Job).where(Job.status.in_(JobStatus.active()))).first()
     if not prompts:
         return ("**New database.** Start from a demo task below — its prompts ship with ALT Studio and its feedback "
                 "is a rule that needs no network — or import your own prompts in **Data** (CSV / JSONL / parquet).")

@@ -8,7 +8,7 @@ import gradio as gr
 from sqlmodel import select
 
 from alt_engine.conditioning import PLACEMENTS, Format, attribute_lines, parse_attributes
-from alt_engine.db import Task, session_scope
+from alt_engine.db import Placement, Task, session_scope
 from alt_engine.queue_order import STRATEGIES
 from alt_engine.reports import TaskSpec, duplicate_task, save_task
 from alt_engine.tasks import BUILTIN_TASKS
@@ -61,7 +61,8 @@ class TasksTab(ConsoleTab):
             spec = TaskSpec(name=(name or "").strip(), categories=cats, exemplar=(exemplar or "").strip() or None,
                             allow_free_text=bool(free_text), allow_critique=bool(critique),
                             allow_judgment=bool(judgment), annotations_per_item=int(k or 1),
-                            guidelines=guidelines or "", conditioning=fmt.to_dict() if placement != "tokens" else None,
+                            guidelines=guidelines or "",
+                            conditioning=fmt.to_dict() if placement != Placement.TOKENS else None,
                             queue_strategy=queue or None)
             task = save_task(self.db, spec)
         except ValueError as e:
@@ -100,8 +101,8 @@ class TasksTab(ConsoleTab):
             critique = gr.Checkbox(label="Critique & revision fields", value=True, elem_id="console-task-critique")
             judgment = gr.Checkbox(label="Judgment field", value=True, elem_id="console-task-judgment")
         with gr.Row():
-            placement = gr.Dropdown(label="Conditioning placement", choices=[p for p in PLACEMENTS if p != "tokens"],
-                                    value="system")
+            placement = gr.Dropdown(label="Conditioning placement",
+                                    choices=[p for p in PLACEMENTS if p != Placement.TOKENS], value="system")
             template = gr.Textbox(label="Conditioning template", value="Feedback: {feedback}")
         attributes = gr.Textbox(label="SteerLM attributes: 'category = attribute string' per line (e.g. Harmless and "
                                       "very helpful = harmful:0,helpful:2); empty: quality:K-1 … quality:0",
