@@ -64,6 +64,8 @@ def run_the_round(url: str, chromium, shots: Path, round_timeout: float, log=pri
     assert states, "no stage was ever shown running"
     assert page.locator('#console-round-progress .alt-stage[data-state="done"]').count() == 7
     decision = page.inner_text("#console-round-progress")
+    if "promoted" in decision and "not promoted" not in decision:  # the header follows, no reload needed
+        _wait_text(page, "#alt-whoami", "v1-", timeout=30_000)
     page.screenshot(path=str(shots / "4-round-done.png"), full_page=True)
 
     # Dashboard: the base (round 0) and the new version, with intervals and the steer gap

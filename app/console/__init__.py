@@ -50,10 +50,11 @@ def build_console(settings: Settings, auth: Auth, hub=None, header: gr.Markdown 
                 t.select(tab.on_select, tab.select_inputs or None, tab.select_outputs, api_visibility="private",
                          show_progress="hidden")
     models, jobs, rounds = tabs[5], tabs[4], tabs[2]
-    models.wire(header if header is not None else gr.Markdown(visible=False), console_tabs, jobs)
+    header = header if header is not None else gr.Markdown(visible=False)
+    models.wire(header, console_tabs, jobs)
     start.task_events = start.wire(console_tabs, rounds.round_task)
-    jobs.timer.tick(rounds._round_tick, None, [rounds.round_progress], api_name="admin_round_tick",
-                    show_progress="hidden")  # a round's stages, on the Jobs tab's clock
+    jobs.timer.tick(rounds._round_tick, None, [rounds.round_progress, header], api_name="admin_round_tick",
+                    show_progress="hidden")  # a round's stages (and the served model), on the console's clock
     pickers = [p for tab in tabs for p in tab.task_pickers]
 
     def task_choices(request: gr.Request):

@@ -17,7 +17,7 @@ from alt_engine.jobs import refresh, start_job
 from alt_engine.plan import PROMOTE, defaults, plan_round, plan_sample
 from alt_engine.settings import BACKENDS, save_settings, stored_settings
 
-from .base import ConsoleTab, default_task, refusable
+from .base import ConsoleTab, default_task, header_markdown, refusable
 
 COLUMNS = ["task", "round", "status", "model", "prompts", "generations", "human", "ai", "unlabelled", "flagged",
            "truncated"]
@@ -126,8 +126,10 @@ class RoundsTab(ConsoleTab):
         return round_progress_html(job, self.db)
 
     def _round_tick(self, request: gr.Request):
-        self.auth.require_admin(request)
-        return self._round_progress_html()
+        """The latest round's stages, and the page header: a round that promotes its version changes what is
+        served, and the header says so without a reload."""
+        user = self.auth.require_admin(request)
+        return self._round_progress_html(), header_markdown(self.db, user)
 
     def table(self):
         return self.frame(reports.round_rows(self.db), COLUMNS)
