@@ -33,8 +33,11 @@ postgresql:
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	else echo "postgresql missing: install Debian's postgresql (PostgreSQL tests will be skipped)"; fi
 
+# two workers (one thread each) for the suite, then the multi-rank training tests alone: ranks spinning on their
+# collectives beside another test slowed both several-fold
 test: $(STAMP) chromium postgresql
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile -m "not serial" --durations=15
+	$(BIN)/pytest -q -m serial --durations=5
 
 test-fast: $(STAMP) postgresql
 	$(BIN)/pytest -q -m "not slow and not browser"

@@ -21,6 +21,10 @@ from alt_engine.settings import Settings
 from alt_engine.training.config import AltTrainConfig
 from alt_engine.versions import train_model_version
 
+# several training ranks, each spinning on its collectives: they run alone, after the parallel part of
+# `make test`
+pytestmark = pytest.mark.serial
+
 ITEMS = [PoolItem(i, i, i, f"Prompt {i}: say hello.", "Excellent" if i % 2 else "Horrible",
                   "HELLO THERE" if i % 2 else "hello there", False) for i in range(16)]
 

@@ -26,6 +26,10 @@ from alt_engine.training.config import AltTrainConfig
 from alt_engine.training.launch import accelerate_config, launcher_command
 from alt_engine.versions import train_model_version
 
+# several training ranks, each spinning on its collectives: they run alone, after the parallel part of
+# `make test`
+pytestmark = pytest.mark.serial
+
 
 def seed_feedback(db) -> list[PoolItem]:
     with session_scope(db) as s:

@@ -47,7 +47,10 @@ def build_console(settings: Settings, auth: Auth, hub=None, header: gr.Markdown 
             with gr.Tab(tab.title, id=f"console-{tab.title.lower()}", elem_id=f"console-tab-{tab.title.lower()}") as t:
                 tab.build_ui()
             if tab.select_outputs:  # what the tab refreshes when it is opened
-                t.select(tab.on_select, tab.select_inputs or None, tab.select_outputs, api_visibility="private",
+                t.select(tab.on_select, None, tab.select_outputs, api_visibility="private",
+                         show_progress="hidden")
+            if tab.task_pickers:  # and its task dropdowns (a task made in another tab since the page loaded)
+                t.select(tab.open_pickers, tab.task_pickers, tab.task_pickers, api_visibility="private",
                          show_progress="hidden")
     models, jobs, rounds = tabs[5], tabs[4], tabs[2]
     header = header if header is not None else gr.Markdown(visible=False)

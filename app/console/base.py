@@ -70,14 +70,23 @@ class ConsoleTab:
     load_outputs: list = []  # the components ``page_load`` fills (set by ``build_ui``)
     task_pickers: list = []  # this tab's task dropdowns: refreshed when a task is created (``build_console``)
     task_events: list = []  # events that create a task (the Tasks tab's save and duplicate)
-    select_outputs: list = []  # refreshed by ``on_select(*select_inputs, request)`` when the tab is opened
-    select_inputs: list = []
+    select_outputs: list = []  # refreshed by ``on_select(request)`` when the tab is opened
 
     def job_settings(self) -> dict:
         """The settings a job started here runs with: the app's, with what an admin stored in the console."""
         from alt_engine.jobs import job_settings
 
         return job_settings(self.settings.with_stored())
+
+    def open_pickers(self, request: gr.Request, *chosen):
+        """This tab's task dropdowns, refreshed as the tab opens: each keeps its task if that still exists, else
+        takes the newest task with prompts. Updates sent to a tab before it first mounts do not reach it (Gradio
+        6.31 mounts it with what the page load gave it), so a task created since the page loaded shows up here."""
+        self.auth.require_admin(request)
+        names = self.task_names()
+        fallback = default_task(self.db, names)
+        updates = [gr.update(choices=names, value=c if c in names else fallback) for c in chosen]
+        return updates if len(updates) != 1 else updates[0]
 
     def task_names(self) -> list[str]:
         from alt_engine.annotation import task_names

@@ -130,9 +130,7 @@ class DataTab(ConsoleTab):
                    api_name="admin_delete_prompt_set")
         go.click(self._browse, [view, b_task, b_round, state, source, category], [table], api_name="admin_browse")
         self.sets_out, self.task_pickers = sets, [task, del_task, b_task]
-        self.load_outputs = [sets, *self.task_pickers]
+        self.load_outputs = [sets]  # the task dropdowns are filled as the tab opens (``open_pickers``)
 
     def page_load(self):
-        names = self.task_names()
-        first = names[0] if names else None
-        return {self.sets_out: self.sets(), **{p: gr.update(choices=names, value=first) for p in self.task_pickers}}
+        return {self.sets_out: self.sets()}

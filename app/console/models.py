@@ -14,7 +14,7 @@ from alt_engine.db import ModelVersion, Task, session_scope
 from alt_engine.jobs import job_logs, start_job
 from alt_engine.versions import promote, rollback
 
-from .base import ConsoleTab, default_task, header_markdown
+from .base import ConsoleTab, header_markdown
 
 COLUMNS = ["id", "name", "status", "parent", "round", "objective", "job", "metrics", "error"]
 # short columns keep their headers on one line; the long text columns take the rest (wrapped)
@@ -173,7 +173,7 @@ class ModelsTab(ConsoleTab):
                    api_name="admin_evaluate")
         self.table_out, self.version, self.buttons, self.eval_task = table, version, (prom, back), task
         self.task_pickers = [task]
-        self.load_outputs = [table, task]
+        self.load_outputs = [table]  # the task dropdown is filled as the tab opens (``open_pickers``)
 
     def wire(self, header: gr.Markdown, console_tabs: gr.Tabs, jobs) -> None:
         """Events that reach outside this tab: the page header (promote, roll back) and the Jobs tab (the link)."""
@@ -186,6 +186,4 @@ class ModelsTab(ConsoleTab):
                             api_name="admin_model_job")
 
     def page_load(self):
-        names = self.task_names()
-        return {self.table_out: self.table(),
-                self.eval_task: gr.update(choices=names, value=default_task(self.db, names))}
+        return {self.table_out: self.table()}

@@ -70,8 +70,4 @@ class QueueTab(ConsoleTab):
         score.click(self._score, [task], [message], api_name="admin_queue_score")
         self.task_pickers = [task]
         self.pick = task
-        self.load_outputs = [task]
-
-    def page_load(self):
-        names = self.task_names()
-        return {self.pick: gr.update(choices=names, value=names[0] if names else None)}
+        self.load_outputs = []  # the task dropdown is filled as the tab opens (``open_pickers``)

@@ -17,7 +17,7 @@ from alt_engine.jobs import refresh, start_job
 from alt_engine.plan import PROMOTE, defaults, plan_round, plan_sample
 from alt_engine.settings import BACKENDS, save_settings, stored_settings
 
-from .base import ConsoleTab, default_task, header_markdown, refusable
+from .base import ConsoleTab, header_markdown, refusable
 
 COLUMNS = ["task", "round", "status", "model", "prompts", "generations", "human", "ai", "unlabelled", "flagged",
            "truncated"]
@@ -180,12 +180,6 @@ class RoundsTab(ConsoleTab):
         self.auth.require_admin(request)
         return self.table(), gr.update(choices=round_choices(self.db)), gr.update(choices=version_choices(self.db))
 
-    def _open(self, chosen: str | None, request: gr.Request):
-        """The round form's task list; the task chosen before stays, else the newest with prompts (a demo's)."""
-        self.auth.require_admin(request)
-        names = self.task_names()
-        return gr.update(choices=names, value=chosen if chosen in names else default_task(self.db, names))
-
     def _exemplars(self, task, request: gr.Request):
         self.auth.require_admin(request)
         if not task:
@@ -339,17 +333,14 @@ class RoundsTab(ConsoleTab):
         self.table_out, self.task_pick, self.round_pick, self.version_pick = table, task, rnd, version
         self.sampling_out = (summary, backend, base_url, model, concurrency)
         self.task_pickers = [task, r_task]
-        self.load_outputs = [table, task, rnd, version, r_progress, *self.sampling_out]
-        # the round form's task is filled when the tab opens (by a click or by a demo), never at page load: a value
-        # sent to a tab that is not mounted yet came back as the page load's when it mounted, so a demo's round form
-        # showed 'concise' but estimated and started the page load's task
-        self.on_select, self.select_inputs, self.select_outputs = self._open, [r_task], [r_task]
+        self.load_outputs = [table, rnd, version, r_progress, *self.sampling_out]
+        # the task dropdowns are filled when the tab opens (``open_pickers``, by a click or by a demo), never at
+        # page load: a value sent to a tab that is not mounted yet came back as the page load's when it mounted, so
+        # a demo's round form showed 'concise' but estimated and started the page load's task
 
     def page_load(self):
-        names = self.task_names()
         rounds = round_choices(self.db)
         return {self.table_out: self.table(),
-                self.task_pick: gr.update(choices=names, value=names[0] if names else None),
                 self.round_pick: gr.update(choices=rounds, value=rounds[0][1] if rounds else None),
                 self.version_pick: gr.update(choices=version_choices(self.db), value=None),
                 self.round_progress: self._round_progress_html(), **self.sampling_load()}
