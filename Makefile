@@ -33,11 +33,12 @@ postgresql:
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	else echo "postgresql missing: install Debian's postgresql (PostgreSQL tests will be skipped)"; fi
 
-# two workers (one thread each) for the suite, then the multi-rank training tests alone: ranks spinning on their
-# collectives beside another test slowed both several-fold
+# two workers (one thread each) for the suite, then alone the multi-rank training tests (ranks spinning on their
+# collectives beside another test slowed both several-fold) and the browser tests (they watch timing: a streamed
+# answer's updates, a 2-second clock)
 test: $(STAMP) chromium postgresql
-	$(BIN)/pytest -q -n 2 --dist loadfile -m "not serial" --durations=15
-	$(BIN)/pytest -q -m serial --durations=5
+	$(BIN)/pytest -q -n 2 --dist loadfile -m "not serial and not browser" --durations=15
+	$(BIN)/pytest -q -m "serial or browser" --durations=10
 
 test-fast: $(STAMP) postgresql
 	$(BIN)/pytest -q -m "not slow and not browser"
