@@ -37,11 +37,11 @@ def build_console(settings: Settings, auth: Auth, hub=None, header: gr.Markdown 
     from .tasks import TasksTab
     from .training import TrainingTab
 
-    start, jobs = StartTab(settings, auth, hub), JobsTab(settings, auth, hub)
+    start, tasks, data, rounds, training, jobs, models, export, queue = (
+        cls(settings, auth, hub) for cls in (StartTab, TasksTab, DataTab, RoundsTab, TrainingTab, JobsTab, ModelsTab,
+                                             ExportTab, QueueTab))
     jobs.timer = clock
-    tabs = [TasksTab(settings, auth, hub), DataTab(settings, auth, hub), RoundsTab(settings, auth, hub),
-            TrainingTab(settings, auth, hub), jobs, ModelsTab(settings, auth, hub),
-            ExportTab(settings, auth, hub), QueueTab(settings, auth, hub), start]
+    tabs = [tasks, data, rounds, training, jobs, models, export, queue, start]
     with contextlib.nullcontext(tabs_block) if tabs_block is not None else gr.Tabs() as console_tabs:
         for tab in [start, *tabs[:-1]]:  # Start first: the page a new admin reads
             with gr.Tab(tab.title, id=f"console-{tab.title.lower()}", elem_id=f"console-tab-{tab.title.lower()}") as t:
@@ -52,7 +52,6 @@ def build_console(settings: Settings, auth: Auth, hub=None, header: gr.Markdown 
             if tab.task_pickers:  # and its task dropdowns (a task made in another tab since the page loaded)
                 t.select(tab.open_pickers, tab.task_pickers, tab.task_pickers, api_visibility="private",
                          show_progress="hidden")
-    models, jobs, rounds = tabs[5], tabs[4], tabs[2]
     header = header if header is not None else gr.Markdown(visible=False)
     models.wire(header, console_tabs, jobs)
     start.task_events = start.wire(console_tabs, rounds.round_task)
@@ -63,7 +62,7 @@ def build_console(settings: Settings, auth: Auth, hub=None, header: gr.Markdown 
     def task_choices(request: gr.Request):
         """A task saved or duplicated in Tasks is at once in every tab's task dropdown (values kept)."""
         auth.require_admin(request)
-        return [gr.update(choices=tabs[0].task_names())] * len(pickers)
+        return [gr.update(choices=tasks.task_names())] * len(pickers)
 
     for event in (e for tab in tabs for e in tab.task_events):
         event.success(task_choices, None, pickers, api_visibility="private", show_progress="hidden")
